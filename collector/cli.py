@@ -1,0 +1,95 @@
+"""`activity-collector`: serve, send, sql."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from collector.config import ConfigError, Settings, load_settings
+
+FORMATS = {
+    "table": "PrettyCompactMonoBlock",
+    "tsv": "TabSeparatedWithNames",
+    "csv": "CSVWithNames",
+    "json": "JSONEachRow",
+}
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
+    parser.add_argument(
+        "--clickhouse-dsn",
+        help="ClickHouse DSN: http(s)://user:pass@host:8123 or chdb:///path "
+        "(default: embedded engine under the data directory; ACTIVITY_CLICKHOUSE_DSN)",
+    )
+    parser.add_argument("--clickhouse-database", help="ClickHouse database (default activity)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="activity-collector",
+        description="Collects user activities over gRPC and stores them in ClickHouse.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    serve.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
+    _store_flags(serve)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    send = sub.add_parser("send", help="send activities from a JSON Lines file to a running server")
+    send.add_argument("file", help="JSON Lines file, one activity per line (proto JSON mapping); - for stdin")
+    send.add_argument(
+        "--target",
+        default=os.environ.get("ACTIVITY_TARGET", "127.0.0.1:50051"),
+        help="HOST:PORT of the server (default 127.0.0.1:50051; ACTIVITY_TARGET)",
+    )
+    send.add_argument("--batch-size", type=int, default=500, help="activities per request (default 500)")
+    send.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+
+    sql = sub.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
+    sql.add_argument("query", help="the SQL statement")
+    sql.add_argument("--format", choices=sorted(FORMATS), default="table", help="output format (default table)")
+    _store_flags(sql)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "data_dir": getattr(args, "data_dir", None),
+        "clickhouse_dsn": getattr(args, "clickhouse_dsn", None),
+        "clickhouse_database": getattr(args, "clickhouse_database", None),
+        "listen": getattr(args, "listen", None),
+    }
+    return load_settings(overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from collector.serve import serve
+
+            return asyncio.run(serve(_settings(args), args.log_level))
+        if args.command == "send":
+            from collector.send import send
+
+            return send(args.file, args.target, args.batch_size, args.timeout)
+        if args.command == "sql":
+            from collector.sqlcmd import run_sql
+
+            return run_sql(_settings(args), args.query, FORMATS[args.format])
+    except ConfigError as error:
+        print(f"activity-collector: configuration error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

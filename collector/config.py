@@ -1,0 +1,218 @@
+"""The collector's configuration: one typed, validated object, read from flags over environment variables.
+
+Every setting has a documented default (see ``docs/configuration.md``); a bad value stops start-up with a
+message that names the setting. Environment variables are named ``ACTIVITY_<SETTING>`` in upper case;
+an unknown ``ACTIVITY_*`` variable is refused, so that a misspelt setting never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ACTIVITY_"
+
+# Variables read by the command-line client rather than by the service settings below.
+CLIENT_ENV = frozenset({"ACTIVITY_TARGET"})
+
+
+class ConfigError(ValueError):
+    """A setting has a value the collector cannot run with; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request and one activity may carry. Every rejection names the field at fault."""
+
+    max_request_bytes: int = 4 * 1024 * 1024
+    """Largest serialized request, in bytes. Larger requests fail with INVALID_ARGUMENT."""
+    max_batch_activities: int = 1000
+    """Most activities in one TrackActivities or StreamActivities request."""
+    max_activity_bytes: int = 32 * 1024
+    """Largest serialized activity, in bytes."""
+    max_id_chars: int = 128
+    """Longest identifier: target.id, user ids, source_id, order_id."""
+    max_name_chars: int = 64
+    """Longest short name: action, target.type, device_type, segment names, map keys."""
+    max_text_chars: int = 2048
+    """Longest free text: page_url, referrer, user_agent, query, map values."""
+    max_map_entries: int = 64
+    """Most entries in each map (target.attributes, user.identities, metadata.custom)."""
+    max_segments: int = 64
+    """Most entries in segments."""
+    max_stream_in_flight: int = 64
+    """Most batches of one StreamActivities stream being processed at once; past it, the server stops
+    reading the stream until one is answered (HTTP/2 flow control then holds the client back)."""
+    max_future_skew_s: float = 300.0
+    """How far into the future (after clock-skew correction) occurred_at may be, in seconds."""
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value <= 0:
+                raise ConfigError(f"{f.name}: must be greater than zero, got {value!r}")
+        if self.max_activity_bytes > self.max_request_bytes:
+            raise ConfigError(
+                f"max_activity_bytes: must not exceed max_request_bytes ({self.max_request_bytes}), "
+                f"got {self.max_activity_bytes}"
+            )
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Sizes of the worker pools and queues between the gRPC handlers and ClickHouse."""
+
+    queue_capacity: int = 200_000
+    """Most activities accepted by validation but not yet committed. Past it, RESOURCE_EXHAUSTED."""
+    enrich_workers: int = 1
+    """Enrichment tasks taking batches from the intake queue."""
+    insert_workers: int = 2
+    """Inserts that may run at once (each on its own thread and ClickHouse connection)."""
+    insert_max_rows: int = 100_000
+    """Largest insert, in rows; an insert is cut as soon as this many rows wait."""
+    flush_interval_ms: float = 10.0
+    """Longest wait for more rows once an insert worker is free and some rows wait (group commit)."""
+    insert_attempts: int = 3
+    """Attempts per insert for errors that may pass (connection lost, timeouts) before callers get
+    UNAVAILABLE."""
+    retry_delay_ms: float = 500.0
+    """The delay suggested to callers in RESOURCE_EXHAUSTED and UNAVAILABLE answers."""
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value <= 0:
+                raise ConfigError(f"{f.name}: must be greater than zero, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `activity-collector serve` needs. Defaults run the product on embedded engines."""
+
+    listen: str = "127.0.0.1:50051"
+    """Address of the gRPC service, HOST:PORT."""
+    data_dir: Path = Path("data")
+    """Directory for local data: the embedded ClickHouse engine's files and the control socket."""
+    clickhouse_dsn: str = ""
+    """ClickHouse to store into: http(s)://user:pass@host:8123 for a server, chdb:///path for the
+    embedded engine. Empty: the embedded engine under <data_dir>/clickhouse."""
+    clickhouse_database: str = "activity"
+    """ClickHouse database holding the product's tables; created when missing."""
+    default_tenant: str = "default"
+    """Tenant recorded on every activity until API keys select one per request."""
+    clock_skew_tolerance_ms: float = 1000.0
+    """Differences between the server's receive time and the client's sent_at up to this size are taken
+    for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM or SIGINT, how long in-flight requests get to finish before they are cancelled."""
+    limits: Limits = field(default_factory=Limits)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        if self.clickhouse_dsn:
+            return self.clickhouse_dsn
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def control_socket(self) -> Path:
+        """Unix socket on which a running server answers `activity-collector sql` for its data directory."""
+        return self.data_dir.resolve() / "control.sock"
+
+    def validate(self) -> Settings:
+        parse_host_port(self.listen, "listen")
+        if not self.clickhouse_database.replace("_", "").isalnum():
+            raise ConfigError(
+                f"clickhouse_database: letters, digits and '_' only, got {self.clickhouse_database!r}"
+            )
+        dsn = self.clickhouse_dsn
+        if dsn and not dsn.startswith(("http://", "https://", "chdb://")):
+            raise ConfigError(f"clickhouse_dsn: must start with http://, https:// or chdb://, got {dsn!r}")
+        if not self.default_tenant:
+            raise ConfigError("default_tenant: must not be empty")
+        if self.clock_skew_tolerance_ms < 0:
+            raise ConfigError(f"clock_skew_tolerance_ms: must not be negative, got {self.clock_skew_tolerance_ms}")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError(f"shutdown_grace_s: must not be negative, got {self.shutdown_grace_s}")
+        self.limits.validate()
+        self.pipeline.validate()
+        if self.pipeline.queue_capacity < self.limits.max_batch_activities:
+            raise ConfigError(
+                f"queue_capacity: must be at least max_batch_activities ({self.limits.max_batch_activities}), "
+                f"got {self.pipeline.queue_capacity}"
+            )
+        return self
+
+
+def parse_host_port(value: str, setting: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{setting}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _setting_names() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
+    """Flat setting name -> (group attribute or None, field). Names are unique across groups."""
+    names: dict[str, tuple[str | None, dataclasses.Field[Any]]] = {}
+    for f in fields(Settings):
+        if f.name in ("limits", "pipeline"):
+            group_type = Limits if f.name == "limits" else PipelineSettings
+            for sub in fields(group_type):
+                names[sub.name] = (f.name, sub)
+        else:
+            names[f.name] = (None, f)
+    return names
+
+
+SETTING_NAMES = _setting_names()
+
+
+def _convert(name: str, f: dataclasses.Field[Any], raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a {kind}, got {raw!r}") from None
+    return raw
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build validated settings: `overrides` (from flags; None values ignored) over ACTIVITY_* variables."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in CLIENT_ENV:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in SETTING_NAMES:
+            raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(SETTING_NAMES))})")
+        values[name] = raw
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in SETTING_NAMES:
+            raise ConfigError(f"{name}: unknown setting")
+        values[name] = value
+
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {"limits": {}, "pipeline": {}}
+    for name, raw in values.items():
+        group, f = SETTING_NAMES[name]
+        value = _convert(name, f, raw)
+        (groups[group] if group else top)[name] = value
+    return Settings(
+        **top, limits=Limits(**groups["limits"]), pipeline=PipelineSettings(**groups["pipeline"])
+    ).validate()

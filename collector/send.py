@@ -1,0 +1,107 @@
+"""`activity-collector send FILE`: send activities from JSON Lines to a running server, in batches.
+
+Each line is one Activity in the proto's JSON mapping (field names as in the proto or in lowerCamelCase).
+Lines that do not parse are reported and not sent. Batches refused as a whole for a passing reason
+(RESOURCE_EXHAUSTED, UNAVAILABLE) are resent after the delay the server asks for; activities keep their
+ids across resends (ids are assigned here when a line has none), so a resend never counts one twice.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+import grpc
+from google.protobuf import json_format
+
+from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from collector.status import retry_delay_from_trailer
+
+RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+MAX_ATTEMPTS = 8
+
+
+@dataclass
+class SendReport:
+    accepted: int = 0
+    rejected: list[str] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)
+    failed: int = 0
+
+
+def read_activities(stream: IO[str], report: SendReport) -> Iterator[tuple[int, pb.Activity]]:
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            activity = json_format.Parse(line, pb.Activity())
+        except json_format.ParseError as error:
+            report.unparsed.append(f"line {number}: not an activity: {error}")
+            continue
+        if not activity.id:
+            activity.id = str(uuid.uuid4())
+        yield number, activity
+
+
+def _send_batch(
+    stub: pb_grpc.ActivityServiceStub, batch: list[tuple[int, pb.Activity]], timeout: float, report: SendReport
+) -> None:
+    request = pb.TrackActivitiesRequest(activities=[a for _, a in batch])
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        request.sent_at.GetCurrentTime()
+        try:
+            response = stub.TrackActivities(request, timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code()  # type: ignore[attr-defined]
+            if code in RETRYABLE and attempt < MAX_ATTEMPTS:
+                delay = retry_delay_from_trailer(error.trailing_metadata()) or 0.5 * attempt  # type: ignore[attr-defined]
+                time.sleep(delay)
+                continue
+            report.failed += len(batch)
+            print(
+                f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {code.name}: {error.details()}",  # type: ignore[attr-defined]
+                file=sys.stderr,
+            )
+            return
+        report.accepted += response.accepted_count
+        for r in response.rejections:
+            line = batch[r.index][0]
+            reason = pb.RejectionReason.Name(r.reason).removeprefix("REJECTION_REASON_")
+            report.rejected.append(f"line {line}: {r.field or 'activity'}: {r.message} [{reason}]")
+        return
+
+
+def send(path: str, target: str, batch_size: int, timeout: float) -> int:
+    if batch_size <= 0:
+        print("activity-collector send: --batch-size must be greater than zero", file=sys.stderr)
+        return 2
+    report = SendReport()
+    stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.ActivityServiceStub(channel)
+            batch: list[tuple[int, pb.Activity]] = []
+            for item in read_activities(stream, report):
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    _send_batch(stub, batch, timeout, report)
+                    batch = []
+            if batch:
+                _send_batch(stub, batch, timeout, report)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    for message in report.unparsed + report.rejected:
+        print(message)
+    print(
+        f"accepted {report.accepted}, rejected {len(report.rejected)}, unparsed {len(report.unparsed)}, "
+        f"not stored {report.failed}"
+    )
+    if report.failed:
+        return 2
+    return 1 if report.rejected or report.unparsed else 0

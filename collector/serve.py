@@ -1,0 +1,33 @@
+"""`activity-collector serve`: run the service until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from collector import logs
+from collector.config import Settings
+from collector.server import CollectorServer
+from workers.storage import StoreError
+
+log = logging.getLogger("collector")
+
+
+async def serve(settings: Settings, log_level: str = "info") -> int:
+    logs.configure(log_level)
+    server = CollectorServer(settings)
+    try:
+        await server.start()
+    except (StoreError, RuntimeError, OSError) as error:
+        await server.shutdown(grace=0)
+        print(f"activity-collector: cannot start: {error}", file=sys.stderr)
+        return 1
+    server.install_signal_handlers()
+    store = settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
+    print(f"activity-collector listening on {server.address} (gRPC, activity.v1.ActivityService)", flush=True)
+    print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
+    print(f"data directory: {settings.data_dir.resolve()}", flush=True)
+    log.info("started", extra={"listen": server.address, "data_dir": str(settings.data_dir.resolve())})
+    await server.wait()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,108 @@
+"""The collector process: store, pipeline, gRPC server and control channel, started and stopped together.
+
+Start order is store (migrations run here), pipeline, control channel, gRPC port; shutdown runs the
+other way round and is idempotent and safe without start: stop taking requests, let in-flight requests
+finish within the grace period (their activities are flushed to the store and they are answered), then
+close the pipeline and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from collector.config import Settings
+from collector.control import ControlServer
+from collector.service import ActivityService
+from workers.pipeline import Pipeline
+from workers.storage import ClickHouseStore
+
+log = logging.getLogger(__name__)
+
+
+class CollectorServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: ClickHouseStore | None = None
+        self.pipeline: Pipeline | None = None
+        self.service: ActivityService | None = None
+        self.control: ControlServer | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self._stopped = asyncio.Event()
+        self._shutdown_started = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        if settings.effective_clickhouse_dsn.startswith("chdb:"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await asyncio.to_thread(
+            ClickHouseStore,
+            settings.effective_clickhouse_dsn,
+            settings.clickhouse_database,
+            connections=settings.pipeline.insert_workers + 1,
+        )
+        self.pipeline = Pipeline(settings.pipeline, self.store)
+        await self.pipeline.start()
+        self.service = ActivityService(settings, self.pipeline)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.control = ControlServer(settings.control_socket, self.store.query)
+        await self.control.start()
+
+        # The transport admits a little more than max_request_bytes so that an oversized request
+        # reaches the handler and gets INVALID_ARGUMENT naming the limit rather than a transport error.
+        max_message = settings.limits.max_request_bytes + 64 * 1024
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
+        self.port = self._grpc.add_insecure_port(settings.listen)
+        if not self.port:
+            raise RuntimeError(f"listen: cannot bind {settings.listen}")
+        await self._grpc.start()
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda s=sig: self._on_signal(s))
+
+    def _on_signal(self, sig: Any) -> None:
+        log.info("signal received, shutting down", extra={"signal": signal.Signals(sig).name})
+        asyncio.get_running_loop().create_task(self.shutdown())
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        if self._shutdown_started:
+            await self._stopped.wait()
+            return
+        self._shutdown_started = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        try:
+            if self.service is not None:
+                self.service.begin_drain()
+            if self._grpc is not None:
+                await self._grpc.stop(grace)
+            if self.pipeline is not None:
+                await self.pipeline.shutdown(timeout=grace)
+            if self.control is not None:
+                await self.control.shutdown()
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        finally:
+            self._stopped.set()

@@ -1,0 +1,269 @@
+"""The gRPC handlers of `activity.v1.ActivityService`.
+
+Handlers take requests as raw bytes and parse them themselves, so that a request too large or that does
+not parse gets a precise INVALID_ARGUMENT (or a per-activity rejection) instead of a transport error.
+Every request goes the same way: parse, check the request as a whole, validate each activity, hand the
+valid ones to the pipeline, and answer once they are committed. Errors map to gRPC codes here and
+only here; no exception reaches a client as UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError, Message
+
+from collector.config import Settings
+from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.status import status_trailer
+from collector.validation import Rejection, validate_activities
+from collector.wire import WireError, salvage_batch
+from workers.pipeline import Overloaded, Pipeline, Submission, Unavailable
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "activity.v1.ActivityService"
+_NS = 1_000_000_000
+
+
+class InvalidRequest(Exception):
+    """The request as a whole cannot be processed; nothing of it was stored."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    accepted: int
+    rejections: list[Rejection]
+    assigned_ids: dict[int, str]
+
+
+@dataclass
+class ServiceStats:
+    """Counters since start, in activities unless named otherwise."""
+
+    requests: int = 0
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed_requests: int = 0
+
+
+class ActivityService:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.pipeline = pipeline
+        self.stats = ServiceStats()
+        self._draining = asyncio.Event()
+        self._skew_tolerance_ns = int(settings.clock_skew_tolerance_ms * 1_000_000)
+
+    def begin_drain(self) -> None:
+        """Streams stop reading new batches and end once their in-flight batches are answered."""
+        self._draining.set()
+
+    # -- shared core -------------------------------------------------------------------------------
+
+    def _sent_ns(self, request: Any, field: str = "sent_at") -> int | None:
+        if not request.HasField(field):
+            return None
+        ts = getattr(request, field)
+        if ts.seconds <= 0 or not 0 <= ts.nanos < _NS:
+            raise InvalidRequest(f"{field}: must be a valid time after 1970-01-01T00:00:00Z")
+        return int(ts.seconds * _NS + ts.nanos)
+
+    async def _process(
+        self,
+        activities: Sequence[pb.Activity],
+        sent_ns: int | None,
+        received_ns: int,
+        unparsed: Mapping[int, tuple[str, str]] | None = None,
+    ) -> Outcome:
+        count = len(activities)
+        if count == 0:
+            raise InvalidRequest("activities: the batch is empty; send at least one activity")
+        if count > self.limits.max_batch_activities:
+            raise InvalidRequest(
+                f"activities: the batch has {count} activities; the limit is {self.limits.max_batch_activities}"
+            )
+        self.stats.received += count
+        skew_ns = 0 if sent_ns is None else received_ns - sent_ns
+        if abs(skew_ns) <= self._skew_tolerance_ns:
+            skew_ns = 0
+        valid, rejections = validate_activities(activities, self.limits, received_ns, skew_ns, unparsed)
+        self.stats.rejected += len(rejections)
+        assigned: dict[int, str] = {}
+        if valid:
+            future: asyncio.Future[dict[int, str]] = asyncio.get_running_loop().create_future()
+            self.pipeline.submit(
+                Submission(
+                    activities, valid, self.settings.default_tenant, received_ns, sent_ns, skew_ns, future
+                )
+            )
+            assigned = await future
+            self.stats.accepted += len(valid)
+        return Outcome(len(valid), rejections, assigned)
+
+    def _check_size(self, raw: bytes) -> None:
+        if len(raw) > self.limits.max_request_bytes:
+            raise InvalidRequest(
+                f"the request has {len(raw)} bytes; the limit is {self.limits.max_request_bytes} "
+                "(max_request_bytes): split the batch"
+            )
+
+    def _parse_batch(
+        self, raw: bytes, request_class: type[Message], activities_field: int
+    ) -> tuple[Any, dict[int, tuple[str, str]] | None]:
+        self._check_size(raw)
+        try:
+            return request_class.FromString(raw), None
+        except DecodeError:
+            pass
+        try:
+            return salvage_batch(raw, request_class, activities_field)
+        except (WireError, DecodeError) as error:
+            raise InvalidRequest(f"the request is not a valid {request_class.DESCRIPTOR.name}: {error}") from None
+
+    # -- error mapping -----------------------------------------------------------------------------
+
+    def _error_status(self, error: Exception) -> tuple[grpc.StatusCode, str, float | None]:
+        if isinstance(error, InvalidRequest):
+            return grpc.StatusCode.INVALID_ARGUMENT, str(error), None
+        if isinstance(error, Overloaded):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), error.retry_delay_s
+        if isinstance(error, Unavailable):
+            return grpc.StatusCode.UNAVAILABLE, str(error), error.retry_delay_s
+        log.exception("unexpected error in a request", exc_info=error, extra={"error": repr(error)})
+        return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}", None
+
+    async def _unary(
+        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[int], Awaitable[bytes]]
+    ) -> bytes:
+        received_ns = time.time_ns()
+        self.stats.requests += 1
+        try:
+            return await body(received_ns)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            self.stats.failed_requests += 1
+            code, message, delay = self._error_status(error)
+            await context.abort(code, message, trailing_metadata=status_trailer(code.value[0], message, delay))
+            raise AssertionError("unreachable: abort raises") from None
+
+    # -- RPCs --------------------------------------------------------------------------------------
+
+    async def track_activity(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def body(received_ns: int) -> bytes:
+            self._check_size(raw)
+            try:
+                request = pb.TrackActivityRequest.FromString(raw)
+            except DecodeError:
+                request, unparsed = salvage_batch(raw, pb.TrackActivityRequest, 1)
+            else:
+                unparsed = None
+            if not request.HasField("activity") and not unparsed:
+                raise InvalidRequest("activity: required")
+            activities = [request.activity]
+            outcome = await self._process(activities, self._sent_ns(request), received_ns, unparsed)
+            return pb.TrackActivityResponse(
+                accepted_count=outcome.accepted,
+                rejections=[r.to_proto() for r in outcome.rejections],
+                activity_id=outcome.assigned_ids.get(0, activities[0].id),
+            ).SerializeToString()
+
+        return await self._unary(context, body)
+
+    async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def body(received_ns: int) -> bytes:
+            request, unparsed = self._parse_batch(raw, pb.TrackActivitiesRequest, 1)
+            outcome = await self._process(request.activities, self._sent_ns(request), received_ns, unparsed)
+            return pb.TrackActivitiesResponse(
+                accepted_count=outcome.accepted,
+                rejections=[r.to_proto() for r in outcome.rejections],
+                assigned_ids=outcome.assigned_ids,
+            ).SerializeToString()
+
+        return await self._unary(context, body)
+
+    async def _stream_batch(self, raw: bytes) -> bytes:
+        received_ns = time.time_ns()
+        self.stats.requests += 1
+        sequence = 0
+        try:
+            request, unparsed = self._parse_batch(raw, pb.StreamActivitiesRequest, 2)
+            sequence = request.sequence
+            outcome = await self._process(request.activities, self._sent_ns(request), received_ns, unparsed)
+        except Exception as error:
+            self.stats.failed_requests += 1
+            code, message, delay = self._error_status(error)
+            status = pb.BatchStatus(code=code.value[0], message=message)
+            if delay is not None:
+                status.retry_delay.FromNanoseconds(int(delay * _NS))
+            return pb.StreamActivitiesResponse(sequence=sequence, status=status).SerializeToString()
+        return pb.StreamActivitiesResponse(
+            sequence=sequence,
+            accepted_count=outcome.accepted,
+            rejections=[r.to_proto() for r in outcome.rejections],
+            assigned_ids=outcome.assigned_ids,
+        ).SerializeToString()
+
+    async def stream_activities(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        slots = asyncio.Semaphore(self.limits.max_stream_in_flight)
+        write_lock = asyncio.Lock()
+        in_flight: set[asyncio.Task[None]] = set()
+        drained = asyncio.ensure_future(self._draining.wait())
+
+        async def answer(raw: bytes) -> None:
+            try:
+                response = await self._stream_batch(raw)
+                async with write_lock:
+                    await context.write(response)
+            finally:
+                slots.release()
+
+        try:
+            while not self._draining.is_set():
+                await slots.acquire()
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait((read, drained), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    slots.release()
+                    break
+                raw = read.result()
+                if raw is grpc.aio.EOF:
+                    slots.release()
+                    break
+                task = asyncio.create_task(answer(raw))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+        finally:
+            drained.cancel()
+            for task in in_flight:
+                task.cancel()
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        serialize: Callable[[bytes], bytes] = bytes
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "TrackActivity": grpc.unary_unary_rpc_method_handler(
+                    self.track_activity, response_serializer=serialize
+                ),
+                "TrackActivities": grpc.unary_unary_rpc_method_handler(
+                    self.track_activities, response_serializer=serialize
+                ),
+                "StreamActivities": grpc.stream_stream_rpc_method_handler(
+                    self.stream_activities, response_serializer=serialize
+                ),
+            },
+        )

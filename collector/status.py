@@ -1,0 +1,39 @@
+"""gRPC status details: RetryInfo in the standard `grpc-status-details-bin` trailer, both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_trailer(code: int, message: str, retry_delay_s: float | None) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a google.rpc.Status, with RetryInfo when a delay is given."""
+    status = status_pb2.Status(code=code, message=message)
+    if retry_delay_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_delay_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return ((DETAILS_KEY, status.SerializeToString()),)
+
+
+def retry_delay_from_trailer(metadata: Iterable[Any] | None) -> float | None:
+    """The RetryInfo delay, in seconds, from a call's trailing metadata; None when there is none."""
+    for item in metadata or ():
+        key, value = (item.key, item.value) if hasattr(item, "key") else item
+        if key != DETAILS_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return float(info.retry_delay.ToNanoseconds() / 1e9)
+    return None
+
+
+OK = code_pb2.OK

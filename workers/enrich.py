@@ -1,0 +1,143 @@
+"""Enrichment: turns a validated batch into rows ready for ClickHouse.
+
+Per activity, the work is what cannot be shared: the id when the client sent none, the canonical forms
+of action, locale, currency and device type (memoised lookups, written back only when they differ),
+and one serialization. Everything that is the same for the whole batch (tenant, receive time, send
+time, clock skew) is encoded once and appended to every row; ClickHouse computes the skew-corrected
+`occurred_at` from it (see `workers.schema`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from collector.normalize import (
+    normalize_action,
+    normalize_currency,
+    normalize_device_type,
+    normalize_locale,
+)
+from collector.proto.activity.v1 import activity_pb2 as pb
+from workers.schema import CLOCK_SKEW_FIELD, RECEIVED_AT_FIELD, SENT_AT_FIELD, TENANT_FIELD
+
+_NS = 1_000_000_000
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer (or a negative int64, as 10 bytes)."""
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return varint(field << 3 | wire_type)
+
+
+def _bytes_field(field: int, data: bytes) -> bytes:
+    return _key(field, 2) + varint(len(data)) + data
+
+
+def _timestamp_field(field: int, ns: int) -> bytes:
+    seconds, nanos = divmod(ns, _NS)
+    body = _key(1, 0) + varint(seconds) + (_key(2, 0) + varint(nanos) if nanos else b"")
+    return _bytes_field(field, body)
+
+
+# Key of the envelope's repeated row field in FORMAT ProtobufList: field 1, length-delimited.
+_ROW_KEY = _key(1, 2)
+# Row frame prefixes for the common short rows, looked up instead of computed.
+_SHORT_PREFIXES = [_ROW_KEY + varint(n) for n in range(16384)]
+
+
+def batch_suffix(tenant: str, received_ns: int, sent_ns: int | None, skew_ns: int) -> bytes:
+    """The fields the collector appends to every row of one batch."""
+    suffix = _bytes_field(TENANT_FIELD, tenant.encode()) + _timestamp_field(RECEIVED_AT_FIELD, received_ns)
+    if sent_ns is not None:
+        suffix += _timestamp_field(SENT_AT_FIELD, sent_ns)
+    if skew_ns:
+        suffix += _key(CLOCK_SKEW_FIELD, 0) + varint(skew_ns // 1_000_000)
+    return suffix
+
+
+@dataclass(slots=True)
+class EncodedRows:
+    """Framed rows of one batch: `pieces` joined are the rows' part of a ProtobufList envelope."""
+
+    pieces: list[bytes]
+    count: int
+    nbytes: int
+    assigned_ids: dict[int, str]
+
+
+def _normalize_metadata(m: pb.Metadata) -> None:
+    locale = m.locale
+    if locale:
+        canonical = normalize_locale(locale)
+        if canonical is not None and canonical != locale:
+            m.locale = canonical
+    currency = m.currency
+    if currency:
+        canonical = normalize_currency(currency)
+        if canonical is not None and canonical != currency:
+            m.currency = canonical
+    device_type = m.device_type
+    if device_type:
+        canonical = normalize_device_type(device_type)
+        if canonical is not None and canonical != device_type:
+            m.device_type = canonical
+
+
+def encode_rows(
+    activities: Sequence[pb.Activity],
+    indexes: Sequence[int],
+    tenant: str,
+    received_ns: int,
+    sent_ns: int | None,
+    skew_ns: int = 0,
+) -> EncodedRows:
+    """Enrich and frame the activities at `indexes` (already validated) as ProtobufList rows."""
+    suffix = batch_suffix(tenant, received_ns, sent_ns, skew_ns)
+    suffix_len = len(suffix)
+    prefixes = _SHORT_PREFIXES
+    short = len(prefixes) - suffix_len
+    pieces: list[bytes] = []
+    append = pieces.append
+    assigned: dict[int, str] = {}
+    nbytes = 0
+    for index in indexes:
+        a = activities[index]
+        if not a.id:
+            a.id = assigned[index] = str(uuid.uuid4())
+        action = a.action
+        canonical = normalize_action(action)
+        if canonical != action and canonical is not None:
+            a.action = canonical
+        if a.HasField("metadata"):
+            _normalize_metadata(a.metadata)
+        body = a.SerializeToString()
+        size = len(body)
+        prefix = prefixes[size + suffix_len] if size < short else _ROW_KEY + varint(size + suffix_len)
+        append(prefix)
+        append(body)
+        append(suffix)
+        nbytes += len(prefix) + size + suffix_len
+    return EncodedRows(pieces, len(indexes), nbytes, assigned)
+
+
+def envelope(chunks: Sequence[EncodedRows]) -> bytes:
+    """One ProtobufList message holding every row of `chunks`: its length, then the rows."""
+    total = sum(c.nbytes for c in chunks)
+    parts = [varint(total)]
+    for c in chunks:
+        parts += c.pieces
+    return b"".join(parts)

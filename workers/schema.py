@@ -1,0 +1,206 @@
+"""The `activities` table and the protobuf row format that fills it, from one definition.
+
+Inserts are `INSERT ... FORMAT ProtobufList`: ClickHouse itself parses the rows, so the hot path never
+encodes a column in Python. A row is an `activity.v1.Activity` exactly as serialized by the client,
+followed by a few fields the collector adds per batch (tenant, receive time, clock skew). Protobuf
+parsers read concatenated messages as one, so the row message declared to ClickHouse (`ROW_SCHEMA`) is
+the Activity message with those extra fields; it is generated from the Activity descriptor, so that it
+cannot drift from `protos/`.
+
+ClickHouse matches insert columns to row fields by name, nested fields joined with `_`
+(`target_type` is `target.type`). Fields whose natural column name would read badly
+(`user_user_id`, `metadata_price`) arrive in EPHEMERAL columns, and the stored column takes its
+value through a DEFAULT expression. The stored columns are what analysts see: `docs/schema.md`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from collector.proto.activity.v1 import activity_pb2 as pb
+
+ROW_MESSAGE = "Row"
+
+# Fields the collector appends to every serialized Activity. Numbers are far above the Activity's own,
+# which keeps room for the Activity to grow; protos/activity/v1 reserves nothing here because the Row
+# message exists only between the collector and ClickHouse.
+TENANT_FIELD = 1001
+RECEIVED_AT_FIELD = 1002
+SENT_AT_FIELD = 1003
+CLOCK_SKEW_FIELD = 1004
+
+_EXTRA_FIELDS = f"""  string tenant_id = {TENANT_FIELD};
+  Timestamp received_at = {RECEIVED_AT_FIELD};
+  Timestamp sent_at = {SENT_AT_FIELD};
+  int64 clock_skew_ms = {CLOCK_SKEW_FIELD};
+"""
+
+_SCALARS = {
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_INT32: "int32",
+    FieldDescriptor.TYPE_UINT32: "uint32",
+    FieldDescriptor.TYPE_UINT64: "uint64",
+    FieldDescriptor.TYPE_BOOL: "bool",
+}
+
+
+def _type_name(f: FieldDescriptor) -> str:
+    if f.type == FieldDescriptor.TYPE_MESSAGE:
+        return f.message_type.name
+    return _SCALARS[f.type]
+
+
+def _message_text(d: Descriptor, extra: str = "", name: str | None = None) -> str:
+    lines = [f"message {name or d.name} {{"]
+    for f in d.fields:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            key, value = f.message_type.fields
+            lines.append(f"  map<{_type_name(key)}, {_type_name(value)}> {f.name} = {f.number};")
+        elif f.is_repeated:
+            lines.append(f"  repeated {_type_name(f)} {f.name} = {f.number};")
+        elif f.has_presence and f.type != FieldDescriptor.TYPE_MESSAGE:
+            lines.append(f"  optional {_type_name(f)} {f.name} = {f.number};")
+        else:
+            lines.append(f"  {_type_name(f)} {f.name} = {f.number};")
+    return "\n".join(lines) + "\n" + extra + "}\n"
+
+
+def _row_schema() -> str:
+    activity = pb.Activity.DESCRIPTOR
+    nested: dict[str, Descriptor] = {}
+    for f in activity.fields:
+        if f.message_type is not None and not f.message_type.GetOptions().map_entry:
+            nested[f.message_type.name] = f.message_type
+    # google.protobuf.Timestamp, declared locally (same wire form) because an inline schema cannot
+    # import files on a ClickHouse server.
+    parts = ['syntax = "proto3";\n', "message Timestamp {\n  int64 seconds = 1;\n  int32 nanos = 2;\n}\n"]
+    parts += [_message_text(d) for name, d in sorted(nested.items()) if name != "Timestamp"]
+    parts.append(_message_text(activity, _EXTRA_FIELDS, name=ROW_MESSAGE))
+    return "\n".join(parts)
+
+
+ROW_SCHEMA = _row_schema()
+
+
+@dataclass(frozen=True)
+class Column:
+    """A stored column of `activities`. `source`, when set, is the EPHEMERAL insert column (or
+    expression over insert columns) its value comes from; otherwise the column is filled by name."""
+
+    name: str
+    type: str
+    comment: str
+    source: str | None = None
+    ephemeral: tuple[tuple[str, str], ...] = ()
+
+
+def _from(field: str, type_: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return field, ((field, type_),)
+
+
+def _time(field: str, nullable: bool) -> tuple[str, tuple[tuple[str, str], ...]]:
+    seconds, nanos = f"{field}_seconds", f"{field}_nanos"
+    value = f"fromUnixTimestamp64Milli({seconds} * 1000 + intDiv({nanos}, 1000000), 'UTC')"
+    expr = f"if({seconds} = 0, NULL, {value})" if nullable else value
+    return expr, ((seconds, "Int64"), (nanos, "Int32"))
+
+
+_OCCURRED = (
+    "if(occurred_at_seconds = 0, received_at, "
+    "fromUnixTimestamp64Milli(occurred_at_seconds * 1000 + intDiv(occurred_at_nanos, 1000000) "
+    "+ clock_skew_ms, 'UTC'))"
+)
+
+TIME = "DateTime64(3, 'UTC')"
+
+COLUMNS: tuple[Column, ...] = (
+    Column("tenant_id", "LowCardinality(String)", "Tenant (customer platform) the activity belongs to."),
+    Column("id", "UUID", "Activity id: the idempotency key, set by the client or assigned on receipt."),
+    Column("action", "LowCardinality(String)", "What the user did, normalised: view, click, add_to_cart, ..."),
+    Column("target_type", "LowCardinality(String)", "Kind of target: product, category, page, ..."),
+    Column("target_id", "String", "Identifier of the target within its type."),
+    Column("target_attributes", "Map(String, String)", "Properties of the target as the client saw them."),
+    Column("session_id", "String", "Client session id; empty when the client sent none.",
+           *_from("user_session_id", "String")),
+    Column("anonymous_id", "String", "Anonymous visitor id; empty when unknown.",
+           *_from("user_anonymous_id", "String")),
+    Column("user_id", "String", "Authenticated user id; empty for anonymous visitors.",
+           *_from("user_user_id", "String")),
+    Column("identities", "Map(String, String)", "Ids of the user in further identity repositories.",
+           *_from("user_identities", "Map(String, String)")),
+    Column("source_id", "String",
+           "Response id of the search or recommendation response that powered the page; empty elsewhere."),
+    Column("locale", "LowCardinality(String)", "BCP 47 language tag, normalised (en-US); empty when unknown.",
+           *_from("metadata_locale", "String")),
+    Column("device_type", "LowCardinality(String)", "Device type as sent by the client, lower case.",
+           *_from("metadata_device_type", "String")),
+    Column("quantity", "Nullable(Int64)", "Number of items; NULL when not applicable.",
+           *_from("metadata_quantity", "Nullable(Int64)")),
+    Column("price", "Nullable(Int64)",
+           "Unit price in minor units of currency (cents); NULL when not applicable.",
+           *_from("metadata_price", "Nullable(Int64)")),
+    Column("currency", "LowCardinality(String)", "ISO 4217 code of price, upper case.",
+           *_from("metadata_currency", "String")),
+    Column("order_id", "String", "Order the purchase belongs to.", *_from("metadata_order_id", "String")),
+    Column("page_url", "String", "URL of the page of the action.", *_from("metadata_page_url", "String")),
+    Column("referrer", "String", "URL of the page before.", *_from("metadata_referrer", "String")),
+    Column("user_agent", "String", "User agent string.", *_from("metadata_user_agent", "String")),
+    Column("query", "String", "Search query typed by the user.", *_from("metadata_query", "String")),
+    Column("custom", "Map(String, String)", "Any other context sent by the client.",
+           *_from("metadata_custom", "Map(String, String)")),
+    Column("segments", "Array(LowCardinality(String))", "Segments the user belonged to."),
+    Column("received_at", TIME, "When the collector received the request (server clock).",
+           *_time("received_at", nullable=False)),
+    Column("sent_at", f"Nullable({TIME})", "When the client sent the request (client clock); NULL if not sent.",
+           *_time("sent_at", nullable=True)),
+    Column("clock_skew_ms", "Int64",
+           "Correction applied to the client's times, in milliseconds: received_at minus sent_at when that "
+           "exceeds the clock-skew tolerance (1 s by default), else 0."),
+    Column("client_occurred_at", f"Nullable({TIME})",
+           "occurred_at as sent, by the client's clock; NULL when the client sent none.",
+           *_time("occurred_at", nullable=True)),
+    Column("occurred_at", TIME,
+           "When the action happened, by the server's clock: client_occurred_at + clock_skew_ms, or "
+           "received_at when the client sent no time.", _OCCURRED),
+)
+
+
+def insert_columns() -> list[str]:
+    """The columns an insert names: the row's fields, as ClickHouse matches them to columns."""
+    names: list[str] = []
+    for c in COLUMNS:
+        if c.ephemeral:
+            names += [n for n, _ in c.ephemeral if n not in names]
+        elif c.source is None:
+            names.append(c.name)
+    return names
+
+
+INSERT_COLUMNS = insert_columns()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def activities_table_ddl(database: str, table: str = "activities") -> str:
+    ephemeral: dict[str, str] = {}
+    for c in COLUMNS:
+        for n, t in c.ephemeral:
+            ephemeral.setdefault(n, t)
+    lines = [f"  `{n}` {t} EPHEMERAL" for n, t in ephemeral.items()]
+    for c in COLUMNS:
+        default = f" DEFAULT {c.source}" if c.source else ""
+        lines.append(f"  `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}")
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n"
+        + ",\n".join(lines)
+        + "\n)\nENGINE = ReplacingMergeTree(received_at)\n"
+        "PARTITION BY toYYYYMM(occurred_at)\n"
+        "ORDER BY (tenant_id, action, toDate(occurred_at), id)\n"
+        "COMMENT 'One row per accepted activity. Rows with the same tenant, action, day and id are "
+        "copies of one activity (a client retry) and collapse into one on merge; see docs/schema.md.'"
+    )

@@ -1,0 +1,169 @@
+"""ClickHouse storage: the `ActivityStore` contract and its clickhouse-connect implementation.
+
+The DSN picks the engine: `http(s)://...` for a ClickHouse server, `chdb:///path` for the embedded
+in-process engine. Both take the same SQL and the same ProtobufList inserts. clickhouse-connect's chdb
+backend is synchronous, so every method here blocks: the pipeline calls them from worker threads,
+never from the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from workers.migrations import apply_migrations
+from workers.schema import INSERT_COLUMNS, ROW_MESSAGE, ROW_SCHEMA
+
+# ClickHouse error codes that describe a passing condition of the server rather than the data.
+_TRANSIENT_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        164,  # READONLY
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        252,  # TOO_MANY_PARTS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        425,  # SYSTEM_ERROR
+        999,  # KEEPER_EXCEPTION
+    }
+)
+
+
+class StoreError(Exception):
+    """An insert or query failed. `transient` says whether trying again may succeed."""
+
+    def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+
+
+def classify(error: Exception) -> StoreError:
+    if isinstance(error, StoreError):
+        return error
+    code = getattr(error, "code", None)
+    if isinstance(error, OperationalError):
+        transient = True
+    elif isinstance(error, DatabaseError):
+        transient = code in _TRANSIENT_CODES
+    else:
+        transient = isinstance(error, (ConnectionError, TimeoutError))
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return StoreError(message, transient=transient, code=code if isinstance(code, int) else None)
+
+
+class ActivityStore(Protocol):
+    """Where activities are stored. Every method blocks; call from a worker thread."""
+
+    def insert_rows(self, payload: bytes, rows: int) -> None:
+        """Insert one ProtobufList envelope of `rows` rows, durably, or raise StoreError."""
+        ...
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        """Run SQL and return its result in ClickHouse output format `fmt`, or raise StoreError."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+
+class ClickHouseStore:
+    """`ActivityStore` on clickhouse-connect; one connection per concurrent caller, taken from a pool."""
+
+    def __init__(self, dsn: str, database: str, *, connections: int = 2, migrate: bool = True) -> None:
+        self.dsn = dsn
+        self.database = database
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._all: list[Any] = []
+        self._closed = False
+        self._insert_settings = {
+            "format_schema": ROW_SCHEMA,
+            "format_schema_source": "string",
+            "format_schema_message_name": ROW_MESSAGE,
+        }
+        admin = self._connect(database=None)
+        try:
+            admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+            if migrate:
+                apply_migrations(admin, database)
+        finally:
+            admin.close()
+        for _ in range(connections):
+            client = self._connect(database=database)
+            self._idle.append(client)
+            self._all.append(client)
+
+    def _connect(self, database: str | None) -> Any:
+        try:
+            kwargs: dict[str, Any] = {"dsn": self.dsn}
+            if database is not None:
+                kwargs["database"] = database
+            return clickhouse_connect.get_client(**kwargs)
+        except ClickHouseError as error:
+            raise classify(error) from error
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.dsn.startswith("chdb:")
+
+    @contextmanager
+    def _client(self) -> Iterator[Any]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed", transient=False)
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = self._connect(self.database)
+            with self._lock:
+                self._all.append(client)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._idle.append(client)
+
+    def insert_rows(self, payload: bytes, rows: int) -> None:
+        try:
+            with self._client() as client:
+                summary = client.raw_insert(
+                    "activities", INSERT_COLUMNS, payload, settings=self._insert_settings, fmt="ProtobufList"
+                )
+        except (ClickHouseError, OSError) as error:
+            raise classify(error) from error
+        written = summary.written_rows
+        if written is not None and written and written != rows:
+            raise StoreError(f"ClickHouse wrote {written} rows of {rows}", transient=False)
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        try:
+            with self._client() as client:
+                result: bytes = client.raw_query(sql, fmt=fmt)
+                return result
+        except (ClickHouseError, OSError) as error:
+            raise classify(error) from error
+
+    def command(self, sql: str) -> Any:
+        try:
+            with self._client() as client:
+                return client.command(sql)
+        except (ClickHouseError, OSError) as error:
+            raise classify(error) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            clients, self._all, self._idle = self._all, [], []
+        for client in clients:
+            client.close()
