@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
     sql.add_argument("query", help="the SQL statement")
-    sql.add_argument("--format", choices=sorted(FORMATS), default="table", help="output format (default table)")
+    sql.add_argument(
+        "--format", choices=sorted(FORMATS), default="table", help="output format (default table)"
+    )
     _store_flags(sql)
     return parser
 

@@ -135,14 +135,17 @@ class Settings:
         if not self.default_tenant:
             raise ConfigError("default_tenant: must not be empty")
         if self.clock_skew_tolerance_ms < 0:
-            raise ConfigError(f"clock_skew_tolerance_ms: must not be negative, got {self.clock_skew_tolerance_ms}")
+            raise ConfigError(
+                f"clock_skew_tolerance_ms: must not be negative, got {self.clock_skew_tolerance_ms}"
+            )
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"shutdown_grace_s: must not be negative, got {self.shutdown_grace_s}")
         self.limits.validate()
         self.pipeline.validate()
         if self.pipeline.queue_capacity < self.limits.max_batch_activities:
             raise ConfigError(
-                f"queue_capacity: must be at least max_batch_activities ({self.limits.max_batch_activities}), "
+                "queue_capacity: must be at least max_batch_activities "
+                f"({self.limits.max_batch_activities}), "
                 f"got {self.pipeline.queue_capacity}"
             )
         return self

@@ -10,6 +10,7 @@ line `{"sql": ..., "format": ...}`; the answer is a JSON line `{"ok": true}` or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,9 @@ class ControlServer:
     async def start(self) -> None:
         if self.path.exists():
             if _socket_is_live(self.path):
-                raise RuntimeError(f"another collector is serving {self.path.parent} (its control socket answers)")
+                raise RuntimeError(
+                    f"another collector is serving {self.path.parent} (its control socket answers)"
+                )
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=_MAX_REQUEST)
         os.chmod(self.path, 0o600)
@@ -66,10 +69,8 @@ class ControlServer:
         server, self._server = self._server, None
         server.close()
         await server.wait_closed()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -96,7 +97,9 @@ def query_via_control(path: Path, sql: str, fmt: str, timeout: float = 300.0) ->
             raise ControlUnavailable(str(error)) from error
         conn.sendall(json.dumps({"sql": sql, "format": fmt}).encode() + b"\n")
         with conn.makefile("rb") as stream:
-            header = json.loads(stream.readline() or b'{"ok": false, "error": "the server closed the connection"}')
+            header = json.loads(
+                stream.readline() or b'{"ok": false, "error": "the server closed the connection"}'
+            )
             if not header.get("ok"):
                 raise StoreError(str(header.get("error")), transient=False)
             return stream.read()

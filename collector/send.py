@@ -49,7 +49,10 @@ def read_activities(stream: IO[str], report: SendReport) -> Iterator[tuple[int, 
 
 
 def _send_batch(
-    stub: pb_grpc.ActivityServiceStub, batch: list[tuple[int, pb.Activity]], timeout: float, report: SendReport
+    stub: pb_grpc.ActivityServiceStub,
+    batch: list[tuple[int, pb.Activity]],
+    timeout: float,
+    report: SendReport,
 ) -> None:
     request = pb.TrackActivitiesRequest(activities=[a for _, a in batch])
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -57,14 +60,14 @@ def _send_batch(
         try:
             response = stub.TrackActivities(request, timeout=timeout)
         except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
+            code = error.code()
             if code in RETRYABLE and attempt < MAX_ATTEMPTS:
-                delay = retry_delay_from_trailer(error.trailing_metadata()) or 0.5 * attempt  # type: ignore[attr-defined]
+                delay = retry_delay_from_trailer(error.trailing_metadata()) or 0.5 * attempt
                 time.sleep(delay)
                 continue
             report.failed += len(batch)
             print(
-                f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {code.name}: {error.details()}",  # type: ignore[attr-defined]
+                f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {code.name}: {error.details()}",
                 file=sys.stderr,
             )
             return
@@ -84,7 +87,7 @@ def send(path: str, target: str, batch_size: int, timeout: float) -> int:
     stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     try:
         with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.ActivityServiceStub(channel)
+            stub = pb_grpc.ActivityServiceStub(channel)  # type: ignore[no-untyped-call]
             batch: list[tuple[int, pb.Activity]] = []
             for item in read_activities(stream, report):
                 batch.append(item)

@@ -23,7 +23,9 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
         print(f"activity-collector: cannot start: {error}", file=sys.stderr)
         return 1
     server.install_signal_handlers()
-    store = settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
+    store = (
+        settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
+    )
     print(f"activity-collector listening on {server.address} (gRPC, activity.v1.ActivityService)", flush=True)
     print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)

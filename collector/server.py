@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -81,9 +80,9 @@ class CollectorServer:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s=sig: self._on_signal(s))
+            loop.add_signal_handler(sig, self._on_signal, sig)
 
-    def _on_signal(self, sig: Any) -> None:
+    def _on_signal(self, sig: int) -> None:
         log.info("signal received, shutting down", extra={"signal": signal.Signals(sig).name})
         asyncio.get_running_loop().create_task(self.shutdown())
 
@@ -93,13 +92,22 @@ class CollectorServer:
             return
         self._shutdown_started = True
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         try:
             if self.service is not None:
+                # Refuse new requests with UNAVAILABLE (retryable) while the port is still open, and let
+                # the ones in flight be answered; only then close the port.
                 self.service.begin_drain()
+                await self.service.wait_idle(grace)
+                # Clients answered just now may send again at once: give those requests a moment to
+                # reach the handler and get UNAVAILABLE rather than be cut off by the closing port.
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                await self.service.wait_idle(max(0.0, deadline - loop.time()))
             if self._grpc is not None:
-                await self._grpc.stop(grace)
+                await self._grpc.stop(max(0.0, deadline - loop.time()))
             if self.pipeline is not None:
-                await self.pipeline.shutdown(timeout=grace)
+                await self.pipeline.shutdown(timeout=max(0.0, deadline - loop.time()))
             if self.control is not None:
                 await self.control.shutdown()
             if self.store is not None:

@@ -30,6 +30,8 @@ from workers.pipeline import Overloaded, Pipeline, Submission, Unavailable
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "activity.v1.ActivityService"
+# End-of-stream marker returned by ServicerContext.read(); missing from the type stubs.
+_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 _NS = 1_000_000_000
 
 
@@ -62,11 +64,33 @@ class ActivityService:
         self.pipeline = pipeline
         self.stats = ServiceStats()
         self._draining = asyncio.Event()
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._skew_tolerance_ns = int(settings.clock_skew_tolerance_ms * 1_000_000)
 
     def begin_drain(self) -> None:
-        """Streams stop reading new batches and end once their in-flight batches are answered."""
+        """New requests are refused with UNAVAILABLE; streams stop reading new batches and end once
+        their in-flight batches are answered."""
         self._draining.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being processed; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
     # -- shared core -------------------------------------------------------------------------------
 
@@ -90,7 +114,8 @@ class ActivityService:
             raise InvalidRequest("activities: the batch is empty; send at least one activity")
         if count > self.limits.max_batch_activities:
             raise InvalidRequest(
-                f"activities: the batch has {count} activities; the limit is {self.limits.max_batch_activities}"
+                f"activities: the batch has {count} activities; "
+                f"the limit is {self.limits.max_batch_activities}"
             )
         self.stats.received += count
         skew_ns = 0 if sent_ns is None else received_ns - sent_ns
@@ -128,7 +153,9 @@ class ActivityService:
         try:
             return salvage_batch(raw, request_class, activities_field)
         except (WireError, DecodeError) as error:
-            raise InvalidRequest(f"the request is not a valid {request_class.DESCRIPTOR.name}: {error}") from None
+            raise InvalidRequest(
+                f"the request is not a valid {request_class.DESCRIPTOR.name}: {error}"
+            ) from None
 
     # -- error mapping -----------------------------------------------------------------------------
 
@@ -147,27 +174,34 @@ class ActivityService:
     ) -> bytes:
         received_ns = time.time_ns()
         self.stats.requests += 1
+        self._enter()
         try:
+            if self._draining.is_set():
+                raise Unavailable("the collector is shutting down", self.pipeline.retry_delay_s)
             return await body(received_ns)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
-            await context.abort(code, message, trailing_metadata=status_trailer(code.value[0], message, delay))
+            await context.abort(
+                code, message, trailing_metadata=status_trailer(code.value[0], message, delay)
+            )
             raise AssertionError("unreachable: abort raises") from None
+        finally:
+            self._leave()
 
     # -- RPCs --------------------------------------------------------------------------------------
 
     async def track_activity(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async def body(received_ns: int) -> bytes:
             self._check_size(raw)
+            request: Any
+            unparsed: dict[int, tuple[str, str]] | None = None
             try:
                 request = pb.TrackActivityRequest.FromString(raw)
             except DecodeError:
                 request, unparsed = salvage_batch(raw, pb.TrackActivityRequest, 1)
-            else:
-                unparsed = None
             if not request.HasField("activity") and not unparsed:
                 raise InvalidRequest("activity: required")
             activities = [request.activity]
@@ -219,6 +253,7 @@ class ActivityService:
         write_lock = asyncio.Lock()
         in_flight: set[asyncio.Task[None]] = set()
         drained = asyncio.ensure_future(self._draining.wait())
+        self._enter()
 
         async def answer(raw: bytes) -> None:
             try:
@@ -238,7 +273,7 @@ class ActivityService:
                     slots.release()
                     break
                 raw = read.result()
-                if raw is grpc.aio.EOF:
+                if raw is _EOF:
                     slots.release()
                     break
                 task = asyncio.create_task(answer(raw))
@@ -250,8 +285,9 @@ class ActivityService:
             drained.cancel()
             for task in in_flight:
                 task.cancel()
+            self._leave()
 
-    def rpc_handler(self) -> grpc.GenericRpcHandler:
+    def rpc_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         serialize: Callable[[bytes], bytes] = bytes
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,

@@ -81,8 +81,9 @@ def _check_map(field: str, entries: Mapping[str, str], limits: Limits) -> None:
             )
         if len(value) > limits.max_text_chars:
             raise InvalidActivity(
-                f"{field}[{key}]", TOO_LARGE, f"{field}[{key}] has {len(value)} characters; "
-                f"the limit is {limits.max_text_chars}"
+                f"{field}[{key}]",
+                TOO_LARGE,
+                f"{field}[{key}] has {len(value)} characters; the limit is {limits.max_text_chars}",
             )
 
 
@@ -93,7 +94,9 @@ def _check_metadata(m: pb.Metadata, limits: Limits) -> None:
     locale = m.locale
     if locale and normalize_locale(locale) is None:
         raise InvalidActivity(
-            "metadata.locale", INVALID_VALUE, f"metadata.locale {locale[:40]!r} is not a BCP 47 tag like 'en-US'"
+            "metadata.locale",
+            INVALID_VALUE,
+            f"metadata.locale {locale[:40]!r} is not a BCP 47 tag like 'en-US'",
         )
     device_type = m.device_type
     if device_type:
@@ -107,7 +110,9 @@ def _check_metadata(m: pb.Metadata, limits: Limits) -> None:
             )
     if m.HasField("quantity") and m.quantity <= 0:
         raise InvalidActivity(
-            "metadata.quantity", OUT_OF_RANGE, f"metadata.quantity must be greater than zero, got {m.quantity}"
+            "metadata.quantity",
+            OUT_OF_RANGE,
+            f"metadata.quantity must be greater than zero, got {m.quantity}",
         )
     currency = m.currency
     if m.HasField("price"):
@@ -148,7 +153,9 @@ def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: in
 
     activity_id = a.id
     if activity_id and (len(activity_id) != 36 or not _UUID_RE.fullmatch(activity_id)):
-        raise InvalidActivity("id", INVALID_VALUE, "id must be a UUID like 0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e")
+        raise InvalidActivity(
+            "id", INVALID_VALUE, "id must be a UUID like 0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e"
+        )
 
     action = a.action
     if not action:
@@ -202,7 +209,9 @@ def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: in
     if segments:
         if len(segments) > limits.max_segments:
             raise InvalidActivity(
-                "segments", TOO_LARGE, f"segments has {len(segments)} entries; the limit is {limits.max_segments}"
+                "segments",
+                TOO_LARGE,
+                f"segments has {len(segments)} entries; the limit is {limits.max_segments}",
             )
         for segment in segments:
             if not segment or len(segment) > name_limit:

@@ -9,8 +9,8 @@ at fault. Only used after a whole-request parse failed, so it favours clarity ov
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
-from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
 from collector.proto.activity.v1 import activity_pb2 as pb
@@ -64,7 +64,7 @@ def _payload(encoded: bytes) -> bytes:
     return encoded[pos:]
 
 
-def find_bad_field(descriptor: Descriptor, message_class: type[Message], data: bytes, prefix: str = "") -> str:
+def find_bad_field(descriptor: Any, message_class: type[Message], data: bytes, prefix: str = "") -> str:
     """The dotted path of the first field of `data` that does not parse, as deep as it can be named."""
     for number, wire_type, encoded in iter_fields(data):
         try:

@@ -22,9 +22,7 @@ class Migration:
     statements: Callable[[str], list[str]]
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),)
 
 
 def applied_versions(client: Any, database: str) -> set[int]:

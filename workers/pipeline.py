@@ -205,8 +205,12 @@ class Pipeline:
                     error = classify(raw)
                     log.warning(
                         "insert failed",
-                        extra={"rows": rows, "attempt": attempt + 1, "transient": error.transient,
-                               "error": str(error)},
+                        extra={
+                            "rows": rows,
+                            "attempt": attempt + 1,
+                            "transient": error.transient,
+                            "error": str(error),
+                        },
                     )
                     if not error.transient:
                         break
@@ -262,7 +266,9 @@ class Pipeline:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            log.error("shutdown deadline passed with activities uncommitted", extra={"pending": self._pending})
+            log.error(
+                "shutdown deadline passed with activities uncommitted", extra={"pending": self._pending}
+            )
         for task in [*self._tasks, *self._inserts]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inserts, return_exceptions=True)

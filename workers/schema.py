@@ -16,8 +16,9 @@ value through a DEFAULT expression. The stored columns are what analysts see: `d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 
@@ -47,13 +48,13 @@ _SCALARS = {
 }
 
 
-def _type_name(f: FieldDescriptor) -> str:
+def _type_name(f: Any) -> str:
     if f.type == FieldDescriptor.TYPE_MESSAGE:
-        return f.message_type.name
+        return str(f.message_type.name)
     return _SCALARS[f.type]
 
 
-def _message_text(d: Descriptor, extra: str = "", name: str | None = None) -> str:
+def _message_text(d: Any, extra: str = "", name: str | None = None) -> str:
     lines = [f"message {name or d.name} {{"]
     for f in d.fields:
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
@@ -70,7 +71,7 @@ def _message_text(d: Descriptor, extra: str = "", name: str | None = None) -> st
 
 def _row_schema() -> str:
     activity = pb.Activity.DESCRIPTOR
-    nested: dict[str, Descriptor] = {}
+    nested: dict[str, Any] = {}
     for f in activity.fields:
         if f.message_type is not None and not f.message_type.GetOptions().map_entry:
             nested[f.message_type.name] = f.message_type
@@ -119,52 +120,114 @@ TIME = "DateTime64(3, 'UTC')"
 COLUMNS: tuple[Column, ...] = (
     Column("tenant_id", "LowCardinality(String)", "Tenant (customer platform) the activity belongs to."),
     Column("id", "UUID", "Activity id: the idempotency key, set by the client or assigned on receipt."),
-    Column("action", "LowCardinality(String)", "What the user did, normalised: view, click, add_to_cart, ..."),
+    Column(
+        "action", "LowCardinality(String)", "What the user did, normalised: view, click, add_to_cart, ..."
+    ),
     Column("target_type", "LowCardinality(String)", "Kind of target: product, category, page, ..."),
     Column("target_id", "String", "Identifier of the target within its type."),
     Column("target_attributes", "Map(String, String)", "Properties of the target as the client saw them."),
-    Column("session_id", "String", "Client session id; empty when the client sent none.",
-           *_from("user_session_id", "String")),
-    Column("anonymous_id", "String", "Anonymous visitor id; empty when unknown.",
-           *_from("user_anonymous_id", "String")),
-    Column("user_id", "String", "Authenticated user id; empty for anonymous visitors.",
-           *_from("user_user_id", "String")),
-    Column("identities", "Map(String, String)", "Ids of the user in further identity repositories.",
-           *_from("user_identities", "Map(String, String)")),
-    Column("source_id", "String",
-           "Response id of the search or recommendation response that powered the page; empty elsewhere."),
-    Column("locale", "LowCardinality(String)", "BCP 47 language tag, normalised (en-US); empty when unknown.",
-           *_from("metadata_locale", "String")),
-    Column("device_type", "LowCardinality(String)", "Device type as sent by the client, lower case.",
-           *_from("metadata_device_type", "String")),
-    Column("quantity", "Nullable(Int64)", "Number of items; NULL when not applicable.",
-           *_from("metadata_quantity", "Nullable(Int64)")),
-    Column("price", "Nullable(Int64)",
-           "Unit price in minor units of currency (cents); NULL when not applicable.",
-           *_from("metadata_price", "Nullable(Int64)")),
-    Column("currency", "LowCardinality(String)", "ISO 4217 code of price, upper case.",
-           *_from("metadata_currency", "String")),
+    Column(
+        "session_id",
+        "String",
+        "Client session id; empty when the client sent none.",
+        *_from("user_session_id", "String"),
+    ),
+    Column(
+        "anonymous_id",
+        "String",
+        "Anonymous visitor id; empty when unknown.",
+        *_from("user_anonymous_id", "String"),
+    ),
+    Column(
+        "user_id",
+        "String",
+        "Authenticated user id; empty for anonymous visitors.",
+        *_from("user_user_id", "String"),
+    ),
+    Column(
+        "identities",
+        "Map(String, String)",
+        "Ids of the user in further identity repositories.",
+        *_from("user_identities", "Map(String, String)"),
+    ),
+    Column(
+        "source_id",
+        "String",
+        "Response id of the search or recommendation response that powered the page; empty elsewhere.",
+    ),
+    Column(
+        "locale",
+        "LowCardinality(String)",
+        "BCP 47 language tag, normalised (en-US); empty when unknown.",
+        *_from("metadata_locale", "String"),
+    ),
+    Column(
+        "device_type",
+        "LowCardinality(String)",
+        "Device type as sent by the client, lower case.",
+        *_from("metadata_device_type", "String"),
+    ),
+    Column(
+        "quantity",
+        "Nullable(Int64)",
+        "Number of items; NULL when not applicable.",
+        *_from("metadata_quantity", "Nullable(Int64)"),
+    ),
+    Column(
+        "price",
+        "Nullable(Int64)",
+        "Unit price in minor units of currency (cents); NULL when not applicable.",
+        *_from("metadata_price", "Nullable(Int64)"),
+    ),
+    Column(
+        "currency",
+        "LowCardinality(String)",
+        "ISO 4217 code of price, upper case.",
+        *_from("metadata_currency", "String"),
+    ),
     Column("order_id", "String", "Order the purchase belongs to.", *_from("metadata_order_id", "String")),
     Column("page_url", "String", "URL of the page of the action.", *_from("metadata_page_url", "String")),
     Column("referrer", "String", "URL of the page before.", *_from("metadata_referrer", "String")),
     Column("user_agent", "String", "User agent string.", *_from("metadata_user_agent", "String")),
     Column("query", "String", "Search query typed by the user.", *_from("metadata_query", "String")),
-    Column("custom", "Map(String, String)", "Any other context sent by the client.",
-           *_from("metadata_custom", "Map(String, String)")),
+    Column(
+        "custom",
+        "Map(String, String)",
+        "Any other context sent by the client.",
+        *_from("metadata_custom", "Map(String, String)"),
+    ),
     Column("segments", "Array(LowCardinality(String))", "Segments the user belonged to."),
-    Column("received_at", TIME, "When the collector received the request (server clock).",
-           *_time("received_at", nullable=False)),
-    Column("sent_at", f"Nullable({TIME})", "When the client sent the request (client clock); NULL if not sent.",
-           *_time("sent_at", nullable=True)),
-    Column("clock_skew_ms", "Int64",
-           "Correction applied to the client's times, in milliseconds: received_at minus sent_at when that "
-           "exceeds the clock-skew tolerance (1 s by default), else 0."),
-    Column("client_occurred_at", f"Nullable({TIME})",
-           "occurred_at as sent, by the client's clock; NULL when the client sent none.",
-           *_time("occurred_at", nullable=True)),
-    Column("occurred_at", TIME,
-           "When the action happened, by the server's clock: client_occurred_at + clock_skew_ms, or "
-           "received_at when the client sent no time.", _OCCURRED),
+    Column(
+        "received_at",
+        TIME,
+        "When the collector received the request (server clock).",
+        *_time("received_at", nullable=False),
+    ),
+    Column(
+        "sent_at",
+        f"Nullable({TIME})",
+        "When the client sent the request (client clock); NULL if not sent.",
+        *_time("sent_at", nullable=True),
+    ),
+    Column(
+        "clock_skew_ms",
+        "Int64",
+        "Correction applied to the client's times, in milliseconds: received_at minus sent_at when that "
+        "exceeds the clock-skew tolerance (1 s by default), else 0.",
+    ),
+    Column(
+        "client_occurred_at",
+        f"Nullable({TIME})",
+        "occurred_at as sent, by the client's clock; NULL when the client sent none.",
+        *_time("occurred_at", nullable=True),
+    ),
+    Column(
+        "occurred_at",
+        TIME,
+        "When the action happened, by the server's clock: client_occurred_at + clock_skew_ms, or "
+        "received_at when the client sent no time.",
+        _OCCURRED,
+    ),
 )
 
 

@@ -1,0 +1,372 @@
+"""End to end: a real gRPC connection on loopback into the embedded ClickHouse engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from helpers import make_activity
+
+from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from collector.server import CollectorServer
+from collector.status import retry_delay_from_trailer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def rows(server: CollectorServer, sql: str) -> list[tuple[Any, ...]]:
+    assert server.store is not None
+    text = server.store.query(sql, "TabSeparated").decode()
+    return [tuple(line.split("\t")) for line in text.splitlines()]
+
+
+def count(server: CollectorServer, where: str = "1") -> int:
+    return int(rows(server, f"SELECT count() FROM activities WHERE {where}")[0][0])
+
+
+async def test_track_activity_stores_every_column(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    activity = pb.Activity(
+        id="0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e",
+        action="Add-To-Cart",
+        target=pb.Target(type="product", id="sku-1", attributes={"color": "red", "size": "M"}),
+        user=pb.User(session_id="s-1", anonymous_id="anon-1", user_id="u-1", identities={"crm": "C-9"}),
+        source_id="fhr-response-42",
+        metadata=pb.Metadata(
+            locale="en_us",
+            device_type="Mobile",
+            quantity=2,
+            price=1999,
+            currency="eur",
+            order_id="o-1",
+            page_url="https://shop.example/p/1",
+            referrer="https://shop.example/",
+            user_agent="Mozilla/5.0",
+            query="red shirt",
+            custom={"ab": "b"},
+        ),
+        segments=["returning", "vip"],
+    )
+    activity.occurred_at.FromSeconds(1_790_000_000)
+    request = pb.TrackActivityRequest(activity=activity)
+    # The client's clock is one hour behind the server's.
+    request.sent_at.FromNanoseconds(time.time_ns() - 3600 * 10**9)
+
+    response = await stub.TrackActivity(request)
+
+    assert response.accepted_count == 1
+    assert list(response.rejections) == []
+    assert response.activity_id == activity.id
+    got = rows(
+        server,
+        "SELECT tenant_id, id, action, target_type, target_id, toJSONString(mapSort(target_attributes)), "
+        "session_id, "
+        "anonymous_id, user_id, toJSONString(identities), source_id, locale, device_type, quantity, price, "
+        "currency, order_id, page_url, referrer, user_agent, query, toJSONString(custom), "
+        "arrayStringConcat(segments, ','), toUnixTimestamp(client_occurred_at), "
+        "round(clock_skew_ms / 1000), toUnixTimestamp(occurred_at) - toUnixTimestamp(client_occurred_at), "
+        "abs(dateDiff('second', received_at, now64())) < 60, sent_at < received_at FROM activities",
+    )
+    assert got == [
+        (
+            "default",
+            activity.id,
+            "add_to_cart",
+            "product",
+            "sku-1",
+            '{"color":"red","size":"M"}',
+            "s-1",
+            "anon-1",
+            "u-1",
+            '{"crm":"C-9"}',
+            "fhr-response-42",
+            "en-US",
+            "mobile",
+            "2",
+            "1999",
+            "EUR",
+            "o-1",
+            "https://shop.example/p/1",
+            "https://shop.example/",
+            "Mozilla/5.0",
+            "red shirt",
+            '{"ab":"b"}',
+            "returning,vip",
+            "1790000000",
+            "3600",
+            "3600",
+            "1",
+            "1",
+        )
+    ]
+
+
+async def test_activity_without_id_or_time_gets_them_from_the_server(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    activity = make_activity(1)
+    activity.ClearField("id")
+    activity.metadata.ClearField("locale")
+    response = await stub.TrackActivity(pb.TrackActivityRequest(activity=activity))
+    assert response.accepted_count == 1
+    assigned = uuid.UUID(response.activity_id)
+    got = rows(
+        server,
+        "SELECT id, client_occurred_at IS NULL, occurred_at = received_at, quantity IS NULL FROM activities",
+    )
+    assert got == [(str(assigned), "1", "1", "1")]
+
+
+async def test_mixed_batch_keeps_good_activities_and_names_each_bad_one(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    good = [make_activity(n) for n in range(3)]
+    missing_action = make_activity(10, action="")
+    bad_currency = make_activity(11, metadata=pb.Metadata(price=100, currency="XYZ"))
+    no_user = make_activity(12)
+    no_user.ClearField("user")
+    duplicate = make_activity(13, id=good[0].id)
+    batch = [good[0], missing_action, good[1], bad_currency, no_user, good[2], duplicate]
+
+    response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+
+    assert response.accepted_count == 3
+    got = [(r.index, r.activity_id, r.reason, r.field) for r in response.rejections]
+    assert got == [
+        (1, missing_action.id, pb.REJECTION_REASON_MISSING_FIELD, "action"),
+        (3, bad_currency.id, pb.REJECTION_REASON_INVALID_VALUE, "metadata.currency"),
+        (4, no_user.id, pb.REJECTION_REASON_MISSING_FIELD, "user"),
+        (6, duplicate.id, pb.REJECTION_REASON_DUPLICATE_ID, "id"),
+    ]
+    assert all(r.message for r in response.rejections)
+    stored = {r[0] for r in rows(server, "SELECT id FROM activities")}
+    assert stored == {a.id for a in good}
+
+
+async def test_assigned_ids_are_reported_by_index(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    batch = [make_activity(n) for n in range(4)]
+    batch[1].ClearField("id")
+    batch[3].ClearField("id")
+    response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+    assert response.accepted_count == 4
+    assert sorted(response.assigned_ids) == [1, 3]
+    stored = {r[0] for r in rows(server, "SELECT id FROM activities")}
+    assert stored == {batch[0].id, batch[2].id, *response.assigned_ids.values()}
+
+
+async def test_stream_answers_every_batch_with_its_sequence(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    stub = pb_grpc.ActivityServiceStub(channel)
+    call = stub.StreamActivities()
+    sent: dict[int, list[pb.Activity]] = {}
+    for seq in range(1, 21):
+        batch = [make_activity(seq * 100 + n) for n in range(50)]
+        if seq == 7:
+            batch[3].target.id = ""
+        sent[seq] = batch
+        request = pb.StreamActivitiesRequest(sequence=seq, activities=batch)
+        request.sent_at.GetCurrentTime()
+        await call.write(request)
+    await call.done_writing()
+    answers = {r.sequence: r async for r in call}
+
+    assert sorted(answers) == list(range(1, 21))
+    for seq, answer in answers.items():
+        assert answer.status.code == 0
+        assert answer.accepted_count == (49 if seq == 7 else 50)
+    assert [(r.index, r.field) for r in answers[7].rejections] == [(3, "target.id")]
+    assert count(server) == 20 * 50 - 1
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_stream_reports_a_whole_batch_failure_in_its_status(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    call = stub.StreamActivities()
+    await call.write(pb.StreamActivitiesRequest(sequence=5))
+    await call.write(pb.StreamActivitiesRequest(sequence=6, activities=[make_activity(1)]))
+    await call.done_writing()
+    answers = {r.sequence: r async for r in call}
+    assert answers[5].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "empty" in answers[5].status.message
+    assert answers[6].status.code == 0 and answers[6].accepted_count == 1
+
+
+async def test_concurrent_single_activity_calls_share_inserts(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    assert server.pipeline is not None
+    before = server.pipeline.stats.inserts
+    calls = [stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(n))) for n in range(200)]
+    responses = await asyncio.gather(*calls)
+    assert all(r.accepted_count == 1 for r in responses)
+    inserts = server.pipeline.stats.inserts - before
+    assert count(server) == 200
+    # Two hundred requests, a handful of inserts: group commit across requests.
+    assert 1 <= inserts <= 20, inserts
+
+
+async def test_empty_and_oversized_batches_are_invalid_argument(
+    start_server: Any,
+) -> None:
+    server = await start_server(max_batch_activities=10, max_request_bytes=20_000, max_activity_bytes=5_000)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await stub.TrackActivities(pb.TrackActivitiesRequest())
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "empty" in (empty.value.details() or "")
+
+        with pytest.raises(grpc.aio.AioRpcError) as too_many:
+            await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(11)])
+            )
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit is 10" in (too_many.value.details() or "")
+
+        big = [
+            make_activity(n, source_id="x" * 100, metadata=pb.Metadata(query="q" * 2000)) for n in range(10)
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as too_big:
+            await stub.TrackActivities(pb.TrackActivitiesRequest(activities=big))
+        assert too_big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_request_bytes" in (too_big.value.details() or "")
+
+        # Far past the transport's own limit: refused by the transport, and the server lives on.
+        huge = pb.TrackActivitiesRequest(activities=[make_activity(0, source_id="y" * 200_000)])
+        with pytest.raises(grpc.aio.AioRpcError) as transport:
+            await stub.TrackActivities(huge)
+        assert transport.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        ok = await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(1)))
+        assert ok.accepted_count == 1
+
+
+async def test_malformed_utf8_rejects_only_its_activity(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    batch = [make_activity(n) for n in range(3)]
+    batch[1].metadata.referrer = "MARKER-MARKER"
+    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
+    raw = raw.replace(b"MARKER-MARKER", b"MARKER-\xff\xfe\xfdKER")
+    call = channel.unary_unary(
+        "/activity.v1.ActivityService/TrackActivities",
+        request_serializer=None,
+        response_deserializer=pb.TrackActivitiesResponse.FromString,
+    )
+    response = await call(raw)
+    assert response.accepted_count == 2
+    assert [(r.index, r.reason, r.field) for r in response.rejections] == [
+        (1, pb.REJECTION_REASON_INVALID_VALUE, "metadata.referrer")
+    ]
+    assert {r[0] for r in rows(server, "SELECT id FROM activities")} == {batch[0].id, batch[2].id}
+
+    with pytest.raises(grpc.aio.AioRpcError) as garbage:
+        await call(b"\xff\xff\xff\xff")
+    assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_full_queue_answers_resource_exhausted_with_retry_delay(start_server: Any) -> None:
+    # The first batch fills the queue and lingers for a second before its insert.
+    server = await start_server(
+        queue_capacity=100,
+        max_batch_activities=100,
+        flush_interval_ms=1000,
+        insert_workers=1,
+        retry_delay_ms=250,
+    )
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        first = asyncio.ensure_future(
+            stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(100)]))
+        )
+        await asyncio.sleep(0.3)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(500)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_delay_from_trailer(refused.value.trailing_metadata()) == pytest.approx(0.25)
+        assert (await first).accepted_count == 100
+        assert server.pipeline is not None and server.pipeline.stats.refused == 1
+        # Once committed, there is room again.
+        later = await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(501)))
+        assert later.accepted_count == 1
+    assert count(server) == 101
+
+
+async def test_store_failure_answers_unavailable_and_stores_nothing(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    assert server.store is not None
+    server.store.command("RENAME TABLE activities TO activities_away")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(5)])
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay_from_trailer(failed.value.trailing_metadata()) is not None
+        call = stub.StreamActivities()
+        await call.write(pb.StreamActivitiesRequest(sequence=1, activities=[make_activity(9)]))
+        await call.done_writing()
+        answer = await anext(aiter(call))
+        assert answer.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert answer.status.retry_delay.ToNanoseconds() > 0
+        assert answer.accepted_count == 0
+    finally:
+        server.store.command("RENAME TABLE activities_away TO activities")
+    assert count(server) == 0
+    # The store is back: the same request now succeeds.
+    ok = await stub.TrackActivities(
+        pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(5)])
+    )
+    assert ok.accepted_count == 5
+
+
+async def test_shutdown_with_requests_in_flight_loses_nothing_acknowledged(start_server: Any) -> None:
+    server = await start_server(flush_interval_ms=50)
+    acknowledged: list[str] = []
+    errors: list[grpc.StatusCode] = []
+
+    async def client(n: int, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        for k in range(1000):
+            batch = [make_activity(n * 100_000 + k * 10 + i) for i in range(10)]
+            try:
+                response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            except grpc.aio.AioRpcError as error:
+                errors.append(error.code())
+                return
+            assert response.accepted_count == 10
+            acknowledged.extend(a.id for a in batch)
+
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        clients = [asyncio.create_task(client(n, channel)) for n in range(8)]
+        await asyncio.sleep(0.5)
+        await server.shutdown(grace=5.0)
+        await asyncio.gather(*clients)
+
+    assert acknowledged, "no request was answered before shutdown"
+    # Refused requests are told to come back (UNAVAILABLE); one racing the closing port may see the
+    # transport's CANCELLED instead. Neither is an acknowledgement.
+    assert len(errors) == 8
+    assert set(errors) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    # The store is closed with the server: read what it committed through a new one.
+    from workers.storage import ClickHouseStore
+
+    store = ClickHouseStore(server.settings.effective_clickhouse_dsn, server.settings.clickhouse_database)
+    try:
+        ids = {
+            line for line in store.query("SELECT id FROM activities", "TabSeparated").decode().splitlines()
+        }
+    finally:
+        store.close()
+    assert set(acknowledged) <= ids
