@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--batch-size", type=int, default=500, help="activities per request (default 500)")
     send.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    send.add_argument(
+        "--attempts",
+        type=int,
+        default=6,
+        help="tries per batch when the server is unreachable or asks for a resend (default 6)",
+    )
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
     sql.add_argument("query", help="the SQL statement")
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "send":
             from collector.send import send
 
-            return send(args.file, args.target, args.batch_size, args.timeout)
+            return send(args.file, args.target, args.batch_size, args.timeout, args.attempts)
         if args.command == "sql":
             from collector.sqlcmd import run_sql
 

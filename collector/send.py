@@ -23,7 +23,6 @@ from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.status import retry_delay_from_trailer
 
 RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
-MAX_ATTEMPTS = 8
 
 
 @dataclass
@@ -52,17 +51,18 @@ def _send_batch(
     stub: pb_grpc.ActivityServiceStub,
     batch: list[tuple[int, pb.Activity]],
     timeout: float,
+    attempts: int,
     report: SendReport,
 ) -> None:
     request = pb.TrackActivitiesRequest(activities=[a for _, a in batch])
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         request.sent_at.GetCurrentTime()
         try:
             response = stub.TrackActivities(request, timeout=timeout)
         except grpc.RpcError as error:
             code = error.code()
-            if code in RETRYABLE and attempt < MAX_ATTEMPTS:
-                delay = retry_delay_from_trailer(error.trailing_metadata()) or 0.5 * attempt
+            if code in RETRYABLE and attempt < attempts:
+                delay = retry_delay_from_trailer(error.trailing_metadata()) or min(10.0, 0.25 * 2**attempt)
                 time.sleep(delay)
                 continue
             report.failed += len(batch)
@@ -79,9 +79,11 @@ def _send_batch(
         return
 
 
-def send(path: str, target: str, batch_size: int, timeout: float) -> int:
-    if batch_size <= 0:
-        print("activity-collector send: --batch-size must be greater than zero", file=sys.stderr)
+def send(path: str, target: str, batch_size: int, timeout: float, attempts: int = 6) -> int:
+    if batch_size <= 0 or attempts <= 0:
+        print(
+            "activity-collector send: --batch-size and --attempts must be greater than zero", file=sys.stderr
+        )
         return 2
     report = SendReport()
     stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
@@ -92,10 +94,10 @@ def send(path: str, target: str, batch_size: int, timeout: float) -> int:
             for item in read_activities(stream, report):
                 batch.append(item)
                 if len(batch) >= batch_size:
-                    _send_batch(stub, batch, timeout, report)
+                    _send_batch(stub, batch, timeout, attempts, report)
                     batch = []
             if batch:
-                _send_batch(stub, batch, timeout, report)
+                _send_batch(stub, batch, timeout, attempts, report)
     finally:
         if stream is not sys.stdin:
             stream.close()

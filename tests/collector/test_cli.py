@@ -1,0 +1,135 @@
+"""The command line, as a user runs it: `serve` in its own process, `send` and `sql` beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "examples" / "activities.jsonl"
+
+
+def cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collector.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    target = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "serve", "--listen", target, "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert f"listening on {target}" in first, first + (proc.stderr.read() if proc.stderr else "")
+    yield proc, target, data
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-untyped-def]
+    proc, target, data = served
+
+    sent = cli("send", str(SAMPLE), "--target", target)
+    assert sent.returncode == 1, sent.stderr  # two lines of the sample are invalid on purpose
+    assert "accepted 3, rejected 2, unparsed 0, not stored 0" in sent.stdout
+    assert "line 4: metadata.price: metadata.price must not be negative" in sent.stdout
+    assert "line 5: target.id: target.id is required [MISSING_FIELD]" in sent.stdout
+
+    # stdin, and a line that is not an activity
+    lines = (
+        '{"action": "view", "target": {"type": "page", "id": "home"}, "user": {"userId": "u"}}\nnot json\n'
+    )
+    piped = cli("send", "-", "--target", target, stdin=lines)
+    assert "accepted 1, rejected 0, unparsed 1" in piped.stdout
+    assert "line 2: not an activity" in piped.stdout
+
+    # While the server holds the embedded engine, sql goes through it.
+    query = "SELECT action, target_id, currency FROM activities ORDER BY action, target_id FORMAT JSONEachRow"
+    through_server = cli("sql", "--data-dir", str(data), "--format", "json", query.rsplit(" FORMAT", 1)[0])
+    assert through_server.returncode == 0, through_server.stderr
+    got = [json.loads(line) for line in through_server.stdout.splitlines()]
+    assert got == [
+        {"action": "add_to_cart", "target_id": "sku-1001", "currency": "EUR"},
+        {"action": "purchase", "target_id": "sku-1001", "currency": "EUR"},
+        {"action": "view", "target_id": "home", "currency": ""},
+        {"action": "view", "target_id": "sku-1001", "currency": ""},
+    ]
+
+    table = cli("sql", "--data-dir", str(data), "SELECT count() AS n FROM activities")
+    assert "n" in table.stdout and "4" in table.stdout and "┌" in table.stdout
+
+    bad = cli("sql", "--data-dir", str(data), "SELECT nope FROM activities")
+    assert bad.returncode == 1
+    assert "nope" in bad.stderr
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not (data / "control.sock").exists()
+
+    # With no server, sql opens the engine itself and sees the same data.
+    direct = cli("sql", "--data-dir", str(data), "--format", "tsv", "SELECT count() FROM activities")
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.splitlines() == ["count()", "4"]
+
+
+def test_sql_without_data_says_so(tmp_path: Path) -> None:
+    result = cli("sql", "--data-dir", str(tmp_path / "nothing"), "SELECT 1")
+    assert result.returncode == 1
+    assert "no data" in result.stderr
+
+
+def test_bad_configuration_names_the_setting(tmp_path: Path) -> None:
+    result = cli("serve", "--data-dir", str(tmp_path), env={"ACTIVITY_QUEUE_CAPACITY": "10"})
+    assert result.returncode == 2
+    assert "queue_capacity" in result.stderr
+    unknown = cli("serve", "--data-dir", str(tmp_path), env={"ACTIVITY_QUEUE_CAPACTY": "10"})
+    assert unknown.returncode == 2
+    assert "ACTIVITY_QUEUE_CAPACTY: unknown setting" in unknown.stderr
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(served) -> None:  # type: ignore[no-untyped-def]
+    _, _, data = served
+    second = cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data))
+    assert second.returncode == 1
+    assert "cannot start" in second.stderr
+
+
+def test_send_to_nothing_reports_not_stored(tmp_path: Path) -> None:
+    result = cli(
+        "send", str(SAMPLE), "--target", f"127.0.0.1:{free_port()}", "--timeout", "2", "--attempts", "2"
+    )
+    assert result.returncode == 2
+    assert "lines 1-5: not stored: UNAVAILABLE" in result.stderr
+    assert "accepted 0, rejected 0, unparsed 0, not stored 5" in result.stdout

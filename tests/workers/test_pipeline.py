@@ -1,0 +1,149 @@
+"""The worker pipeline against the real embedded engine: group commit, bounds, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from helpers import make_activity
+
+from collector.config import PipelineSettings
+from collector.proto.activity.v1 import activity_pb2 as pb
+from workers.pipeline import Overloaded, Pipeline, Submission, Unavailable
+from workers.storage import ClickHouseStore
+
+pytestmark = pytest.mark.timeout(60)
+
+MakePipeline = Callable[..., Pipeline]
+
+
+@pytest.fixture
+async def make_pipeline(store: ClickHouseStore) -> AsyncIterator[MakePipeline]:
+    made: list[Pipeline] = []
+
+    def make(**settings: Any) -> Pipeline:
+        pipeline = Pipeline(PipelineSettings(**settings), store)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        await pipeline.shutdown(timeout=5)
+
+
+def submission(activities: list[pb.Activity]) -> Submission:
+    return Submission(
+        activities=activities,
+        indexes=list(range(len(activities))),
+        tenant="t1",
+        received_ns=time.time_ns(),
+        sent_ns=None,
+        skew_ns=0,
+        future=asyncio.get_running_loop().create_future(),
+    )
+
+
+def stored(store: ClickHouseStore) -> int:
+    return int(store.query("SELECT count() FROM activities", "TabSeparated"))
+
+
+async def test_concurrent_submissions_share_inserts(
+    make_pipeline: MakePipeline, store: ClickHouseStore
+) -> None:
+    pipeline = make_pipeline(flush_interval_ms=20)
+    await pipeline.start()
+    subs = [submission([make_activity(n * 10 + i) for i in range(3)]) for n in range(100)]
+    for sub in subs:
+        pipeline.submit(sub)
+    await asyncio.gather(*(s.future for s in subs))
+    assert stored(store) == 300
+    assert pipeline.stats.committed == 300
+    assert pipeline.stats.inserts <= 5
+    assert pipeline.pending == 0
+
+
+async def test_inserts_are_cut_at_insert_max_rows(
+    make_pipeline: MakePipeline, store: ClickHouseStore
+) -> None:
+    pipeline = make_pipeline(insert_max_rows=100, flush_interval_ms=50, queue_capacity=10_000)
+    await pipeline.start()
+    subs = [submission([make_activity(n * 100 + i) for i in range(40)]) for n in range(10)]
+    for sub in subs:
+        pipeline.submit(sub)
+    await asyncio.gather(*(s.future for s in subs))
+    # Whole submissions are never split; an insert stops taking them once it holds 100 rows.
+    assert max(pipeline.stats.insert_sizes) <= 120
+    assert sum(pipeline.stats.insert_sizes) == 400
+    assert stored(store) == 400
+
+
+async def test_admission_is_bounded_and_counted(make_pipeline: MakePipeline) -> None:
+    pipeline = make_pipeline(queue_capacity=10, flush_interval_ms=200, insert_workers=1, retry_delay_ms=700)
+    await pipeline.start()
+    first = submission([make_activity(i) for i in range(8)])
+    pipeline.submit(first)
+    with pytest.raises(Overloaded) as refused:
+        pipeline.submit(submission([make_activity(100 + i) for i in range(3)]))
+    assert refused.value.retry_delay_s == pytest.approx(0.7)
+    assert "queue_capacity is 10" in str(refused.value)
+    assert pipeline.stats.refused == 3
+    pipeline.submit(submission([make_activity(200), make_activity(201)]))  # exactly fills it
+    await first.future
+    assert pipeline.pending <= 2
+
+
+async def test_store_failure_fails_the_submissions_without_retrying_a_permanent_error(
+    make_pipeline: MakePipeline, store: ClickHouseStore
+) -> None:
+    pipeline = make_pipeline(insert_attempts=3)
+    await pipeline.start()
+    store.command("RENAME TABLE activities TO activities_gone")
+    sub = submission([make_activity(1)])
+    pipeline.submit(sub)
+    with pytest.raises(Unavailable) as failed:
+        await sub.future
+    assert "storing the activities failed" in str(failed.value)
+    assert pipeline.stats.insert_failures == 1
+    assert pipeline.stats.insert_retries == 0  # an unknown table will not appear by retrying
+    assert pipeline.stats.failed == 1
+    assert pipeline.pending == 0
+    store.command("RENAME TABLE activities_gone TO activities")
+
+
+async def test_shutdown_flushes_what_was_submitted(
+    make_pipeline: MakePipeline, store: ClickHouseStore
+) -> None:
+    pipeline = make_pipeline(flush_interval_ms=500)
+    await pipeline.start()
+    subs = [submission([make_activity(n)]) for n in range(20)]
+    for sub in subs:
+        pipeline.submit(sub)
+    await pipeline.shutdown(timeout=5)
+    assert all(s.future.done() and s.future.exception() is None for s in subs)
+    assert stored(store) == 20
+    with pytest.raises(Unavailable):
+        pipeline.submit(submission([make_activity(99)]))
+
+
+async def test_enrichment_writes_canonical_values_and_batch_fields(
+    make_pipeline: MakePipeline, store: ClickHouseStore
+) -> None:
+    pipeline = make_pipeline()
+    await pipeline.start()
+    activity = make_activity(
+        1, action="Remove From-Cart", metadata=pb.Metadata(locale="pt_br", currency="brl")
+    )
+    activity.metadata.price = 500
+    activity.metadata.device_type = "Smart-TV"
+    activity.ClearField("id")
+    sub = submission([activity])
+    pipeline.submit(sub)
+    assigned = await sub.future
+    row = store.query(
+        "SELECT toString(id), action, locale, currency, device_type, tenant_id FROM activities",
+        "TabSeparated",
+    )
+    assert row.decode().split() == [assigned[0], "remove_from_cart", "pt-BR", "BRL", "smart_tv", "t1"]

@@ -1,0 +1,76 @@
+"""ClickHouse storage and migrations on the real embedded engine."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from helpers import make_activity
+
+from workers.enrich import encode_rows, envelope
+from workers.migrations import MIGRATIONS, apply_migrations, latest_version
+from workers.schema import COLUMNS
+from workers.storage import ClickHouseStore, StoreError
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_migrations_are_recorded_and_applied_once(store: ClickHouseStore, database: str) -> None:
+    versions = store.query(f"SELECT version FROM `{database}`.schema_migrations", "TabSeparated")
+    assert versions.decode().split() == [str(m.version) for m in MIGRATIONS]
+    with store._client() as client:
+        assert apply_migrations(client, database) == []
+    again = store.query(f"SELECT count() FROM `{database}`.schema_migrations", "TabSeparated")
+    assert int(again) == latest_version()
+
+
+def test_table_columns_are_the_documented_ones(store: ClickHouseStore) -> None:
+    described = store.query(
+        "SELECT name, type, comment FROM system.columns WHERE table = 'activities' "
+        "AND database = currentDatabase() AND default_kind != 'EPHEMERAL' ORDER BY position",
+        "TabSeparated",
+    )
+    got = [tuple(line.replace("\\'", "'").split("\t")) for line in described.decode().splitlines()]
+    assert [(c.name, c.type) for c in COLUMNS] == [(n, t) for n, t, _ in got]
+    assert all(comment for _, _, comment in got)
+    documented = (ROOT / "docs" / "schema.md").read_text()
+    for c in COLUMNS:
+        assert f"| `{c.name}` | {c.type} |" in documented, f"docs/schema.md lacks column {c.name} ({c.type})"
+
+
+def test_insert_counts_rows_and_the_rows_are_queryable(store: ClickHouseStore) -> None:
+    activities = [make_activity(n) for n in range(250)]
+    rows = encode_rows(activities, range(250), "tenant-a", time.time_ns(), None)
+    store.insert_rows(envelope([rows]), 250)
+    result = store.query(
+        "SELECT tenant_id, count(), uniqExact(id) FROM activities GROUP BY tenant_id", "TabSeparated"
+    )
+    assert result.decode().split() == ["tenant-a", "250", "250"]
+
+
+def test_a_row_count_mismatch_is_an_error(store: ClickHouseStore) -> None:
+    rows = encode_rows([make_activity(1), make_activity(2)], [0, 1], "t", time.time_ns(), None)
+    with pytest.raises(StoreError, match="wrote 2 rows of 3"):
+        store.insert_rows(envelope([rows]), 3)
+
+
+def test_bad_rows_are_a_permanent_error(store: ClickHouseStore) -> None:
+    broken = make_activity(1, id="not-a-uuid-but-the-store-was-not-told")
+    rows = encode_rows([broken], [0], "t", time.time_ns(), None)
+    with pytest.raises(StoreError) as error:
+        store.insert_rows(envelope([rows]), 1)
+    assert error.value.transient is False
+    assert error.value.code == 376  # CANNOT_PARSE_UUID
+
+
+def test_an_unreachable_server_is_a_transient_error(database: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StoreError) as error:
+        ClickHouseStore(f"http://127.0.0.1:{port}", database, connections=1)
+    assert error.value.transient is True
