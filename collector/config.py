@@ -8,6 +8,7 @@ an unknown ``ACTIVITY_*`` variable is refused, so that a misspelt setting never 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -53,7 +54,7 @@ class Limits:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value <= 0:
+            if not value > 0 or value == math.inf:
                 raise ConfigError(f"{f.name}: must be greater than zero, got {value!r}")
         if self.max_activity_bytes > self.max_request_bytes:
             raise ConfigError(
@@ -85,7 +86,7 @@ class PipelineSettings:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value <= 0:
+            if not value > 0 or value == math.inf:
                 raise ConfigError(f"{f.name}: must be greater than zero, got {value!r}")
 
 
@@ -134,12 +135,15 @@ class Settings:
             raise ConfigError(f"clickhouse_dsn: must start with http://, https:// or chdb://, got {dsn!r}")
         if not self.default_tenant:
             raise ConfigError("default_tenant: must not be empty")
-        if self.clock_skew_tolerance_ms < 0:
+        if not 0 <= self.clock_skew_tolerance_ms < math.inf:
             raise ConfigError(
-                f"clock_skew_tolerance_ms: must not be negative, got {self.clock_skew_tolerance_ms}"
+                "clock_skew_tolerance_ms: must be a finite number, zero or more, "
+                f"got {self.clock_skew_tolerance_ms}"
             )
-        if self.shutdown_grace_s < 0:
-            raise ConfigError(f"shutdown_grace_s: must not be negative, got {self.shutdown_grace_s}")
+        if not 0 <= self.shutdown_grace_s < math.inf:
+            raise ConfigError(
+                f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
+            )
         self.limits.validate()
         self.pipeline.validate()
         if self.pipeline.queue_capacity < self.limits.max_batch_activities:
@@ -182,7 +186,10 @@ def _convert(name: str, f: dataclasses.Field[Any], raw: Any) -> Any:
         if kind == "int":
             return int(raw.replace("_", ""))
         if kind == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         if kind == "Path":
             return Path(raw)
     except ValueError:

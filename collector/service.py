@@ -195,13 +195,7 @@ class ActivityService:
 
     async def track_activity(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async def body(received_ns: int) -> bytes:
-            self._check_size(raw)
-            request: Any
-            unparsed: dict[int, tuple[str, str]] | None = None
-            try:
-                request = pb.TrackActivityRequest.FromString(raw)
-            except DecodeError:
-                request, unparsed = salvage_batch(raw, pb.TrackActivityRequest, 1)
+            request, unparsed = self._parse_batch(raw, pb.TrackActivityRequest, 1)
             if not request.HasField("activity") and not unparsed:
                 raise InvalidRequest("activity: required")
             activities = [request.activity]

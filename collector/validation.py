@@ -92,6 +92,8 @@ def _check_metadata(m: pb.Metadata, limits: Limits) -> None:
     text_limit = limits.max_text_chars
     id_limit = limits.max_id_chars
     locale = m.locale
+    if len(locale) > name_limit:
+        raise _too_long("metadata.locale", locale, name_limit)
     if locale and normalize_locale(locale) is None:
         raise InvalidActivity(
             "metadata.locale",
@@ -106,7 +108,7 @@ def _check_metadata(m: pb.Metadata, limits: Limits) -> None:
             raise InvalidActivity(
                 "metadata.device_type",
                 INVALID_VALUE,
-                "metadata.device_type must be a name of letters, digits, '_', '-', '.' or ':'",
+                "metadata.device_type must be a name of letters, digits, '_', '-', ' ', '.' or ':'",
             )
     if m.HasField("quantity") and m.quantity <= 0:
         raise InvalidActivity(

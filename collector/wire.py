@@ -66,7 +66,12 @@ def _payload(encoded: bytes) -> bytes:
 
 def find_bad_field(descriptor: Any, message_class: type[Message], data: bytes, prefix: str = "") -> str:
     """The dotted path of the first field of `data` that does not parse, as deep as it can be named."""
-    for number, wire_type, encoded in iter_fields(data):
+    try:
+        fields = list(iter_fields(data))
+    except WireError:
+        # The framing itself is broken inside this message: it is as deep as the path goes.
+        return prefix.rstrip(".")
+    for number, wire_type, encoded in fields:
         try:
             message_class.FromString(encoded)
             continue
@@ -93,30 +98,37 @@ _message_classes: dict[str, type[Message]] = {
 def salvage_batch(
     data: bytes, request_class: type[Message], activities_field: int
 ) -> tuple[Message, dict[int, tuple[str, str]]]:
-    """Parse a batch request field by field.
+    """Parse a request field by field.
 
-    Returns the request with every activity that parses (an empty Activity in place of each one that
-    does not, so that indexes keep their meaning), and, by index, (field path, message) for each
-    activity that does not parse. Raises WireError, or DecodeError naming the field, when something
-    other than an activity is broken.
+    `activities_field` is the number of the request's activity field: repeated (a batch) or singular
+    (TrackActivityRequest). Returns the request with every activity that parses (an empty Activity in
+    place of each one that does not, so that indexes keep their meaning), and, by index, (field path,
+    message) for each activity that does not parse. Raises WireError, or DecodeError naming the field,
+    when something other than an activity is broken.
     """
     request = request_class()
+    field = request_class.DESCRIPTOR.fields_by_number[activities_field]
+    repeated = field.is_repeated
     broken: dict[int, tuple[str, str]] = {}
     index = 0
     for number, _, encoded in iter_fields(data):
         if number == activities_field:
-            activity = getattr(request, "activities").add()  # noqa: B009
+            payload = _payload(encoded)
+            activity = getattr(request, field.name).add() if repeated else getattr(request, field.name)
             try:
-                activity.MergeFromString(_payload(encoded))
+                activity.MergeFromString(payload)
             except DecodeError:
                 activity.Clear()
-                path = find_bad_field(pb.Activity.DESCRIPTOR, pb.Activity, _payload(encoded))
+                if not repeated:
+                    activity.SetInParent()
+                path = find_bad_field(pb.Activity.DESCRIPTOR, pb.Activity, payload)
                 broken[index] = (
                     path,
                     f"{path or 'the activity'} does not parse: malformed protobuf or a string that is "
                     "not valid UTF-8",
                 )
-            index += 1
+            if repeated:
+                index += 1
         else:
             try:
                 request.MergeFromString(encoded)

@@ -370,3 +370,41 @@ async def test_shutdown_with_requests_in_flight_loses_nothing_acknowledged(start
     finally:
         store.close()
     assert set(acknowledged) <= ids
+
+
+async def test_track_activity_with_malformed_utf8_is_a_rejection(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    activity = make_activity(1, source_id="MARKER-MARKER")
+    raw = pb.TrackActivityRequest(activity=activity).SerializeToString()
+    call = channel.unary_unary(
+        "/activity.v1.ActivityService/TrackActivity",
+        request_serializer=None,
+        response_deserializer=pb.TrackActivityResponse.FromString,
+    )
+    response = await call(raw.replace(b"MARKER-MARKER", b"MARKER-\xff\xfe\xfdKER"))
+    assert response.accepted_count == 0
+    assert [(r.index, r.reason, r.field) for r in response.rejections] == [
+        (0, pb.REJECTION_REASON_INVALID_VALUE, "source_id")
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as truncated:
+        await call(raw[:-3])
+    assert truncated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_activity_with_broken_framing_inside_does_not_sink_its_batch(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    good = make_activity(1)
+    # A valid outer frame around an activity whose own first field claims 5 bytes and has 2.
+    broken = b"\x0a\x04\x0a\x05ab"
+    raw = pb.TrackActivitiesRequest(activities=[good]).SerializeToString() + broken
+    call = channel.unary_unary(
+        "/activity.v1.ActivityService/TrackActivities",
+        request_serializer=None,
+        response_deserializer=pb.TrackActivitiesResponse.FromString,
+    )
+    response = await call(raw)
+    assert response.accepted_count == 1
+    assert [(r.index, r.reason) for r in response.rejections] == [(1, pb.REJECTION_REASON_INVALID_VALUE)]
+    assert count(server) == 1
