@@ -154,7 +154,7 @@ def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: in
     id_limit = limits.max_id_chars
 
     activity_id = a.id
-    if activity_id and (len(activity_id) != 36 or not _UUID_RE.fullmatch(activity_id)):
+    if activity_id and not is_uuid(activity_id):
         raise InvalidActivity(
             "id", INVALID_VALUE, "id must be a UUID like 0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e"
         )
@@ -238,6 +238,10 @@ def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: in
             )
 
 
+def is_uuid(value: str) -> bool:
+    return len(value) == 36 and _UUID_RE.fullmatch(value) is not None
+
+
 def validate_activities(
     activities: Sequence[pb.Activity],
     limits: Limits,
@@ -248,8 +252,9 @@ def validate_activities(
     """Indexes of the valid activities, and one Rejection per invalid one.
 
     `unparsed` names, by index, the activities that did not parse (field path, message); they are
-    rejected as INVALID_VALUE. A repeated id inside one request is rejected as DUPLICATE_ID for every
-    occurrence after the first valid one: the request itself says the same activity twice.
+    rejected as INVALID_VALUE. An id (a UUID, compared case-insensitively) that an earlier activity of
+    the request already carried is rejected as DUPLICATE_ID before any other check, whether or not the
+    earlier one was valid: the request itself says the same activity twice, and the first copy counts.
     """
     valid: list[int] = []
     rejections: list[Rejection] = []
@@ -259,13 +264,8 @@ def validate_activities(
             field, message = unparsed[index]
             rejections.append(Rejection(index, "", INVALID_VALUE, field, message))
             continue
-        try:
-            check_activity(activity, limits, received_ns, skew_ns)
-        except InvalidActivity as error:
-            rejections.append(Rejection(index, activity.id, error.reason, error.field, error.message))
-            continue
         activity_id = activity.id
-        if activity_id:
+        if activity_id and is_uuid(activity_id):
             key = activity_id.lower()
             if key in seen_ids:
                 rejections.append(
@@ -279,6 +279,11 @@ def validate_activities(
                 )
                 continue
             seen_ids.add(key)
+        try:
+            check_activity(activity, limits, received_ns, skew_ns)
+        except InvalidActivity as error:
+            rejections.append(Rejection(index, activity_id, error.reason, error.field, error.message))
+            continue
         valid.append(index)
     return valid, rejections
 

@@ -116,6 +116,9 @@ def encode_rows(
     nbytes = 0
     for index in indexes:
         a = activities[index]
+        # Unknown fields would be re-emitted by SerializeToString and could collide with the fields
+        # the collector appends (tenant, receive time): a client must not be able to set those.
+        a.DiscardUnknownFields()
         if not a.id:
             a.id = assigned[index] = str(uuid.uuid4())
         action = a.action

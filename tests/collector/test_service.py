@@ -16,6 +16,7 @@ from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.server import CollectorServer
 from collector.status import retry_delay_from_trailer
+from workers.enrich import varint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -408,3 +409,21 @@ async def test_an_activity_with_broken_framing_inside_does_not_sink_its_batch(
     assert response.accepted_count == 1
     assert [(r.index, r.reason) for r in response.rejections] == [(1, pb.REJECTION_REASON_INVALID_VALUE)]
     assert count(server) == 1
+
+
+async def test_a_client_cannot_set_the_fields_the_collector_appends(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    # Field 1001 of a stored row is its tenant; a client sending it inside an Activity is ignored.
+    activity = make_activity(1)
+    spoof = b"\xca\x3e\x04evil"  # field 1001, length-delimited, "evil"
+    body = activity.SerializeToString() + spoof
+    raw = b"\x0a" + varint(len(body)) + body
+    call = channel.unary_unary(
+        "/activity.v1.ActivityService/TrackActivity",
+        request_serializer=None,
+        response_deserializer=pb.TrackActivityResponse.FromString,
+    )
+    response = await call(raw)
+    assert response.accepted_count == 1
+    assert rows(server, "SELECT tenant_id FROM activities") == [("default",)]

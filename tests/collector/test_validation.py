@@ -434,11 +434,21 @@ def test_duplicate_id_in_one_batch_rejects_the_later_ones_case_insensitively() -
     assert all(r.message for r in rejections)
 
 
-def test_duplicate_of_an_invalid_activity_is_not_a_duplicate() -> None:
+def test_the_first_copy_counts_even_when_it_is_invalid() -> None:
     activities = [make_activity(0, id=ID, action=""), make_activity(1, id=ID)]
     valid, rejections = validate_activities(activities, DEFAULT, NOW_NS, 0)
-    assert valid == [1]
-    assert [(r.index, r.field, r.reason) for r in rejections] == [(0, "action", MISSING_FIELD)]
+    assert valid == []
+    assert [(r.index, r.field, r.reason) for r in rejections] == [
+        (0, "action", MISSING_FIELD),
+        (1, "id", DUPLICATE_ID),
+    ]
+
+
+def test_a_duplicate_is_reported_as_such_before_other_problems() -> None:
+    activities = [make_activity(0, id=ID), make_activity(1, id=ID, action="")]
+    valid, rejections = validate_activities(activities, DEFAULT, NOW_NS, 0)
+    assert valid == [0]
+    assert [(r.index, r.field, r.reason) for r in rejections] == [(1, "id", DUPLICATE_ID)]
 
 
 def test_activities_without_id_are_never_duplicates() -> None:
