@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +20,19 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
+from collector import fastpath
 from collector.config import Settings
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.status import status_trailer
-from collector.validation import Rejection, validate_activities
-from collector.wire import WireError, salvage_batch
+from collector.validation import (
+    INVALID_VALUE,
+    InvalidActivity,
+    Rejection,
+    check_activity,
+    validate_activities,
+)
+from collector.wire import WireError, describe_unparsable, salvage_batch
+from workers.enrich import FastSpans
 from workers.pipeline import Overloaded, Pipeline, Submission, Unavailable
 
 log = logging.getLogger(__name__)
@@ -35,15 +43,50 @@ _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 _NS = 1_000_000_000
 
 
+def _stream_sequence(raw: bytes) -> int:
+    """The sequence number of a stream batch that failed as a whole, if it can be read at all."""
+    try:
+        return int(fastpath.StreamHeader.FromString(raw).sequence)
+    except DecodeError:
+        return 0
+
+
 class InvalidRequest(Exception):
     """The request as a whole cannot be processed; nothing of it was stored."""
 
 
+@dataclass(frozen=True)
+class RequestKind:
+    request_class: type[Message]
+    activities_field: int
+    repeated: bool
+    header_class: Any
+    """Reads only the request's own fields, for the compiled path; None: Python path only."""
+
+
+_fast_headers = fastpath.available
+ONE = RequestKind(pb.TrackActivityRequest, 1, False, None)
+BATCH = RequestKind(pb.TrackActivitiesRequest, 1, True, fastpath.BatchHeader if _fast_headers else None)
+STREAM = RequestKind(pb.StreamActivitiesRequest, 2, True, fastpath.StreamHeader if _fast_headers else None)
+
+
 @dataclass(slots=True)
-class Outcome:
-    accepted: int
+class Evaluated:
+    """A checked request: its rejections, and the valid activities in the form the pipeline takes."""
+
+    sequence: int
+    sent_ns: int | None
+    skew_ns: int
+    count: int
+    items: list[tuple[int, pb.Activity]]
     rejections: list[Rejection]
-    assigned_ids: dict[int, str]
+    fast: FastSpans | None
+    activities: Sequence[pb.Activity] | None
+    """The parsed activities, when the request went the Python way."""
+
+    @property
+    def accepted(self) -> int:
+        return len(self.items) + (self.fast.count if self.fast is not None else 0)
 
 
 @dataclass
@@ -68,6 +111,7 @@ class ActivityService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._skew_tolerance_ns = int(settings.clock_skew_tolerance_ms * 1_000_000)
+        self._limits_tuple = fastpath.limits_tuple(settings.limits)
 
     def begin_drain(self) -> None:
         """New requests are refused with UNAVAILABLE; streams stop reading new batches and end once
@@ -102,14 +146,11 @@ class ActivityService:
             raise InvalidRequest(f"{field}: must be a valid time after 1970-01-01T00:00:00Z")
         return int(ts.seconds * _NS + ts.nanos)
 
-    async def _process(
-        self,
-        activities: Sequence[pb.Activity],
-        sent_ns: int | None,
-        received_ns: int,
-        unparsed: Mapping[int, tuple[str, str]] | None = None,
-    ) -> Outcome:
-        count = len(activities)
+    def _skew_ns(self, sent_ns: int | None, received_ns: int) -> int:
+        skew_ns = 0 if sent_ns is None else received_ns - sent_ns
+        return 0 if abs(skew_ns) <= self._skew_tolerance_ns else skew_ns
+
+    def _check_count(self, count: int) -> None:
         if count == 0:
             raise InvalidRequest("activities: the batch is empty; send at least one activity")
         if count > self.limits.max_batch_activities:
@@ -117,23 +158,6 @@ class ActivityService:
                 f"activities: the batch has {count} activities; "
                 f"the limit is {self.limits.max_batch_activities}"
             )
-        self.stats.received += count
-        skew_ns = 0 if sent_ns is None else received_ns - sent_ns
-        if abs(skew_ns) <= self._skew_tolerance_ns:
-            skew_ns = 0
-        valid, rejections = validate_activities(activities, self.limits, received_ns, skew_ns, unparsed)
-        self.stats.rejected += len(rejections)
-        assigned: dict[int, str] = {}
-        if valid:
-            future: asyncio.Future[dict[int, str]] = asyncio.get_running_loop().create_future()
-            self.pipeline.submit(
-                Submission(
-                    activities, valid, self.settings.default_tenant, received_ns, sent_ns, skew_ns, future
-                )
-            )
-            assigned = await future
-            self.stats.accepted += len(valid)
-        return Outcome(len(valid), rejections, assigned)
 
     def _check_size(self, raw: bytes) -> None:
         if len(raw) > self.limits.max_request_bytes:
@@ -142,20 +166,101 @@ class ActivityService:
                 "(max_request_bytes): split the batch"
             )
 
-    def _parse_batch(
-        self, raw: bytes, request_class: type[Message], activities_field: int
-    ) -> tuple[Any, dict[int, tuple[str, str]] | None]:
-        self._check_size(raw)
+    def _parse(self, raw: bytes, kind: RequestKind) -> tuple[Any, dict[int, tuple[str, str]] | None]:
         try:
-            return request_class.FromString(raw), None
+            return kind.request_class.FromString(raw), None
         except DecodeError:
             pass
         try:
-            return salvage_batch(raw, request_class, activities_field)
+            return salvage_batch(raw, kind.request_class, kind.activities_field)
         except (WireError, DecodeError) as error:
             raise InvalidRequest(
-                f"the request is not a valid {request_class.DESCRIPTOR.name}: {error}"
+                f"the request is not a valid {kind.request_class.DESCRIPTOR.name}: {error}"
             ) from None
+
+    def _evaluate(self, raw: bytes, kind: RequestKind, received_ns: int) -> Evaluated:
+        """Check a request and sort its activities into rejections and what goes to the pipeline."""
+        self._check_size(raw)
+        if kind.header_class is not None:
+            fast = self._evaluate_fast(raw, kind, received_ns)
+            if fast is not None:
+                return fast
+        request, unparsed = self._parse(raw, kind)
+        sent_ns = self._sent_ns(request)
+        skew_ns = self._skew_ns(sent_ns, received_ns)
+        if kind.repeated:
+            activities = request.activities
+        elif request.HasField("activity") or unparsed:
+            activities = [request.activity]
+        else:
+            raise InvalidRequest("activity: required")
+        self._check_count(len(activities))
+        valid, rejections = validate_activities(activities, self.limits, received_ns, skew_ns, unparsed)
+        sequence = request.sequence if kind is STREAM else 0
+        items = [(i, activities[i]) for i in valid]
+        return Evaluated(sequence, sent_ns, skew_ns, len(activities), items, rejections, None, activities)
+
+    def _evaluate_fast(self, raw: bytes, kind: RequestKind, received_ns: int) -> Evaluated | None:
+        """The compiled path; None when it cannot take the request (the Python path then does)."""
+        assert kind.header_class is not None
+        try:
+            header = kind.header_class.FromString(raw)
+        except DecodeError:
+            return None
+        sent_ns = self._sent_ns(header)
+        skew_ns = self._skew_ns(sent_ns, received_ns)
+        try:
+            spans, slow, dups, missing_ids, count = fastpath.check(
+                raw, kind.activities_field, self._limits_tuple, received_ns, skew_ns
+            )
+        except ValueError:
+            return None
+        if dups:
+            # Rare, and a duplicate's rejection quotes its id as sent: the Python path has it at hand.
+            return None
+        self._check_count(count)
+        items: list[tuple[int, pb.Activity]] = []
+        rejections: list[Rejection] = []
+        for index, start, end in slow:
+            payload = raw[start:end]
+            try:
+                activity = pb.Activity.FromString(payload)
+            except DecodeError:
+                field, message = describe_unparsable(payload)
+                rejections.append(Rejection(index, "", INVALID_VALUE, field, message))
+                continue
+            try:
+                check_activity(activity, self.limits, received_ns, skew_ns)
+            except InvalidActivity as error:
+                rejections.append(Rejection(index, activity.id, error.reason, error.field, error.message))
+            else:
+                items.append((index, activity))
+        sequence = header.sequence if kind is STREAM else 0
+        fast = FastSpans(raw, spans, len(spans) // 12, missing_ids)
+        return Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, None)
+
+    async def _store(self, evaluated: Evaluated, received_ns: int) -> dict[int, str]:
+        """Hand the valid activities to the pipeline and wait until they are committed."""
+        self.stats.received += evaluated.count
+        self.stats.rejected += len(evaluated.rejections)
+        accepted = evaluated.accepted
+        if not accepted:
+            return {}
+        future: asyncio.Future[dict[int, str]] = asyncio.get_running_loop().create_future()
+        self.pipeline.submit(
+            Submission(
+                evaluated.items,
+                self.settings.default_tenant,
+                received_ns,
+                evaluated.sent_ns,
+                evaluated.skew_ns,
+                future,
+                evaluated.fast,
+            )
+        )
+        assigned = await future
+        self.stats.accepted += accepted
+        return assigned
 
     # -- error mapping -----------------------------------------------------------------------------
 
@@ -195,27 +300,25 @@ class ActivityService:
 
     async def track_activity(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async def body(received_ns: int) -> bytes:
-            request, unparsed = self._parse_batch(raw, pb.TrackActivityRequest, 1)
-            if not request.HasField("activity") and not unparsed:
-                raise InvalidRequest("activity: required")
-            activities = [request.activity]
-            outcome = await self._process(activities, self._sent_ns(request), received_ns, unparsed)
+            evaluated = self._evaluate(raw, ONE, received_ns)
+            assigned = await self._store(evaluated, received_ns)
+            assert evaluated.activities is not None
             return pb.TrackActivityResponse(
-                accepted_count=outcome.accepted,
-                rejections=[r.to_proto() for r in outcome.rejections],
-                activity_id=outcome.assigned_ids.get(0, activities[0].id),
+                accepted_count=evaluated.accepted,
+                rejections=[r.to_proto() for r in evaluated.rejections],
+                activity_id=assigned.get(0, evaluated.activities[0].id),
             ).SerializeToString()
 
         return await self._unary(context, body)
 
     async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async def body(received_ns: int) -> bytes:
-            request, unparsed = self._parse_batch(raw, pb.TrackActivitiesRequest, 1)
-            outcome = await self._process(request.activities, self._sent_ns(request), received_ns, unparsed)
+            evaluated = self._evaluate(raw, BATCH, received_ns)
+            assigned = await self._store(evaluated, received_ns)
             return pb.TrackActivitiesResponse(
-                accepted_count=outcome.accepted,
-                rejections=[r.to_proto() for r in outcome.rejections],
-                assigned_ids=outcome.assigned_ids,
+                accepted_count=evaluated.accepted,
+                rejections=[r.to_proto() for r in evaluated.rejections],
+                assigned_ids=assigned,
             ).SerializeToString()
 
         return await self._unary(context, body)
@@ -225,21 +328,23 @@ class ActivityService:
         self.stats.requests += 1
         sequence = 0
         try:
-            request, unparsed = self._parse_batch(raw, pb.StreamActivitiesRequest, 2)
-            sequence = request.sequence
-            outcome = await self._process(request.activities, self._sent_ns(request), received_ns, unparsed)
+            evaluated = self._evaluate(raw, STREAM, received_ns)
+            sequence = evaluated.sequence
+            assigned = await self._store(evaluated, received_ns)
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
+            if not sequence:
+                sequence = _stream_sequence(raw)
             status = pb.BatchStatus(code=code.value[0], message=message)
             if delay is not None:
                 status.retry_delay.FromNanoseconds(int(delay * _NS))
             return pb.StreamActivitiesResponse(sequence=sequence, status=status).SerializeToString()
         return pb.StreamActivitiesResponse(
             sequence=sequence,
-            accepted_count=outcome.accepted,
-            rejections=[r.to_proto() for r in outcome.rejections],
-            assigned_ids=outcome.assigned_ids,
+            accepted_count=evaluated.accepted,
+            rejections=[r.to_proto() for r in evaluated.rejections],
+            assigned_ids=assigned,
         ).SerializeToString()
 
     async def stream_activities(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

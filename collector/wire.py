@@ -95,6 +95,14 @@ _message_classes: dict[str, type[Message]] = {
 }
 
 
+def describe_unparsable(payload: bytes) -> tuple[str, str]:
+    """(field path, message) for an Activity's bytes that do not parse."""
+    path = find_bad_field(pb.Activity.DESCRIPTOR, pb.Activity, payload)
+    return path, (
+        f"{path or 'the activity'} does not parse: malformed protobuf or a string that is not valid UTF-8"
+    )
+
+
 def salvage_batch(
     data: bytes, request_class: type[Message], activities_field: int
 ) -> tuple[Message, dict[int, tuple[str, str]]]:
@@ -121,12 +129,7 @@ def salvage_batch(
                 activity.Clear()
                 if not repeated:
                     activity.SetInParent()
-                path = find_bad_field(pb.Activity.DESCRIPTOR, pb.Activity, payload)
-                broken[index] = (
-                    path,
-                    f"{path or 'the activity'} does not parse: malformed protobuf or a string that is "
-                    "not valid UTF-8",
-                )
+                broken[index] = describe_unparsable(payload)
             if repeated:
                 index += 1
         else:

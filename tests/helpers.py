@@ -25,3 +25,9 @@ def make_activity(n: int = 0, **fields: Any) -> pb.Activity:
         else:
             setattr(activity, name, value)
     return activity
+
+
+def items(activities: list[pb.Activity], indexes: Any = None) -> list[tuple[int, pb.Activity]]:
+    """(index, activity) pairs, as the pipeline takes them; all of them unless `indexes` says which."""
+    chosen = range(len(activities)) if indexes is None else indexes
+    return [(i, activities[i]) for i in chosen]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 def refuses_pipeline(stage: Pipeline) -> None:
     loop_future: Any = None
     with pytest.raises(Unavailable):
-        stage.submit(Submission([make_activity(1)], [0], "t", 0, None, 0, loop_future))
+        stage.submit(Submission([(0, make_activity(1))], "t", 0, None, 0, loop_future))
 
 
 def refuses_control(stage: ControlServer) -> None:

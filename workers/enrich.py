@@ -9,8 +9,9 @@ time, clock skew) is encoded once and appended to every row; ClickHouse computes
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from collector.normalize import (
@@ -97,15 +98,27 @@ def _normalize_metadata(m: pb.Metadata) -> None:
             m.device_type = canonical
 
 
+@dataclass(slots=True)
+class FastSpans:
+    """Activities vouched for by the compiled validator: spans of `raw`, packed as `collector.fastpath`
+    returns them, framed here without parsing."""
+
+    raw: bytes
+    spans: bytes
+    count: int
+    missing_ids: int
+
+
 def encode_rows(
-    activities: Sequence[pb.Activity],
-    indexes: Sequence[int],
+    items: Iterable[tuple[int, pb.Activity]],
     tenant: str,
     received_ns: int,
     sent_ns: int | None,
     skew_ns: int = 0,
+    fast: FastSpans | None = None,
 ) -> EncodedRows:
-    """Enrich and frame the activities at `indexes` (already validated) as ProtobufList rows."""
+    """Enrich and frame validated activities as ProtobufList rows: parsed `items` (index, activity) and
+    the `fast` spans, if any."""
     suffix = batch_suffix(tenant, received_ns, sent_ns, skew_ns)
     suffix_len = len(suffix)
     prefixes = _SHORT_PREFIXES
@@ -114,8 +127,13 @@ def encode_rows(
     append = pieces.append
     assigned: dict[int, str] = {}
     nbytes = 0
-    for index in indexes:
-        a = activities[index]
+    count = 0
+    if fast is not None and fast.count:
+        framed, assigned = frame_fast(fast, suffix)
+        append(framed)
+        nbytes += len(framed)
+        count += fast.count
+    for index, a in items:
         # Unknown fields would be re-emitted by SerializeToString and could collide with the fields
         # the collector appends (tenant, receive time): a client must not be able to set those.
         a.DiscardUnknownFields()
@@ -134,7 +152,14 @@ def encode_rows(
         append(body)
         append(suffix)
         nbytes += len(prefix) + size + suffix_len
-    return EncodedRows(pieces, len(indexes), nbytes, assigned)
+        count += 1
+    return EncodedRows(pieces, count, nbytes, assigned)
+
+
+def frame_fast(fast: FastSpans, suffix: bytes) -> tuple[bytes, dict[int, str]]:
+    from collector import fastpath
+
+    return fastpath.frame(fast.raw, fast.spans, suffix, os.urandom(16 * fast.missing_ids))
 
 
 def envelope(chunks: Sequence[EncodedRows]) -> bytes:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from collector.config import PipelineSettings
 from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.enrich import EncodedRows, encode_rows, envelope
+from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope
 from workers.storage import ActivityStore, StoreError, classify
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,25 @@ class Unavailable(Exception):
 
 @dataclass
 class Submission:
-    """One request's valid activities, on their way to the store."""
+    """One request's valid activities, on their way to the store.
 
-    activities: Sequence[pb.Activity]
-    indexes: Sequence[int]
+    They come in two forms: `items`, parsed activities (index, message) that enrichment serializes,
+    and `fast`, activities the compiled validator vouched for, kept as byte spans of `raw` that
+    enrichment frames without parsing (see `collector.fastpath`).
+    """
+
+    items: Sequence[tuple[int, pb.Activity]]
     tenant: str
     received_ns: int
     sent_ns: int | None
     skew_ns: int
     """Correction applied to occurred_at: receive time minus sent_at, or 0 within the tolerance."""
     future: asyncio.Future[dict[int, str]]
+    fast: FastSpans | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.items) + (self.fast.count if self.fast is not None else 0)
 
 
 @dataclass
@@ -132,7 +141,7 @@ class Pipeline:
 
     def submit(self, submission: Submission) -> None:
         """Queue a request's valid activities; `submission.future` resolves when they are committed."""
-        n = len(submission.indexes)
+        n = submission.count
         if not self._accepting:
             raise Unavailable("the collector is shutting down", self.retry_delay_s)
         if self._pending + n > self.settings.queue_capacity:
@@ -151,12 +160,10 @@ class Pipeline:
         while True:
             sub = await self._intake.get()
             try:
-                rows = encode_rows(
-                    sub.activities, sub.indexes, sub.tenant, sub.received_ns, sub.sent_ns, sub.skew_ns
-                )
+                rows = encode_rows(sub.items, sub.tenant, sub.received_ns, sub.sent_ns, sub.skew_ns, sub.fast)
             except Exception as error:
                 log.exception("enrichment failed", extra={"error": repr(error)})
-                self._settle(len(sub.indexes), sub.future, Unavailable(f"enrichment failed: {error}", 0))
+                self._settle(sub.count, sub.future, Unavailable(f"enrichment failed: {error}", 0))
                 continue
             self._commit.put_nowait(_Encoded(rows, sub.future))
 
@@ -276,7 +283,7 @@ class Pipeline:
         for queue in (self._intake, self._commit):
             while not queue.empty():
                 item = queue.get_nowait()
-                count = len(item.indexes) if isinstance(item, Submission) else item.rows.count
+                count = item.count if isinstance(item, Submission) else item.rows.count
                 self._settle(count, item.future, failure)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)

@@ -36,8 +36,7 @@ async def make_pipeline(store: ClickHouseStore) -> AsyncIterator[MakePipeline]:
 
 def submission(activities: list[pb.Activity]) -> Submission:
     return Submission(
-        activities=activities,
-        indexes=list(range(len(activities))),
+        items=list(enumerate(activities)),
         tenant="t1",
         received_ns=time.time_ns(),
         sent_ns=None,

@@ -15,7 +15,7 @@ from google.protobuf.internal import decoder, encoder
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_tools import protoc
-from helpers import make_activity
+from helpers import items, make_activity
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.wire import iter_fields
@@ -270,7 +270,7 @@ def _activity(row: bytes) -> pb.Activity:
 def test_encode_rows_assigns_ids_to_activities_without_one() -> None:
     activities = [make_activity(0, id=""), make_activity(1), make_activity(2, id="")]
     given = activities[1].id
-    rows = encode_rows(activities, [0, 1, 2], "t1", RECEIVED_NS, None)
+    rows = encode_rows(items(activities, [0, 1, 2]), "t1", RECEIVED_NS, None)
     assert set(rows.assigned_ids) == {0, 2}
     for index, assigned in rows.assigned_ids.items():
         assert str(uuid.UUID(assigned)) == assigned
@@ -284,7 +284,7 @@ def test_encode_rows_assigns_ids_to_activities_without_one() -> None:
 
 def test_encode_rows_encodes_only_the_given_indexes_in_their_order() -> None:
     activities = [make_activity(n, id="") for n in range(4)]
-    rows = encode_rows(activities, [3, 1], "t1", RECEIVED_NS, None)
+    rows = encode_rows(items(activities, [3, 1]), "t1", RECEIVED_NS, None)
     assert rows.count == 2
     assert set(rows.assigned_ids) == {1, 3}
     assert activities[0].id == "" and activities[2].id == ""
@@ -298,7 +298,7 @@ def test_encode_rows_normalises_action_locale_currency_and_device_type() -> None
         action="Add-To-Cart",
         metadata=pb.Metadata(locale="zh_hant_tw", currency="eur", price=1999, device_type="Smart TV"),
     )
-    rows = encode_rows([activity], [0], "t1", RECEIVED_NS, None)
+    rows = encode_rows(items([activity], [0]), "t1", RECEIVED_NS, None)
     (row,) = _rows(envelope([rows]))
     parsed = _activity(row)
     assert parsed.action == "add_to_cart"
@@ -316,21 +316,21 @@ def test_encode_rows_keeps_every_other_field() -> None:
     activity.occurred_at.FromNanoseconds(RECEIVED_NS - NS)
     original = pb.Activity()
     original.CopyFrom(activity)
-    (row,) = _rows(envelope([encode_rows([activity], [0], "t1", RECEIVED_NS, SENT_NS)]))
+    (row,) = _rows(envelope([encode_rows(items([activity], [0]), "t1", RECEIVED_NS, SENT_NS)]))
     assert _activity(row) == original
 
 
 def test_encode_rows_adds_no_metadata_to_an_activity_without_it() -> None:
     activity = make_activity(0)
     activity.ClearField("metadata")
-    (row,) = _rows(envelope([encode_rows([activity], [0], "t1", RECEIVED_NS, None)]))
+    (row,) = _rows(envelope([encode_rows(items([activity], [0]), "t1", RECEIVED_NS, None)]))
     assert not _activity(row).HasField("metadata")
 
 
 def test_rows_carry_the_batch_fields(row_class: type[Message]) -> None:
     skew_ns = -3600 * NS
     rows = encode_rows(
-        [make_activity(0), make_activity(1)], [0, 1], "tenant-a", RECEIVED_NS, SENT_NS, skew_ns
+        items([make_activity(0), make_activity(1)], [0, 1]), "tenant-a", RECEIVED_NS, SENT_NS, skew_ns
     )
     for data in _rows(envelope([rows])):
         row: Any = row_class.FromString(data)
@@ -341,7 +341,7 @@ def test_rows_carry_the_batch_fields(row_class: type[Message]) -> None:
 
 
 def test_rows_without_sent_at_or_skew_leave_those_fields_unset(row_class: type[Message]) -> None:
-    rows = encode_rows([make_activity(0)], [0], "t", 1_750_000_000 * NS, None)
+    rows = encode_rows(items([make_activity(0)], [0]), "t", 1_750_000_000 * NS, None)
     (data,) = _rows(envelope([rows]))
     row: Any = row_class.FromString(data)
     assert row.tenant_id == "t"
@@ -362,8 +362,10 @@ def test_batch_suffix_parses_as_the_row_fields(row_class: type[Message]) -> None
 
 
 def test_nbytes_and_envelope_length_count_every_byte() -> None:
-    first = encode_rows([make_activity(n) for n in range(3)], [0, 1, 2], "t", RECEIVED_NS, SENT_NS)
-    second = encode_rows([make_activity(n) for n in range(3, 5)], [0, 1], "t", RECEIVED_NS, None, NS * 5)
+    first = encode_rows(items([make_activity(n) for n in range(3)], [0, 1, 2]), "t", RECEIVED_NS, SENT_NS)
+    second = encode_rows(
+        items([make_activity(n) for n in range(3, 5)], [0, 1]), "t", RECEIVED_NS, None, NS * 5
+    )
     assert first.nbytes == len(b"".join(first.pieces))
     assert second.nbytes == len(b"".join(second.pieces))
     data = envelope([first, second])
@@ -372,7 +374,7 @@ def test_nbytes_and_envelope_length_count_every_byte() -> None:
 
 
 def test_envelope_of_nothing_is_an_empty_list() -> None:
-    rows = encode_rows([make_activity(0)], [], "t", RECEIVED_NS, None)
+    rows = encode_rows(items([make_activity(0)], []), "t", RECEIVED_NS, None)
     assert rows.count == 0
     assert rows.nbytes == 0
     assert envelope([rows]) == b"\x00"
@@ -397,7 +399,7 @@ def test_rows_around_the_prefix_size_boundaries_parse(row_size: int, row_class: 
     assert activity(url_chars).ByteSize() + suffix_len == row_size
 
     source = activity(url_chars)
-    rows = encode_rows([source], [0], "t", RECEIVED_NS, SENT_NS)
+    rows = encode_rows(items([source], [0]), "t", RECEIVED_NS, SENT_NS)
     data = envelope([rows])
     assert rows.nbytes == len(varint(row_size)) + 1 + row_size
     (row_bytes,) = _rows(data)

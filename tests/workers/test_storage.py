@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_activity
+from helpers import items, make_activity
 
 from workers.enrich import encode_rows, envelope
 from workers.migrations import MIGRATIONS, apply_migrations, latest_version
@@ -44,7 +44,7 @@ def test_table_columns_are_the_documented_ones(store: ClickHouseStore) -> None:
 
 def test_insert_counts_rows_and_the_rows_are_queryable(store: ClickHouseStore) -> None:
     activities = [make_activity(n) for n in range(250)]
-    rows = encode_rows(activities, range(250), "tenant-a", time.time_ns(), None)
+    rows = encode_rows(items(activities, range(250)), "tenant-a", time.time_ns(), None)
     store.insert_rows(envelope([rows]), 250)
     result = store.query(
         "SELECT tenant_id, count(), uniqExact(id) FROM activities GROUP BY tenant_id", "TabSeparated"
@@ -53,14 +53,14 @@ def test_insert_counts_rows_and_the_rows_are_queryable(store: ClickHouseStore) -
 
 
 def test_a_row_count_mismatch_is_an_error(store: ClickHouseStore) -> None:
-    rows = encode_rows([make_activity(1), make_activity(2)], [0, 1], "t", time.time_ns(), None)
+    rows = encode_rows(items([make_activity(1), make_activity(2)], [0, 1]), "t", time.time_ns(), None)
     with pytest.raises(StoreError, match="wrote 2 rows of 3"):
         store.insert_rows(envelope([rows]), 3)
 
 
 def test_bad_rows_are_a_permanent_error(store: ClickHouseStore) -> None:
     broken = make_activity(1, id="not-a-uuid-but-the-store-was-not-told")
-    rows = encode_rows([broken], [0], "t", time.time_ns(), None)
+    rows = encode_rows(items([broken], [0]), "t", time.time_ns(), None)
     with pytest.raises(StoreError) as error:
         store.insert_rows(envelope([rows]), 1)
     assert error.value.transient is False
