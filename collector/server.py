@@ -19,6 +19,7 @@ from collector.config import Settings
 from collector.control import ControlServer
 from collector.service import ActivityService
 from workers.pipeline import Pipeline
+from workers.spool import Spool
 from workers.storage import ClickHouseStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,14 @@ class CollectorServer:
             settings.clickhouse_database,
             connections=settings.pipeline.insert_workers + 1,
         )
-        self.pipeline = Pipeline(settings.pipeline, self.store)
+        spool = None
+        if settings.spool:
+            spool = Spool(
+                settings.spool_dir,
+                capacity_bytes=settings.pipeline.spool_capacity_bytes,
+                segment_bytes=settings.pipeline.spool_segment_bytes,
+            )
+        self.pipeline = Pipeline(settings.pipeline, self.store, spool, settings.dead_letter_dir)
         await self.pipeline.start()
         self.service = ActivityService(settings, self.pipeline)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
