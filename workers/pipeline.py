@@ -462,6 +462,8 @@ class Pipeline:
         self._accepting = False
         if not self._started:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -469,6 +471,12 @@ class Pipeline:
             log.error(
                 "shutdown deadline passed with activities uncommitted", extra={"pending": self._pending}
             )
+        if self.spool is not None:
+            # What is spooled is safe either way; draining it now spares the next start the replay.
+            while (self._ready or self._inserts) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if self._ready or self._inserts:
+                log.warning("stopping with spooled activities not yet in ClickHouse; the next start sends them")
         for task in [*self._tasks, *self._inserts]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inserts, return_exceptions=True)

@@ -185,7 +185,7 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # A fresh collector drains what the spool still holds; read ClickHouse through it.
+    # Read ClickHouse through a collector on the same data directory.
     settle = _serve(data, port)
     try:
         expected = len(batches) * 200
