@@ -45,6 +45,9 @@ class Limits:
     """Most entries in each map (target.attributes, user.identities, metadata.custom)."""
     max_segments: int = 64
     """Most entries in segments."""
+    max_concurrent_streams: int = 256
+    """Most calls open at once on one client connection (HTTP/2 streams); further calls wait in the
+    client until one ends."""
     max_stream_in_flight: int = 64
     """Most batches of one StreamActivities stream being processed at once; past it, the server stops
     reading the stream until one is answered (HTTP/2 flow control then holds the client back)."""

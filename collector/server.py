@@ -69,6 +69,7 @@ class CollectorServer:
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
             ]
         )
         self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))

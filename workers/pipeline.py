@@ -473,10 +473,12 @@ class Pipeline:
             )
         if self.spool is not None:
             # What is spooled is safe either way; draining it now spares the next start the replay.
-            while (self._ready or self._inserts) and loop.time() < deadline:
+            while (self._ready or self._inserts) and loop.time() < deadline:  # noqa: ASYNC110 (two sources, bounded)
                 await asyncio.sleep(0.02)
             if self._ready or self._inserts:
-                log.warning("stopping with spooled activities not yet in ClickHouse; the next start sends them")
+                log.warning(
+                    "stopping with spooled activities not yet in ClickHouse; the next start sends them"
+                )
         for task in [*self._tasks, *self._inserts]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inserts, return_exceptions=True)
