@@ -83,6 +83,9 @@ class PipelineSettings:
     insert_attempts: int = 3
     """Attempts per insert for errors that may pass (connection lost, timeouts) before callers get
     UNAVAILABLE."""
+    drain_interval_ms: float = 250.0
+    """With the spool on: longest wait for more spooled rows before an insert is sent. Answers do not
+    wait for inserts then, so inserts can be large: fewer parts for ClickHouse, less CPU per row."""
     spool_capacity_bytes: int = 1024 * 1024 * 1024
     """With the spool on: most bytes of accepted activities waiting on disk for ClickHouse. Past it,
     RESOURCE_EXHAUSTED."""

@@ -125,6 +125,7 @@ class Pipeline:
         # Spool mode: records durable and not yet handed to an insert, in sequence order.
         self._ready: collections.deque[tuple[int, int]] = collections.deque()
         self._ready_event = asyncio.Event()
+        self._ready_rows = 0
         self._spool_executor: ThreadPoolExecutor | None = None
         self.stats = PipelineStats()
         self._pending = 0
@@ -166,6 +167,7 @@ class Pipeline:
             covered = {s for p in planned for s in range(p.first, p.last + 1)}
             counts = self.spool.pending_counts()
             self._ready.extend((seq, counts[seq]) for seq in sorted(counts) if seq not in covered)
+            self._ready_rows = sum(count for _, count in self._ready)
             self._tasks.append(asyncio.create_task(self._spool_writer(), name="spool-writer"))
             self._tasks.append(asyncio.create_task(self._drainer(planned), name="drainer"))
 
@@ -305,6 +307,7 @@ class Pipeline:
                 continue
             for c, sequence in zip(chunks, sequences, strict=True):
                 self._ready.append((sequence, c.rows.count))
+                self._ready_rows += c.rows.count
                 self._settle(c.rows.count, c.future, None, c.rows.assigned_ids)
             self._ready_event.set()
 
@@ -320,7 +323,7 @@ class Pipeline:
             await self._slots.acquire()
             self._spawn(self._drain_insert(planned))
         loop = asyncio.get_running_loop()
-        linger = self.settings.flush_interval_ms / 1000
+        linger = self.settings.drain_interval_ms / 1000
         max_rows = self.settings.insert_max_rows
         while True:
             await self._slots.acquire()
@@ -329,7 +332,7 @@ class Pipeline:
                     self._ready_event.clear()
                     await self._ready_event.wait()
                 deadline = loop.time() + linger
-                while self._accepting and sum(c for _, c in self._ready) < max_rows:
+                while self._accepting and self._ready_rows < max_rows:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
@@ -347,6 +350,7 @@ class Pipeline:
             while self._ready and rows < max_rows and self._ready[0][0] == last + 1:
                 last, count = self._ready.popleft()
                 rows += count
+            self._ready_rows -= rows
             self._spawn(self._drain_insert(Planned(first, last, f"spool-{first}-{last}-{uuid.uuid4().hex}")))
 
     def _spawn(self, coroutine: Any) -> None:
