@@ -10,7 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot loads)
+import matplotlib.pyplot as plt
 
 _SIZE = (10, 5.5)
 _DPI = 110
@@ -31,8 +31,8 @@ def time_series(
         left.set_ylabel("count")
         left.set_ylim(bottom=0)
         right = left.twinx()
-        for name, values in rates.items():
-            right.plot(days, [v * 100 for v in values], linestyle="--", color="gray", label=f"{name} (%)")
+        for name, shares in rates.items():
+            right.plot(days, [v * 100 for v in shares], linestyle="--", color="gray", label=f"{name} (%)")
         right.set_ylabel("%")
         right.set_ylim(bottom=0)
         handles, labels = left.get_legend_handles_labels()

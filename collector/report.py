@@ -109,7 +109,7 @@ money AS (
 ),
 visits AS (
   SELECT toDate(start) AS day, count() AS sessions, countIf(converted) AS converted_sessions
-  FROM {SESSIONS.call(**r.range_arguments())}
+  FROM {SESSIONS.call(r.range_arguments())}
   GROUP BY day
 )
 SELECT
@@ -139,7 +139,7 @@ def funnel_sql(r: Request) -> str:
     AS of_previous
 FROM (
   SELECT dimension, step, countIf(level >= step) AS users
-  FROM {FUNNEL.call(**arguments)}
+  FROM {FUNNEL.call(arguments)}
   ARRAY JOIN range(1, {len(r.steps) + 1}) AS step
   GROUP BY dimension, step
 )
@@ -186,7 +186,7 @@ FROM (
     countIf(action = 'purchase') AS purchases,
     if(clicks = 0, 0, round(purchases / clicks, 4)) AS purchases_per_click,
     sumMapIf(map(toString(currency), revenue), revenue != 0) AS revenue
-  FROM {ATTRIBUTED_ACTIVITIES.call(**arguments)}
+  FROM {ATTRIBUTED_ACTIVITIES.call(arguments)}
   GROUP BY source
 )
 ORDER BY source != '', purchases DESC, clicks DESC, source
@@ -204,7 +204,7 @@ def sessions_sql(r: Request) -> str:
   countIf(converted) AS converted,
   round(converted / sessions, 4) AS conversion,
   sumMap(revenue) AS revenue
-FROM {SESSIONS.call(**r.range_arguments())}
+FROM {SESSIONS.call(r.range_arguments())}
 GROUP BY day
 ORDER BY day {r.day_fill()}"""
 
@@ -222,7 +222,7 @@ def _overview_chart(r: Request, rows: list[dict[str, Any]], path: Path) -> None:
 
     charts.time_series(
         path,
-        f"Overview {r.first_day} – {r.last_day}",
+        f"Overview {r.first_day} to {r.last_day}",
         [row["day"] for row in rows],
         {k: [int(row[k]) for row in rows] for k in ("activities", "users", "sessions")},
         {"conversion": [float(row["conversion"]) for row in rows]},
@@ -234,7 +234,7 @@ def _sessions_chart(r: Request, rows: list[dict[str, Any]], path: Path) -> None:
 
     charts.time_series(
         path,
-        f"Sessions {r.first_day} – {r.last_day}",
+        f"Sessions {r.first_day} to {r.last_day}",
         [row["day"] for row in rows],
         {k: [int(row[k]) for row in rows] for k in ("sessions", "converted")},
         {"bounce rate": [float(row["bounce_rate"]) for row in rows]},

@@ -25,6 +25,7 @@ existing rows after their view is created, and an activity seen by both is still
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # Who did it: the identified user when known, else the anonymous visitor, else the client session.
@@ -85,7 +86,7 @@ MEASURES: tuple[Measure, ...] = (
     ),
     Measure(
         "amounts",
-        "AggregateFunction(maxMap, Array(UUID), Array(Int64), Array(Int64))",
+        "AggregateFunction(1, maxMap, Array(UUID), Array(Int64), Array(Int64))",
         f"maxMapState(if({HAS_AMOUNT}, [id], []), if({HAS_AMOUNT}, [{ITEMS}], []), "
         f"if({HAS_AMOUNT}, [{REVENUE}], []))",
         "Items and revenue of each activity that carries a quantity or a price, keyed by activity id.",
@@ -264,7 +265,7 @@ class View:
         body = self.body.replace("{db}", f"`{database}`")
         return f"CREATE VIEW IF NOT EXISTS `{database}`.`{self.name}` AS\n{body}"
 
-    def call(self, database: str | None = None, **arguments: str | int | list[str]) -> str:
+    def call(self, arguments: Mapping[str, str | int | list[str]], database: str | None = None) -> str:
         """`name(param = literal, ...)`, the table function form, with every parameter given."""
         missing = [p for p, _, _ in self.parameters if p not in arguments]
         unknown = sorted(set(arguments) - {p for p, _, _ in self.parameters})
