@@ -284,8 +284,8 @@ def test_late_and_skew_corrected_activities_land_in_their_buckets(store: ClickHo
         {
             "hour": bucket(received_ns - 10 * NS, "%Y-%m-%d %H:00:00"),
             "action": "view",
-            "n": "1",
-            "revenue": "0",
+            "n": 1,
+            "revenue": 0,
         },
     ]
     daily = rows(store, "SELECT day, action FROM target_stats_daily ORDER BY day")
