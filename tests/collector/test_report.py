@@ -55,7 +55,7 @@ def seeded(engine_dir: Path, generated: shop.Shop) -> Iterator[tuple[ClickHouseS
         database,
     ]
     yield store, flags
-    store.command(f"DROP DATABASE IF EXISTS `{database}`")
+    store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     store.close()
 
 

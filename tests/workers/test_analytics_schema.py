@@ -305,7 +305,8 @@ def test_the_migration_backfills_existing_activities_once(engine_dir: Path, data
         client.command(MIGRATIONS[0].statements(database)[0])
         client.command(
             f"CREATE TABLE `{database}`.schema_migrations (version UInt32, name String, "
-            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version"
+            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')) "
+            "ENGINE = ReplacingMergeTree ORDER BY version"
         )
         client.insert(
             f"`{database}`.schema_migrations", [[1, MIGRATIONS[0].name]], column_names=["version", "name"]
@@ -320,7 +321,7 @@ def test_the_migration_backfills_existing_activities_once(engine_dir: Path, data
                 store.command(aggregate_backfill_sql(database, a))
             assert_agreement(store, generated.events)
         finally:
-            store.command(f"DROP DATABASE IF EXISTS `{database}`")
+            store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
             store.close()
     finally:
         client.close()
