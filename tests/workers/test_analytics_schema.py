@@ -9,8 +9,9 @@ import datetime as dt
 import json
 import re
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,23 +119,23 @@ def test_docs_describe_every_aggregate_column_and_view() -> None:
             assert f"`{column}`" in text, f"{v.name}.{column}"
 
 
-def test_views_return_the_documented_columns(store: ClickHouseStore) -> None:
+def test_views_return_the_documented_columns(seeded: ClickHouseStore) -> None:
     arguments: dict[str, dict[str, Any]] = {
         "funnel": {"steps": ["view", "purchase"], "window_s": 3600, "by": ""},
         "attributed_activities": {"window_s": 3600},
     }
     for v in VIEWS:
-        described = store.query(
+        described = seeded.query(
             f"DESCRIBE (SELECT * FROM {v.call({**WHOLE_RANGE, **arguments.get(v.name, {})})})", "TabSeparated"
         )
         names = [line.split("\t")[0] for line in described.decode().splitlines()]
         assert names == [c for c, _ in v.columns], v.name
 
 
-def test_aggregate_tables_carry_the_comments(store: ClickHouseStore) -> None:
+def test_aggregate_tables_carry_the_comments(seeded: ClickHouseStore) -> None:
     for a in AGGREGATES:
         got = rows(
-            store,
+            seeded,
             f"SELECT name, type, comment FROM system.columns WHERE database = currentDatabase() "
             f"AND table = '{a.name}' ORDER BY position",
         )
@@ -335,12 +336,17 @@ def shop_data() -> shop.Shop:
     return shop.generate()
 
 
-@pytest.fixture
-def seeded(store: ClickHouseStore, shop_data: shop.Shop) -> ClickHouseStore:
+@pytest.fixture(scope="module")
+def seeded(engine_dir: Path, shop_data: shop.Shop) -> Iterator[ClickHouseStore]:
+    """The shop stored once for the view tests, which only read it."""
+    database = f"views_{uuid.uuid4().hex[:12]}"
+    store = ClickHouseStore(f"chdb://{engine_dir}", database, connections=1)
     shop.insert(store, shop_data.events)
     # A resend of some activities: the views read the raw table with copies collapsed.
     shop.insert(store, shop_data.events[40:90], received_ns=time.time_ns() + 5 * NS)
-    return store
+    yield store
+    store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+    store.close()
 
 
 def _ms(text: str) -> int:
