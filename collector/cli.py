@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, sql."""
+"""`activity-collector`: serve, send, sql, report."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=sorted(FORMATS), default="table", help="output format (default table)"
     )
     _store_flags(sql)
+
+    from collector.report import add_parser as add_report_parser
+
+    add_report_parser(sub, _store_flags, sorted(FORMATS))
     return parser
 
 
@@ -91,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             from collector.sqlcmd import run_sql
 
             return run_sql(_settings(args), args.query, FORMATS[args.format])
+        if args.command == "report":
+            from collector.report import run_report
+
+            return run_report(_settings(args), args, FORMATS[args.format])
     except ConfigError as error:
         print(f"activity-collector: configuration error: {error}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def store(engine_dir: Path, database: str) -> Iterator[ClickHouseStore]:
     s = ClickHouseStore(f"chdb://{engine_dir}", database, connections=2)
     yield s
     try:
-        s.command(f"DROP DATABASE IF EXISTS `{database}`")
+        s.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     finally:
         s.close()
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workers.analytics_schema import analytics_statements
 from workers.schema import activities_table_ddl
 
 
@@ -22,7 +23,10 @@ class Migration:
     statements: Callable[[str], list[str]]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),
+    Migration(2, "analytics: aggregates, sessions, funnels, attribution", analytics_statements),
+)
 
 
 def applied_versions(client: Any, database: str) -> set[int]:

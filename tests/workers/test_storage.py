@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_migrations_are_recorded_and_applied_once(store: ClickHouseStore, database: str) -> None:
-    versions = store.query(f"SELECT version FROM `{database}`.schema_migrations", "TabSeparated")
+    versions = store.query(
+        f"SELECT version FROM `{database}`.schema_migrations ORDER BY version", "TabSeparated"
+    )
     assert versions.decode().split() == [str(m.version) for m in MIGRATIONS]
     with store._client() as client:
         assert apply_migrations(client, database) == []
