@@ -110,6 +110,9 @@ class Settings:
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM or SIGINT, how long in-flight requests get to finish before they are cancelled."""
+    health_interval_s: float = 5.0
+    """How often the store's health is checked for the gRPC health service, in seconds; also the longest
+    a probe query may take before the store counts as unreachable."""
     limits: Limits = field(default_factory=Limits)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
@@ -143,6 +146,10 @@ class Settings:
         if not 0 <= self.shutdown_grace_s < math.inf:
             raise ConfigError(
                 f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
+            )
+        if not 0 < self.health_interval_s < math.inf:
+            raise ConfigError(
+                f"health_interval_s: must be a finite number greater than zero, got {self.health_interval_s}"
             )
         self.limits.validate()
         self.pipeline.validate()

@@ -1,7 +1,8 @@
 """The collector process: store, pipeline, gRPC server and control channel, started and stopped together.
 
-Start order is store (migrations run here), pipeline, control channel, gRPC port; shutdown runs the
-other way round and is idempotent and safe without start: stop taking requests, let in-flight requests
+Start order is store (migrations run here), pipeline, control channel, gRPC port (with the health and
+reflection services beside the activity service); shutdown runs the other way round and is idempotent
+and safe without start: health turns NOT_SERVING, stop taking requests, let in-flight requests
 finish within the grace period (their activities are flushed to the store and they are answered), then
 close the pipeline and the store.
 """
@@ -17,6 +18,7 @@ import grpc.aio
 
 from collector.config import Settings
 from collector.control import ControlServer
+from collector.health import HealthMonitor
 from collector.service import ActivityService
 from workers.pipeline import Pipeline
 from workers.storage import ClickHouseStore
@@ -31,6 +33,7 @@ class CollectorServer:
         self.pipeline: Pipeline | None = None
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
+        self.health: HealthMonitor | None = None
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -64,10 +67,13 @@ class CollectorServer:
             ]
         )
         self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
+        self.health = HealthMonitor(self.store, self.pipeline, settings.health_interval_s)
+        self.health.register(self._grpc)
         self.port = self._grpc.add_insecure_port(settings.listen)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
         await self._grpc.start()
+        await self.health.start()
 
     @property
     def address(self) -> str:
@@ -95,6 +101,9 @@ class CollectorServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         try:
+            if self.health is not None:
+                # Probes see NOT_SERVING from the first moment, so that load balancers stop sending.
+                await self.health.begin_shutdown()
             if self.service is not None:
                 # Refuse new requests with UNAVAILABLE (retryable) while the port is still open, and let
                 # the ones in flight be answered; only then close the port.
@@ -104,6 +113,8 @@ class CollectorServer:
                 # reach the handler and get UNAVAILABLE rather than be cut off by the closing port.
                 await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
                 await self.service.wait_idle(max(0.0, deadline - loop.time()))
+            if self.health is not None:
+                await self.health.shutdown()
             if self._grpc is not None:
                 await self._grpc.stop(max(0.0, deadline - loop.time()))
             if self.pipeline is not None:
