@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
+    )
     _store_flags(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -72,6 +76,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "clickhouse_dsn": getattr(args, "clickhouse_dsn", None),
         "clickhouse_database": getattr(args, "clickhouse_database", None),
         "listen": getattr(args, "listen", None),
+        "metrics_listen": getattr(args, "metrics_listen", None),
     }
     return load_settings(overrides)
 

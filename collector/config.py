@@ -96,6 +96,8 @@ class Settings:
 
     listen: str = "127.0.0.1:50051"
     """Address of the gRPC service, HOST:PORT."""
+    metrics_listen: str = "127.0.0.1:9464"
+    """Address of the Prometheus metrics endpoint (`/metrics`), HOST:PORT. Empty: no metrics endpoint."""
     data_dir: Path = Path("data")
     """Directory for local data: the embedded ClickHouse engine's files and the control socket."""
     clickhouse_dsn: str = ""
@@ -129,6 +131,8 @@ class Settings:
 
     def validate(self) -> Settings:
         parse_host_port(self.listen, "listen")
+        if self.metrics_listen:
+            parse_host_port(self.metrics_listen, "metrics_listen")
         if not self.clickhouse_database.replace("_", "").isalnum():
             raise ConfigError(
                 f"clickhouse_database: letters, digits and '_' only, got {self.clickhouse_database!r}"

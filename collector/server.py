@@ -1,10 +1,10 @@
-"""The collector process: store, pipeline, gRPC server and control channel, started and stopped together.
+"""The collector process: store, pipeline, control channel, metrics endpoint and gRPC port (with the
+health and reflection services beside the activity service), started and stopped together.
 
-Start order is store (migrations run here), pipeline, control channel, gRPC port (with the health and
-reflection services beside the activity service); shutdown runs the other way round and is idempotent
-and safe without start: health turns NOT_SERVING, stop taking requests, let in-flight requests
-finish within the grace period (their activities are flushed to the store and they are answered), then
-close the pipeline and the store.
+Start order is store (migrations run here), pipeline, control channel, metrics endpoint, gRPC port;
+shutdown runs the other way round and is idempotent and safe without start: health turns NOT_SERVING,
+stop taking requests, let in-flight requests finish within the grace period (their activities are
+flushed to the store and they are answered), then close the pipeline and the store.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import grpc.aio
 from collector.config import Settings
 from collector.control import ControlServer
 from collector.health import HealthMonitor
+from collector.metrics import Metrics, MetricsServer
 from collector.service import ActivityService
 from workers.pipeline import Pipeline
 from workers.storage import ClickHouseStore
@@ -34,6 +35,8 @@ class CollectorServer:
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
         self.health: HealthMonitor | None = None
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -69,6 +72,10 @@ class CollectorServer:
         self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
         self.health = HealthMonitor(self.store, self.pipeline, settings.health_interval_s)
         self.health.register(self._grpc)
+        self.metrics = Metrics(settings, self.service, self.pipeline, self.health)
+        if settings.metrics_listen:
+            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
+            await self.metrics_server.start()
         self.port = self._grpc.add_insecure_port(settings.listen)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
@@ -121,6 +128,8 @@ class CollectorServer:
                 await self.pipeline.shutdown(timeout=max(0.0, deadline - loop.time()))
             if self.control is not None:
                 await self.control.shutdown()
+            if self.metrics_server is not None:
+                await self.metrics_server.shutdown()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
         finally:

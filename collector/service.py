@@ -10,6 +10,7 @@ only here; no exception reaches a client as UNKNOWN.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -98,6 +99,17 @@ class ServiceStats:
     accepted: int = 0
     rejected: int = 0
     failed_requests: int = 0
+    rejected_by_reason: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Rejected activities by RejectionReason value."""
+    failed_by_code: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Requests (stream batches included) that failed as a whole, by gRPC status code name."""
+
+    def record_rejections(self, rejections: Sequence[Rejection]) -> None:
+        for r in rejections:
+            self.rejected_by_reason[r.reason] = self.rejected_by_reason.get(r.reason, 0) + 1
+
+    def record_failure(self, code: grpc.StatusCode) -> None:
+        self.failed_by_code[code.name] = self.failed_by_code.get(code.name, 0) + 1
 
 
 class ActivityService:
@@ -243,6 +255,8 @@ class ActivityService:
         """Hand the valid activities to the pipeline and wait until they are committed."""
         self.stats.received += evaluated.count
         self.stats.rejected += len(evaluated.rejections)
+        if evaluated.rejections:
+            self.stats.record_rejections(evaluated.rejections)
         accepted = evaluated.accepted
         if not accepted:
             return {}
@@ -289,6 +303,7 @@ class ActivityService:
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
+            self.stats.record_failure(code)
             await context.abort(
                 code, message, trailing_metadata=status_trailer(code.value[0], message, delay)
             )
@@ -334,6 +349,7 @@ class ActivityService:
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
+            self.stats.record_failure(code)
             if not sequence:
                 sequence = _stream_sequence(raw)
             status = pb.BatchStatus(code=code.value[0], message=message)

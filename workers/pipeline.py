@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -107,6 +107,8 @@ class Pipeline:
         self.settings = settings
         self.store = store
         self.stats = PipelineStats()
+        self.on_insert: Callable[[int, float], None] | None = None
+        """Called after each committed insert with its rows and seconds (for metrics histograms)."""
         self._pending = 0
         self._intake: asyncio.Queue[Submission] = asyncio.Queue()
         self._commit: asyncio.Queue[_Encoded] = asyncio.Queue()
@@ -227,6 +229,8 @@ class Pipeline:
                     continue
                 log.debug("insert committed", extra={"rows": rows, "seconds": time.perf_counter() - started})
                 self.stats.record_insert(rows)
+                if self.on_insert is not None:
+                    self.on_insert(rows, time.perf_counter() - started)
                 for c in chunks:
                     self._settle(c.rows.count, c.future, None, c.rows.assigned_ids)
                 return
