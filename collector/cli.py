@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
     serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP/JSON door, POST /v1/activities (default 127.0.0.1:8080; empty: none)",
+    )
+    serve.add_argument(
         "--metrics-listen",
         help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
     )
@@ -77,6 +81,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "clickhouse_database": getattr(args, "clickhouse_database", None),
         "listen": getattr(args, "listen", None),
         "metrics_listen": getattr(args, "metrics_listen", None),
+        "http_listen": getattr(args, "http_listen", None),
     }
     return load_settings(overrides)
 

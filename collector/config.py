@@ -98,6 +98,11 @@ class Settings:
     """Address of the gRPC service, HOST:PORT."""
     metrics_listen: str = "127.0.0.1:9464"
     """Address of the Prometheus metrics endpoint (`/metrics`), HOST:PORT. Empty: no metrics endpoint."""
+    http_listen: str = "127.0.0.1:8080"
+    """Address of the HTTP/JSON door (`POST /v1/activities`), HOST:PORT. Empty: no HTTP door."""
+    http_cors_origins: str = ""
+    """Origins whose browser pages may call the HTTP door, comma-separated (`https://shop.example`);
+    `*` for any. Empty: no cross-origin calls."""
     data_dir: Path = Path("data")
     """Directory for local data: the embedded ClickHouse engine's files and the control socket."""
     clickhouse_dsn: str = ""
@@ -133,6 +138,14 @@ class Settings:
         parse_host_port(self.listen, "listen")
         if self.metrics_listen:
             parse_host_port(self.metrics_listen, "metrics_listen")
+        if self.http_listen:
+            parse_host_port(self.http_listen, "http_listen")
+        for origin in filter(None, (o.strip() for o in self.http_cors_origins.split(","))):
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(
+                    "http_cors_origins: each origin must be * or start with http:// or https://, "
+                    f"got {origin!r}"
+                )
         if not self.clickhouse_database.replace("_", "").isalnum():
             raise ConfigError(
                 f"clickhouse_database: letters, digits and '_' only, got {self.clickhouse_database!r}"

@@ -21,10 +21,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from collector.config import Settings, parse_host_port
+from collector.config import Settings
 from collector.health import HealthMonitor
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.service import ActivityService
+from collector.web import WebListener
 from workers.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -181,41 +182,19 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-class MetricsServer:
-    """HTTP listener for `/metrics`. Lifecycle: `start()` binds (RuntimeError naming `metrics_listen`
-    when it cannot); `shutdown()` is idempotent and safe without start."""
+class MetricsServer(WebListener):
+    """`/metrics` on `metrics_listen`."""
 
     def __init__(self, listen: str, metrics: Metrics) -> None:
-        self.host, self._requested_port = parse_host_port(listen, "metrics_listen")
-        self.listen = listen
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        super().__init__(app, listen, "metrics_listen")
         self.metrics = metrics
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application()
-        app.router.add_get("/metrics", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(runner, self.host, self._requested_port, reuse_port=False)
-        try:
-            await site.start()
-        except OSError as error:
-            raise RuntimeError(f"metrics_listen: cannot bind {self.listen}: {error}") from None
-        self.port = int(runner.addresses[0][1])
-
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
-
-    async def shutdown(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        return self.base_url + "/metrics"

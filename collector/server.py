@@ -1,10 +1,11 @@
-"""The collector process: store, pipeline, control channel, metrics endpoint and gRPC port (with the
-health and reflection services beside the activity service), started and stopped together.
+"""The collector process: store, pipeline, control channel, metrics endpoint, HTTP door and gRPC port
+(with the health and reflection services beside the activity service), started and stopped together.
 
-Start order is store (migrations run here), pipeline, control channel, metrics endpoint, gRPC port;
-shutdown runs the other way round and is idempotent and safe without start: health turns NOT_SERVING,
-stop taking requests, let in-flight requests finish within the grace period (their activities are
-flushed to the store and they are answered), then close the pipeline and the store.
+Start order is store (migrations run here), pipeline, control channel, metrics endpoint, HTTP door,
+gRPC port; shutdown runs the other way round and is idempotent and safe without start: health turns
+NOT_SERVING, stop taking requests on both doors, let in-flight requests finish within the grace period
+(their activities are flushed to the store and they are answered), then close the ports, the pipeline
+and the store.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import grpc.aio
 from collector.config import Settings
 from collector.control import ControlServer
 from collector.health import HealthMonitor
+from collector.http import HttpServer, parse_origins
 from collector.metrics import Metrics, MetricsServer
 from collector.service import ActivityService
 from workers.pipeline import Pipeline
@@ -37,6 +39,7 @@ class CollectorServer:
         self.health: HealthMonitor | None = None
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
+        self.http: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -76,6 +79,15 @@ class CollectorServer:
         if settings.metrics_listen:
             self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await self.metrics_server.start()
+        if settings.http_listen:
+            self.http = HttpServer(
+                settings.http_listen,
+                self.service,
+                parse_origins(settings.http_cors_origins),
+                # JSON takes more room than protobuf; the request's own size is checked after parsing.
+                max_body_bytes=4 * settings.limits.max_request_bytes,
+            )
+            await self.http.start()
         self.port = self._grpc.add_insecure_port(settings.listen)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
@@ -124,6 +136,8 @@ class CollectorServer:
                 await self.health.shutdown()
             if self._grpc is not None:
                 await self._grpc.stop(max(0.0, deadline - loop.time()))
+            if self.http is not None:
+                await self.http.shutdown()
             if self.pipeline is not None:
                 await self.pipeline.shutdown(timeout=max(0.0, deadline - loop.time()))
             if self.control is not None:

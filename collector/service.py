@@ -56,6 +56,16 @@ class InvalidRequest(Exception):
     """The request as a whole cannot be processed; nothing of it was stored."""
 
 
+class RequestFailed(Exception):
+    """A request failed as a whole: the gRPC code to answer, its message and the retry delay to offer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_delay_s: float | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_delay_s = retry_delay_s
+
+
 @dataclass(frozen=True)
 class RequestKind:
     request_class: type[Message]
@@ -288,9 +298,8 @@ class ActivityService:
         log.exception("unexpected error in a request", exc_info=error, extra={"error": repr(error)})
         return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}", None
 
-    async def _unary(
-        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[int], Awaitable[bytes]]
-    ) -> bytes:
+    async def _run(self, body: Callable[[int], Awaitable[bytes]]) -> bytes:
+        """Run one unary request, whichever door it came in by; a failure raises RequestFailed."""
         received_ns = time.time_ns()
         self.stats.requests += 1
         self._enter()
@@ -298,18 +307,32 @@ class ActivityService:
             if self._draining.is_set():
                 raise Unavailable("the collector is shutting down", self.pipeline.retry_delay_s)
             return await body(received_ns)
-        except grpc.aio.AbortError:
-            raise
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
             self.stats.record_failure(code)
-            await context.abort(
-                code, message, trailing_metadata=status_trailer(code.value[0], message, delay)
-            )
-            raise AssertionError("unreachable: abort raises") from None
+            raise RequestFailed(code, message, delay) from None
         finally:
             self._leave()
+
+    async def _unary(
+        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[int], Awaitable[bytes]]
+    ) -> bytes:
+        try:
+            return await self._run(body)
+        except RequestFailed as failed:
+            await context.abort(
+                failed.code,
+                failed.message,
+                trailing_metadata=status_trailer(failed.code.value[0], failed.message, failed.retry_delay_s),
+            )
+            raise AssertionError("unreachable: abort raises") from None
+
+    async def track_activities_raw(self, raw: bytes) -> bytes:
+        """TrackActivities without gRPC, for the HTTP door: a serialized TrackActivitiesRequest in, a
+        serialized TrackActivitiesResponse out. Same checks, same pipeline, same counters; a request
+        that fails as a whole raises RequestFailed."""
+        return await self._run(lambda received_ns: self._track_activities(raw, received_ns))
 
     # -- RPCs --------------------------------------------------------------------------------------
 
@@ -326,17 +349,17 @@ class ActivityService:
 
         return await self._unary(context, body)
 
-    async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        async def body(received_ns: int) -> bytes:
-            evaluated = self._evaluate(raw, BATCH, received_ns)
-            assigned = await self._store(evaluated, received_ns)
-            return pb.TrackActivitiesResponse(
-                accepted_count=evaluated.accepted,
-                rejections=[r.to_proto() for r in evaluated.rejections],
-                assigned_ids=assigned,
-            ).SerializeToString()
+    async def _track_activities(self, raw: bytes, received_ns: int) -> bytes:
+        evaluated = self._evaluate(raw, BATCH, received_ns)
+        assigned = await self._store(evaluated, received_ns)
+        return pb.TrackActivitiesResponse(
+            accepted_count=evaluated.accepted,
+            rejections=[r.to_proto() for r in evaluated.rejections],
+            assigned_ids=assigned,
+        ).SerializeToString()
 
-        return await self._unary(context, body)
+    async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return await self._unary(context, lambda received_ns: self._track_activities(raw, received_ns))
 
     async def _stream_batch(self, raw: bytes) -> bytes:
         received_ns = time.time_ns()

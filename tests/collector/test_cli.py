@@ -52,6 +52,8 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
             target,
             "--metrics-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--data-dir",
             str(data),
         ],
