@@ -23,6 +23,8 @@ from typing import Any
 
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# The asyncio servicer, exported as grpc_health.v1.health.aio, which the type stubs do not know.
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
