@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, sql."""
+"""`activity-collector`: serve, send, health, sql."""
 
 from __future__ import annotations
 
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tries per batch when the server is unreachable or asks for a resend (default 6)",
     )
 
+    health = sub.add_parser("health", help="ask a running server whether it is SERVING (exit 0) or not (1)")
+    health.add_argument(
+        "--target",
+        default=os.environ.get("ACTIVITY_TARGET", "127.0.0.1:50051"),
+        help="HOST:PORT of the server (default 127.0.0.1:50051; ACTIVITY_TARGET)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
     sql.add_argument("query", help="the SQL statement")
     sql.add_argument(
@@ -97,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             from collector.send import send
 
             return send(args.file, args.target, args.batch_size, args.timeout, args.attempts)
+        if args.command == "health":
+            from collector.healthcheck import check
+
+            return check(args.target, timeout=args.timeout)
         if args.command == "sql":
             from collector.sqlcmd import run_sql
 
