@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
     serve.add_argument(
+        "--tls-cert-file", help="PEM certificate chain: TLS on the gRPC port and the HTTP door"
+    )
+    serve.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
+    serve.add_argument(
         "--http-listen",
         help="HOST:PORT of the HTTP/JSON door, POST /v1/activities (default 127.0.0.1:8080; empty: none)",
     )
@@ -72,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the server (default 127.0.0.1:50051; ACTIVITY_TARGET)",
     )
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    health.add_argument("--ca-file", help="PEM certificates to trust: connect over TLS (default: plain text)")
+    health.add_argument("--server-name", help="with --ca-file: the name the certificate must carry")
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
     sql.add_argument("query", help="the SQL statement")
@@ -90,6 +96,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "listen": getattr(args, "listen", None),
         "metrics_listen": getattr(args, "metrics_listen", None),
         "http_listen": getattr(args, "http_listen", None),
+        "tls_cert_file": getattr(args, "tls_cert_file", None),
+        "tls_key_file": getattr(args, "tls_key_file", None),
     }
     return load_settings(overrides)
 
@@ -108,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             from collector.healthcheck import check
 
-            return check(args.target, timeout=args.timeout)
+            return check(
+                args.target, timeout=args.timeout, ca_file=args.ca_file, server_name=args.server_name
+            )
         if args.command == "sql":
             from collector.sqlcmd import run_sql
 

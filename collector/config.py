@@ -103,6 +103,11 @@ class Settings:
     http_cors_origins: str = ""
     """Origins whose browser pages may call the HTTP door, comma-separated (`https://shop.example`);
     `*` for any. Empty: no cross-origin calls."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for TLS on the gRPC port and the HTTP door. Empty (with tls_key_file):
+    plain text."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
     data_dir: Path = Path("data")
     """Directory for local data: the embedded ClickHouse engine's files and the control socket."""
     clickhouse_dsn: str = ""
@@ -130,6 +135,13 @@ class Settings:
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     @property
+    def tls(self) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key) in PEM, read from their files; None without TLS."""
+        if not self.tls_cert_file:
+            return None
+        return Path(self.tls_cert_file).read_bytes(), Path(self.tls_key_file).read_bytes()
+
+    @property
     def control_socket(self) -> Path:
         """Unix socket on which a running server answers `activity-collector sql` for its data directory."""
         return self.data_dir.resolve() / "control.sock"
@@ -146,6 +158,13 @@ class Settings:
                     "http_cors_origins: each origin must be * or start with http:// or https://, "
                     f"got {origin!r}"
                 )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise ConfigError(f"{missing}: required when the other of tls_cert_file and tls_key_file is set")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}: cannot read {path!r}")
         if not self.clickhouse_database.replace("_", "").isalnum():
             raise ConfigError(
                 f"clickhouse_database: letters, digits and '_' only, got {self.clickhouse_database!r}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 
 import grpc
 from aiohttp import web
@@ -59,12 +60,17 @@ class HttpServer(WebListener):
     """`POST /v1/activities` (and its CORS preflight) on `http_listen`."""
 
     def __init__(
-        self, listen: str, service: ActivityService, cors_origins: frozenset[str], max_body_bytes: int
+        self,
+        listen: str,
+        service: ActivityService,
+        cors_origins: frozenset[str],
+        max_body_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         app = web.Application(client_max_size=max_body_bytes)
         app.router.add_post(PATH, self._track)
         app.router.add_route("OPTIONS", PATH, self._preflight)
-        super().__init__(app, listen, "http_listen")
+        super().__init__(app, listen, "http_listen", ssl_context)
         self.service = service
         self.cors_origins = cors_origins
 

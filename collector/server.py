@@ -23,6 +23,7 @@ from collector.health import HealthMonitor
 from collector.http import HttpServer, parse_origins
 from collector.metrics import Metrics, MetricsServer
 from collector.service import ActivityService
+from collector.web import server_ssl_context
 from workers.pipeline import Pipeline
 from workers.storage import ClickHouseStore
 
@@ -86,9 +87,20 @@ class CollectorServer:
                 parse_origins(settings.http_cors_origins),
                 # JSON takes more room than protobuf; the request's own size is checked after parsing.
                 max_body_bytes=4 * settings.limits.max_request_bytes,
+                ssl_context=(
+                    server_ssl_context(settings.tls_cert_file, settings.tls_key_file)
+                    if settings.tls_cert_file
+                    else None
+                ),
             )
             await self.http.start()
-        self.port = self._grpc.add_insecure_port(settings.listen)
+        tls = settings.tls
+        if tls is None:
+            self.port = self._grpc.add_insecure_port(settings.listen)
+        else:
+            certificate_chain, private_key = tls
+            credentials = grpc.ssl_server_credentials([(private_key, certificate_chain)])
+            self.port = self._grpc.add_secure_port(settings.listen, credentials)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
         await self._grpc.start()

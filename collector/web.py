@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from collector.config import parse_host_port
 
 
-class WebListener:
-    """Serves an aiohttp application on HOST:PORT. Lifecycle: `start()` binds (RuntimeError naming the
-    setting when it cannot); `shutdown()` is idempotent and safe without start."""
+def server_ssl_context(certificate_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS server context (TLS 1.2 or later) with the given PEM certificate chain and key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate_file, key_file)
+    return context
 
-    def __init__(self, app: web.Application, listen: str, setting: str) -> None:
+
+class WebListener:
+    """Serves an aiohttp application on HOST:PORT, over TLS when given an SSL context. Lifecycle:
+    `start()` binds (RuntimeError naming the setting when it cannot); `shutdown()` is idempotent and
+    safe without start."""
+
+    def __init__(
+        self, app: web.Application, listen: str, setting: str, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.host, self._requested_port = parse_host_port(listen, setting)
+        self.ssl_context = ssl_context
         self.listen = listen
         self.setting = setting
         self.app = app
@@ -27,7 +41,9 @@ class WebListener:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.host, self._requested_port, reuse_port=False)
+        site = web.TCPSite(
+            runner, self.host, self._requested_port, reuse_port=False, ssl_context=self.ssl_context
+        )
         try:
             await site.start()
         except OSError as error:
@@ -36,7 +52,8 @@ class WebListener:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None
