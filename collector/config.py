@@ -45,6 +45,9 @@ class Limits:
     """Most entries in each map (target.attributes, user.identities, metadata.custom)."""
     max_segments: int = 64
     """Most entries in segments."""
+    max_concurrent_streams: int = 256
+    """Most calls open at once on one client connection (HTTP/2 streams); further calls wait in the
+    client until one ends."""
     max_stream_in_flight: int = 64
     """Most batches of one StreamActivities stream being processed at once; past it, the server stops
     reading the stream until one is answered (HTTP/2 flow control then holds the client back)."""
@@ -80,6 +83,14 @@ class PipelineSettings:
     insert_attempts: int = 3
     """Attempts per insert for errors that may pass (connection lost, timeouts) before callers get
     UNAVAILABLE."""
+    drain_interval_ms: float = 250.0
+    """With the spool on: longest wait for more spooled rows before an insert is sent. Answers do not
+    wait for inserts then, so inserts can be large: fewer parts for ClickHouse, less CPU per row."""
+    spool_capacity_bytes: int = 1024 * 1024 * 1024
+    """With the spool on: most bytes of accepted activities waiting on disk for ClickHouse. Past it,
+    RESOURCE_EXHAUSTED."""
+    spool_segment_bytes: int = 64 * 1024 * 1024
+    """With the spool on: size at which a spool segment file is closed and a new one started."""
     retry_delay_ms: float = 500.0
     """The delay suggested to callers in RESOURCE_EXHAUSTED and UNAVAILABLE answers."""
 
@@ -115,6 +126,10 @@ class Settings:
     embedded engine. Empty: the embedded engine under <data_dir>/clickhouse."""
     clickhouse_database: str = "activity"
     """ClickHouse database holding the product's tables; created when missing."""
+    spool: bool = True
+    """Acknowledge activities once written and fsynced to the local spool (<data_dir>/spool) and insert
+    them into ClickHouse behind; a ClickHouse outage then only grows the spool. Off: acknowledge once
+    committed to ClickHouse."""
     default_tenant: str = "default"
     """Tenant recorded on every activity until API keys select one per request."""
     clock_skew_tolerance_ms: float = 1000.0
@@ -140,6 +155,14 @@ class Settings:
         if not self.tls_cert_file:
             return None
         return Path(self.tls_cert_file).read_bytes(), Path(self.tls_key_file).read_bytes()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir.resolve() / "spool"
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        return self.data_dir.resolve() / "dead-letters"
 
     @property
     def control_socket(self) -> Path:
@@ -235,8 +258,16 @@ def _convert(name: str, f: dataclasses.Field[Any], raw: Any) -> Any:
             return value
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
     except ValueError:
-        raise ConfigError(f"{name}: expected a {kind}, got {raw!r}") from None
+        expected = "boolean (true or false)" if kind == "bool" else kind
+        raise ConfigError(f"{name}: expected a {expected}, got {raw!r}") from None
     return raw
 
 

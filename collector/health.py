@@ -1,17 +1,21 @@
 """gRPC health checking (`grpc.health.v1.Health`) and server reflection on the service's own port.
 
-The collector is SERVING while its store takes writes, NOT_SERVING while it does not, and NOT_SERVING
-for good from the moment shutdown begins. Both the overall status (service "") and
-`activity.v1.ActivityService` carry the same value, so a Kubernetes gRPC probe, which asks for "", and a
-client that asks for the service by name see the same thing.
+The collector is SERVING while it can acknowledge activities: while its store takes writes, or, with
+the spool on, while the spool has room. It is NOT_SERVING otherwise, and for good from the moment
+shutdown begins. Both the overall status (service "") and `activity.v1.ActivityService` carry the same
+value, so a Kubernetes gRPC probe, which asks for "", and a client that asks for the service by name
+see the same thing.
 
 Where is the store's health read from? From the inserts themselves while there is traffic: every
-`health_interval_s`, if an insert committed since the last look the store is up; if inserts failed and
-none committed, it is down. With no insert since the last look, a probe query on the `activities` table,
-through a store connection like an insert, decides. The probe never runs on the event loop.
+`health_interval_s`, if an insert committed since the last look the store is up; if inserts failed (or
+were retried) and none committed, it is down. With no insert since the last look, a probe query on the
+`activities` table, through a store connection like an insert, decides. The probe never runs on the
+event loop.
 
-There is no local spool yet, so an unreachable store means NOT_SERVING at once: nothing can be
-acknowledged. With a spool, the collector would stay SERVING until the spool is full as well.
+Without the spool, an unreachable store means NOT_SERVING at once: nothing can be acknowledged. With
+the spool on, activities are acknowledged once on local disk, so the collector stays SERVING while the
+store is away and turns NOT_SERVING only when the spool is full as well (it has no room left for one
+more request of `max_request_bytes`).
 """
 
 from __future__ import annotations
@@ -67,12 +71,17 @@ class HealthMonitor:
     without start.
     """
 
-    def __init__(self, store: ActivityStore, pipeline: Pipeline, interval_s: float) -> None:
+    def __init__(
+        self, store: ActivityStore, pipeline: Pipeline, interval_s: float, request_bytes: int = 0
+    ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.interval_s = interval_s
+        self.request_bytes = request_bytes
+        """Room the spool must have left to count as not full."""
         self.servicer = _HealthServicer()
         self.store_up = True
+        self.serving = True
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Future[bytes] | None = None
@@ -96,25 +105,39 @@ class HealthMonitor:
         for service in ("", SERVICE_NAME):
             await self.servicer.set(service, status)
 
+    @property
+    def spool_full(self) -> bool:
+        """Whether the spool (when on) has no room left for one more full request."""
+        spool = self.pipeline.spool
+        return spool is not None and spool.size_bytes + self.request_bytes >= spool.capacity_bytes
+
     async def _run(self) -> None:
         stats = self.pipeline.stats
-        inserts, failures = stats.inserts, stats.insert_failures
+        inserts, failures, retries = stats.inserts, stats.insert_failures, stats.insert_retries
         while True:
             await asyncio.sleep(self.interval_s)
             if stats.inserts > inserts:
                 up, error = True, ""
-            elif stats.insert_failures > failures:
+            elif stats.insert_failures > failures or stats.insert_retries > retries:
                 up, error = False, "inserts are failing"
             else:
                 up, error = await self._run_probe()
-            inserts, failures = stats.inserts, stats.insert_failures
+            inserts, failures, retries = stats.inserts, stats.insert_failures, stats.insert_retries
             if up != self.store_up:
                 if up:
-                    log.info("store reachable again: health SERVING")
+                    log.info("store reachable again")
                 else:
-                    log.warning("store unreachable: health NOT_SERVING", extra={"error": error})
+                    log.warning("store unreachable", extra={"error": error})
             self.store_up, self.last_error = up, error
-            await self._publish(up)
+            # With the spool, acknowledgements need only the local disk until the spool is full.
+            serving = up or (self.pipeline.spool is not None and not self.spool_full)
+            if serving != self.serving:
+                if serving:
+                    log.info("health SERVING")
+                else:
+                    log.warning("health NOT_SERVING", extra={"error": error})
+            self.serving = serving
+            await self._publish(serving)
 
     async def _run_probe(self) -> tuple[bool, str]:
         if self._probe is None or self._probe.done():

@@ -140,11 +140,41 @@ class StatsCollector(Collector):
             "Inserts given up: every request in them was answered UNAVAILABLE.",
             value=p.insert_failures,
         )
+        yield per_tenant(
+            "_activities_dead_lettered",
+            "Spooled activities ClickHouse refused for good, kept in the dead-letter directory.",
+            p.dead_letters,
+        )
+        spool = self.pipeline.spool
+        if spool is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_bytes", "Bytes in the spool not yet in ClickHouse.", value=spool.size_bytes
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_capacity_bytes",
+                "Most bytes the spool holds (spool_capacity_bytes); past it, RESOURCE_EXHAUSTED.",
+                value=spool.capacity_bytes,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_activities",
+                "Activities acknowledged from the spool and not yet in ClickHouse.",
+                value=spool.pending_rows,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "_spool_damaged_records",
+                "Spool records found damaged on replay and skipped.",
+                value=spool.stats.corrupt_records,
+            )
         if self.health is not None:
             yield GaugeMetricFamily(
                 PREFIX + "_store_up",
-                "1 while the store takes writes (gRPC health SERVING), 0 while it does not.",
+                "1 while the store takes writes, 0 while it does not.",
                 value=1 if self.health.store_up else 0,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_serving",
+                "1 while gRPC health is SERVING (the store, or the spool, takes activities), 0 while not.",
+                value=1 if self.health.serving else 0,
             )
 
 

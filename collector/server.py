@@ -25,6 +25,7 @@ from collector.metrics import Metrics, MetricsServer
 from collector.service import ActivityService
 from collector.web import server_ssl_context
 from workers.pipeline import Pipeline
+from workers.spool import Spool
 from workers.storage import ClickHouseStore
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,14 @@ class CollectorServer:
             settings.clickhouse_database,
             connections=settings.pipeline.insert_workers + 1,
         )
-        self.pipeline = Pipeline(settings.pipeline, self.store)
+        spool = None
+        if settings.spool:
+            spool = Spool(
+                settings.spool_dir,
+                capacity_bytes=settings.pipeline.spool_capacity_bytes,
+                segment_bytes=settings.pipeline.spool_segment_bytes,
+            )
+        self.pipeline = Pipeline(settings.pipeline, self.store, spool, settings.dead_letter_dir)
         await self.pipeline.start()
         self.service = ActivityService(settings, self.pipeline)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +79,13 @@ class CollectorServer:
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
             ]
         )
         self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
-        self.health = HealthMonitor(self.store, self.pipeline, settings.health_interval_s)
+        self.health = HealthMonitor(
+            self.store, self.pipeline, settings.health_interval_s, settings.limits.max_request_bytes
+        )
         self.health.register(self._grpc)
         self.metrics = Metrics(settings, self.service, self.pipeline, self.health)
         if settings.metrics_listen:

@@ -42,6 +42,9 @@ def make_settings(engine_dir: Path, database: str, tmp_path: Path) -> Callable[.
             "clickhouse_dsn": f"chdb://{engine_dir}",
             "clickhouse_database": database,
             "shutdown_grace_s": 5.0,
+            # Most tests check what ClickHouse holds right after an answer: that is the spool-off
+            # contract. The spool's own tests turn it on.
+            "spool": False,
         }
         values.update(overrides)
         return load_settings(values, environ={})

@@ -169,3 +169,9 @@ def envelope(chunks: Sequence[EncodedRows]) -> bytes:
     for c in chunks:
         parts += c.pieces
     return b"".join(parts)
+
+
+def envelope_bytes(rows: Sequence[bytes]) -> bytes:
+    """One ProtobufList message from already framed rows."""
+    total = sum(len(r) for r in rows)
+    return b"".join([varint(total), *rows])

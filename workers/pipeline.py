@@ -17,16 +17,22 @@ the next insert takes them all, so inserts grow with the load and their count do
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from collector.config import PipelineSettings
 from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope
+from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope, envelope_bytes
+from workers.spool import Planned, Spool, SpoolFull
 from workers.storage import ActivityStore, StoreError, classify
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,8 @@ class PipelineStats:
     insert_failures: int = 0
     insert_retries: int = 0
     insert_sizes: list[int] = field(default_factory=list)
+    dead_letters: int = 0
+    """Activities that ClickHouse refused for good, kept in the dead-letter directory."""
 
     def record_insert(self, rows: int) -> None:
         self.inserts += 1
@@ -103,9 +111,22 @@ class Pipeline:
     """Lifecycle: `start()` returns at once; `shutdown()` is idempotent, safe without start, refuses new
     work, lets what was submitted reach the store until the deadline, then fails what is left."""
 
-    def __init__(self, settings: PipelineSettings, store: ActivityStore) -> None:
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        store: ActivityStore,
+        spool: Spool | None = None,
+        dead_letter_dir: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.spool = spool
+        self.dead_letter_dir = dead_letter_dir
+        # Spool mode: records durable and not yet handed to an insert, in sequence order.
+        self._ready: collections.deque[tuple[int, int]] = collections.deque()
+        self._ready_event = asyncio.Event()
+        self._ready_rows = 0
+        self._spool_executor: ThreadPoolExecutor | None = None
         self.stats = PipelineStats()
         self.on_insert: Callable[[int, float], None] | None = None
         """Called after each committed insert with its rows and seconds (for metrics histograms)."""
@@ -139,7 +160,18 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(self.settings.insert_workers, thread_name_prefix="insert")
         for n in range(self.settings.enrich_workers):
             self._tasks.append(asyncio.create_task(self._enrich_worker(), name=f"enrich-{n}"))
-        self._tasks.append(asyncio.create_task(self._batcher(), name="batcher"))
+        if self.spool is None:
+            self._tasks.append(asyncio.create_task(self._batcher(), name="batcher"))
+        else:
+            self._spool_executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
+            await asyncio.get_running_loop().run_in_executor(self._spool_executor, self.spool.open)
+            planned = self.spool.planned()
+            covered = {s for p in planned for s in range(p.first, p.last + 1)}
+            counts = self.spool.pending_counts()
+            self._ready.extend((seq, counts[seq]) for seq in sorted(counts) if seq not in covered)
+            self._ready_rows = sum(count for _, count in self._ready)
+            self._tasks.append(asyncio.create_task(self._spool_writer(), name="spool-writer"))
+            self._tasks.append(asyncio.create_task(self._drainer(planned), name="drainer"))
 
     def submit(self, submission: Submission) -> None:
         """Queue a request's valid activities; `submission.future` resolves when they are committed."""
@@ -205,11 +237,14 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         try:
             payload = envelope([c.rows for c in chunks])
+            # One token for every attempt: an attempt that failed after ClickHouse stored the rows (a
+            # lost answer) is then not stored twice by the next one.
+            token = uuid.uuid4().hex
             error: StoreError | None = None
             for attempt in range(self.settings.insert_attempts):
                 started = time.perf_counter()
                 try:
-                    await loop.run_in_executor(self._executor, self.store.insert_rows, payload, rows)
+                    await loop.run_in_executor(self._executor, self.store.insert_rows, payload, rows, token)
                 except Exception as raw:
                     error = classify(raw)
                     log.warning(
@@ -248,6 +283,171 @@ class Pipeline:
         finally:
             self._slots.release()
 
+    # -- spool mode: acknowledge once durable, drain into ClickHouse behind ----------------------
+
+    async def _spool_writer(self) -> None:
+        """Append every encoded request waiting, fsync once for all of them, then acknowledge them."""
+        assert self.spool is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            chunks = [await self._commit.get()]
+            while not self._commit.empty():
+                chunks.append(self._commit.get_nowait())
+            entries = [(c.rows.count, b"".join(c.rows.pieces)) for c in chunks]
+            try:
+                sequences = await loop.run_in_executor(self._spool_executor, self._append_durably, entries)
+            except SpoolFull as full:
+                rows = sum(c.rows.count for c in chunks)
+                self.stats.refused += rows
+                refusal = Overloaded(str(full), self.retry_delay_s)
+                for c in chunks:
+                    self._settle(c.rows.count, c.future, refusal)
+                continue
+            except OSError as error:
+                log.error("spool write failed", extra={"error": str(error)})
+                failure = Unavailable(f"the spool cannot be written: {error}", self.retry_delay_s)
+                for c in chunks:
+                    self._settle(c.rows.count, c.future, failure)
+                continue
+            for c, sequence in zip(chunks, sequences, strict=True):
+                self._ready.append((sequence, c.rows.count))
+                self._ready_rows += c.rows.count
+                self._settle(c.rows.count, c.future, None, c.rows.assigned_ids)
+            self._ready_event.set()
+
+    def _append_durably(self, entries: list[tuple[int, bytes]]) -> list[int]:
+        assert self.spool is not None
+        sequences = self.spool.append(entries)
+        self.spool.sync()
+        return sequences
+
+    async def _drainer(self, redo: list[Planned]) -> None:
+        """Insert spooled records in sequence order; first the inserts planned before the last stop."""
+        for planned in redo:
+            await self._slots.acquire()
+            self._spawn(self._drain_insert(planned))
+        loop = asyncio.get_running_loop()
+        linger = self.settings.drain_interval_ms / 1000
+        max_rows = self.settings.insert_max_rows
+        while True:
+            await self._slots.acquire()
+            try:
+                while not self._ready:
+                    self._ready_event.clear()
+                    await self._ready_event.wait()
+                deadline = loop.time() + linger
+                while self._accepting and self._ready_rows < max_rows:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._ready_event.clear()
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await self._ready_event.wait()
+                    except TimeoutError:
+                        break
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            first, rows = self._ready.popleft()
+            last = first
+            while self._ready and rows < max_rows and self._ready[0][0] == last + 1:
+                last, count = self._ready.popleft()
+                rows += count
+            self._ready_rows -= rows
+            self._spawn(self._drain_insert(Planned(first, last, f"spool-{first}-{last}-{uuid.uuid4().hex}")))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._inserts.add(task)
+        task.add_done_callback(self._inserts.discard)
+
+    async def _drain_insert(self, planned: Planned) -> None:
+        """Insert one planned range until it is in ClickHouse. The records are safe on disk, so any
+        failure but bad data is retried, with capped backoff, for as long as the collector runs; when
+        ClickHouse blames the data, the records are inserted one by one and those it refuses alone go
+        to the dead-letter directory."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        isolate = False
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    if isolate:
+                        rows = await loop.run_in_executor(self._executor, self._isolate_failure, planned)
+                    else:
+                        rows = await loop.run_in_executor(self._executor, self._insert_planned, planned)
+                except Exception as raw:
+                    error = classify(raw)
+                    log.warning(
+                        "spooled insert failed",
+                        extra={
+                            "first": planned.first,
+                            "last": planned.last,
+                            "attempt": attempt + 1,
+                            "transient": error.transient,
+                            "error": str(error),
+                        },
+                    )
+                    if error.data and not isolate:
+                        self.stats.insert_failures += 1
+                        isolate = True
+                        continue
+                    self.stats.insert_retries += 1
+                    attempt += 1
+                    await asyncio.sleep(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
+                    continue
+                self.stats.record_insert(rows)
+                if self.on_insert is not None:
+                    self.on_insert(rows, time.perf_counter() - started)
+                return
+        finally:
+            self._slots.release()
+
+    def _insert_planned(self, planned: Planned) -> int:
+        assert self.spool is not None
+        self.spool.plan(planned)
+        records = self.spool.read_range(planned.first, planned.last)
+        rows = sum(r.count for r in records)
+        if records:
+            payload = envelope_bytes([r.rows for r in records])
+            self.store.insert_rows(payload, rows, token=planned.token)
+        self.spool.commit(planned)
+        return rows
+
+    def _isolate_failure(self, planned: Planned) -> int:
+        """Insert the records of a range ClickHouse refused one by one; dead-letter those refused alone
+        for their data. Returns the rows stored."""
+        assert self.spool is not None
+        stored = 0
+        for record in self.spool.read_range(planned.first, planned.last):
+            token = f"{planned.token}-{record.sequence}"
+            try:
+                self.store.insert_rows(envelope_bytes([record.rows]), record.count, token=token)
+            except Exception as raw:
+                failure = classify(raw)
+                if not failure.data:
+                    raise
+                self._dead_letter(record.sequence, record.count, record.rows, str(failure))
+            else:
+                stored += record.count
+        self.spool.commit(planned)
+        return stored
+
+    def _dead_letter(self, sequence: int, count: int, rows: bytes, error: str) -> None:
+        directory = self.dead_letter_dir
+        if directory is None:
+            raise StoreError(f"no dead-letter directory for a refused record: {error}", transient=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = directory / f"{sequence:020d}"
+        stem.with_suffix(".rows").write_bytes(rows)
+        stem.with_suffix(".json").write_text(
+            json.dumps({"sequence": sequence, "rows": count, "error": error})
+        )
+        self.stats.dead_letters += count
+        log.error("activities dead-lettered", extra={"sequence": sequence, "rows": count, "error": error})
+
     def _settle(
         self,
         count: int,
@@ -273,6 +473,8 @@ class Pipeline:
         self._accepting = False
         if not self._started:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -280,6 +482,14 @@ class Pipeline:
             log.error(
                 "shutdown deadline passed with activities uncommitted", extra={"pending": self._pending}
             )
+        if self.spool is not None:
+            # What is spooled is safe either way; draining it now spares the next start the replay.
+            while (self._ready or self._inserts) and loop.time() < deadline:  # noqa: ASYNC110 (two sources, bounded)
+                await asyncio.sleep(0.02)
+            if self._ready or self._inserts:
+                log.warning(
+                    "stopping with spooled activities not yet in ClickHouse; the next start sends them"
+                )
         for task in [*self._tasks, *self._inserts]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inserts, return_exceptions=True)
@@ -291,3 +501,7 @@ class Pipeline:
                 self._settle(count, item.future, failure)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._spool_executor is not None:
+            self._spool_executor.shutdown(wait=True, cancel_futures=True)
+        if self.spool is not None:
+            self.spool.close()

@@ -37,13 +37,40 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
-class StoreError(Exception):
-    """An insert or query failed. `transient` says whether trying again may succeed."""
+# ClickHouse error codes that blame the data itself: inserting the same rows again can never succeed.
+_DATA_CODES = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        26,  # CANNOT_PARSE_QUOTED_STRING
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        32,  # ATTEMPT_TO_READ_AFTER_EOF
+        33,  # CANNOT_READ_ALL_DATA
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA
+        131,  # TOO_LARGE_STRING_SIZE
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        376,  # CANNOT_PARSE_UUID
+        444,  # UNKNOWN_PROTOBUF_FORMAT
+        570,  # DATA_TYPE_INCOMPATIBLE_WITH_PROTOBUF_FIELD
+    }
+)
 
-    def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
+
+class StoreError(Exception):
+    """An insert or query failed. `transient`: trying again soon may succeed. `data`: the rows
+    themselves are at fault, so no retry can ever store them. Neither: the store is unusable until an
+    operator acts (a missing table, denied access)."""
+
+    def __init__(self, message: str, *, transient: bool, code: int | None = None, data: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
         self.code = code
+        self.data = data
 
 
 def classify(error: Exception) -> StoreError:
@@ -57,14 +84,16 @@ def classify(error: Exception) -> StoreError:
     else:
         transient = isinstance(error, (ConnectionError, TimeoutError))
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return StoreError(message, transient=transient, code=code if isinstance(code, int) else None)
+    code = code if isinstance(code, int) else None
+    return StoreError(message, transient=transient, code=code, data=code in _DATA_CODES)
 
 
 class ActivityStore(Protocol):
     """Where activities are stored. Every method blocks; call from a worker thread."""
 
-    def insert_rows(self, payload: bytes, rows: int) -> None:
-        """Insert one ProtobufList envelope of `rows` rows, durably, or raise StoreError."""
+    def insert_rows(self, payload: bytes, rows: int, token: str | None = None) -> None:
+        """Insert one ProtobufList envelope of `rows` rows, durably, or raise StoreError. An insert
+        repeated with the same `token` is stored once."""
         ...
 
     def query(self, sql: str, fmt: str) -> bytes:
@@ -132,16 +161,19 @@ class ClickHouseStore:
             with self._lock:
                 self._idle.append(client)
 
-    def insert_rows(self, payload: bytes, rows: int) -> None:
+    def insert_rows(self, payload: bytes, rows: int, token: str | None = None) -> None:
+        settings = self._insert_settings
+        if token is not None:
+            settings = {**settings, "insert_deduplication_token": token}
         try:
             with self._client() as client:
                 summary = client.raw_insert(
-                    "activities", INSERT_COLUMNS, payload, settings=self._insert_settings, fmt="ProtobufList"
+                    "activities", INSERT_COLUMNS, payload, settings=settings, fmt="ProtobufList"
                 )
         except (ClickHouseError, OSError) as error:
             raise classify(error) from error
         written = summary.written_rows
-        if written is not None and written and written != rows:
+        if written is not None and written and written != rows and token is None:
             raise StoreError(f"ClickHouse wrote {written} rows of {rows}", transient=False)
 
     def query(self, sql: str, fmt: str) -> bytes:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,12 @@ def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-un
     assert "accepted 1, rejected 0, unparsed 1" in piped.stdout
     assert "line 2: not an activity" in piped.stdout
 
+    # The server acknowledges once the spool holds the activities; ClickHouse has them a moment later.
+    for _ in range(100):
+        settled = cli("sql", "--data-dir", str(data), "--format", "tsv", "SELECT count() FROM activities")
+        if settled.stdout.splitlines()[-1:] == ["4"]:
+            break
+        time.sleep(0.1)
     # While the server holds the embedded engine, sql goes through it.
     query = "SELECT action, target_id, currency FROM activities ORDER BY action, target_id FORMAT JSONEachRow"
     through_server = cli("sql", "--data-dir", str(data), "--format", "json", query.rsplit(" FORMAT", 1)[0])

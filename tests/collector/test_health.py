@@ -129,3 +129,55 @@ async def test_shutdown_turns_not_serving_and_ends_watch_streams_quickly(start_s
         async with asyncio.timeout(5):
             assert await watch.read() is grpc.aio.EOF
         assert await watch.code() == grpc.StatusCode.OK
+
+
+async def wait_for_status(health: health_pb2_grpc.HealthStub, wanted: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await health.Check(health_pb2.HealthCheckRequest())).status != wanted:
+        assert time.monotonic() < deadline, f"health never turned {wanted}"
+        await asyncio.sleep(0.05)
+
+
+async def test_with_the_spool_it_serves_while_the_store_is_away_until_the_spool_is_full(
+    start_server: Any,
+) -> None:
+    server: CollectorServer = await start_server(
+        spool=True,
+        health_interval_s=0.1,
+        max_request_bytes=20_000,
+        max_activity_bytes=5_000,
+        spool_capacity_bytes=45_000,
+    )
+    assert server.store is not None and server.health is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        stub = pb_grpc.ActivityServiceStub(channel)
+        server.store.command("RENAME TABLE activities TO activities_away")
+        try:
+            # Acknowledged from the spool although the store is away.
+            answer = await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(10)])
+            )
+            assert answer.accepted_count == 10
+            deadline = time.monotonic() + 10
+            while server.health.store_up:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
+
+            # Fill the spool until it has no room for one more full request.
+            n = 100
+            while not server.health.spool_full:
+                batch = [make_activity(n + i) for i in range(40)]
+                n += 40
+                try:
+                    await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    break
+            await wait_for_status(health, NOT_SERVING)
+        finally:
+            server.store.command("RENAME TABLE activities_away TO activities")
+        # The store is back: the spool drains into it, and the collector serves again.
+        await wait_for_status(health, SERVING, timeout=20)

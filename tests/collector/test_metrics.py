@@ -155,3 +155,40 @@ async def test_a_taken_metrics_port_stops_start_up_naming_the_setting(start_serv
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match="metrics_listen"):
             await start_server(metrics_listen=f"127.0.0.1:{port}")
+
+
+async def test_spool_depth_grows_while_the_store_is_away_and_drains_after(start_server: Any) -> None:
+    server: CollectorServer = await start_server(spool=True, health_interval_s=0.1)
+    assert server.store is not None
+    before = await scrape(server)
+    assert value(before, "spool_activities") == 0
+    assert value(before, "spool_capacity_bytes") == 1024**3
+    assert value(before, "activities_dead_lettered_total", tenant="default") == 0
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        server.store.command("RENAME TABLE activities TO activities_away")
+        try:
+            answer = await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(25)])
+            )
+            assert answer.accepted_count == 25
+            deadline = time.monotonic() + 10
+            # The spooled insert keeps failing and is retried; health notices the store is away.
+            while True:
+                samples = await scrape(server)
+                if value(samples, "store_up") == 0 and value(samples, "insert_retries_total") >= 1:
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert value(samples, "spool_activities") == 25
+            assert value(samples, "spool_bytes") > 0
+            assert value(samples, "serving") == 1
+            assert value(samples, "inserts_total") == 0
+        finally:
+            server.store.command("RENAME TABLE activities_away TO activities")
+    deadline = time.monotonic() + 20
+    while value(samples := await scrape(server), "spool_activities") != 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert value(samples, "rows_committed_total") == 25
+    assert value(samples, "insert_rows_sum") == 25

@@ -427,3 +427,19 @@ async def test_a_client_cannot_set_the_fields_the_collector_appends(
     response = await call(raw)
     assert response.accepted_count == 1
     assert rows(server, "SELECT tenant_id FROM activities") == [("default",)]
+
+
+async def test_concurrent_calls_per_connection_are_bounded(start_server: Any) -> None:
+    server = await start_server(max_concurrent_streams=2, flush_interval_ms=300)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        # The first call connects; from then on the client knows the limit.
+        await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(99)))
+        started = time.monotonic()
+        # Each call waits ~300 ms for its group commit; with two streams at a time, six calls take
+        # at least three rounds.
+        calls = [stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(n))) for n in range(6)]
+        responses = await asyncio.gather(*calls)
+        elapsed = time.monotonic() - started
+    assert [r.accepted_count for r in responses] == [1] * 6
+    assert elapsed >= 0.8

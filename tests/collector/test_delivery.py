@@ -1,0 +1,263 @@
+"""Delivery with the spool on (the default): acknowledged means on disk; ClickHouse gets it behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from helpers import make_activity
+
+from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from collector.server import CollectorServer
+from collector.status import retry_delay_from_trailer
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def query(store: Any, sql: str) -> list[str]:
+    return store.query(sql, "TabSeparated").decode().split()
+
+
+async def wait_for_rows(store: Any, expected: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if int(query(store, "SELECT count() FROM activities")[0]) >= expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"ClickHouse did not reach {expected} rows: {query(store, 'SELECT count() FROM activities')}"
+    )
+
+
+async def send_batches(address: str, batches: list[list[pb.Activity]]) -> list[pb.TrackActivitiesResponse]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        return [await stub.TrackActivities(pb.TrackActivitiesRequest(activities=b)) for b in batches]
+
+
+async def test_a_clickhouse_outage_is_invisible_to_callers(start_server: Any) -> None:
+    server: CollectorServer = await start_server(spool=True, flush_interval_ms=5)
+    assert server.store is not None
+    server.store.command("RENAME TABLE activities TO activities_away")
+    batches = [[make_activity(n * 10 + i) for i in range(10)] for n in range(20)]
+    try:
+        responses = await send_batches(server.address, batches)
+        assert [r.accepted_count for r in responses] == [10] * 20
+        await asyncio.sleep(0.3)
+        assert server.pipeline is not None and server.pipeline.stats.insert_retries > 0
+    finally:
+        server.store.command("RENAME TABLE activities_away TO activities")
+    await wait_for_rows(server.store, 200)
+    await asyncio.sleep(0.2)
+    assert query(server.store, "SELECT count(), uniqExact(id) FROM activities") == ["200", "200"]
+    sent = {a.id for b in batches for a in b}
+    assert set(query(server.store, "SELECT toString(id) FROM activities")) == sent
+
+
+async def test_a_full_spool_answers_resource_exhausted(start_server: Any) -> None:
+    server: CollectorServer = await start_server(spool=True, spool_capacity_bytes=20_000, retry_delay_ms=300)
+    assert server.store is not None
+    server.store.command("RENAME TABLE activities TO activities_away")
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.ActivityServiceStub(channel)
+            accepted = 0
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                for n in range(100):
+                    batch = [make_activity(n * 10 + i) for i in range(10)]
+                    accepted += (
+                        await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+                    ).accepted_count
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "spool_capacity_bytes" in (refused.value.details() or "")
+            assert retry_delay_from_trailer(refused.value.trailing_metadata()) == pytest.approx(0.3)
+            assert 0 < accepted < 1000
+    finally:
+        server.store.command("RENAME TABLE activities_away TO activities")
+    await wait_for_rows(server.store, accepted)
+
+
+async def test_what_was_acknowledged_is_delivered_after_a_restart(
+    start_server: Any, make_settings: Any
+) -> None:
+    first: CollectorServer = await start_server(spool=True)
+    assert first.store is not None
+    first.store.command("RENAME TABLE activities TO activities_away")
+    batches = [[make_activity(n * 10 + i) for i in range(10)] for n in range(5)]
+    responses = await send_batches(first.address, batches)
+    assert sum(r.accepted_count for r in responses) == 50
+    await first.shutdown(grace=0.5)
+
+    second = CollectorServer(make_settings(spool=True))
+    await second.start()
+    try:
+        assert second.store is not None
+        second.store.command("RENAME TABLE activities_away TO activities")
+        await wait_for_rows(second.store, 50)
+        assert query(second.store, "SELECT count(), uniqExact(id) FROM activities") == ["50", "50"]
+    finally:
+        await second.shutdown(grace=1)
+
+
+def _serve(data: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening" in line, line + (proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = _free_port()
+    proc = _serve(data, port)
+    batches = {seq: [make_activity(seq * 1000 + i) for i in range(200)] for seq in range(1, 61)}
+    acknowledged: set[int] = set()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ActivityServiceStub(channel)
+            call = stub.StreamActivities()
+
+            async def reader() -> None:
+                async for answer in call:
+                    if answer.status.code == 0 and answer.accepted_count == 200:
+                        acknowledged.add(answer.sequence)
+
+            reading = asyncio.create_task(reader())
+            for seq, batch in batches.items():
+                await call.write(pb.StreamActivitiesRequest(sequence=seq, activities=batch))
+                if seq == 30:
+                    await asyncio.sleep(0.2)
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            with pytest.raises(grpc.aio.AioRpcError):
+                await reading
+    finally:
+        proc.wait(timeout=10)
+    assert acknowledged, "nothing was acknowledged before the kill"
+
+    # Restart on the same data directory; the client resends every batch it has no answer for.
+    proc = _serve(data, port)
+    try:
+        unanswered = [seq for seq in batches if seq not in acknowledged]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ActivityServiceStub(channel)
+            for seq in unanswered:
+                response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batches[seq]))
+                assert response.accepted_count == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Read ClickHouse through a collector on the same data directory.
+    settle = _serve(data, port)
+    try:
+        expected = len(batches) * 200
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sql(data, "SELECT count() FROM activities FINAL") == [str(expected)]:
+                break
+            await asyncio.sleep(0.2)
+        got = sql(data, "SELECT toString(id) FROM activities FINAL")
+    finally:
+        settle.send_signal(signal.SIGTERM)
+        settle.wait(timeout=30)
+    sent = {a.id for b in batches.values() for a in b}
+    assert len(got) == len(sent) and set(got) == sent
+    acked_ids = {a.id for seq in acknowledged for a in batches[seq]}
+    assert acked_ids <= set(got)
+
+
+def sql(data: Path, statement: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "sql", "--data-dir", str(data), "--format", "tsv", statement],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1:]
+
+
+async def test_rows_clickhouse_refuses_become_dead_letters_and_the_rest_is_delivered(
+    make_settings: Any,
+) -> None:
+    settings = make_settings(spool=True)
+    # Rows in the spool that slipped past validation (as if written by a collector with a different
+    # schema): one record ClickHouse refuses for its data, between two it takes.
+    from helpers import items
+
+    from workers.enrich import encode_rows
+    from workers.spool import Spool
+
+    good_a, good_b = make_activity(1), make_activity(2)
+    bad = make_activity(3, id="0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e")
+    bad_rows = b"".join(encode_rows(items([bad]), "default", time.time_ns(), None).pieces)
+    bad_rows = bad_rows.replace(
+        b"0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e", b"0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4dZZ"
+    )
+    spool = Spool(settings.spool_dir, capacity_bytes=10_000_000)
+    spool.open()
+    spool.append(
+        [
+            (1, b"".join(encode_rows(items([good_a]), "default", time.time_ns(), None).pieces)),
+            (1, bad_rows),
+            (1, b"".join(encode_rows(items([good_b]), "default", time.time_ns(), None).pieces)),
+        ]
+    )
+    spool.sync()
+    spool.close()
+
+    server = CollectorServer(settings)
+    await server.start()
+    try:
+        assert server.store is not None and server.pipeline is not None
+        await wait_for_rows(server.store, 2)
+        deadline = time.monotonic() + 10
+        while server.pipeline.stats.dead_letters < 1 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        assert server.pipeline.stats.dead_letters == 1
+        assert set(query(server.store, "SELECT toString(id) FROM activities")) == {good_a.id, good_b.id}
+        letters = sorted(settings.dead_letter_dir.glob("*.json"))
+        assert len(letters) == 1
+        assert "CANNOT_PARSE_UUID" in letters[0].read_text() or "uuid" in letters[0].read_text().lower()
+        assert letters[0].with_suffix(".rows").read_bytes() == bad_rows
+    finally:
+        await server.shutdown(grace=1)
