@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, sql, report."""
+"""`activity-collector`: serve, send, health, sql, report."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--tls-cert-file", help="PEM certificate chain: TLS on the gRPC port and the HTTP door"
+    )
+    serve.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
+    serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP/JSON door, POST /v1/activities (default 127.0.0.1:8080; empty: none)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
+    )
     _store_flags(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -56,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=6,
         help="tries per batch when the server is unreachable or asks for a resend (default 6)",
     )
+
+    health = sub.add_parser("health", help="ask a running server whether it is SERVING (exit 0) or not (1)")
+    health.add_argument(
+        "--target",
+        default=os.environ.get("ACTIVITY_TARGET", "127.0.0.1:50051"),
+        help="HOST:PORT of the server (default 127.0.0.1:50051; ACTIVITY_TARGET)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    health.add_argument("--ca-file", help="PEM certificates to trust: connect over TLS (default: plain text)")
+    health.add_argument("--server-name", help="with --ca-file: the name the certificate must carry")
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
     sql.add_argument("query", help="the SQL statement")
@@ -76,6 +98,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         "clickhouse_dsn": getattr(args, "clickhouse_dsn", None),
         "clickhouse_database": getattr(args, "clickhouse_database", None),
         "listen": getattr(args, "listen", None),
+        "metrics_listen": getattr(args, "metrics_listen", None),
+        "http_listen": getattr(args, "http_listen", None),
+        "tls_cert_file": getattr(args, "tls_cert_file", None),
+        "tls_key_file": getattr(args, "tls_key_file", None),
     }
     return load_settings(overrides)
 
@@ -91,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             from collector.send import send
 
             return send(args.file, args.target, args.batch_size, args.timeout, args.attempts)
+        if args.command == "health":
+            from collector.healthcheck import check
+
+            return check(
+                args.target, timeout=args.timeout, ca_file=args.ca_file, server_name=args.server_name
+            )
         if args.command == "sql":
             from collector.sqlcmd import run_sql
 

@@ -107,6 +107,18 @@ class Settings:
 
     listen: str = "127.0.0.1:50051"
     """Address of the gRPC service, HOST:PORT."""
+    metrics_listen: str = "127.0.0.1:9464"
+    """Address of the Prometheus metrics endpoint (`/metrics`), HOST:PORT. Empty: no metrics endpoint."""
+    http_listen: str = "127.0.0.1:8080"
+    """Address of the HTTP/JSON door (`POST /v1/activities`), HOST:PORT. Empty: no HTTP door."""
+    http_cors_origins: str = ""
+    """Origins whose browser pages may call the HTTP door, comma-separated (`https://shop.example`);
+    `*` for any. Empty: no cross-origin calls."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for TLS on the gRPC port and the HTTP door. Empty (with tls_key_file):
+    plain text."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
     data_dir: Path = Path("data")
     """Directory for local data: the embedded ClickHouse engine's files and the control socket."""
     clickhouse_dsn: str = ""
@@ -125,6 +137,9 @@ class Settings:
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM or SIGINT, how long in-flight requests get to finish before they are cancelled."""
+    health_interval_s: float = 5.0
+    """How often the store's health is checked for the gRPC health service, in seconds; also the longest
+    a probe query may take before the store counts as unreachable."""
     limits: Limits = field(default_factory=Limits)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
@@ -133,6 +148,13 @@ class Settings:
         if self.clickhouse_dsn:
             return self.clickhouse_dsn
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def tls(self) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key) in PEM, read from their files; None without TLS."""
+        if not self.tls_cert_file:
+            return None
+        return Path(self.tls_cert_file).read_bytes(), Path(self.tls_key_file).read_bytes()
 
     @property
     def spool_dir(self) -> Path:
@@ -149,6 +171,23 @@ class Settings:
 
     def validate(self) -> Settings:
         parse_host_port(self.listen, "listen")
+        if self.metrics_listen:
+            parse_host_port(self.metrics_listen, "metrics_listen")
+        if self.http_listen:
+            parse_host_port(self.http_listen, "http_listen")
+        for origin in filter(None, (o.strip() for o in self.http_cors_origins.split(","))):
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(
+                    "http_cors_origins: each origin must be * or start with http:// or https://, "
+                    f"got {origin!r}"
+                )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise ConfigError(f"{missing}: required when the other of tls_cert_file and tls_key_file is set")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}: cannot read {path!r}")
         if not self.clickhouse_database.replace("_", "").isalnum():
             raise ConfigError(
                 f"clickhouse_database: letters, digits and '_' only, got {self.clickhouse_database!r}"
@@ -166,6 +205,10 @@ class Settings:
         if not 0 <= self.shutdown_grace_s < math.inf:
             raise ConfigError(
                 f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
+            )
+        if not 0 < self.health_interval_s < math.inf:
+            raise ConfigError(
+                f"health_interval_s: must be a finite number greater than zero, got {self.health_interval_s}"
             )
         self.limits.validate()
         self.pipeline.validate()

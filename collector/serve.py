@@ -27,6 +27,10 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
         settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
     )
     print(f"activity-collector listening on {server.address} (gRPC, activity.v1.ActivityService)", flush=True)
+    if server.http is not None:
+        print(f"HTTP/JSON door at {server.http.url}", flush=True)
+    if server.metrics_server is not None:
+        print(f"metrics at {server.metrics_server.url}", flush=True)
     print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)
     log.info("started", extra={"listen": server.address, "data_dir": str(settings.data_dir.resolve())})

@@ -1,9 +1,11 @@
-"""The collector process: store, pipeline, gRPC server and control channel, started and stopped together.
+"""The collector process: store, pipeline, control channel, metrics endpoint, HTTP door and gRPC port
+(with the health and reflection services beside the activity service), started and stopped together.
 
-Start order is store (migrations run here), pipeline, control channel, gRPC port; shutdown runs the
-other way round and is idempotent and safe without start: stop taking requests, let in-flight requests
-finish within the grace period (their activities are flushed to the store and they are answered), then
-close the pipeline and the store.
+Start order is store (migrations run here), pipeline, control channel, metrics endpoint, HTTP door,
+gRPC port; shutdown runs the other way round and is idempotent and safe without start: health turns
+NOT_SERVING, stop taking requests on both doors, let in-flight requests finish within the grace period
+(their activities are flushed to the store and they are answered), then close the ports, the pipeline
+and the store.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import grpc.aio
 
 from collector.config import Settings
 from collector.control import ControlServer
+from collector.health import HealthMonitor
+from collector.http import HttpServer, parse_origins
+from collector.metrics import Metrics, MetricsServer
 from collector.service import ActivityService
+from collector.web import server_ssl_context
 from workers.pipeline import Pipeline
 from workers.spool import Spool
 from workers.storage import ClickHouseStore
@@ -32,6 +38,10 @@ class CollectorServer:
         self.pipeline: Pipeline | None = None
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
+        self.health: HealthMonitor | None = None
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.http: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -73,10 +83,39 @@ class CollectorServer:
             ]
         )
         self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
-        self.port = self._grpc.add_insecure_port(settings.listen)
+        self.health = HealthMonitor(
+            self.store, self.pipeline, settings.health_interval_s, settings.limits.max_request_bytes
+        )
+        self.health.register(self._grpc)
+        self.metrics = Metrics(settings, self.service, self.pipeline, self.health)
+        if settings.metrics_listen:
+            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
+            await self.metrics_server.start()
+        if settings.http_listen:
+            self.http = HttpServer(
+                settings.http_listen,
+                self.service,
+                parse_origins(settings.http_cors_origins),
+                # JSON takes more room than protobuf; the request's own size is checked after parsing.
+                max_body_bytes=4 * settings.limits.max_request_bytes,
+                ssl_context=(
+                    server_ssl_context(settings.tls_cert_file, settings.tls_key_file)
+                    if settings.tls_cert_file
+                    else None
+                ),
+            )
+            await self.http.start()
+        tls = settings.tls
+        if tls is None:
+            self.port = self._grpc.add_insecure_port(settings.listen)
+        else:
+            certificate_chain, private_key = tls
+            credentials = grpc.ssl_server_credentials([(private_key, certificate_chain)])
+            self.port = self._grpc.add_secure_port(settings.listen, credentials)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
         await self._grpc.start()
+        await self.health.start()
 
     @property
     def address(self) -> str:
@@ -104,6 +143,9 @@ class CollectorServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         try:
+            if self.health is not None:
+                # Probes see NOT_SERVING from the first moment, so that load balancers stop sending.
+                await self.health.begin_shutdown()
             if self.service is not None:
                 # Refuse new requests with UNAVAILABLE (retryable) while the port is still open, and let
                 # the ones in flight be answered; only then close the port.
@@ -113,12 +155,18 @@ class CollectorServer:
                 # reach the handler and get UNAVAILABLE rather than be cut off by the closing port.
                 await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
                 await self.service.wait_idle(max(0.0, deadline - loop.time()))
+            if self.health is not None:
+                await self.health.shutdown()
             if self._grpc is not None:
                 await self._grpc.stop(max(0.0, deadline - loop.time()))
+            if self.http is not None:
+                await self.http.shutdown()
             if self.pipeline is not None:
                 await self.pipeline.shutdown(timeout=max(0.0, deadline - loop.time()))
             if self.control is not None:
                 await self.control.shutdown()
+            if self.metrics_server is not None:
+                await self.metrics_server.shutdown()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
         finally:

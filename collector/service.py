@@ -10,6 +10,7 @@ only here; no exception reaches a client as UNKNOWN.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +56,16 @@ class InvalidRequest(Exception):
     """The request as a whole cannot be processed; nothing of it was stored."""
 
 
+class RequestFailed(Exception):
+    """A request failed as a whole: the gRPC code to answer, its message and the retry delay to offer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_delay_s: float | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_delay_s = retry_delay_s
+
+
 @dataclass(frozen=True)
 class RequestKind:
     request_class: type[Message]
@@ -98,6 +109,17 @@ class ServiceStats:
     accepted: int = 0
     rejected: int = 0
     failed_requests: int = 0
+    rejected_by_reason: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Rejected activities by RejectionReason value."""
+    failed_by_code: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Requests (stream batches included) that failed as a whole, by gRPC status code name."""
+
+    def record_rejections(self, rejections: Sequence[Rejection]) -> None:
+        for r in rejections:
+            self.rejected_by_reason[r.reason] = self.rejected_by_reason.get(r.reason, 0) + 1
+
+    def record_failure(self, code: grpc.StatusCode) -> None:
+        self.failed_by_code[code.name] = self.failed_by_code.get(code.name, 0) + 1
 
 
 class ActivityService:
@@ -243,6 +265,8 @@ class ActivityService:
         """Hand the valid activities to the pipeline and wait until they are committed."""
         self.stats.received += evaluated.count
         self.stats.rejected += len(evaluated.rejections)
+        if evaluated.rejections:
+            self.stats.record_rejections(evaluated.rejections)
         accepted = evaluated.accepted
         if not accepted:
             return {}
@@ -274,9 +298,8 @@ class ActivityService:
         log.exception("unexpected error in a request", exc_info=error, extra={"error": repr(error)})
         return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}", None
 
-    async def _unary(
-        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[int], Awaitable[bytes]]
-    ) -> bytes:
+    async def _run(self, body: Callable[[int], Awaitable[bytes]]) -> bytes:
+        """Run one unary request, whichever door it came in by; a failure raises RequestFailed."""
         received_ns = time.time_ns()
         self.stats.requests += 1
         self._enter()
@@ -284,17 +307,32 @@ class ActivityService:
             if self._draining.is_set():
                 raise Unavailable("the collector is shutting down", self.pipeline.retry_delay_s)
             return await body(received_ns)
-        except grpc.aio.AbortError:
-            raise
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
-            await context.abort(
-                code, message, trailing_metadata=status_trailer(code.value[0], message, delay)
-            )
-            raise AssertionError("unreachable: abort raises") from None
+            self.stats.record_failure(code)
+            raise RequestFailed(code, message, delay) from None
         finally:
             self._leave()
+
+    async def _unary(
+        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[int], Awaitable[bytes]]
+    ) -> bytes:
+        try:
+            return await self._run(body)
+        except RequestFailed as failed:
+            await context.abort(
+                failed.code,
+                failed.message,
+                trailing_metadata=status_trailer(failed.code.value[0], failed.message, failed.retry_delay_s),
+            )
+            raise AssertionError("unreachable: abort raises") from None
+
+    async def track_activities_raw(self, raw: bytes) -> bytes:
+        """TrackActivities without gRPC, for the HTTP door: a serialized TrackActivitiesRequest in, a
+        serialized TrackActivitiesResponse out. Same checks, same pipeline, same counters; a request
+        that fails as a whole raises RequestFailed."""
+        return await self._run(lambda received_ns: self._track_activities(raw, received_ns))
 
     # -- RPCs --------------------------------------------------------------------------------------
 
@@ -311,17 +349,17 @@ class ActivityService:
 
         return await self._unary(context, body)
 
-    async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        async def body(received_ns: int) -> bytes:
-            evaluated = self._evaluate(raw, BATCH, received_ns)
-            assigned = await self._store(evaluated, received_ns)
-            return pb.TrackActivitiesResponse(
-                accepted_count=evaluated.accepted,
-                rejections=[r.to_proto() for r in evaluated.rejections],
-                assigned_ids=assigned,
-            ).SerializeToString()
+    async def _track_activities(self, raw: bytes, received_ns: int) -> bytes:
+        evaluated = self._evaluate(raw, BATCH, received_ns)
+        assigned = await self._store(evaluated, received_ns)
+        return pb.TrackActivitiesResponse(
+            accepted_count=evaluated.accepted,
+            rejections=[r.to_proto() for r in evaluated.rejections],
+            assigned_ids=assigned,
+        ).SerializeToString()
 
-        return await self._unary(context, body)
+    async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return await self._unary(context, lambda received_ns: self._track_activities(raw, received_ns))
 
     async def _stream_batch(self, raw: bytes) -> bytes:
         received_ns = time.time_ns()
@@ -334,6 +372,7 @@ class ActivityService:
         except Exception as error:
             self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
+            self.stats.record_failure(code)
             if not sequence:
                 sequence = _stream_sequence(raw)
             status = pb.BatchStatus(code=code.value[0], message=message)

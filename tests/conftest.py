@@ -36,6 +36,8 @@ def make_settings(engine_dir: Path, database: str, tmp_path: Path) -> Callable[.
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "listen": "127.0.0.1:0",
+            "metrics_listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
             "data_dir": tmp_path / "data",
             "clickhouse_dsn": f"chdb://{engine_dir}",
             "clickhouse_database": database,

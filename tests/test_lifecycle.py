@@ -3,17 +3,22 @@ the stage takes no more work."""
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from grpc_health.v1 import health_pb2
 from helpers import make_activity
 
 from collector.config import PipelineSettings, Settings
 from collector.control import ControlServer
+from collector.health import HealthMonitor
 from collector.server import CollectorServer
+from collector.web import WebListener
 from workers.pipeline import Pipeline, Submission, Unavailable
 from workers.storage import ClickHouseStore, StoreError
 
@@ -35,13 +40,31 @@ def refuses_server(stage: CollectorServer) -> None:
         s.connect(("127.0.0.1", stage.port or 0))
 
 
+def refuses_web(stage: WebListener) -> None:
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", stage.port or 0))
+
+
+async def refuses_health(stage: HealthMonitor) -> None:
+    # After shutdown the status stays NOT_SERVING, even when start() is called again.
+    await stage.start()
+    answer = await stage.servicer.Check(health_pb2.HealthCheckRequest(service=""), None)
+    assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 Stage = Any
 Factory = Callable[[ClickHouseStore, Settings, Path], Stage]
+Refuses = Callable[[Stage], Any]
 
-STAGES: dict[str, tuple[Factory, Callable[[Stage], None]]] = {
+STAGES: dict[str, tuple[Factory, Refuses]] = {
     "pipeline": (lambda store, settings, tmp: Pipeline(PipelineSettings(), store), refuses_pipeline),
     "control": (lambda store, settings, tmp: ControlServer(tmp / "c.sock", store.query), refuses_control),
     "server": (lambda store, settings, tmp: CollectorServer(settings), refuses_server),
+    "web": (lambda store, settings, tmp: WebListener(web.Application(), "127.0.0.1:0", "x"), refuses_web),
+    "health": (
+        lambda store, settings, tmp: HealthMonitor(store, Pipeline(PipelineSettings(), store), 0.05),
+        refuses_health,
+    ),
 }
 
 
@@ -65,7 +88,9 @@ async def test_start_then_shutdown_twice_then_no_more_work(
     await start()
     await stage.shutdown()
     await stage.shutdown()
-    refuses(stage)
+    refused = refuses(stage)
+    if inspect.isawaitable(refused):
+        await refused
 
 
 def test_store_close_is_idempotent_and_final(store: ClickHouseStore, engine_dir: Path, database: str) -> None:

@@ -23,7 +23,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +128,8 @@ class Pipeline:
         self._ready_rows = 0
         self._spool_executor: ThreadPoolExecutor | None = None
         self.stats = PipelineStats()
+        self.on_insert: Callable[[int, float], None] | None = None
+        """Called after each committed insert with its rows and seconds (for metrics histograms)."""
         self._pending = 0
         self._intake: asyncio.Queue[Submission] = asyncio.Queue()
         self._commit: asyncio.Queue[_Encoded] = asyncio.Queue()
@@ -262,6 +264,8 @@ class Pipeline:
                     continue
                 log.debug("insert committed", extra={"rows": rows, "seconds": time.perf_counter() - started})
                 self.stats.record_insert(rows)
+                if self.on_insert is not None:
+                    self.on_insert(rows, time.perf_counter() - started)
                 for c in chunks:
                     self._settle(c.rows.count, c.future, None, c.rows.assigned_ids)
                 return
@@ -368,6 +372,7 @@ class Pipeline:
         isolate = False
         try:
             while True:
+                started = time.perf_counter()
                 try:
                     if isolate:
                         rows = await loop.run_in_executor(self._executor, self._isolate_failure, planned)
@@ -394,6 +399,8 @@ class Pipeline:
                     await asyncio.sleep(random.uniform(0, min(5.0, 0.05 * 2**attempt)))
                     continue
                 self.stats.record_insert(rows)
+                if self.on_insert is not None:
+                    self.on_insert(rows, time.perf_counter() - started)
                 return
         finally:
             self._slots.release()

@@ -44,7 +44,20 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
     target = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", "serve", "--listen", target, "--data-dir", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--listen",
+            target,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

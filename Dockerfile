@@ -1,0 +1,34 @@
+# The activity collector: gRPC on 50051, HTTP/JSON on 8080, Prometheus metrics on 9464.
+# Without ACTIVITY_CLICKHOUSE_DSN it stores into the embedded ClickHouse engine under /data.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY collector ./collector
+COPY workers ./workers
+RUN pip install . && rm -rf /src
+
+RUN useradd --system --uid 10001 --home-dir /data --create-home collector
+USER collector
+WORKDIR /data
+
+ENV ACTIVITY_LISTEN=0.0.0.0:50051 \
+    ACTIVITY_HTTP_LISTEN=0.0.0.0:8080 \
+    ACTIVITY_METRICS_LISTEN=0.0.0.0:9464 \
+    ACTIVITY_DATA_DIR=/data
+VOLUME ["/data"]
+EXPOSE 50051 8080 9464
+
+# The gRPC health service: SERVING while the store takes writes.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=30s --retries=3 \
+    CMD ["activity-collector", "health", "--target", "127.0.0.1:50051", "--timeout", "5"]
+
+# SIGTERM stops it gracefully within shutdown_grace_s (default 10 s; keep docker's stop timeout above it).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["activity-collector"]
+CMD ["serve"]

@@ -1,0 +1,194 @@
+"""Metrics, scraped over HTTP from a live collector after real traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import urllib.request
+from importlib import metadata
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from helpers import make_activity
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from collector.server import CollectorServer
+
+pytestmark = pytest.mark.timeout(60)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _fetch(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.read().decode(), answer.headers["Content-Type"]
+
+
+async def scrape(server: CollectorServer) -> Samples:
+    assert server.metrics_server is not None
+    text, content_type = await asyncio.to_thread(_fetch, server.metrics_server.url)
+    assert content_type.startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get(("activity_collector_" + name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_move_as_traffic_flows(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    before = await scrape(server)
+    assert value(before, "requests_total") == 0
+    assert value(before, "store_up") == 1
+    assert value(before, "queue_capacity_activities") == 200_000
+    assert (
+        value(
+            before,
+            "build_info",
+            version=metadata.version("activity-collector"),
+        )
+        == 1
+    )
+
+    batch = [make_activity(n) for n in range(5)]
+    batch[1].action = ""
+    batch[3].metadata.currency = "XYZ"
+    batch[3].metadata.price = 10
+    batch[4].action = ""
+    response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+    assert response.accepted_count == 2
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.TrackActivities(pb.TrackActivitiesRequest())
+    call = stub.StreamActivities()
+    await call.write(pb.StreamActivitiesRequest(sequence=1, activities=[make_activity(n) for n in range(7)]))
+    await call.write(pb.StreamActivitiesRequest(sequence=2))
+    await call.done_writing()
+    answers = [a async for a in call]
+    assert len(answers) == 2
+
+    after = await scrape(server)
+    assert value(after, "requests_total") == 4
+    assert value(after, "requests_failed_total", code="INVALID_ARGUMENT") == 2
+    assert value(after, "activities_received_total", tenant="default") == 12
+    assert value(after, "activities_accepted_total", tenant="default") == 9
+    assert value(after, "activities_rejected_total", tenant="default", reason="missing_field") == 2
+    assert value(after, "activities_rejected_total", tenant="default", reason="invalid_value") == 1
+    assert value(after, "rows_committed_total") == 9
+    inserts = value(after, "inserts_total")
+    assert 1 <= inserts <= 2
+    assert value(after, "insert_rows_count") == inserts
+    assert value(after, "insert_rows_sum") == 9
+    assert value(after, "insert_duration_seconds_count") == inserts
+    assert value(after, "insert_duration_seconds_sum") > 0
+    assert value(after, "insert_rows_bucket", le="10.0") == inserts
+    assert value(after, "queue_activities") == 0
+    assert value(after, "activities_failed_total", tenant="default") == 0
+    # Process metrics come along for free.
+    assert any(name == "process_resident_memory_bytes" for name, _ in after)
+
+
+async def test_full_queue_shows_in_queue_depth_and_refusals(start_server: Any) -> None:
+    server: CollectorServer = await start_server(
+        queue_capacity=100, max_batch_activities=100, flush_interval_ms=1000, insert_workers=1
+    )
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        first = asyncio.ensure_future(
+            stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(100)]))
+        )
+        await asyncio.sleep(0.3)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(3)])
+            )
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        during = await scrape(server)
+        assert value(during, "queue_activities") == 100
+        assert value(during, "activities_refused_total", tenant="default") == 3
+        assert value(during, "requests_failed_total", code="RESOURCE_EXHAUSTED") == 1
+        await first
+    after = await scrape(server)
+    assert value(after, "queue_activities") == 0
+    assert value(after, "activities_accepted_total", tenant="default") == 100
+
+
+async def test_store_failure_shows_in_failures_and_store_up(start_server: Any) -> None:
+    server: CollectorServer = await start_server(health_interval_s=0.1)
+    assert server.store is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        server.store.command("RENAME TABLE activities TO activities_away")
+        try:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(1)]))
+            deadline = time.monotonic() + 10
+            while value(samples := await scrape(server), "store_up") != 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        finally:
+            server.store.command("RENAME TABLE activities_away TO activities")
+    assert value(samples, "insert_failures_total") == 1
+    assert value(samples, "activities_failed_total", tenant="default") == 1
+    assert value(samples, "requests_failed_total", code="UNAVAILABLE") == 1
+    assert value(samples, "activities_accepted_total", tenant="default") == 0
+
+
+async def test_metrics_can_be_turned_off(start_server: Any) -> None:
+    server: CollectorServer = await start_server(metrics_listen="")
+    assert server.metrics_server is None
+
+
+async def test_a_taken_metrics_port_stops_start_up_naming_the_setting(start_server: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match="metrics_listen"):
+            await start_server(metrics_listen=f"127.0.0.1:{port}")
+
+
+async def test_spool_depth_grows_while_the_store_is_away_and_drains_after(start_server: Any) -> None:
+    server: CollectorServer = await start_server(spool=True, health_interval_s=0.1)
+    assert server.store is not None
+    before = await scrape(server)
+    assert value(before, "spool_activities") == 0
+    assert value(before, "spool_capacity_bytes") == 1024**3
+    assert value(before, "activities_dead_lettered_total", tenant="default") == 0
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        server.store.command("RENAME TABLE activities TO activities_away")
+        try:
+            answer = await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(25)])
+            )
+            assert answer.accepted_count == 25
+            deadline = time.monotonic() + 10
+            # The spooled insert keeps failing and is retried; health notices the store is away.
+            while True:
+                samples = await scrape(server)
+                if value(samples, "store_up") == 0 and value(samples, "insert_retries_total") >= 1:
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert value(samples, "spool_activities") == 25
+            assert value(samples, "spool_bytes") > 0
+            assert value(samples, "serving") == 1
+            assert value(samples, "inserts_total") == 0
+        finally:
+            server.store.command("RENAME TABLE activities_away TO activities")
+    deadline = time.monotonic() + 20
+    while value(samples := await scrape(server), "spool_activities") != 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert value(samples, "rows_committed_total") == 25
+    assert value(samples, "insert_rows_sum") == 25
