@@ -731,6 +731,48 @@ static uint32_t get_u32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* The currency lookup of the last call, rebuilt only when the codes change. Every call holds the GIL
+ * from start to end, so the cache needs no lock. */
+static uint8_t currency_bitmap[(26 * 26 * 26 + 7) / 8];
+static char *currency_codes;
+static Py_ssize_t currency_codes_len = -1;
+
+static int load_currencies(const char *cur, Py_ssize_t len)
+{
+    uint8_t bitmap[sizeof currency_bitmap];
+    char *copy;
+    Py_ssize_t i;
+
+    if (len == currency_codes_len && memcmp(cur, currency_codes, (size_t)len) == 0)
+        return 0;
+    if (len % 3) {
+        PyErr_SetString(PyExc_ValueError, "currencies must be a concatenation of three-letter codes");
+        return -1;
+    }
+    memset(bitmap, 0, sizeof bitmap);
+    for (i = 0; i < len; i += 3) {
+        unsigned code;
+        if (cur[i] < 'A' || cur[i] > 'Z' || cur[i + 1] < 'A' || cur[i + 1] > 'Z' || cur[i + 2] < 'A' ||
+            cur[i + 2] > 'Z') {
+            PyErr_SetString(PyExc_ValueError, "currencies must hold upper-case letters A-Z only");
+            return -1;
+        }
+        code = (unsigned)(cur[i] - 'A') * 676u + (unsigned)(cur[i + 1] - 'A') * 26u + (unsigned)(cur[i + 2] - 'A');
+        bitmap[code >> 3] |= (uint8_t)(1u << (code & 7));
+    }
+    copy = (char *)PyMem_Malloc(len ? (size_t)len : 1);
+    if (!copy) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, cur, (size_t)len);
+    PyMem_Free(currency_codes);
+    currency_codes = copy;
+    currency_codes_len = len;
+    memcpy(currency_bitmap, bitmap, sizeof bitmap);
+    return 0;
+}
+
 PyDoc_STRVAR(check_doc,
              "check(raw, activities_field, limits, currencies, received_ns, skew_ns)\n"
              "    -> (fast, slow, dups, missing_ids, count)\n\n"
@@ -747,10 +789,9 @@ static PyObject *fp_check(PyObject *self, PyObject *args)
 {
     PyObject *raw_obj, *limits;
     const char *cur;
-    Py_ssize_t cur_len, i;
+    Py_ssize_t cur_len;
     int afield;
     long long received_ns, skew_ns;
-    uint8_t bitmap[(26 * 26 * 26 + 7) / 8];
     ctx_t c;
     const uint8_t *raw, *p, *end;
     size_t raw_len;
@@ -780,22 +821,9 @@ static PyObject *fp_check(PyObject *self, PyObject *args)
     c.received_ns = (int64_t)received_ns;
     c.skew_ns = (int64_t)skew_ns;
 
-    if (cur_len % 3) {
-        PyErr_SetString(PyExc_ValueError, "currencies must be a concatenation of three-letter codes");
+    if (load_currencies(cur, cur_len) < 0)
         return NULL;
-    }
-    memset(bitmap, 0, sizeof bitmap);
-    for (i = 0; i < cur_len; i += 3) {
-        unsigned code;
-        if (cur[i] < 'A' || cur[i] > 'Z' || cur[i + 1] < 'A' || cur[i + 1] > 'Z' || cur[i + 2] < 'A' ||
-            cur[i + 2] > 'Z') {
-            PyErr_SetString(PyExc_ValueError, "currencies must hold upper-case letters A-Z only");
-            return NULL;
-        }
-        code = (unsigned)(cur[i] - 'A') * 676u + (unsigned)(cur[i + 1] - 'A') * 26u + (unsigned)(cur[i + 2] - 'A');
-        bitmap[code >> 3] |= (uint8_t)(1u << (code & 7));
-    }
-    c.currencies = bitmap;
+    c.currencies = currency_bitmap;
 
     raw = (const uint8_t *)PyBytes_AS_STRING(raw_obj);
     raw_len = (size_t)PyBytes_GET_SIZE(raw_obj);

@@ -42,6 +42,8 @@ SERVICE_NAME = "activity.v1.ActivityService"
 # End-of-stream marker returned by ServicerContext.read(); missing from the type stubs.
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 _NS = 1_000_000_000
+# Times are handled in int64 nanoseconds (they end in 2262); a client clock past this is broken.
+_MAX_SECONDS = 7_258_118_400  # 2200-01-01T00:00:00Z
 
 
 def _stream_sequence(raw: bytes) -> int:
@@ -164,8 +166,8 @@ class ActivityService:
         if not request.HasField(field):
             return None
         ts = getattr(request, field)
-        if ts.seconds <= 0 or not 0 <= ts.nanos < _NS:
-            raise InvalidRequest(f"{field}: must be a valid time after 1970-01-01T00:00:00Z")
+        if not 0 < ts.seconds < _MAX_SECONDS or not 0 <= ts.nanos < _NS:
+            raise InvalidRequest(f"{field}: must be a valid time between 1970 and 2200")
         return int(ts.seconds * _NS + ts.nanos)
 
     def _skew_ns(self, sent_ns: int | None, received_ns: int) -> int:
@@ -235,7 +237,7 @@ class ActivityService:
             spans, slow, dups, missing_ids, count = fastpath.check(
                 raw, kind.activities_field, self._limits_tuple, received_ns, skew_ns
             )
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
         if dups:
             # Rare, and a duplicate's rejection quotes its id as sent: the Python path has it at hand.

@@ -216,9 +216,13 @@ def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: in
                 f"segments has {len(segments)} entries; the limit is {limits.max_segments}",
             )
         for segment in segments:
-            if not segment or len(segment) > name_limit:
+            if not segment:
+                raise InvalidActivity("segments", INVALID_VALUE, "segments must not hold an empty name")
+            if len(segment) > name_limit:
                 raise InvalidActivity(
-                    "segments", INVALID_VALUE, f"every segment must have 1 to {name_limit} characters"
+                    "segments",
+                    TOO_LARGE,
+                    f"a segment has {len(segment)} characters; the limit is {name_limit}",
                 )
 
     if a.HasField("occurred_at"):

@@ -264,7 +264,7 @@ def test_empty_segment_is_rejected() -> None:
 
 def test_segment_over_the_name_limit_is_rejected() -> None:
     segments = ["s" * (SMALL.max_name_chars + 1)]
-    assert_rejected(make_activity(0, segments=segments), "segments", INVALID_VALUE, SMALL)
+    assert_rejected(make_activity(0, segments=segments), "segments", TOO_LARGE, SMALL)
 
 
 # -- metadata values -------------------------------------------------------------------------------
