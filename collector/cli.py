@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, sql."""
+"""`activity-collector`: serve, send, sql, migrate."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
         "(default: embedded engine under the data directory; ACTIVITY_CLICKHOUSE_DSN)",
     )
     parser.add_argument("--clickhouse-database", help="ClickHouse database (default activity)")
+    _postgres_flags(parser)
+
+
+def _postgres_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres-dsn",
+        help="PostgreSQL DSN: postgresql://user:pass@host:5432/db "
+        "(default: embedded PostgreSQL under the data directory; ACTIVITY_POSTGRES_DSN)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=sorted(FORMATS), default="table", help="output format (default table)"
     )
     _store_flags(sql)
+
+    migrate = sub.add_parser("migrate", help="apply the PostgreSQL migrations this release lacks")
+    migrate.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
+    _postgres_flags(migrate)
     return parser
 
 
@@ -71,6 +84,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "data_dir": getattr(args, "data_dir", None),
         "clickhouse_dsn": getattr(args, "clickhouse_dsn", None),
         "clickhouse_database": getattr(args, "clickhouse_database", None),
+        "postgres_dsn": getattr(args, "postgres_dsn", None),
         "listen": getattr(args, "listen", None),
     }
     return load_settings(overrides)
@@ -91,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             from collector.sqlcmd import run_sql
 
             return run_sql(_settings(args), args.query, FORMATS[args.format])
+        if args.command == "migrate":
+            from collector.admin import run_migrate
+
+            return run_migrate(_settings(args))
     except ConfigError as error:
         print(f"activity-collector: configuration error: {error}", file=sys.stderr)
         return 2

@@ -111,6 +111,10 @@ class Settings:
     embedded engine. Empty: the embedded engine under <data_dir>/clickhouse."""
     clickhouse_database: str = "activity"
     """ClickHouse database holding the product's tables; created when missing."""
+    postgres_dsn: str = ""
+    """PostgreSQL for the dead-letter store: postgresql://user:pass@host:5432/db for a server. Empty: an
+    embedded PostgreSQL with its data under <data_dir>/postgres, started with the collector and stopped
+    when the last process using it exits."""
     spool: bool = True
     """Acknowledge activities once written and fsynced to the local spool (<data_dir>/spool) and insert
     them into ClickHouse behind; a ClickHouse outage then only grows the spool. Off: acknowledge once
@@ -140,6 +144,11 @@ class Settings:
         return self.data_dir.resolve() / "dead-letters"
 
     @property
+    def postgres_dir(self) -> Path:
+        """Data of the embedded PostgreSQL, used when postgres_dsn is empty."""
+        return self.data_dir.resolve() / "postgres"
+
+    @property
     def control_socket(self) -> Path:
         """Unix socket on which a running server answers `activity-collector sql` for its data directory."""
         return self.data_dir.resolve() / "control.sock"
@@ -153,6 +162,12 @@ class Settings:
         dsn = self.clickhouse_dsn
         if dsn and not dsn.startswith(("http://", "https://", "chdb://")):
             raise ConfigError(f"clickhouse_dsn: must start with http://, https:// or chdb://, got {dsn!r}")
+        pg = self.postgres_dsn
+        if pg and not pg.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "postgres_dsn: must start with postgresql:// or postgres://, "
+                f"got {pg.partition('://')[0] + '://...' if '://' in pg else 'a value without a scheme'}"
+            )
         if not self.default_tenant:
             raise ConfigError("default_tenant: must not be empty")
         if not 0 <= self.clock_skew_tolerance_ms < math.inf:

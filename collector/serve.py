@@ -7,6 +7,7 @@ import sys
 
 from collector import logs
 from collector.config import Settings
+from collector.postgres import PostgresError
 from collector.server import CollectorServer
 from workers.storage import StoreError
 
@@ -18,7 +19,7 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
     server = CollectorServer(settings)
     try:
         await server.start()
-    except (StoreError, RuntimeError, OSError) as error:
+    except (StoreError, PostgresError, RuntimeError, OSError) as error:
         await server.shutdown(grace=0)
         print(f"activity-collector: cannot start: {error}", file=sys.stderr)
         return 1
@@ -28,6 +29,8 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
     )
     print(f"activity-collector listening on {server.address} (gRPC, activity.v1.ActivityService)", flush=True)
     print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
+    if server.postgres is not None:
+        print(f"using {server.postgres.describe()}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)
     log.info("started", extra={"listen": server.address, "data_dir": str(settings.data_dir.resolve())})
     await server.wait()

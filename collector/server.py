@@ -1,9 +1,11 @@
-"""The collector process: store, pipeline, gRPC server and control channel, started and stopped together.
+"""The collector process: PostgreSQL, store, pipeline, gRPC server and control channel, started and
+stopped together.
 
-Start order is store (migrations run here), pipeline, control channel, gRPC port; shutdown runs the
-other way round and is idempotent and safe without start: stop taking requests, let in-flight requests
-finish within the grace period (their activities are flushed to the store and they are answered), then
-close the pipeline and the store.
+Start order is PostgreSQL (started when embedded; migrations run here), store (ClickHouse migrations
+run here), pipeline, control channel, gRPC port; shutdown runs the other way round and is idempotent
+and safe without start: stop taking requests, let in-flight requests finish within the grace period
+(their activities are flushed to the store and they are answered), then close the pipeline, the store
+and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import grpc.aio
 
 from collector.config import Settings
 from collector.control import ControlServer
+from collector.postgres import Postgres
 from collector.service import ActivityService
 from workers.pipeline import Pipeline
 from workers.spool import Spool
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 class CollectorServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.postgres: Postgres | None = None
         self.store: ClickHouseStore | None = None
         self.pipeline: Pipeline | None = None
         self.service: ActivityService | None = None
@@ -39,8 +43,9 @@ class CollectorServer:
 
     async def start(self) -> None:
         settings = self.settings
-        if settings.effective_clickhouse_dsn.startswith("chdb:"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.postgres = Postgres(settings.postgres_dsn, settings.data_dir)
+        await self.postgres.start()
         self.store = await asyncio.to_thread(
             ClickHouseStore,
             settings.effective_clickhouse_dsn,
@@ -121,5 +126,7 @@ class CollectorServer:
                 await self.control.shutdown()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
+            if self.postgres is not None:
+                await self.postgres.shutdown()
         finally:
             self._stopped.set()

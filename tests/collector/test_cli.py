@@ -55,8 +55,13 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     assert f"listening on {target}" in first, first + (proc.stderr.read() if proc.stderr else "")
     yield proc, target, data
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        # A graceful stop, so that the server stops the embedded PostgreSQL it started.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-untyped-def]
