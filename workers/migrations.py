@@ -22,7 +22,18 @@ class Migration:
     statements: Callable[[str], list[str]]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),
+    # Insert deduplication tokens (retried and replayed inserts) are honoured by a table that is not
+    # replicated only within this window; its default, 0, turns them off.
+    Migration(
+        2,
+        "deduplication window",
+        lambda db: [
+            f"ALTER TABLE `{db}`.activities MODIFY SETTING non_replicated_deduplication_window = 10000"
+        ],
+    ),
+)
 
 
 def applied_versions(client: Any, database: str) -> set[int]:
