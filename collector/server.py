@@ -21,6 +21,7 @@ from collector.config import Settings
 from collector.control import ControlServer
 from collector.postgres import Postgres
 from collector.service import ActivityService
+from workers.deadletters import DeadLetterStore
 from workers.pipeline import Pipeline
 from workers.spool import Spool
 from workers.storage import ClickHouseStore
@@ -59,11 +60,11 @@ class CollectorServer:
                 capacity_bytes=settings.pipeline.spool_capacity_bytes,
                 segment_bytes=settings.pipeline.spool_segment_bytes,
             )
-        self.pipeline = Pipeline(settings.pipeline, self.store, spool, settings.dead_letter_dir)
+        self.pipeline = Pipeline(settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool))
         await self.pipeline.start()
         self.service = ActivityService(settings, self.pipeline)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.control = ControlServer(settings.control_socket, self.store.query)
+        self.control = ControlServer(settings.control_socket, self.store.query, self.store.insert_rows)
         await self.control.start()
 
         # The transport admits a little more than max_request_bytes so that an oversized request

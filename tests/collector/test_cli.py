@@ -145,3 +145,57 @@ def test_send_to_nothing_reports_not_stored(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "lines 1-5: not stored: UNAVAILABLE" in result.stderr
     assert "accepted 0, rejected 0, unparsed 0, not stored 5" in result.stdout
+
+
+def test_dead_letters_beside_a_running_server_and_without_one(served) -> None:  # type: ignore[no-untyped-def]
+    proc, target, data = served
+    constraint = "ALTER TABLE activities ADD CONSTRAINT no_forbidden CHECK action != 'forbidden'"
+    assert cli("sql", "--data-dir", str(data), constraint).returncode == 0
+    lines = "\n".join(
+        json.dumps({"action": action, "target": {"type": "page", "id": "p"}, "user": {"userId": "u"}})
+        for action in ("view", "forbidden", "view")
+    )
+    sent = cli("send", "-", "--target", target, "--batch-size", "1", stdin=lines)
+    assert "accepted 3" in sent.stdout, sent.stderr
+
+    # The commands join the embedded PostgreSQL of the running server.
+    for _ in range(100):
+        listed = cli("dead-letters", "list", "--data-dir", str(data))
+        assert listed.returncode == 0, listed.stderr
+        if len(listed.stdout.splitlines()) == 2:
+            break
+        time.sleep(0.1)
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["id", "created", "(UTC)", "tenant", "rows", "state", "replays", "error"]
+    assert row.split()[0] == "1" and row.split()[3:7] == ["default", "1", "pending", "0"]
+    assert "Code: 469" in row
+    shown = cli("dead-letters", "show", "1", "--data-dir", str(data))
+    assert '"action": "forbidden"' in shown.stdout
+
+    assert (
+        cli("sql", "--data-dir", str(data), "ALTER TABLE activities DROP CONSTRAINT no_forbidden").returncode
+        == 0
+    )
+    replayed = cli("dead-letters", "replay", "1", "--data-dir", str(data))
+    assert (replayed.returncode, replayed.stdout) == (0, "dead letter 1: 1 activities stored in ClickHouse\n")
+    again = cli("dead-letters", "replay", "1", "--data-dir", str(data))
+    assert again.returncode == 0 and "already replayed" in again.stdout
+    counted = cli(
+        "sql",
+        "--data-dir",
+        str(data),
+        "--format",
+        "tsv",
+        "SELECT action, count() FROM activities GROUP BY action ORDER BY action",
+    )
+    assert counted.stdout.splitlines()[1:] == ["forbidden\t1", "view\t2"]
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    # No server: the command starts the embedded PostgreSQL for itself, and stops it.
+    listed = cli("dead-letters", "list", "--all", "--format", "json", "--data-dir", str(data))
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["state"] for line in listed.stdout.splitlines()] == ["replayed"]
+    purged = cli("dead-letters", "purge", "--all", "--data-dir", str(data))
+    assert purged.stdout == "purged 1 dead letters\n"
+    assert not (data / "postgres" / "postmaster.pid").exists()
