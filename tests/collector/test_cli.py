@@ -42,9 +42,10 @@ def free_port() -> int:
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
-    target = f"127.0.0.1:{free_port()}"
+    # Port 0: the server picks a free port and says which; a port chosen here could be taken by
+    # another process before the server binds it.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", "serve", "--listen", target, "--data-dir", str(data)],
+        [sys.executable, "-m", "collector.cli", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -52,7 +53,8 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     )
     assert proc.stdout is not None
     first = proc.stdout.readline()
-    assert f"listening on {target}" in first, first + (proc.stderr.read() if proc.stderr else "")
+    assert "listening on 127.0.0.1:" in first, first + (proc.stderr.read() if proc.stderr else "")
+    target = first.split("listening on ", 1)[1].split()[0]
     yield proc, target, data
     if proc.poll() is None:
         # A graceful stop, so that the server stops the embedded PostgreSQL it started.

@@ -111,7 +111,9 @@ async def test_what_was_acknowledged_is_delivered_after_a_restart(
         await second.shutdown(grace=1)
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen[str]:
+def _serve(data: Path) -> tuple[subprocess.Popen[str], str]:
+    """`serve` on a port of its choosing (one chosen here could be taken before the server binds it);
+    the process and its address."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -119,7 +121,7 @@ def _serve(data: Path, port: int) -> subprocess.Popen[str]:
             "collector.cli",
             "serve",
             "--listen",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             "--data-dir",
             str(data),
         ],
@@ -131,25 +133,16 @@ def _serve(data: Path, port: int) -> subprocess.Popen[str]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert "listening" in line, line + (proc.stderr.read() if proc.stderr else "")
-    return proc
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return proc, line.split("listening on ", 1)[1].split()[0]
 
 
 async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port = _free_port()
-    proc = _serve(data, port)
+    proc, address = _serve(data)
     batches = {seq: [make_activity(seq * 1000 + i) for i in range(200)] for seq in range(1, 61)}
     acknowledged: set[int] = set()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)
             call = stub.StreamActivities()
 
@@ -172,10 +165,10 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
     assert acknowledged, "nothing was acknowledged before the kill"
 
     # Restart on the same data directory; the client resends every batch it has no answer for.
-    proc = _serve(data, port)
+    proc, address = _serve(data)
     try:
         unanswered = [seq for seq in batches if seq not in acknowledged]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)
             for seq in unanswered:
                 response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batches[seq]))
@@ -186,7 +179,7 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
     # Read ClickHouse through a collector on the same data directory.
-    settle = _serve(data, port)
+    settle, address = _serve(data)
     try:
         expected = len(batches) * 200
         deadline = time.monotonic() + 30
