@@ -1,4 +1,5 @@
-"""Operator commands on PostgreSQL: `migrate` and `dead-letters list|show|replay|purge`.
+"""Operator commands on PostgreSQL: `migrate`, `dead-letters list|show|replay|purge`,
+`tenants create|list|disable|enable` and `keys create|list|revoke`.
 
 Each command opens its own connection pool and works whether or not `serve` runs. On the embedded
 PostgreSQL it joins the server that `serve` runs on the same data directory, or starts it for the
@@ -21,6 +22,7 @@ from collector.config import Settings
 from collector.control import ControlUnavailable, insert_via_control
 from collector.postgres import POSTGRES_ERRORS, Postgres, PostgresError, latest_version
 from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.tenants import TenantError, TenantStore
 from collector.wire import WireError
 from workers.deadletters import DeadLetterStore, StoredLetter, split_rows
 from workers.enrich import envelope_bytes
@@ -43,7 +45,7 @@ def _postgres(settings: Settings) -> Postgres:
 def _run(command: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         return asyncio.run(body())
-    except (CommandError, PostgresError) as error:
+    except (CommandError, PostgresError, TenantError) as error:
         print(f"activity-collector {command}: {error}", file=sys.stderr)
         return 1
     except POSTGRES_ERRORS as error:
@@ -268,3 +270,71 @@ def run_dead_letters(settings: Settings, args: Any) -> int:
             raise AssertionError(f"unhandled action {action}")
 
     return _run("dead-letters", body)
+
+
+# -- tenants and keys ------------------------------------------------------------------------------
+
+
+def _rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    for line in (header, *lines):
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+async def tenants_command(store: TenantStore, settings: Settings, args: Any) -> int:
+    within = f"within auth_cache_ttl_s ({settings.auth_cache_ttl_s:g} s here) on every running collector"
+    if args.action == "create":
+        tenant = await store.create_tenant(args.name)
+        hint = f"activity-collector keys create --tenant {tenant.name}"
+        print(f"created tenant {tenant.name}; give it a key: {hint}")
+    elif args.action == "list":
+        tenants = await store.list_tenants()
+        if not tenants:
+            print("no tenants")
+        else:
+            _rows(
+                ("tenant", "state", "active keys", "created (UTC)"),
+                [(t.name, t.state, str(t.active_keys), _when(t.created_at)) for t in tenants],
+            )
+    elif args.action in ("disable", "enable"):
+        await store.set_disabled(args.name, args.action == "disable")
+        if args.action == "disable":
+            print(f"disabled tenant {args.name}: its keys are refused {within}")
+        else:
+            print(f"enabled tenant {args.name}: its active keys are accepted {within}")
+    return 0
+
+
+async def keys_command(store: TenantStore, settings: Settings, args: Any) -> int:
+    if args.action == "create":
+        key, stored = await store.create_key(args.tenant)
+        print(f"created API key {stored.key_id} of tenant {stored.tenant}; the key is shown this once:")
+        print(key)
+    elif args.action == "list":
+        keys = await store.list_keys(args.tenant)
+        if not keys:
+            print("no API keys")
+        else:
+            _rows(
+                ("key id", "tenant", "state", "created (UTC)", "revoked (UTC)"),
+                [(k.key_id, k.tenant, k.state, _when(k.created_at), _when(k.revoked_at)) for k in keys],
+            )
+    elif args.action == "revoke":
+        revoked = await store.revoke_key(args.key)
+        print(
+            f"revoked API key {revoked.key_id} of tenant {revoked.tenant}: it is refused within "
+            f"auth_cache_ttl_s ({settings.auth_cache_ttl_s:g} s here) on every running collector"
+        )
+    return 0
+
+
+def run_tenants(settings: Settings, args: Any) -> int:
+    async def body() -> int:
+        async with _postgres(settings) as postgres:
+            store = TenantStore(postgres.pool)
+            if args.command == "tenants":
+                return await tenants_command(store, settings, args)
+            return await keys_command(store, settings, args)
+
+    return _run(args.command, body)

@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, sql, migrate, dead-letters."""
+"""`activity-collector`: serve, send, sql, migrate, dead-letters, tenants, keys."""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--batch-size", type=int, default=500, help="activities per request (default 500)")
     send.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     send.add_argument(
+        "--api-key",
+        default=os.environ.get("ACTIVITY_API_KEY"),
+        help="API key sent as `authorization: Bearer <key>` (default: ACTIVITY_API_KEY)",
+    )
+    send.add_argument(
         "--attempts",
         type=int,
         default=6,
@@ -99,6 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
     gone.add_argument("--all", action="store_true", help="every letter, replayed or not")
     for action in (listing, show, replay, purge):
         _store_flags(action)
+
+    tenants = sub.add_parser("tenants", help="create, list, disable and enable tenants")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    tenant_create = tenant_actions.add_parser("create", help="a new tenant (then: keys create --tenant NAME)")
+    tenant_create.add_argument("name")
+    tenant_list = tenant_actions.add_parser("list", help="every tenant, its state and active keys")
+    tenant_disable = tenant_actions.add_parser("disable", help="refuse every key of a tenant")
+    tenant_disable.add_argument("name")
+    tenant_enable = tenant_actions.add_parser("enable", help="accept a disabled tenant's keys again")
+    tenant_enable.add_argument("name")
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_create = key_actions.add_parser("create", help="a new key, printed once, alone on the last line")
+    key_create.add_argument("--tenant", required=True, help="the tenant the key writes for")
+    key_list = key_actions.add_parser("list", help="keys (ids, never secrets), their tenant and state")
+    key_list.add_argument("--tenant", help="only this tenant's keys")
+    key_revoke = key_actions.add_parser("revoke", help="refuse a key from now on")
+    key_revoke.add_argument("key", help="the key id (as `keys list` shows it) or the whole key")
+    for action in (
+        tenant_create,
+        tenant_list,
+        tenant_disable,
+        tenant_enable,
+        key_create,
+        key_list,
+        key_revoke,
+    ):
+        action.add_argument(
+            "--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)"
+        )
+        _postgres_flags(action)
     return parser
 
 
@@ -123,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "send":
             from collector.send import send
 
-            return send(args.file, args.target, args.batch_size, args.timeout, args.attempts)
+            return send(args.file, args.target, args.batch_size, args.timeout, args.attempts, args.api_key)
         if args.command == "sql":
             from collector.sqlcmd import run_sql
 
@@ -136,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             from collector.admin import run_dead_letters
 
             return run_dead_letters(_settings(args), args)
+        if args.command in ("tenants", "keys"):
+            from collector.admin import run_tenants
+
+            return run_tenants(_settings(args), args)
     except ConfigError as error:
         print(f"activity-collector: configuration error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +19,13 @@ from typing import Any
 ENV_PREFIX = "ACTIVITY_"
 
 # Variables read by the command-line client rather than by the service settings below.
-CLIENT_ENV = frozenset({"ACTIVITY_TARGET"})
+CLIENT_ENV = frozenset({"ACTIVITY_TARGET", "ACTIVITY_API_KEY"})
+
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+TENANT_NAME_RULE = (
+    "1 to 63 characters: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
+)
 
 
 class ConfigError(ValueError):
@@ -119,8 +126,17 @@ class Settings:
     """Acknowledge activities once written and fsynced to the local spool (<data_dir>/spool) and insert
     them into ClickHouse behind; a ClickHouse outage then only grows the spool. Off: acknowledge once
     committed to ClickHouse."""
+    auth: bool = True
+    """Require an API key (`authorization: Bearer <key>` metadata) on every call; the key decides the
+    tenant. Off: no key is asked for and every activity belongs to default_tenant."""
     default_tenant: str = "default"
-    """Tenant recorded on every activity until API keys select one per request."""
+    """With auth on, the tenant (and key) a collector creates when PostgreSQL holds no tenant at all; with
+    auth off, the tenant of every activity."""
+    auth_cache_ttl_s: float = 5.0
+    """How long a key's check (accepted, revoked, unknown) is reused before PostgreSQL is asked again: a
+    revocation takes effect on every collector within this time."""
+    auth_cache_size: int = 10_000
+    """Most API keys whose checks are cached, least recently used dropped first."""
     clock_skew_tolerance_ms: float = 1000.0
     """Differences between the server's receive time and the client's sent_at up to this size are taken
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
@@ -164,8 +180,12 @@ class Settings:
                 "postgres_dsn: must start with postgresql:// or postgres://, "
                 f"got {pg.partition('://')[0] + '://...' if '://' in pg else 'a value without a scheme'}"
             )
-        if not self.default_tenant:
-            raise ConfigError("default_tenant: must not be empty")
+        if not TENANT_NAME.match(self.default_tenant):
+            raise ConfigError(f"default_tenant: {TENANT_NAME_RULE}; got {self.default_tenant!r}")
+        if not 0 < self.auth_cache_ttl_s < math.inf:
+            raise ConfigError(f"auth_cache_ttl_s: must be greater than zero, got {self.auth_cache_ttl_s}")
+        if self.auth_cache_size <= 0:
+            raise ConfigError(f"auth_cache_size: must be greater than zero, got {self.auth_cache_size}")
         if not 0 <= self.clock_skew_tolerance_ms < math.inf:
             raise ConfigError(
                 "clock_skew_tolerance_ms: must be a finite number, zero or more, "

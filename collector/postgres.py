@@ -108,6 +108,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             'Why the last replay failed; empty after a success.';
         """,
     ),
+    Migration(
+        2,
+        "tenants and API keys",
+        """
+        CREATE TABLE tenants (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name text NOT NULL UNIQUE CHECK (name ~ '^[a-z0-9][a-z0-9._-]{0,62}$'),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            disabled_at timestamptz
+        );
+        CREATE TABLE api_keys (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            key_id text NOT NULL UNIQUE CHECK (key_id ~ '^[0-9a-f]{12}$'),
+            tenant_id bigint NOT NULL REFERENCES tenants (id),
+            secret_sha256 bytea NOT NULL CHECK (length(secret_sha256) = 32),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            revoked_at timestamptz
+        );
+        CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+        COMMENT ON TABLE tenants IS 'Customer platforms; name is the tenant_id of their rows in ClickHouse.';
+        COMMENT ON COLUMN tenants.disabled_at IS 'When the tenant was disabled: its keys are refused.';
+        COMMENT ON TABLE api_keys IS 'API keys, ak_<key_id>_<secret>; the secret is never stored.';
+        COMMENT ON COLUMN api_keys.key_id IS
+            'The public part of the key, naming it in lists and revocations.';
+        COMMENT ON COLUMN api_keys.secret_sha256 IS 'SHA-256 of the whole key.';
+        COMMENT ON COLUMN api_keys.revoked_at IS 'When the key was revoked: it is refused from then on.';
+        """,
+    ),
 )
 
 

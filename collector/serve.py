@@ -24,6 +24,13 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
         print(f"activity-collector: cannot start: {error}", file=sys.stderr)
         return 1
     server.install_signal_handlers()
+    if server.created_key is not None:
+        print(
+            f"no tenant yet: created tenant {settings.default_tenant} and its API key, shown this once "
+            "(`activity-collector send` reads it from ACTIVITY_API_KEY or --api-key):",
+            flush=True,
+        )
+        print(server.created_key, flush=True)
     store = (
         settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
     )

@@ -17,10 +17,12 @@ import signal
 import grpc
 import grpc.aio
 
+from collector.auth import AuthenticatingHandler, Authenticator
 from collector.config import Settings
 from collector.control import ControlServer
 from collector.postgres import Postgres
 from collector.service import ActivityService
+from collector.tenants import TenantStore
 from workers.deadletters import DeadLetterStore
 from workers.pipeline import Pipeline
 from workers.spool import Spool
@@ -37,6 +39,9 @@ class CollectorServer:
         self.pipeline: Pipeline | None = None
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
+        self.authenticator: Authenticator | None = None
+        self.created_key: str | None = None
+        """The key of the default tenant, when this start created it (there was no tenant): shown once."""
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -78,7 +83,18 @@ class CollectorServer:
                 ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
             ]
         )
-        self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
+        handler = self.service.rpc_handler()
+        if settings.auth:
+            tenants = TenantStore(self.postgres.pool)
+            self.created_key = await tenants.bootstrap(settings.default_tenant)
+            self.authenticator = Authenticator(
+                tenants,
+                ttl_s=settings.auth_cache_ttl_s,
+                max_entries=settings.auth_cache_size,
+                retry_delay_s=settings.pipeline.retry_delay_ms / 1000,
+            )
+            handler = AuthenticatingHandler(handler, self.authenticator)
+        self._grpc.add_generic_rpc_handlers((handler,))
         self.port = self._grpc.add_insecure_port(settings.listen)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")

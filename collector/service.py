@@ -21,6 +21,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from collector import fastpath
+from collector.auth import TENANT
 from collector.config import Settings
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.status import status_trailer
@@ -213,7 +214,7 @@ class ActivityService:
             spans, slow, dups, missing_ids, count = fastpath.check(
                 raw, kind.activities_field, self._limits_tuple, received_ns, skew_ns
             )
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
         if dups:
             # Rare, and a duplicate's rejection quotes its id as sent: the Python path has it at hand.
@@ -250,7 +251,8 @@ class ActivityService:
         self.pipeline.submit(
             Submission(
                 evaluated.items,
-                self.settings.default_tenant,
+                # Set by collector.auth from the call's API key; unset when auth is off.
+                TENANT.get() or self.settings.default_tenant,
                 received_ns,
                 evaluated.sent_ns,
                 evaluated.skew_ns,

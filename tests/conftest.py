@@ -150,6 +150,8 @@ def make_settings(
             # Most tests check what ClickHouse holds right after an answer: that is the spool-off
             # contract. The spool's own tests turn it on.
             "spool": False,
+            # Most tests are not about API keys; the tests of auth turn it on.
+            "auth": False,
         }
         values.update(overrides)
         return load_settings(values, environ={})

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import read_start
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,11 +52,8 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         text=True,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert "listening on 127.0.0.1:" in first, first + (proc.stderr.read() if proc.stderr else "")
-    target = first.split("listening on ", 1)[1].split()[0]
-    yield proc, target, data
+    target, key = read_start(proc)
+    yield proc, target, data, key
     if proc.poll() is None:
         # A graceful stop, so that the server stops the embedded PostgreSQL it started.
         proc.send_signal(signal.SIGTERM)
@@ -67,9 +65,17 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-untyped-def]
-    proc, target, data = served
+    proc, target, data, key = served
+    # A fresh data directory: serve created the default tenant and printed its key.
+    assert key is not None
 
-    sent = cli("send", str(SAMPLE), "--target", target)
+    unauthenticated = cli("send", str(SAMPLE), "--target", target)
+    assert unauthenticated.returncode == 2
+    assert "not stored: UNAUTHENTICATED: missing API key" in unauthenticated.stderr
+    assert "no key given: set ACTIVITY_API_KEY or pass --api-key" in unauthenticated.stderr
+    assert "accepted 0, rejected 0, unparsed 0, not stored 5" in unauthenticated.stdout
+
+    sent = cli("send", str(SAMPLE), "--target", target, env={"ACTIVITY_API_KEY": key})
     assert sent.returncode == 1, sent.stderr  # two lines of the sample are invalid on purpose
     assert "accepted 3, rejected 2, unparsed 0, not stored 0" in sent.stdout
     assert "line 4: metadata.price: metadata.price must not be negative" in sent.stdout
@@ -79,7 +85,7 @@ def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-un
     lines = (
         '{"action": "view", "target": {"type": "page", "id": "home"}, "user": {"userId": "u"}}\nnot json\n'
     )
-    piped = cli("send", "-", "--target", target, stdin=lines)
+    piped = cli("send", "-", "--target", target, "--api-key", key, stdin=lines)
     assert "accepted 1, rejected 0, unparsed 1" in piped.stdout
     assert "line 2: not an activity" in piped.stdout
 
@@ -134,7 +140,7 @@ def test_bad_configuration_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_a_second_server_on_the_same_data_directory_is_refused(served) -> None:  # type: ignore[no-untyped-def]
-    _, _, data = served
+    _, _, data, _ = served
     second = cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data))
     assert second.returncode == 1
     assert "cannot start" in second.stderr
@@ -150,14 +156,14 @@ def test_send_to_nothing_reports_not_stored(tmp_path: Path) -> None:
 
 
 def test_dead_letters_beside_a_running_server_and_without_one(served) -> None:  # type: ignore[no-untyped-def]
-    proc, target, data = served
+    proc, target, data, key = served
     constraint = "ALTER TABLE activities ADD CONSTRAINT no_forbidden CHECK action != 'forbidden'"
     assert cli("sql", "--data-dir", str(data), constraint).returncode == 0
     lines = "\n".join(
         json.dumps({"action": action, "target": {"type": "page", "id": "p"}, "user": {"userId": "u"}})
         for action in ("view", "forbidden", "view")
     )
-    sent = cli("send", "-", "--target", target, "--batch-size", "1", stdin=lines)
+    sent = cli("send", "-", "--target", target, "--batch-size", "1", "--api-key", key, stdin=lines)
     assert "accepted 3" in sent.stdout, sent.stderr
 
     # The commands join the embedded PostgreSQL of the running server.

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from helpers import make_activity
+from helpers import make_activity, read_start
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
@@ -113,7 +113,8 @@ async def test_what_was_acknowledged_is_delivered_after_a_restart(
 
 def _serve(data: Path) -> tuple[subprocess.Popen[str], str]:
     """`serve` on a port of its choosing (one chosen here could be taken before the server binds it);
-    the process and its address."""
+    the process and its address. The key a first start creates is kept in `_keys`."""
+
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -130,10 +131,18 @@ def _serve(data: Path) -> tuple[subprocess.Popen[str], str]:
         text=True,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening" in line, line + (proc.stderr.read() if proc.stderr else "")
-    return proc, line.split("listening on ", 1)[1].split()[0]
+    address, key = read_start(proc)
+    if key is not None:
+        _keys[data] = key
+    return proc, address
+
+
+# The API key each data directory's first start printed.
+_keys: dict[Path, str] = {}
+
+
+def _auth(data: Path) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {_keys[data]}"),)
 
 
 async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -144,7 +153,7 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)
-            call = stub.StreamActivities()
+            call = stub.StreamActivities(metadata=_auth(data))
 
             async def reader() -> None:
                 async for answer in call:
@@ -171,7 +180,9 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)
             for seq in unanswered:
-                response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batches[seq]))
+                response = await stub.TrackActivities(
+                    pb.TrackActivitiesRequest(activities=batches[seq]), metadata=_auth(data)
+                )
                 assert response.accepted_count == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
