@@ -13,6 +13,7 @@ from helpers import make_activity
 
 from collector.config import PipelineSettings, Settings
 from collector.control import ControlServer
+from collector.postgres import Postgres, PostgresError
 from collector.server import CollectorServer
 from workers.pipeline import Pipeline, Submission, Unavailable
 from workers.storage import ClickHouseStore, StoreError
@@ -30,6 +31,11 @@ def refuses_control(stage: ControlServer) -> None:
     assert not stage.path.exists()
 
 
+def refuses_postgres(stage: Postgres) -> None:
+    with pytest.raises(PostgresError):
+        stage.pool  # noqa: B018
+
+
 def refuses_server(stage: CollectorServer) -> None:
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):
         s.connect(("127.0.0.1", stage.port or 0))
@@ -42,6 +48,7 @@ STAGES: dict[str, tuple[Factory, Callable[[Stage], None]]] = {
     "pipeline": (lambda store, settings, tmp: Pipeline(PipelineSettings(), store), refuses_pipeline),
     "control": (lambda store, settings, tmp: ControlServer(tmp / "c.sock", store.query), refuses_control),
     "server": (lambda store, settings, tmp: CollectorServer(settings), refuses_server),
+    "postgres": (lambda store, settings, tmp: Postgres(settings.postgres_dsn, tmp), refuses_postgres),
 }
 
 
