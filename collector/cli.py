@@ -1,4 +1,4 @@
-"""`activity-collector`: serve, send, health, sql, report."""
+"""`activity-collector`: serve, send, health, sql, report, migrate, dead-letters, tenants, keys."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
         "(default: embedded engine under the data directory; ACTIVITY_CLICKHOUSE_DSN)",
     )
     parser.add_argument("--clickhouse-database", help="ClickHouse database (default activity)")
+    _postgres_flags(parser)
+
+
+def _postgres_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres-dsn",
+        help="PostgreSQL DSN: postgresql://user:pass@host:5432/db "
+        "(default: embedded PostgreSQL under the data directory; ACTIVITY_POSTGRES_DSN)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--batch-size", type=int, default=500, help="activities per request (default 500)")
     send.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     send.add_argument(
+        "--api-key",
+        default=os.environ.get("ACTIVITY_API_KEY"),
+        help="API key sent as `authorization: Bearer <key>` (default: ACTIVITY_API_KEY)",
+    )
+    send.add_argument(
         "--attempts",
         type=int,
         default=6,
@@ -89,6 +103,65 @@ def build_parser() -> argparse.ArgumentParser:
     from collector.report import add_parser as add_report_parser
 
     add_report_parser(sub, _store_flags, sorted(FORMATS))
+
+    migrate = sub.add_parser("migrate", help="apply the PostgreSQL migrations this release lacks")
+    migrate.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
+    _postgres_flags(migrate)
+
+    letters = sub.add_parser(
+        "dead-letters", help="list, show, replay and purge the activities ClickHouse refused"
+    )
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list the dead letters waiting (with --all, replayed ones too)")
+    listing.add_argument("--all", action="store_true", help="include the letters already replayed")
+    listing.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    show = actions.add_parser("show", help="a dead letter's error and activities")
+    show.add_argument("id", type=int)
+    replay = actions.add_parser(
+        "replay", help="insert dead letters into ClickHouse again (idempotent); failures are kept"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the letter to replay")
+    which.add_argument("--all", action="store_true", help="every letter waiting")
+    purge = actions.add_parser("purge", help="delete dead letters")
+    gone = purge.add_mutually_exclusive_group(required=True)
+    gone.add_argument("id", type=int, nargs="?", help="the letter to delete")
+    gone.add_argument("--replayed", action="store_true", help="every letter already replayed")
+    gone.add_argument("--all", action="store_true", help="every letter, replayed or not")
+    for action in (listing, show, replay, purge):
+        _store_flags(action)
+
+    tenants = sub.add_parser("tenants", help="create, list, disable and enable tenants")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    tenant_create = tenant_actions.add_parser("create", help="a new tenant (then: keys create --tenant NAME)")
+    tenant_create.add_argument("name")
+    tenant_list = tenant_actions.add_parser("list", help="every tenant, its state and active keys")
+    tenant_disable = tenant_actions.add_parser("disable", help="refuse every key of a tenant")
+    tenant_disable.add_argument("name")
+    tenant_enable = tenant_actions.add_parser("enable", help="accept a disabled tenant's keys again")
+    tenant_enable.add_argument("name")
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_create = key_actions.add_parser("create", help="a new key, printed once, alone on the last line")
+    key_create.add_argument("--tenant", required=True, help="the tenant the key writes for")
+    key_list = key_actions.add_parser("list", help="keys (ids, never secrets), their tenant and state")
+    key_list.add_argument("--tenant", help="only this tenant's keys")
+    key_revoke = key_actions.add_parser("revoke", help="refuse a key from now on")
+    key_revoke.add_argument("key", help="the key id (as `keys list` shows it) or the whole key")
+    for action in (
+        tenant_create,
+        tenant_list,
+        tenant_disable,
+        tenant_enable,
+        key_create,
+        key_list,
+        key_revoke,
+    ):
+        action.add_argument(
+            "--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)"
+        )
+        _postgres_flags(action)
     return parser
 
 
@@ -97,6 +170,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "data_dir": getattr(args, "data_dir", None),
         "clickhouse_dsn": getattr(args, "clickhouse_dsn", None),
         "clickhouse_database": getattr(args, "clickhouse_database", None),
+        "postgres_dsn": getattr(args, "postgres_dsn", None),
         "listen": getattr(args, "listen", None),
         "metrics_listen": getattr(args, "metrics_listen", None),
         "http_listen": getattr(args, "http_listen", None),
@@ -116,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "send":
             from collector.send import send
 
-            return send(args.file, args.target, args.batch_size, args.timeout, args.attempts)
+            return send(args.file, args.target, args.batch_size, args.timeout, args.attempts, args.api_key)
         if args.command == "health":
             from collector.healthcheck import check
 
@@ -131,6 +205,18 @@ def main(argv: list[str] | None = None) -> int:
             from collector.report import run_report
 
             return run_report(_settings(args), args, FORMATS[args.format])
+        if args.command == "migrate":
+            from collector.admin import run_migrate
+
+            return run_migrate(_settings(args))
+        if args.command == "dead-letters":
+            from collector.admin import run_dead_letters
+
+            return run_dead_letters(_settings(args), args)
+        if args.command in ("tenants", "keys"):
+            from collector.admin import run_tenants
+
+            return run_tenants(_settings(args), args)
     except ConfigError as error:
         print(f"activity-collector: configuration error: {error}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ import atexit
 import contextlib
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -564,6 +565,7 @@ class _ClientBase:
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Sequence[tuple[str, Any]] = (),
         on_rejection: RejectionHandler | None = None,
+        api_key: str | None = None,
     ) -> None:
         """Connect to the collector at `target` (HOST:PORT). Every number must be greater than zero.
 
@@ -576,8 +578,12 @@ class _ClientBase:
         for a client not closed. credentials: TLS credentials (`grpc.ssl_channel_credentials()`);
         None: plain text. metadata: headers sent with the stream. channel_options: gRPC channel
         options. on_rejection: called on the sender thread with each activity the server rejected and
-        its `Rejection`.
+        its `Rejection`. api_key: the tenant's API key, sent as `authorization: Bearer <key>`;
+        None: the environment variable ACTIVITY_API_KEY, if set.
         """
+        key = api_key if api_key is not None else os.environ.get("ACTIVITY_API_KEY")
+        if key:
+            metadata = (*metadata, ("authorization", f"Bearer {key}"))
         self._core = _Core(
             target,
             batch_size=batch_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +19,13 @@ from typing import Any
 ENV_PREFIX = "ACTIVITY_"
 
 # Variables read by the command-line client rather than by the service settings below.
-CLIENT_ENV = frozenset({"ACTIVITY_TARGET"})
+CLIENT_ENV = frozenset({"ACTIVITY_TARGET", "ACTIVITY_API_KEY"})
+
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+TENANT_NAME_RULE = (
+    "1 to 63 characters: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
+)
 
 
 class ConfigError(ValueError):
@@ -126,12 +133,25 @@ class Settings:
     embedded engine. Empty: the embedded engine under <data_dir>/clickhouse."""
     clickhouse_database: str = "activity"
     """ClickHouse database holding the product's tables; created when missing."""
+    postgres_dsn: str = ""
+    """PostgreSQL for the dead-letter store: postgresql://user:pass@host:5432/db for a server. Empty: an
+    embedded PostgreSQL with its data under <data_dir>/postgres, started with the collector and stopped
+    when the last process using it exits."""
     spool: bool = True
     """Acknowledge activities once written and fsynced to the local spool (<data_dir>/spool) and insert
     them into ClickHouse behind; a ClickHouse outage then only grows the spool. Off: acknowledge once
     committed to ClickHouse."""
+    auth: bool = True
+    """Require an API key (`authorization: Bearer <key>` metadata) on every call; the key decides the
+    tenant. Off: no key is asked for and every activity belongs to default_tenant."""
     default_tenant: str = "default"
-    """Tenant recorded on every activity until API keys select one per request."""
+    """With auth on, the tenant (and key) a collector creates when PostgreSQL holds no tenant at all; with
+    auth off, the tenant of every activity."""
+    auth_cache_ttl_s: float = 5.0
+    """How long a key's check (accepted, revoked, unknown) is reused before PostgreSQL is asked again: a
+    revocation takes effect on every collector within this time."""
+    auth_cache_size: int = 10_000
+    """Most API keys whose checks are cached, least recently used dropped first."""
     clock_skew_tolerance_ms: float = 1000.0
     """Differences between the server's receive time and the client's sent_at up to this size are taken
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
@@ -161,8 +181,9 @@ class Settings:
         return self.data_dir.resolve() / "spool"
 
     @property
-    def dead_letter_dir(self) -> Path:
-        return self.data_dir.resolve() / "dead-letters"
+    def postgres_dir(self) -> Path:
+        """Data of the embedded PostgreSQL, used when postgres_dsn is empty."""
+        return self.data_dir.resolve() / "postgres"
 
     @property
     def control_socket(self) -> Path:
@@ -195,8 +216,18 @@ class Settings:
         dsn = self.clickhouse_dsn
         if dsn and not dsn.startswith(("http://", "https://", "chdb://")):
             raise ConfigError(f"clickhouse_dsn: must start with http://, https:// or chdb://, got {dsn!r}")
-        if not self.default_tenant:
-            raise ConfigError("default_tenant: must not be empty")
+        pg = self.postgres_dsn
+        if pg and not pg.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "postgres_dsn: must start with postgresql:// or postgres://, "
+                f"got {pg.partition('://')[0] + '://...' if '://' in pg else 'a value without a scheme'}"
+            )
+        if not TENANT_NAME.match(self.default_tenant):
+            raise ConfigError(f"default_tenant: {TENANT_NAME_RULE}; got {self.default_tenant!r}")
+        if not 0 < self.auth_cache_ttl_s < math.inf:
+            raise ConfigError(f"auth_cache_ttl_s: must be greater than zero, got {self.auth_cache_ttl_s}")
+        if self.auth_cache_size <= 0:
+            raise ConfigError(f"auth_cache_size: must be greater than zero, got {self.auth_cache_size}")
         if not 0 <= self.clock_skew_tolerance_ms < math.inf:
             raise ConfigError(
                 "clock_skew_tolerance_ms: must be a finite number, zero or more, "

@@ -25,6 +25,7 @@ from aiohttp import web
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
 
+from collector.auth import TENANT, Authenticator, AuthError, bearer_key
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.service import ActivityService, RequestFailed
 from collector.web import WebListener
@@ -66,6 +67,7 @@ class HttpServer(WebListener):
         cors_origins: frozenset[str],
         max_body_bytes: int,
         ssl_context: ssl.SSLContext | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         app = web.Application(client_max_size=max_body_bytes)
         app.router.add_post(PATH, self._track)
@@ -73,6 +75,7 @@ class HttpServer(WebListener):
         super().__init__(app, listen, "http_listen", ssl_context)
         self.service = service
         self.cors_origins = cors_origins
+        self.authenticator = authenticator
 
     @property
     def url(self) -> str:
@@ -135,10 +138,23 @@ class HttpServer(WebListener):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the body is not a TrackActivitiesRequest in JSON: {error}",
             )
+        tenant = None
+        if self.authenticator is not None:
+            # The same keys and answers as the gRPC door: `Authorization: Bearer <key>`.
+            header = request.headers.get("Authorization")
+            try:
+                tenant = await self.authenticator.tenant_of(
+                    bearer_key([("authorization", header)] if header else [])
+                )
+            except AuthError as refused:
+                return self._failure(request, refused.code, str(refused), refused.retry_delay_s)
+        token = TENANT.set(tenant)
         try:
             raw = await self.service.track_activities_raw(message.SerializeToString())
         except RequestFailed as failed:
             return self._failure(request, failed.code, failed.message, failed.retry_delay_s)
+        finally:
+            TENANT.reset(token)
         answer = pb.TrackActivitiesResponse.FromString(raw)
         response = web.Response(
             text=json_format.MessageToJson(answer, indent=None, always_print_fields_with_no_presence=True),

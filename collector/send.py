@@ -23,6 +23,12 @@ from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.status import retry_delay_from_trailer
 
 RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+# Refusals of the key: every further batch would be refused the same way.
+REFUSED_KEY = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+class KeyRefused(Exception):
+    """The server refused the API key; nothing more is sent."""
 
 
 @dataclass
@@ -53,12 +59,13 @@ def _send_batch(
     timeout: float,
     attempts: int,
     report: SendReport,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> None:
     request = pb.TrackActivitiesRequest(activities=[a for _, a in batch])
     for attempt in range(1, attempts + 1):
         request.sent_at.GetCurrentTime()
         try:
-            response = stub.TrackActivities(request, timeout=timeout)
+            response = stub.TrackActivities(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             code = error.code()
             if code in RETRYABLE and attempt < attempts:
@@ -70,6 +77,8 @@ def _send_batch(
                 f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {code.name}: {error.details()}",
                 file=sys.stderr,
             )
+            if code in REFUSED_KEY:
+                raise KeyRefused(str(error.details())) from None
             return
         report.accepted += response.accepted_count
         for r in response.rejections:
@@ -79,7 +88,12 @@ def _send_batch(
         return
 
 
-def send(path: str, target: str, batch_size: int, timeout: float, attempts: int = 6) -> int:
+def send(
+    path: str, target: str, batch_size: int, timeout: float, attempts: int = 6, api_key: str | None = None
+) -> int:
+    """Send the activities of `path` (JSON Lines; - for stdin) to `target`, with `api_key` as the
+    `authorization: Bearer` metadata of every call when given. Exit status: 0 all accepted, 1 some
+    rejected or unparsed, 2 some not stored."""
     if batch_size <= 0 or attempts <= 0:
         print(
             "activity-collector send: --batch-size and --attempts must be greater than zero", file=sys.stderr
@@ -87,17 +101,24 @@ def send(path: str, target: str, batch_size: int, timeout: float, attempts: int 
         return 2
     report = SendReport()
     stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    activities = read_activities(stream, report)
     try:
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)  # type: ignore[no-untyped-call]
             batch: list[tuple[int, pb.Activity]] = []
-            for item in read_activities(stream, report):
+            for item in activities:
                 batch.append(item)
                 if len(batch) >= batch_size:
-                    _send_batch(stub, batch, timeout, attempts, report)
+                    _send_batch(stub, batch, timeout, attempts, report, metadata)
                     batch = []
             if batch:
-                _send_batch(stub, batch, timeout, attempts, report)
+                _send_batch(stub, batch, timeout, attempts, report, metadata)
+    except KeyRefused:
+        unsent = sum(1 for _ in activities)
+        report.failed += unsent
+        hint = "" if api_key else " (no key given: set ACTIVITY_API_KEY or pass --api-key)"
+        print(f"the server refused the API key{hint}; {unsent} more activities not sent", file=sys.stderr)
     finally:
         if stream is not sys.stdin:
             stream.close()

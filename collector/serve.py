@@ -7,6 +7,7 @@ import sys
 
 from collector import logs
 from collector.config import Settings
+from collector.postgres import PostgresError
 from collector.server import CollectorServer
 from workers.storage import StoreError
 
@@ -18,11 +19,18 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
     server = CollectorServer(settings)
     try:
         await server.start()
-    except (StoreError, RuntimeError, OSError) as error:
+    except (StoreError, PostgresError, RuntimeError, OSError) as error:
         await server.shutdown(grace=0)
         print(f"activity-collector: cannot start: {error}", file=sys.stderr)
         return 1
     server.install_signal_handlers()
+    if server.created_key is not None:
+        print(
+            f"no tenant yet: created tenant {settings.default_tenant} and its API key, shown this once "
+            "(`activity-collector send` reads it from ACTIVITY_API_KEY or --api-key):",
+            flush=True,
+        )
+        print(server.created_key, flush=True)
     store = (
         settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
     )
@@ -32,6 +40,8 @@ async def serve(settings: Settings, log_level: str = "info") -> int:
     if server.metrics_server is not None:
         print(f"metrics at {server.metrics_server.url}", flush=True)
     print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
+    if server.postgres is not None:
+        print(f"using {server.postgres.describe()}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)
     log.info("started", extra={"listen": server.address, "data_dir": str(settings.data_dir.resolve())})
     await server.wait()

@@ -1,11 +1,12 @@
-"""The collector process: store, pipeline, control channel, metrics endpoint, HTTP door and gRPC port
-(with the health and reflection services beside the activity service), started and stopped together.
+"""The collector process: PostgreSQL, store, pipeline, control channel, metrics endpoint, HTTP door and
+gRPC port (with the health and reflection services beside the activity service), started and stopped
+together.
 
-Start order is store (migrations run here), pipeline, control channel, metrics endpoint, HTTP door,
-gRPC port; shutdown runs the other way round and is idempotent and safe without start: health turns
-NOT_SERVING, stop taking requests on both doors, let in-flight requests finish within the grace period
-(their activities are flushed to the store and they are answered), then close the ports, the pipeline
-and the store.
+Start order is PostgreSQL (started when embedded; migrations run here), store (ClickHouse migrations
+run here), pipeline, control channel, metrics endpoint, HTTP door, gRPC port; shutdown runs the other
+way round and is idempotent and safe without start: health turns NOT_SERVING, stop taking requests on
+both doors, let in-flight requests finish within the grace period (their activities are flushed to the
+store and they are answered), then close the ports, the pipeline, the store and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import signal
 import grpc
 import grpc.aio
 
+from collector.auth import AuthenticatingHandler, Authenticator
 from collector.config import Settings
 from collector.control import ControlServer
 from collector.health import HealthMonitor
 from collector.http import HttpServer, parse_origins
 from collector.metrics import Metrics, MetricsServer
+from collector.postgres import Postgres
 from collector.service import ActivityService
+from collector.tenants import TenantStore
 from collector.web import server_ssl_context
+from workers.deadletters import DeadLetterStore
 from workers.pipeline import Pipeline
 from workers.spool import Spool
 from workers.storage import ClickHouseStore
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 class CollectorServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.postgres: Postgres | None = None
         self.store: ClickHouseStore | None = None
         self.pipeline: Pipeline | None = None
         self.service: ActivityService | None = None
@@ -42,6 +48,9 @@ class CollectorServer:
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.http: HttpServer | None = None
+        self.authenticator: Authenticator | None = None
+        self.created_key: str | None = None
+        """The key of the default tenant, when this start created it (there was no tenant): shown once."""
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -49,8 +58,9 @@ class CollectorServer:
 
     async def start(self) -> None:
         settings = self.settings
-        if settings.effective_clickhouse_dsn.startswith("chdb:"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.postgres = Postgres(settings.postgres_dsn, settings.data_dir)
+        await self.postgres.start()
         self.store = await asyncio.to_thread(
             ClickHouseStore,
             settings.effective_clickhouse_dsn,
@@ -64,11 +74,11 @@ class CollectorServer:
                 capacity_bytes=settings.pipeline.spool_capacity_bytes,
                 segment_bytes=settings.pipeline.spool_segment_bytes,
             )
-        self.pipeline = Pipeline(settings.pipeline, self.store, spool, settings.dead_letter_dir)
+        self.pipeline = Pipeline(settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool))
         await self.pipeline.start()
         self.service = ActivityService(settings, self.pipeline)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.control = ControlServer(settings.control_socket, self.store.query)
+        self.control = ControlServer(settings.control_socket, self.store.query, self.store.insert_rows)
         await self.control.start()
 
         # The transport admits a little more than max_request_bytes so that an oversized request
@@ -82,7 +92,18 @@ class CollectorServer:
                 ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
             ]
         )
-        self._grpc.add_generic_rpc_handlers((self.service.rpc_handler(),))
+        handler = self.service.rpc_handler()
+        if settings.auth:
+            tenants = TenantStore(self.postgres.pool)
+            self.created_key = await tenants.bootstrap(settings.default_tenant)
+            self.authenticator = Authenticator(
+                tenants,
+                ttl_s=settings.auth_cache_ttl_s,
+                max_entries=settings.auth_cache_size,
+                retry_delay_s=settings.pipeline.retry_delay_ms / 1000,
+            )
+            handler = AuthenticatingHandler(handler, self.authenticator)
+        self._grpc.add_generic_rpc_handlers((handler,))
         self.health = HealthMonitor(
             self.store, self.pipeline, settings.health_interval_s, settings.limits.max_request_bytes
         )
@@ -103,6 +124,7 @@ class CollectorServer:
                     if settings.tls_cert_file
                     else None
                 ),
+                authenticator=self.authenticator,
             )
             await self.http.start()
         tls = settings.tls
@@ -169,5 +191,7 @@ class CollectorServer:
                 await self.metrics_server.shutdown()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
+            if self.postgres is not None:
+                await self.postgres.shutdown()
         finally:
             self._stopped.set()

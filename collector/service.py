@@ -22,6 +22,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from collector import fastpath
+from collector.auth import TENANT
 from collector.config import Settings
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.status import status_trailer
@@ -276,7 +277,8 @@ class ActivityService:
         self.pipeline.submit(
             Submission(
                 evaluated.items,
-                self.settings.default_tenant,
+                # Set by collector.auth from the call's API key; unset when auth is off.
+                TENANT.get() or self.settings.default_tenant,
                 received_ns,
                 evaluated.sent_ns,
                 evaluated.skew_ns,

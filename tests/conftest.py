@@ -1,21 +1,32 @@
-"""Shared fixtures: one embedded ClickHouse engine for the whole run, a fresh database per test.
+"""Shared fixtures: one embedded ClickHouse engine for the whole run, a fresh database per test; the
+PostgreSQL server at 127.0.0.1:5432 and one embedded PostgreSQL for the whole run, a fresh schema per test.
 
 The embedded engine admits one data directory per process, so every test in this process uses the
 same directory and isolates itself with its own database (random name), as the integration tests of
-clickhouse-connect do with random table names.
+clickhouse-connect do with random table names. PostgreSQL tests take `pg_dsn`, which runs each of them
+against both PostgreSQLs; every other collector a test starts uses a schema of its own on the server
+(or on the embedded one, when no server answers).
+
+`TEST_POSTGRES_DSN` names the server (default postgresql://postgres@127.0.0.1:5432/test). When it is
+set, a server that does not answer fails the tests; when it is not, they run on the embedded one only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 import grpc.aio
 import pytest
 
 from collector.config import Settings, load_settings
+from collector.postgres import acquire_embedded, release_embedded
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.server import CollectorServer
 from workers.storage import ClickHouseStore
@@ -31,8 +42,103 @@ def database() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
+# When the tests run as root, the embedded PostgreSQL runs as a system user of its own that must be able
+# to traverse the test directories. pytest makes its temporary root owner-only at the start of every
+# session, any user's on the machine, which would cut a running embedded server off from its data; so
+# the tests keep their temporary directories in the checkout, under a root only they use.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(Path(__file__).resolve().parents[1] / ".pytest-tmp"))
+Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
+
+T = TypeVar("T")
+
+PG_SERVER_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end on a loop of its own, from sync code that may be inside a running loop."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coroutine))
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL server's DSN."""
+    try:
+        run_async(_execute(PG_SERVER_DSN, "SELECT 1"))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        if "TEST_POSTGRES_DSN" in os.environ:
+            raise
+        pytest.skip(f"no PostgreSQL server at {PG_SERVER_DSN}: {error}")
+    return PG_SERVER_DSN
+
+
+@pytest.fixture(scope="session")
+def pg_embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The DSN of an embedded PostgreSQL started for the run."""
+    pgdata = tmp_path_factory.mktemp("embedded") / "postgres"
+    dsn = acquire_embedded(pgdata)
+    yield dsn
+    release_embedded(pgdata)
+
+
+@pytest.fixture(params=["server", "embedded"])
+def pg_base(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"pg_{request.param}"))
+
+
+def _fresh_schema(base: str) -> Iterator[str]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    run_async(_execute(base, f"CREATE SCHEMA {schema}"))
+    yield with_search_path(base, schema)
+    run_async(_execute(base, f"DROP SCHEMA {schema} CASCADE"))
+
+
 @pytest.fixture
-def make_settings(engine_dir: Path, database: str, tmp_path: Path) -> Callable[..., Settings]:
+def pg_dsn(pg_base: str) -> Iterator[str]:
+    """A DSN on a fresh schema, once on the server and once on the embedded PostgreSQL."""
+    yield from _fresh_schema(pg_base)
+
+
+@pytest.fixture
+def postgres_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A DSN on a fresh schema of the server (of the embedded PostgreSQL when no server answers), for
+    collectors whose tests are not about PostgreSQL."""
+    try:
+        base = str(request.getfixturevalue("pg_server"))
+    except pytest.skip.Exception:
+        base = str(request.getfixturevalue("pg_embedded"))
+    yield from _fresh_schema(base)
+
+
+@pytest.fixture
+def make_settings(
+    engine_dir: Path, database: str, tmp_path: Path, postgres_dsn: str
+) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "listen": "127.0.0.1:0",
@@ -41,10 +147,13 @@ def make_settings(engine_dir: Path, database: str, tmp_path: Path) -> Callable[.
             "data_dir": tmp_path / "data",
             "clickhouse_dsn": f"chdb://{engine_dir}",
             "clickhouse_database": database,
+            "postgres_dsn": postgres_dsn,
             "shutdown_grace_s": 5.0,
             # Most tests check what ClickHouse holds right after an answer: that is the spool-off
             # contract. The spool's own tests turn it on.
             "spool": False,
+            # Most tests are not about API keys; the tests of auth turn it on.
+            "auth": False,
         }
         values.update(overrides)
         return load_settings(values, environ={})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from typing import Any
+
+import grpc
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 
@@ -31,3 +34,37 @@ def items(activities: list[pb.Activity], indexes: Any = None) -> list[tuple[int,
     """(index, activity) pairs, as the pipeline takes them; all of them unless `indexes` says which."""
     chosen = range(len(activities)) if indexes is None else indexes
     return [(i, activities[i]) for i in chosen]
+
+
+def read_start(proc: subprocess.Popen[str]) -> tuple[str, str | None]:
+    """The address a starting `serve` listens on, and the API key it created, if it did (printed
+    before, when there was no tenant yet)."""
+    assert proc.stdout is not None
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "listening on" in line or not line:
+            break
+    assert "listening on 127.0.0.1:" in line, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
+    key = next((text.strip() for text in lines if text.startswith("ak_")), None)
+    return line.split("listening on ", 1)[1].split()[0], key
+
+
+class _Key(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, key: str) -> None:
+        self.metadata = (("authorization", f"Bearer {key}"),)
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self.metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def with_key(channel: grpc.Channel, key: str) -> grpc.Channel:
+    """`channel`, sending `key` as the `authorization: Bearer` metadata of every call."""
+    return grpc.intercept_channel(channel, _Key(key))

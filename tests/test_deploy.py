@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from helpers import read_start
 
 from collector.config import load_settings
 
@@ -136,11 +137,8 @@ def test_the_entry_point_serves_and_the_health_check_passes(tmp_path: Path) -> N
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert f"listening on 127.0.0.1:{grpc_port}" in first, first + (
-            proc.stderr.read() if proc.stderr else ""
-        )
+        address, _ = read_start(proc)
+        assert address == f"127.0.0.1:{grpc_port}"
         health = exec_form("HEALTHCHECK")
         health[health.index("--target") + 1] = f"127.0.0.1:{grpc_port}"
         checked = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)

@@ -17,6 +17,7 @@ from helpers import make_activity
 from collector.config import PipelineSettings, Settings
 from collector.control import ControlServer
 from collector.health import HealthMonitor
+from collector.postgres import Postgres, PostgresError
 from collector.server import CollectorServer
 from collector.web import WebListener
 from workers.pipeline import Pipeline, Submission, Unavailable
@@ -33,6 +34,11 @@ def refuses_pipeline(stage: Pipeline) -> None:
 
 def refuses_control(stage: ControlServer) -> None:
     assert not stage.path.exists()
+
+
+def refuses_postgres(stage: Postgres) -> None:
+    with pytest.raises(PostgresError):
+        stage.pool  # noqa: B018
 
 
 def refuses_server(stage: CollectorServer) -> None:
@@ -65,6 +71,7 @@ STAGES: dict[str, tuple[Factory, Refuses]] = {
         lambda store, settings, tmp: HealthMonitor(store, Pipeline(PipelineSettings(), store), 0.05),
         refuses_health,
     ),
+    "postgres": (lambda store, settings, tmp: Postgres(settings.postgres_dsn, tmp), refuses_postgres),
 }
 
 

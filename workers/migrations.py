@@ -26,6 +26,15 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),
     Migration(2, "analytics: aggregates, sessions, funnels, attribution", analytics_statements),
+    # Insert deduplication tokens (retried and replayed inserts) are honoured by a table that is not
+    # replicated only within this window; its default, 0, turns them off.
+    Migration(
+        3,
+        "deduplication window",
+        lambda db: [
+            f"ALTER TABLE `{db}`.activities MODIFY SETTING non_replicated_deduplication_window = 10000"
+        ],
+    ),
 )
 
 

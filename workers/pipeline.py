@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import random
 import time
@@ -26,11 +25,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from collector.config import PipelineSettings
 from collector.proto.activity.v1 import activity_pb2 as pb
+from workers.deadletters import DeadLetter, DeadLetterSink, rows_tenant
 from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope, envelope_bytes
 from workers.spool import Planned, Spool, SpoolFull
 from workers.storage import ActivityStore, StoreError, classify
@@ -84,6 +83,15 @@ class _Encoded:
 
 
 @dataclass
+class _Isolated:
+    """Outcome of inserting a refused range record by one record: the rows ClickHouse took, and the
+    records it refused on their own, still to be stored as dead letters."""
+
+    stored: int
+    letters: list[DeadLetter]
+
+
+@dataclass
 class PipelineStats:
     """Counters since start. `inserts` counts committed inserts; rows are activities."""
 
@@ -96,7 +104,9 @@ class PipelineStats:
     insert_retries: int = 0
     insert_sizes: list[int] = field(default_factory=list)
     dead_letters: int = 0
-    """Activities that ClickHouse refused for good, kept in the dead-letter directory."""
+    """Activities that ClickHouse refused for good, kept in the dead-letter store."""
+    dead_letter_failures: int = 0
+    """Attempts to write dead letters that failed (the records stay in the spool and are tried again)."""
 
     def record_insert(self, rows: int) -> None:
         self.inserts += 1
@@ -116,12 +126,12 @@ class Pipeline:
         settings: PipelineSettings,
         store: ActivityStore,
         spool: Spool | None = None,
-        dead_letter_dir: Path | None = None,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.spool = spool
-        self.dead_letter_dir = dead_letter_dir
+        self.dead_letters = dead_letters
         # Spool mode: records durable and not yet handed to an insert, in sequence order.
         self._ready: collections.deque[tuple[int, int]] = collections.deque()
         self._ready_event = asyncio.Event()
@@ -366,16 +376,21 @@ class Pipeline:
         """Insert one planned range until it is in ClickHouse. The records are safe on disk, so any
         failure but bad data is retried, with capped backoff, for as long as the collector runs; when
         ClickHouse blames the data, the records are inserted one by one and those it refuses alone go
-        to the dead-letter directory."""
+        to the dead-letter store; the range is committed once they are stored there."""
         loop = asyncio.get_running_loop()
         attempt = 0
         isolate = False
+        isolated: _Isolated | None = None
         try:
             while True:
                 started = time.perf_counter()
                 try:
                     if isolate:
-                        rows = await loop.run_in_executor(self._executor, self._isolate_failure, planned)
+                        if isolated is None:
+                            isolated = await loop.run_in_executor(
+                                self._executor, self._isolate_failure, planned
+                            )
+                        rows = await self._keep_dead_letters(planned, isolated)
                     else:
                         rows = await loop.run_in_executor(self._executor, self._insert_planned, planned)
                 except Exception as raw:
@@ -416,11 +431,12 @@ class Pipeline:
         self.spool.commit(planned)
         return rows
 
-    def _isolate_failure(self, planned: Planned) -> int:
-        """Insert the records of a range ClickHouse refused one by one; dead-letter those refused alone
-        for their data. Returns the rows stored."""
+    def _isolate_failure(self, planned: Planned) -> _Isolated:
+        """Insert the records of a range ClickHouse refused one by one; return the rows stored and the
+        records refused alone for their data. Each record's insert has a token of its own, derived from
+        the range's: doing this again (after a crash, or a failed dead-letter write) stores nothing twice."""
         assert self.spool is not None
-        stored = 0
+        isolated = _Isolated(0, [])
         for record in self.spool.read_range(planned.first, planned.last):
             token = f"{planned.token}-{record.sequence}"
             try:
@@ -429,24 +445,44 @@ class Pipeline:
                 failure = classify(raw)
                 if not failure.data:
                     raise
-                self._dead_letter(record.sequence, record.count, record.rows, str(failure))
+                letter = DeadLetter(
+                    token, record.count, record.rows, str(failure), failure.code, rows_tenant(record.rows)
+                )
+                isolated.letters.append(letter)
             else:
-                stored += record.count
-        self.spool.commit(planned)
-        return stored
+                isolated.stored += record.count
+        return isolated
 
-    def _dead_letter(self, sequence: int, count: int, rows: bytes, error: str) -> None:
-        directory = self.dead_letter_dir
-        if directory is None:
-            raise StoreError(f"no dead-letter directory for a refused record: {error}", transient=False)
-        directory.mkdir(parents=True, exist_ok=True)
-        stem = directory / f"{sequence:020d}"
-        stem.with_suffix(".rows").write_bytes(rows)
-        stem.with_suffix(".json").write_text(
-            json.dumps({"sequence": sequence, "rows": count, "error": error})
-        )
-        self.stats.dead_letters += count
-        log.error("activities dead-lettered", extra={"sequence": sequence, "rows": count, "error": error})
+    async def _keep_dead_letters(self, planned: Planned, isolated: _Isolated) -> int:
+        """Store the refused records as dead letters, then commit the range: until they are stored,
+        they stay in the spool. Returns the rows ClickHouse took.
+
+        The write runs here, on the event loop, rather than on the insert thread that found the
+        records: the asyncpg pool belongs to the loop, and an insert thread blocked on
+        run_coroutine_threadsafe would hold an insert slot and its ClickHouse connection while
+        PostgreSQL is slow, and wait for ever if the loop stopped first (at shutdown)."""
+        assert self.spool is not None
+        if isolated.letters:
+            try:
+                if self.dead_letters is None:
+                    raise StoreError("no dead-letter store to keep refused records in", transient=False)
+                added = await self.dead_letters.add(isolated.letters)
+            except StoreError:
+                self.stats.dead_letter_failures += 1
+                raise
+            self.stats.dead_letters += added
+            for letter in isolated.letters:
+                log.error(
+                    "activities dead-lettered",
+                    extra={
+                        "source": letter.source,
+                        "rows": letter.count,
+                        "tenant": letter.tenant,
+                        "error": letter.error,
+                    },
+                )
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.spool.commit, planned)
+        return isolated.stored
 
     def _settle(
         self,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import read_start
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,7 +43,8 @@ def free_port() -> int:
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
-    target = f"127.0.0.1:{free_port()}"
+    # Port 0: the server picks a free port and says which; a port chosen here could be taken by
+    # another process before the server binds it.
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -50,7 +52,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
             "collector.cli",
             "serve",
             "--listen",
-            target,
+            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--http-listen",
@@ -63,19 +65,30 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         text=True,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert f"listening on {target}" in first, first + (proc.stderr.read() if proc.stderr else "")
-    yield proc, target, data
+    target, key = read_start(proc)
+    yield proc, target, data, key
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        # A graceful stop, so that the server stops the embedded PostgreSQL it started.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-untyped-def]
-    proc, target, data = served
+    proc, target, data, key = served
+    # A fresh data directory: serve created the default tenant and printed its key.
+    assert key is not None
 
-    sent = cli("send", str(SAMPLE), "--target", target)
+    unauthenticated = cli("send", str(SAMPLE), "--target", target)
+    assert unauthenticated.returncode == 2
+    assert "not stored: UNAUTHENTICATED: missing API key" in unauthenticated.stderr
+    assert "no key given: set ACTIVITY_API_KEY or pass --api-key" in unauthenticated.stderr
+    assert "accepted 0, rejected 0, unparsed 0, not stored 5" in unauthenticated.stdout
+
+    sent = cli("send", str(SAMPLE), "--target", target, env={"ACTIVITY_API_KEY": key})
     assert sent.returncode == 1, sent.stderr  # two lines of the sample are invalid on purpose
     assert "accepted 3, rejected 2, unparsed 0, not stored 0" in sent.stdout
     assert "line 4: metadata.price: metadata.price must not be negative" in sent.stdout
@@ -85,7 +98,7 @@ def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-un
     lines = (
         '{"action": "view", "target": {"type": "page", "id": "home"}, "user": {"userId": "u"}}\nnot json\n'
     )
-    piped = cli("send", "-", "--target", target, stdin=lines)
+    piped = cli("send", "-", "--target", target, "--api-key", key, stdin=lines)
     assert "accepted 1, rejected 0, unparsed 1" in piped.stdout
     assert "line 2: not an activity" in piped.stdout
 
@@ -140,7 +153,7 @@ def test_bad_configuration_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_a_second_server_on_the_same_data_directory_is_refused(served) -> None:  # type: ignore[no-untyped-def]
-    _, _, data = served
+    _, _, data, _ = served
     second = cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data))
     assert second.returncode == 1
     assert "cannot start" in second.stderr
@@ -153,3 +166,57 @@ def test_send_to_nothing_reports_not_stored(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "lines 1-5: not stored: UNAVAILABLE" in result.stderr
     assert "accepted 0, rejected 0, unparsed 0, not stored 5" in result.stdout
+
+
+def test_dead_letters_beside_a_running_server_and_without_one(served) -> None:  # type: ignore[no-untyped-def]
+    proc, target, data, key = served
+    constraint = "ALTER TABLE activities ADD CONSTRAINT no_forbidden CHECK action != 'forbidden'"
+    assert cli("sql", "--data-dir", str(data), constraint).returncode == 0
+    lines = "\n".join(
+        json.dumps({"action": action, "target": {"type": "page", "id": "p"}, "user": {"userId": "u"}})
+        for action in ("view", "forbidden", "view")
+    )
+    sent = cli("send", "-", "--target", target, "--batch-size", "1", "--api-key", key, stdin=lines)
+    assert "accepted 3" in sent.stdout, sent.stderr
+
+    # The commands join the embedded PostgreSQL of the running server.
+    for _ in range(100):
+        listed = cli("dead-letters", "list", "--data-dir", str(data))
+        assert listed.returncode == 0, listed.stderr
+        if len(listed.stdout.splitlines()) == 2:
+            break
+        time.sleep(0.1)
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["id", "created", "(UTC)", "tenant", "rows", "state", "replays", "error"]
+    assert row.split()[0] == "1" and row.split()[3:7] == ["default", "1", "pending", "0"]
+    assert "Code: 469" in row
+    shown = cli("dead-letters", "show", "1", "--data-dir", str(data))
+    assert '"action": "forbidden"' in shown.stdout
+
+    assert (
+        cli("sql", "--data-dir", str(data), "ALTER TABLE activities DROP CONSTRAINT no_forbidden").returncode
+        == 0
+    )
+    replayed = cli("dead-letters", "replay", "1", "--data-dir", str(data))
+    assert (replayed.returncode, replayed.stdout) == (0, "dead letter 1: 1 activities stored in ClickHouse\n")
+    again = cli("dead-letters", "replay", "1", "--data-dir", str(data))
+    assert again.returncode == 0 and "already replayed" in again.stdout
+    counted = cli(
+        "sql",
+        "--data-dir",
+        str(data),
+        "--format",
+        "tsv",
+        "SELECT action, count() FROM activities GROUP BY action ORDER BY action",
+    )
+    assert counted.stdout.splitlines()[1:] == ["forbidden\t1", "view\t2"]
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    # No server: the command starts the embedded PostgreSQL for itself, and stops it.
+    listed = cli("dead-letters", "list", "--all", "--format", "json", "--data-dir", str(data))
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["state"] for line in listed.stdout.splitlines()] == ["replayed"]
+    purged = cli("dead-letters", "purge", "--all", "--data-dir", str(data))
+    assert purged.stdout == "purged 1 dead letters\n"
+    assert not (data / "postgres" / "postmaster.pid").exists()

@@ -207,9 +207,21 @@ def test_database_name_with_underscores_is_accepted() -> None:
     assert load_settings({"clickhouse_database": "my_db_2"}, environ={}).clickhouse_database == "my_db_2"
 
 
-def test_empty_default_tenant_is_refused_and_named() -> None:
-    with pytest.raises(ConfigError, match=r"^default_tenant:"):
-        load_settings({"default_tenant": ""}, environ={})
+@pytest.mark.parametrize("tenant", ["", "Shop", "-x", "a b", "x" * 64])
+def test_a_default_tenant_that_is_no_tenant_name_is_refused_and_named(tenant: str) -> None:
+    with pytest.raises(ConfigError, match=r"^default_tenant: 1 to 63 characters"):
+        load_settings({"default_tenant": tenant}, environ={})
+
+
+@pytest.mark.parametrize(("setting", "value"), [("auth_cache_ttl_s", "0"), ("auth_cache_size", "0")])
+def test_auth_cache_bounds_are_refused_and_named(setting: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{setting}: must be greater than zero"):
+        load_settings({setting: value}, environ={})
+
+
+def test_the_client_variables_are_not_settings() -> None:
+    environ = {"ACTIVITY_API_KEY": "ak_x", "ACTIVITY_TARGET": "h:1", "ACTIVITY_AUTH": "false"}
+    assert load_settings(environ=environ).auth is False
 
 
 @pytest.mark.parametrize("setting", ["clock_skew_tolerance_ms", "shutdown_grace_s"])

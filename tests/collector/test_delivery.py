@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from helpers import make_activity
+from helpers import make_activity, read_start
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
@@ -114,7 +114,10 @@ async def test_what_was_acknowledged_is_delivered_after_a_restart(
         await second.shutdown(grace=1)
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen[str]:
+def _serve(data: Path) -> tuple[subprocess.Popen[str], str]:
+    """`serve` on a port of its choosing (one chosen here could be taken before the server binds it);
+    the process and its address. The key a first start creates is kept in `_keys`."""
+
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -122,7 +125,7 @@ def _serve(data: Path, port: int) -> subprocess.Popen[str]:
             "collector.cli",
             "serve",
             "--listen",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             "--data-dir",
             str(data),
         ],
@@ -131,30 +134,29 @@ def _serve(data: Path, port: int) -> subprocess.Popen[str]:
         text=True,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening" in line, line + (proc.stderr.read() if proc.stderr else "")
-    return proc
+    address, key = read_start(proc)
+    if key is not None:
+        _keys[data] = key
+    return proc, address
 
 
-def _free_port() -> int:
-    import socket
+# The API key each data directory's first start printed.
+_keys: dict[Path, str] = {}
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def _auth(data: Path) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {_keys[data]}"),)
 
 
 async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port = _free_port()
-    proc = _serve(data, port)
+    proc, address = _serve(data)
     batches = {seq: [make_activity(seq * 1000 + i) for i in range(200)] for seq in range(1, 61)}
     acknowledged: set[int] = set()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)
-            call = stub.StreamActivities()
+            call = stub.StreamActivities(metadata=_auth(data))
 
             async def reader() -> None:
                 async for answer in call:
@@ -175,13 +177,15 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
     assert acknowledged, "nothing was acknowledged before the kill"
 
     # Restart on the same data directory; the client resends every batch it has no answer for.
-    proc = _serve(data, port)
+    proc, address = _serve(data)
     try:
         unanswered = [seq for seq in batches if seq not in acknowledged]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.ActivityServiceStub(channel)
             for seq in unanswered:
-                response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batches[seq]))
+                response = await stub.TrackActivities(
+                    pb.TrackActivitiesRequest(activities=batches[seq]), metadata=_auth(data)
+                )
                 assert response.accepted_count == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -189,7 +193,7 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
     # Read ClickHouse through a collector on the same data directory.
-    settle = _serve(data, port)
+    settle, address = _serve(data)
     try:
         expected = len(batches) * 200
         deadline = time.monotonic() + 30
@@ -219,12 +223,9 @@ def sql(data: Path, statement: str) -> list[str]:
     return result.stdout.split()[1:]
 
 
-async def test_rows_clickhouse_refuses_become_dead_letters_and_the_rest_is_delivered(
-    make_settings: Any,
-) -> None:
-    settings = make_settings(spool=True)
-    # Rows in the spool that slipped past validation (as if written by a collector with a different
-    # schema): one record ClickHouse refuses for its data, between two it takes.
+def plant_records(settings: Any) -> tuple[pb.Activity, pb.Activity, bytes]:
+    """Rows in the spool that slipped past validation (as if written by a collector with a different
+    schema): one record ClickHouse refuses for its data, between two it takes."""
     from helpers import items
 
     from workers.enrich import encode_rows
@@ -247,20 +248,77 @@ async def test_rows_clickhouse_refuses_become_dead_letters_and_the_rest_is_deliv
     )
     spool.sync()
     spool.close()
+    return good_a, good_b, bad_rows
 
+
+async def wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_rows_clickhouse_refuses_become_dead_letters_and_the_rest_is_delivered(
+    make_settings: Any,
+) -> None:
+    from workers.deadletters import DeadLetterStore
+
+    settings = make_settings(spool=True)
+    good_a, good_b, bad_rows = plant_records(settings)
     server = CollectorServer(settings)
     await server.start()
     try:
-        assert server.store is not None and server.pipeline is not None
+        assert server.store is not None and server.pipeline is not None and server.postgres is not None
         await wait_for_rows(server.store, 2)
-        deadline = time.monotonic() + 10
-        while server.pipeline.stats.dead_letters < 1 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        pipeline = server.pipeline
+        await wait_for(lambda: pipeline.stats.dead_letters >= 1, "the dead letter")
         assert server.pipeline.stats.dead_letters == 1
         assert set(query(server.store, "SELECT toString(id) FROM activities")) == {good_a.id, good_b.id}
-        letters = sorted(settings.dead_letter_dir.glob("*.json"))
+        letters = await DeadLetterStore(server.postgres.pool).list()
         assert len(letters) == 1
-        assert "CANNOT_PARSE_UUID" in letters[0].read_text() or "uuid" in letters[0].read_text().lower()
-        assert letters[0].with_suffix(".rows").read_bytes() == bad_rows
+        assert letters[0].rows == bad_rows
+        assert (letters[0].count, letters[0].tenant, letters[0].error_code) == (1, "default", 376)
+        assert "uuid" in letters[0].error.lower()
     finally:
         await server.shutdown(grace=1)
+
+
+async def test_dead_letters_wait_in_the_spool_while_postgresql_refuses_them(
+    make_settings: Any, postgres_dsn: str
+) -> None:
+    import asyncpg
+
+    from workers.deadletters import DeadLetterStore
+
+    settings = make_settings(spool=True)
+    good_a, good_b, bad_rows = plant_records(settings)
+    first = CollectorServer(settings)
+    await first.start()
+    assert first.postgres is not None and first.store is not None and first.pipeline is not None
+    await first.postgres.pool.execute("ALTER TABLE dead_letters RENAME TO dead_letters_away")
+    try:
+        await wait_for_rows(first.store, 2)
+        pipeline = first.pipeline
+        await wait_for(lambda: pipeline.stats.dead_letter_failures >= 2, "failed dead-letter writes")
+        assert pipeline.stats.dead_letters == 0
+        await first.shutdown(grace=0.5)
+    finally:
+        conn = await asyncpg.connect(postgres_dsn)
+        await conn.execute("ALTER TABLE dead_letters_away RENAME TO dead_letters")
+        await conn.close()
+
+    # The refused record stayed in the spool: the next start keeps it, once, and stores nothing twice.
+    second = CollectorServer(settings)
+    await second.start()
+    try:
+        assert second.postgres is not None and second.store is not None and second.pipeline is not None
+        pipeline = second.pipeline
+        await wait_for(lambda: pipeline.stats.dead_letters >= 1, "the dead letter")
+        letters = await DeadLetterStore(second.postgres.pool).list()
+        assert [(x.count, x.rows) for x in letters] == [(1, bad_rows)]
+        assert sorted(query(second.store, "SELECT toString(id) FROM activities")) == sorted(
+            [good_a.id, good_b.id]
+        )
+    finally:
+        await second.shutdown(grace=1)

@@ -7,7 +7,6 @@ every rejection says which field is at fault, or that the activity as a whole is
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from helpers import read_start, with_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,10 +37,8 @@ METHODS = {
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A server's address and the API key its first start created."""
     data = tmp_path_factory.mktemp("fuzz") / "data"
     proc = subprocess.Popen(
         [
@@ -49,7 +47,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "collector.cli",
             "serve",
             "--listen",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             "--data-dir",
             str(data),
         ],
@@ -58,18 +56,19 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         text=True,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    assert "listening" in proc.stdout.readline()
-    yield f"127.0.0.1:{port}"
+    address, key = read_start(proc)
+    assert key is not None
+    yield address, key
     assert proc.poll() is None, "the server died under fuzzing"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
 
 @pytest.fixture(scope="module")
-def channel(target: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(target) as ch:
-        yield ch
+def channel(target: tuple[str, str]) -> Iterator[grpc.Channel]:
+    address, key = target
+    with grpc.insecure_channel(address) as ch:
+        yield with_key(ch, key)
 
 
 text = st.text(max_size=80) | st.sampled_from(["", "view", "Add-To-Cart", "en_us", "EUR", "x" * 3000])
