@@ -4,7 +4,7 @@
 // no code generation step.
 //
 //   npm install
-//   node track.js --target 127.0.0.1:50051 --protos ../../protos
+//   ACTIVITY_API_KEY=ak_... node track.js --target 127.0.0.1:50051 --protos ../../protos
 //
 // Prints one JSON object with what the collector answered, and exits 0 when every call succeeded.
 
@@ -32,6 +32,11 @@ const definition = protoLoader.loadSync('activity/v1/activity.proto', {
 });
 const activityV1 = grpc.loadPackageDefinition(definition).activity.v1;
 const client = new activityV1.ActivityService(target, grpc.credentials.createInsecure());
+// Every call carries the tenant's API key (`activity-collector keys create --tenant NAME` prints one).
+const metadata = new grpc.Metadata();
+if (process.env.ACTIVITY_API_KEY) {
+  metadata.set('authorization', `Bearer ${process.env.ACTIVITY_API_KEY}`);
+}
 
 function now() {
   const ms = Date.now();
@@ -55,7 +60,7 @@ const RESEND = new Set([grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE]
 
 function trackActivities(request, attempt = 1) {
   return new Promise((resolve, reject) => {
-    client.trackActivities({ ...request, sent_at: now() }, { deadline: Date.now() + 10000 }, (error, response) => {
+    client.trackActivities({ ...request, sent_at: now() }, metadata, { deadline: Date.now() + 10000 }, (error, response) => {
       if (!error) return resolve(response);
       if (RESEND.has(error.code) && attempt < 5) {
         const delay = 250 * 2 ** attempt;
@@ -69,7 +74,7 @@ function trackActivities(request, attempt = 1) {
 function streamActivities(batches) {
   return new Promise((resolve, reject) => {
     const answers = [];
-    const call = client.streamActivities();
+    const call = client.streamActivities(metadata);
     call.on('data', (answer) => answers.push(answer));
     call.on('error', reject);
     call.on('end', () => resolve(answers));
