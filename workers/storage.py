@@ -8,9 +8,12 @@ never from the event loop.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import clickhouse_connect
@@ -116,11 +119,7 @@ class ClickHouseStore:
         self._idle: list[Any] = []
         self._all: list[Any] = []
         self._closed = False
-        self._insert_settings = {
-            "format_schema": ROW_SCHEMA,
-            "format_schema_source": "string",
-            "format_schema_message_name": ROW_MESSAGE,
-        }
+        self._insert_settings = self._row_schema_settings()
         admin = self._connect(database=None)
         try:
             admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
@@ -141,6 +140,26 @@ class ClickHouseStore:
             return clickhouse_connect.get_client(**kwargs)
         except ClickHouseError as error:
             raise classify(error) from error
+
+    def _row_schema_settings(self) -> dict[str, str]:
+        """How inserts name their row schema. A server takes it inline (no file to deploy); the embedded
+        engine would cache an inline schema under the process's working directory, so it reads a file
+        kept beside its data instead."""
+        if not self.is_embedded:
+            return {
+                "format_schema": ROW_SCHEMA,
+                "format_schema_source": "string",
+                "format_schema_message_name": ROW_MESSAGE,
+            }
+        directory = Path(self.dsn.removeprefix("chdb://")) / "format_schemas"
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(ROW_SCHEMA.encode()).hexdigest()[:16]
+        path = directory / f"activity_row_{digest}.proto"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(ROW_SCHEMA)
+            os.replace(tmp, path)
+        return {"format_schema": f"{path}:{ROW_MESSAGE}"}
 
     @property
     def is_embedded(self) -> bool:
