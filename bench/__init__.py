@@ -1,0 +1,1 @@
+"""Throughput benchmark of the activity collector: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,107 @@
+"""Transport ceiling: a no-op `activity.v1.ActivityService` on grpc.aio, in its own process.
+
+    python -m bench.noop_server --listen 127.0.0.1:0
+
+Same three RPCs, same raw-bytes handlers and transport options as the collector, but each handler only
+parses the request with the generated class and answers accepted_count = number of activities: no
+validation, no enrichment, no storage. What the collector reaches against this is the most that
+Python gRPC on this machine allows for the same load. Prints "noop-server listening on HOST:PORT"
+when ready; SIGTERM or SIGINT stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from bench.workload import SERVICE
+from collector.config import Limits
+from collector.proto.activity.v1 import activity_pb2 as pb
+
+_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
+
+
+async def track_activity(raw: bytes, _context: Any) -> bytes:
+    request = pb.TrackActivityRequest.FromString(raw)
+    accepted = 1 if request.HasField("activity") else 0
+    return pb.TrackActivityResponse(
+        accepted_count=accepted, activity_id=request.activity.id
+    ).SerializeToString()
+
+
+async def track_activities(raw: bytes, _context: Any) -> bytes:
+    request = pb.TrackActivitiesRequest.FromString(raw)
+    return pb.TrackActivitiesResponse(accepted_count=len(request.activities)).SerializeToString()
+
+
+async def stream_activities(_requests: Any, context: Any) -> None:
+    while True:
+        raw = await context.read()
+        if raw is _EOF:
+            return
+        request = pb.StreamActivitiesRequest.FromString(raw)
+        await context.write(
+            pb.StreamActivitiesResponse(
+                sequence=request.sequence, accepted_count=len(request.activities)
+            ).SerializeToString()
+        )
+
+
+def handler() -> grpc.GenericRpcHandler[Any, Any]:
+    serialize: Any = bytes
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "TrackActivity": grpc.unary_unary_rpc_method_handler(
+                track_activity, response_serializer=serialize
+            ),
+            "TrackActivities": grpc.unary_unary_rpc_method_handler(
+                track_activities, response_serializer=serialize
+            ),
+            "StreamActivities": grpc.stream_stream_rpc_method_handler(
+                stream_activities, response_serializer=serialize
+            ),
+        },
+    )
+
+
+async def serve(listen: str) -> int:
+    max_message = Limits().max_request_bytes + 64 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((handler(),))
+    port = server.add_insecure_port(listen)
+    if not port:
+        print(f"noop-server: cannot bind {listen}", file=sys.stderr)
+        return 1
+    await server.start()
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    print(f"noop-server listening on {listen.rpartition(':')[0]}:{port}", flush=True)
+    await stopped.wait()
+    await server.stop(5)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.noop_server")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    args = parser.parse_args(argv)
+    return asyncio.run(serve(args.listen))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
