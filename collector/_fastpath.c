@@ -288,26 +288,38 @@ static inline int is_canonical_name(const uint8_t *s, size_t n)
     return 1;
 }
 
-static inline int all_lower(const uint8_t *s, size_t n)
+static inline int is_upper_ascii(uint8_t c)
 {
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (s[i] < 'a' || s[i] > 'z')
-            return 0;
-    return 1;
+    return c >= 'A' && c <= 'Z';
 }
 
-/* [a-z]{2,3} or [a-z]{2,3}-[A-Z]{2}: the forms normalize_locale leaves unchanged. */
+static inline int is_lower_ascii(uint8_t c)
+{
+    return c >= 'a' && c <= 'z';
+}
+
+/* [a-z]{2,3}, then optionally -Xxxx (script), then optionally -XX (region): the forms
+ * normalize_locale leaves unchanged (en, en-US, zh-Hant, zh-Hant-TW). */
 static int is_canonical_locale(const uint8_t *s, size_t n)
 {
-    size_t lang;
-    if (n == 2 || n == 3)
-        return all_lower(s, n);
-    if (n != 5 && n != 6)
+    size_t i = 0;
+    while (i < n && is_lower_ascii(s[i]))
+        i++;
+    if (i < 2 || i > 3)
         return 0;
-    lang = n - 3;
-    return all_lower(s, lang) && s[lang] == '-' && s[lang + 1] >= 'A' && s[lang + 1] <= 'Z' &&
-           s[lang + 2] >= 'A' && s[lang + 2] <= 'Z';
+    if (i == n)
+        return 1;
+    if (s[i] != '-')
+        return 0;
+    i++;
+    if (n - i >= 4 && is_upper_ascii(s[i]) && is_lower_ascii(s[i + 1]) && is_lower_ascii(s[i + 2]) &&
+        is_lower_ascii(s[i + 3]) && (n - i == 4 || s[i + 4] == '-')) {
+        i += 4;
+        if (i == n)
+            return 1;
+        i++;
+    }
+    return n - i == 2 && is_upper_ascii(s[i]) && is_upper_ascii(s[i + 1]);
 }
 
 static inline int hexval(uint8_t c)
