@@ -343,10 +343,8 @@ def mask_dsn(dsn: str) -> str:
     scheme, sep, rest = dsn.partition("://")
     if not sep:
         return "***"
-    authority, slash, tail = rest.partition("/")
-    if not slash:
-        authority, question, tail = rest.partition("?")
-        slash = "?" if question else ""
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
     if "@" in authority:
         userinfo, _, host = authority.rpartition("@")
         user, colon, _password = userinfo.partition(":")
@@ -359,7 +357,7 @@ def mask_dsn(dsn: str) -> str:
             secret = eq and urllib.parse.unquote_plus(key).lower() in _SECRET_PARAMS
             params.append(f"{key}=***" if secret else param)
         tail = f"{path}?{'&'.join(params)}"
-    return f"{scheme}://{authority}{slash}{tail}"
+    return f"{scheme}://{authority}{tail}"
 
 
 def _kind(f: dataclasses.Field[Any]) -> str:
