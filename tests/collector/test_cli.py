@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import read_start
 
+from collector.config import SETTING_NAMES
+
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,7 +239,7 @@ def test_config_prints_every_setting_its_value_and_origin_with_passwords_masked(
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in result.stdout.splitlines()[1:]}
     assert result.stdout.splitlines()[0].split() == ["setting", "value", "source"]
-    assert set(rows) == set(__import__("collector.config").config.SETTING_NAMES)
+    assert set(rows) == set(SETTING_NAMES)
     good = str(TESTDATA / "good.toml")
     assert rows["listen"] == ['"127.0.0.1:7000"', "flag (--listen)"]
     assert rows["insert_workers"] == ["8", "env (ACTIVITY_INSERT_WORKERS)"]
