@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collector.config import SETTING_NAMES, ConfigError, EffectiveSettings, Settings, load_config
+from collector.config import LOG_LEVELS, SETTING_NAMES, ConfigError, EffectiveSettings, Settings, load_config
 
 FORMATS = {
     "table": "PrettyCompactMonoBlock",
@@ -62,6 +62,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen",
         help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
     )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, help="least severe log events written (default info)"
+    )
     _store_flags(parser)
 
 
@@ -74,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC service")
     _serve_flags(serve)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     config = sub.add_parser(
         "config",
@@ -202,6 +204,7 @@ def _effective(args: argparse.Namespace) -> EffectiveSettings:
         "http_listen": getattr(args, "http_listen", None),
         "tls_cert_file": getattr(args, "tls_cert_file", None),
         "tls_key_file": getattr(args, "tls_key_file", None),
+        "log_level": getattr(args, "log_level", None),
     }
     return load_config(overrides, config_file=getattr(args, "config", None))
 
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from collector.serve import serve
 
-            return asyncio.run(serve(_settings(args), args.log_level))
+            return asyncio.run(serve(_settings(args)))
         if args.command == "config":
             return print_config(_effective(args), args.format)
         if args.command == "send":

@@ -40,6 +40,9 @@ TENANT_NAME_RULE = (
 )
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 class ConfigError(ValueError):
     """A setting has a value the collector cannot run with; the message names the setting."""
 
@@ -169,6 +172,8 @@ class Settings:
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM or SIGINT, how long in-flight requests get to finish before they are cancelled."""
+    log_level: str = "info"
+    """Least severe log events written: debug, info, warning or error."""
     health_interval_s: float = 5.0
     """How often the store's health is checked for the gRPC health service, in seconds; also the longest
     a probe query may take before the store counts as unreachable."""
@@ -251,6 +256,8 @@ class Settings:
             raise ConfigError(
                 f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
             )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not 0 < self.health_interval_s < math.inf:
             raise ConfigError(
                 f"health_interval_s: must be a finite number greater than zero, got {self.health_interval_s}"

@@ -32,6 +32,7 @@ def test_good_file_sets_top_level_and_grouped_settings() -> None:
     assert settings.clock_skew_tolerance_ms == 250.0
     assert isinstance(settings.clock_skew_tolerance_ms, float)
     assert settings.shutdown_grace_s == 2.5
+    assert settings.log_level == "warning"
     assert settings.limits.max_batch_activities == 500
     assert settings.limits.max_future_skew_s == 60.0
     assert settings.pipeline.queue_capacity == 300_000
@@ -122,6 +123,7 @@ BAD_FILES = [
         r"^queue_capacity: must be at least max_batch_activities \(100\), got 10 \(set in .*\.toml\)",
     ),
     ("bad-group-not-a-table.toml", r"^limits: expected a table \(\[limits\]\), got 5"),
+    ("bad-log-level.toml", r"^log_level: one of debug, .*, got 'verbose' \(set in .*bad-log-level\.toml\)"),
     ("bad-syntax.toml", r"^config: .*bad-syntax\.toml is not valid TOML"),
     ("bad-dsn.toml", r"^clickhouse_dsn: must start with .* \(set in .*bad-dsn\.toml\)"),
 ]
