@@ -1,15 +1,16 @@
-"""`activity-collector`: serve, send, health, sql, report, migrate, dead-letters, tenants, keys."""
+"""`activity-collector`: serve, send, health, sql, report, migrate, dead-letters, tenants, keys, config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from collector.config import ConfigError, Settings, load_settings
+from collector.config import LOG_LEVELS, SETTING_NAMES, ConfigError, EffectiveSettings, Settings, load_config
 
 FORMATS = {
     "table": "PrettyCompactMonoBlock",
@@ -19,7 +20,16 @@ FORMATS = {
 }
 
 
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file; flags and ACTIVITY_* variables override it (ACTIVITY_CONFIG)",
+    )
+
+
 def _store_flags(parser: argparse.ArgumentParser) -> None:
+    _config_flag(parser)
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
     parser.add_argument(
         "--clickhouse-dsn",
@@ -38,6 +48,26 @@ def _postgres_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
+    parser.add_argument(
+        "--tls-cert-file", help="PEM certificate chain: TLS on the gRPC port and the HTTP door"
+    )
+    parser.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
+    parser.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP/JSON door, POST /v1/activities (default 127.0.0.1:8080; empty: none)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, help="least severe log events written (default info)"
+    )
+    _store_flags(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="activity-collector",
@@ -46,21 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC service")
-    serve.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
-    serve.add_argument(
-        "--tls-cert-file", help="PEM certificate chain: TLS on the gRPC port and the HTTP door"
+    _serve_flags(serve)
+
+    config = sub.add_parser(
+        "config",
+        help="print the effective configuration: every setting, its value and where it came from",
+        description="Takes the flags of `serve`; passwords in DSNs are masked.",
     )
-    serve.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
-    serve.add_argument(
-        "--http-listen",
-        help="HOST:PORT of the HTTP/JSON door, POST /v1/activities (default 127.0.0.1:8080; empty: none)",
+    _serve_flags(config)
+    config.add_argument(
+        "--format", choices=["table", "json"], default="table", help="output format (default table)"
     )
-    serve.add_argument(
-        "--metrics-listen",
-        help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
-    )
-    _store_flags(serve)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     send = sub.add_parser("send", help="send activities from a JSON Lines file to a running server")
     send.add_argument("file", help="JSON Lines file, one activity per line (proto JSON mapping); - for stdin")
@@ -105,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub, _store_flags, sorted(FORMATS))
 
     migrate = sub.add_parser("migrate", help="apply the PostgreSQL migrations this release lacks")
+    _config_flag(migrate)
     migrate.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
     _postgres_flags(migrate)
 
@@ -158,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         key_list,
         key_revoke,
     ):
+        _config_flag(action)
         action.add_argument(
             "--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)"
         )
@@ -165,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _effective(args: argparse.Namespace) -> EffectiveSettings:
     overrides: dict[str, Any] = {
         "data_dir": getattr(args, "data_dir", None),
         "clickhouse_dsn": getattr(args, "clickhouse_dsn", None),
@@ -176,8 +204,38 @@ def _settings(args: argparse.Namespace) -> Settings:
         "http_listen": getattr(args, "http_listen", None),
         "tls_cert_file": getattr(args, "tls_cert_file", None),
         "tls_key_file": getattr(args, "tls_key_file", None),
+        "log_level": getattr(args, "log_level", None),
     }
-    return load_settings(overrides)
+    return load_config(overrides, config_file=getattr(args, "config", None))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return _effective(args).settings
+
+
+def print_config(effective: EffectiveSettings, output_format: str) -> int:
+    """Every setting, its value (passwords in DSNs masked) and where it came from."""
+    if output_format == "json":
+        document = {
+            name: {
+                "value": effective.shown(name),
+                "source": effective.origin(name).source,
+                **({"from": effective.origin(name).where} if effective.origin(name).where else {}),
+            }
+            for name in SETTING_NAMES
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    rows = [("setting", "value", "source")]
+    for name in SETTING_NAMES:
+        value = effective.shown(name)
+        shown = json.dumps(value) if isinstance(value, (bool, str)) else str(value)
+        origin = effective.origin(name)
+        rows.append((name, shown, f"{origin.source} ({origin.where})" if origin.where else origin.source))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from collector.serve import serve
 
-            return asyncio.run(serve(_settings(args), args.log_level))
+            return asyncio.run(serve(_settings(args)))
+        if args.command == "config":
+            return print_config(_effective(args), args.format)
         if args.command == "send":
             from collector.send import send
 

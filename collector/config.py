@@ -1,31 +1,46 @@
-"""The collector's configuration: one typed, validated object, read from flags over environment variables.
+"""The collector's configuration: one typed, validated object, read from command-line flags over
+environment variables over a TOML configuration file over the defaults.
 
 Every setting has a documented default (see ``docs/configuration.md``); a bad value stops start-up with a
-message that names the setting. Environment variables are named ``ACTIVITY_<SETTING>`` in upper case;
-an unknown ``ACTIVITY_*`` variable is refused, so that a misspelt setting never goes unnoticed.
+message that names the setting, and where it was set. Environment variables are named
+``ACTIVITY_<SETTING>`` in upper case; an unknown ``ACTIVITY_*`` variable, or an unknown key in the file,
+is refused, so that a misspelt setting never goes unnoticed. The file (``--config FILE`` or
+``ACTIVITY_CONFIG``) holds the service settings at its top level and the grouped ones in ``[limits]``
+and ``[pipeline]`` tables, named as everywhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
+import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ENV_PREFIX = "ACTIVITY_"
+CONFIG_ENV = "ACTIVITY_CONFIG"
+"""The variable naming the configuration file, when no --config flag does."""
 
-# Variables read by the command-line client rather than by the service settings below.
-CLIENT_ENV = frozenset({"ACTIVITY_TARGET", "ACTIVITY_API_KEY"})
+# Variables read by the command-line client, or naming the file, rather than settings themselves.
+CLIENT_ENV = frozenset({"ACTIVITY_TARGET", "ACTIVITY_API_KEY", CONFIG_ENV})
+
+SECRET: dict[str, Any] = {"secret": True}
+"""Field metadata of settings that may carry a password: shown masked by `activity-collector config`."""
 
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 TENANT_NAME_RULE = (
     "1 to 63 characters: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
 )
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -128,12 +143,12 @@ class Settings:
     """PEM private key of tls_cert_file."""
     data_dir: Path = Path("data")
     """Directory for local data: the embedded ClickHouse engine's files and the control socket."""
-    clickhouse_dsn: str = ""
+    clickhouse_dsn: str = field(default="", metadata=SECRET)
     """ClickHouse to store into: http(s)://user:pass@host:8123 for a server, chdb:///path for the
     embedded engine. Empty: the embedded engine under <data_dir>/clickhouse."""
     clickhouse_database: str = "activity"
     """ClickHouse database holding the product's tables; created when missing."""
-    postgres_dsn: str = ""
+    postgres_dsn: str = field(default="", metadata=SECRET)
     """PostgreSQL for the dead-letter store: postgresql://user:pass@host:5432/db for a server. Empty: an
     embedded PostgreSQL with its data under <data_dir>/postgres, started with the collector and stopped
     when the last process using it exits."""
@@ -157,6 +172,8 @@ class Settings:
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM or SIGINT, how long in-flight requests get to finish before they are cancelled."""
+    log_level: str = "info"
+    """Least severe log events written: debug, info, warning or error."""
     health_interval_s: float = 5.0
     """How often the store's health is checked for the gRPC health service, in seconds; also the longest
     a probe query may take before the store counts as unreachable."""
@@ -215,7 +232,9 @@ class Settings:
             )
         dsn = self.clickhouse_dsn
         if dsn and not dsn.startswith(("http://", "https://", "chdb://")):
-            raise ConfigError(f"clickhouse_dsn: must start with http://, https:// or chdb://, got {dsn!r}")
+            raise ConfigError(
+                f"clickhouse_dsn: must start with http://, https:// or chdb://, got {mask_dsn(dsn)!r}"
+            )
         pg = self.postgres_dsn
         if pg and not pg.startswith(("postgresql://", "postgres://")):
             raise ConfigError(
@@ -237,6 +256,8 @@ class Settings:
             raise ConfigError(
                 f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
             )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not 0 < self.health_interval_s < math.inf:
             raise ConfigError(
                 f"health_interval_s: must be a finite number greater than zero, got {self.health_interval_s}"
@@ -275,10 +296,85 @@ def _setting_names() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
 SETTING_NAMES = _setting_names()
 
 
+GROUPS = ("limits", "pipeline")
+
+Source = Literal["default", "file", "env", "flag"]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a setting's value came from: `where` is the file, the variable or the flag."""
+
+    source: Source
+    where: str = ""
+
+    def __str__(self) -> str:
+        if self.source == "file":
+            return f"set in {self.where}"
+        if self.source in ("env", "flag"):
+            return f"set by {self.where}"
+        return "default"
+
+
+DEFAULT = Origin("default")
+
+
+@dataclass(frozen=True)
+class EffectiveSettings:
+    """Validated settings, and where each of them came from."""
+
+    settings: Settings
+    origins: Mapping[str, Origin]
+
+    def value(self, name: str) -> Any:
+        group, _ = SETTING_NAMES[name]
+        owner = getattr(self.settings, group) if group else self.settings
+        return getattr(owner, name)
+
+    def shown(self, name: str) -> Any:
+        """The value as it may be printed: passwords in DSNs masked, paths as text."""
+        value = self.value(name)
+        if SETTING_NAMES[name][1].metadata.get("secret") and value:
+            return mask_dsn(str(value))
+        return str(value) if isinstance(value, Path) else value
+
+    def origin(self, name: str) -> Origin:
+        return self.origins.get(name, DEFAULT)
+
+
+_SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+
+
+def mask_dsn(dsn: str) -> str:
+    """`dsn` with its password (in the user part, or a `password` query parameter) replaced by ***."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return "***"
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        authority = f"{user}:***@{host}" if colon else authority
+    path, question, query = tail.partition("?")
+    if question:
+        params = []
+        for param in query.split("&"):
+            key, eq, _value = param.partition("=")
+            secret = eq and urllib.parse.unquote_plus(key).lower() in _SECRET_PARAMS
+            params.append(f"{key}=***" if secret else param)
+        tail = f"{path}?{'&'.join(params)}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def _kind(f: dataclasses.Field[Any]) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+
+
 def _convert(name: str, f: dataclasses.Field[Any], raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    kind = _kind(f)
     try:
         if kind == "int":
             return int(raw.replace("_", ""))
@@ -302,12 +398,96 @@ def _convert(name: str, f: dataclasses.Field[Any], raw: Any) -> Any:
     return raw
 
 
-def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Build validated settings: `overrides` (from flags; None values ignored) over ACTIVITY_* variables."""
+_TOML_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean (true or false)",
+    "str": "a string",
+    "Path": "a string (a path)",
+}
+
+
+def _from_toml(name: str, f: dataclasses.Field[Any], value: Any, path: Path) -> Any:
+    """A value of the file, typed as TOML types it; a value of another type is refused, not converted."""
+    kind = _kind(f)
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "Path": isinstance(value, str),
+    }.get(kind, False)
+    if not ok:
+        got = type(value).__name__
+        shown = "a table" if isinstance(value, dict) else f"{got} {value!r}"
+        raise ConfigError(f"{name}: expected {_TOML_KINDS.get(kind, kind)}, got {shown} (in {path})")
+    if kind == "float":
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r} (in {path})")
+        return float(value)
+    return Path(value) if kind == "Path" else value
+
+
+def _unknown(key: str, table: str | None, path: Path) -> ConfigError:
+    shown = f"{table}.{key}" if table else key
+    entry = SETTING_NAMES.get(key)
+    if entry is not None:
+        place = f"the [{entry[0]}] table" if entry[0] else "the top level, before any table"
+        hint = f": {key} belongs at {place}"
+    else:
+        candidates = [n for n, (g, _) in SETTING_NAMES.items() if g == table] + (
+            [] if table else list(GROUPS)
+        )
+        close = difflib.get_close_matches(key, candidates, n=1)
+        hint = f": did you mean {close[0]}?" if close else ""
+    return ConfigError(f"{shown}: unknown setting in {path}{hint}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML configuration file, typed; unknown keys and ill-typed values refused,
+    naming the key and the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"config: cannot read {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config: {path} is not valid TOML: {error}") from None
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if key in GROUPS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table ([{key}]), got {value!r} (in {path})")
+            for name, item in value.items():
+                entry = SETTING_NAMES.get(name)
+                if entry is None or entry[0] != key:
+                    raise _unknown(name, key, path)
+                values[name] = _from_toml(name, entry[1], item, path)
+            continue
+        entry = SETTING_NAMES.get(key)
+        if entry is None or entry[0] is not None:
+            raise _unknown(key, None, path)
+        values[key] = _from_toml(key, entry[1], value, path)
+    return values
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> EffectiveSettings:
+    """Validated settings and their origins: `overrides` (from flags; None values ignored) over
+    ACTIVITY_* variables over the file (`config_file`, else ACTIVITY_CONFIG; none when both are unset or
+    empty) over the defaults."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origins: dict[str, Origin] = {}
+    path = config_file if config_file is not None else environ.get(CONFIG_ENV)
+    if path:
+        for name, value in read_config_file(path).items():
+            values[name] = value
+            origins[name] = Origin("file", str(path))
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in CLIENT_ENV:
             continue
@@ -315,19 +495,38 @@ def load_settings(
         if name not in SETTING_NAMES:
             raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(SETTING_NAMES))})")
         values[name] = raw
+        origins[name] = Origin("env", key)
     for name, value in (overrides or {}).items():
         if value is None:
             continue
         if name not in SETTING_NAMES:
             raise ConfigError(f"{name}: unknown setting")
         values[name] = value
+        origins[name] = Origin("flag", "--" + name.replace("_", "-"))
 
-    top: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {"limits": {}, "pipeline": {}}
-    for name, raw in values.items():
-        group, f = SETTING_NAMES[name]
-        value = _convert(name, f, raw)
-        (groups[group] if group else top)[name] = value
-    return Settings(
-        **top, limits=Limits(**groups["limits"]), pipeline=PipelineSettings(**groups["pipeline"])
-    ).validate()
+    try:
+        top: dict[str, Any] = {}
+        groups: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+        for name, raw in values.items():
+            group, f = SETTING_NAMES[name]
+            value = _convert(name, f, raw)
+            (groups[group] if group else top)[name] = value
+        settings = Settings(
+            **top, limits=Limits(**groups["limits"]), pipeline=PipelineSettings(**groups["pipeline"])
+        ).validate()
+    except ConfigError as error:
+        # The messages start with the setting's name; say where its value came from.
+        origin = origins.get(str(error).partition(":")[0])
+        if origin is None:
+            raise
+        raise ConfigError(f"{error} ({origin})") from None
+    return EffectiveSettings(settings, origins)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Validated settings: flags over ACTIVITY_* variables over the configuration file over defaults."""
+    return load_config(overrides, environ, config_file).settings

@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2, status_pb2
 
 from collector.auth import TENANT, Authenticator, AuthError, bearer_key
+from collector.logs import REQUEST_ID, new_request_id
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.service import ActivityService, RequestFailed
 from collector.web import WebListener
@@ -70,7 +71,7 @@ class HttpServer(WebListener):
         authenticator: Authenticator | None = None,
     ) -> None:
         app = web.Application(client_max_size=max_body_bytes)
-        app.router.add_post(PATH, self._track)
+        app.router.add_post(PATH, self._identified)
         app.router.add_route("OPTIONS", PATH, self._preflight)
         super().__init__(app, listen, "http_listen", ssl_context)
         self.service = service
@@ -93,7 +94,7 @@ class HttpServer(WebListener):
         origin = self._allowed_origin(request)
         if origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
             response.headers["Vary"] = "Origin"
 
     async def _preflight(self, request: web.Request) -> web.Response:
@@ -119,6 +120,18 @@ class HttpServer(WebListener):
         if retry_delay_s is not None:
             response.headers["Retry-After"] = str(max(1, math.ceil(retry_delay_s)))
         self._cors(request, response)
+        return response
+
+    async def _identified(self, request: web.Request) -> web.Response:
+        """`_track` with a request id: on the log events of its handling, and in `X-Request-Id`."""
+        request_id = new_request_id()
+        # Requests on one connection run in one task: the id is reset for the next.
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = await self._track(request)
+        finally:
+            REQUEST_ID.reset(token)
+        response.headers["X-Request-Id"] = request_id
         return response
 
     async def _track(self, request: web.Request) -> web.Response:

@@ -14,8 +14,8 @@ from workers.storage import StoreError
 log = logging.getLogger("collector")
 
 
-async def serve(settings: Settings, log_level: str = "info") -> int:
-    logs.configure(log_level)
+async def serve(settings: Settings) -> int:
+    logs.configure(settings.log_level)
     server = CollectorServer(settings)
     try:
         await server.start()

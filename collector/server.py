@@ -25,6 +25,7 @@ from collector.health import HealthMonitor
 from collector.http import HttpServer, parse_origins
 from collector.metrics import Metrics, MetricsServer
 from collector.postgres import Postgres
+from collector.requestid import RequestIdHandler
 from collector.service import ActivityService
 from collector.tenants import TenantStore
 from collector.web import server_ssl_context
@@ -103,6 +104,7 @@ class CollectorServer:
                 retry_delay_s=settings.pipeline.retry_delay_ms / 1000,
             )
             handler = AuthenticatingHandler(handler, self.authenticator)
+        handler = RequestIdHandler(handler)
         self._grpc.add_generic_rpc_handlers((handler,))
         self.health = HealthMonitor(
             self.store, self.pipeline, settings.health_interval_s, settings.limits.max_request_bytes

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from collector import fastpath
 from collector.auth import TENANT
 from collector.config import Settings
+from collector.logs import REQUEST_ID, new_request_id
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.status import status_trailer
 from collector.validation import (
@@ -396,8 +397,13 @@ class ActivityService:
         in_flight: set[asyncio.Task[None]] = set()
         drained = asyncio.ensure_future(self._draining.wait())
         self._enter()
+        # Set by collector.requestid for the stream; each batch is a request of its own within it.
+        stream_id = REQUEST_ID.get() or new_request_id()
+        batches = 0
 
-        async def answer(raw: bytes) -> None:
+        async def answer(raw: bytes, batch: int) -> None:
+            # This task's own context: the id does not leak into the stream's other batches.
+            REQUEST_ID.set(f"{stream_id}/{batch}")
             try:
                 response = await self._stream_batch(raw)
                 async with write_lock:
@@ -418,7 +424,8 @@ class ActivityService:
                 if raw is _EOF:
                     slots.release()
                     break
-                task = asyncio.create_task(answer(raw))
+                batches += 1
+                task = asyncio.create_task(answer(raw, batches))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
             if in_flight:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collector.config import SETTING_NAMES
+from collector.config import SETTING_NAMES, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +21,13 @@ def test_readme_commands_exist() -> None:
     assert (ROOT / "scripts" / "test").stat().st_mode & 0o111
     ci = (ROOT / ".ci" / "run").read_text()
     assert "./scripts/test" in ci
+
+
+def test_the_configuration_files_shown_in_the_docs_are_valid(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+    assert blocks
+    for n, block in enumerate(blocks):
+        path = tmp_path / f"{n}.toml"
+        path.write_text(block)
+        load_settings(environ={}, config_file=path)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import read_start
 
+from collector.config import SETTING_NAMES
+
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,3 +222,57 @@ def test_dead_letters_beside_a_running_server_and_without_one(served) -> None:  
     purged = cli("dead-letters", "purge", "--all", "--data-dir", str(data))
     assert purged.stdout == "purged 1 dead letters\n"
     assert not (data / "postgres" / "postmaster.pid").exists()
+
+
+TESTDATA = ROOT / "tests" / "testdata" / "config"
+
+
+def test_config_prints_every_setting_its_value_and_origin_with_passwords_masked() -> None:
+    result = cli(
+        "config",
+        "--config",
+        str(TESTDATA / "good.toml"),
+        "--listen",
+        "127.0.0.1:7000",
+        env={"ACTIVITY_INSERT_WORKERS": "8", "ACTIVITY_CONFIG": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in result.stdout.splitlines()[1:]}
+    assert result.stdout.splitlines()[0].split() == ["setting", "value", "source"]
+    assert set(rows) == set(SETTING_NAMES)
+    good = str(TESTDATA / "good.toml")
+    assert rows["listen"] == ['"127.0.0.1:7000"', "flag (--listen)"]
+    assert rows["insert_workers"] == ["8", "env (ACTIVITY_INSERT_WORKERS)"]
+    assert rows["queue_capacity"] == ["300000", f"file ({good})"]
+    assert rows["spool"] == ["false", f"file ({good})"]
+    assert rows["clickhouse_dsn"] == ['"http://writer:***@clickhouse:8123"', f"file ({good})"]
+    assert rows["postgres_dsn"] == ['"postgresql://writer:***@postgres:5432/activity"', f"file ({good})"]
+    assert rows["max_segments"] == ["64", "default"]
+    assert "s3cret" not in result.stdout
+
+
+def test_config_as_json_names_the_file_from_the_environment() -> None:
+    good = str(TESTDATA / "good.toml")
+    result = cli("config", "--format", "json", env={"ACTIVITY_CONFIG": good})
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["listen"] == {"value": "127.0.0.1:6000", "source": "file", "from": good}
+    assert document["max_batch_activities"] == {"value": 500, "source": "file", "from": good}
+    assert document["clock_skew_tolerance_ms"]["value"] == 250.0
+    assert document["data_dir"]["value"] == "/srv/activity"
+    assert document["http_listen"] == {"value": "127.0.0.1:8080", "source": "default"}
+    assert document["clickhouse_dsn"]["value"] == "http://writer:***@clickhouse:8123"
+    assert "s3cret" not in result.stdout
+
+
+def test_a_bad_config_file_stops_serve_naming_the_setting_and_the_file(tmp_path: Path) -> None:
+    bad = TESTDATA / "bad-type.toml"
+    result = cli("serve", "--config", str(bad), "--data-dir", str(tmp_path), env={"ACTIVITY_CONFIG": ""})
+    assert result.returncode == 2
+    assert f"configuration error: insert_workers: expected an integer, got str 'four' (in {bad})" in (
+        result.stderr
+    )
+    unknown = cli("sql", "SELECT 1", env={"ACTIVITY_CONFIG": str(TESTDATA / "bad-unknown-key.toml")})
+    assert unknown.returncode == 2
+    assert "max_batch_activites: unknown setting in" in unknown.stderr
+    assert "bad-unknown-key.toml" in unknown.stderr

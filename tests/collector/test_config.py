@@ -279,3 +279,9 @@ def test_control_socket_is_in_the_data_dir(tmp_path: Path) -> None:
 def test_non_finite_numbers_are_refused_and_named(setting: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{setting}: "):
         load_settings(environ={f"ACTIVITY_{setting.upper()}": value})
+
+
+def test_log_level_is_one_of_the_known_levels() -> None:
+    assert load_settings(environ={"ACTIVITY_LOG_LEVEL": "debug"}).log_level == "debug"
+    with pytest.raises(ConfigError, match=r"^log_level: one of debug, info, warning, error, got 'loud'"):
+        load_settings({"log_level": "loud"}, environ={})

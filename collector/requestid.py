@@ -1,0 +1,71 @@
+"""Request ids on the gRPC door: every call of the activity service gets one, set in `REQUEST_ID` so
+that the log events of its handling carry it, and returned to the client as `x-request-id` metadata.
+
+Unary calls return it in the trailing metadata, whether they succeed or fail (failures through
+`collector.status.status_trailer`). A stream gets one id,
+sent in its initial metadata when the call starts; its k-th batch (counting from 1, in the order the
+client sent them) is handled as request `<stream id>/<k>`.
+
+The wrapper sits outside authentication, so that a refused or failed key check is logged with the id
+the client sees too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import grpc.aio
+
+from collector.logs import REQUEST_ID, new_request_id
+from collector.status import REQUEST_ID_KEY as HEADER
+
+if TYPE_CHECKING:
+    _Handler = grpc.GenericRpcHandler[Any, Any]
+else:  # not subscriptable at run time
+    _Handler = grpc.GenericRpcHandler
+
+
+class RequestIdHandler(_Handler):
+    """Wraps a handler: each call it serves runs with a request id of its own."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any]) -> None:
+        self._inner = inner
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        handler = cast(Any, self._inner.service(details))
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._stream(handler.stream_stream))
+        return handler
+
+    @staticmethod
+    def _unary(behaviour: Any) -> Any:
+        async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            request_id = new_request_id()
+            token = REQUEST_ID.set(request_id)
+            try:
+                response = await behaviour(request, context)
+                context.set_trailing_metadata((*(context.trailing_metadata() or ()), (HEADER, request_id)))
+                return response
+            finally:
+                # A call that fails is aborted with status_trailer's metadata, which carries the id.
+                REQUEST_ID.reset(token)
+
+        return identified
+
+    @staticmethod
+    def _stream(behaviour: Any) -> Any:
+        async def identified(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            request_id = new_request_id()
+            token = REQUEST_ID.set(request_id)
+            try:
+                await context.send_initial_metadata(((HEADER, request_id),))
+                await behaviour(requests, context)
+            finally:
+                REQUEST_ID.reset(token)
+
+        return identified
