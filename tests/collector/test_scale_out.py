@@ -1,0 +1,137 @@
+"""Several collectors, each with its own spool, in front of one store: nothing lost, nothing counted twice.
+
+The embedded engine admits one process per data directory, so the collectors here are two
+`CollectorServer`s in this process, with data directories (spools) of their own, sharing the session's
+engine, as collectors on several machines share a ClickHouse cluster. What a cluster adds (Distributed
+inserts, replication) is covered on paper in docs/scaling.md."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import pytest
+from helpers import make_activity
+
+from collector.config import ConfigError, load_settings
+from collector.proto.activity.v1 import activity_pb2 as pb
+from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from collector.server import CollectorServer
+from workers.schema import DEFAULT_SHARDING_KEY
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def query(server: CollectorServer, sql: str) -> list[str]:
+    assert server.store is not None
+    return server.store.query(sql, "TabSeparated").decode().split()
+
+
+async def wait_until_drained(servers: list[CollectorServer], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(
+            s.pipeline is not None and s.pipeline.spool is not None and s.pipeline.spool.pending_rows == 0
+            for s in servers
+        ):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the spools did not drain")
+
+
+async def test_two_collectors_with_their_own_spools_store_every_activity_once(
+    start_server: Any, tmp_path: Path
+) -> None:
+    first: CollectorServer = await start_server(spool=True, data_dir=tmp_path / "a", drain_interval_ms=20)
+    second: CollectorServer = await start_server(spool=True, data_dir=tmp_path / "b", drain_interval_ms=20)
+    assert first.settings.spool_dir != second.settings.spool_dir
+    batches = [[make_activity(n * 10 + i) for i in range(10)] for n in range(40)]
+    async with (
+        grpc.aio.insecure_channel(first.address) as one,
+        grpc.aio.insecure_channel(second.address) as two,
+    ):
+        stubs = [pb_grpc.ActivityServiceStub(one), pb_grpc.ActivityServiceStub(two)]
+
+        async def send(n: int, batch: list[pb.Activity]) -> int:
+            # A load balancer spreads the calls; a client that resends (it lost the answer) may
+            # reach the other collector.
+            answer = await stubs[n % 2].TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            if n % 4 == 0:
+                await stubs[(n + 1) % 2].TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            return int(answer.accepted_count)
+
+        accepted = await asyncio.gather(*(send(n, b) for n, b in enumerate(batches)))
+    assert sum(accepted) == 400
+    await wait_until_drained([first, second])
+
+    sent = {a.id for b in batches for a in b}
+    resent = sum(len(b) for n, b in enumerate(batches) if n % 4 == 0)
+    # Each collector inserted what it took: the resent copies are rows of their own until a merge
+    # collapses them (the test cannot tell when) ...
+    rows, distinct = map(int, query(first, "SELECT count(), uniqExact(id) FROM activities"))
+    assert 400 <= rows <= 400 + resent and distinct == 400
+    # ... and one row each in the merged view, the counts and the aggregates.
+    assert query(first, "SELECT count() FROM activities FINAL") == ["400"]
+    assert set(query(second, "SELECT toString(id) FROM activities FINAL")) == sent
+    assert query(second, "SELECT uniqExactMerge(activities) FROM activity_stats_hourly") == ["400"]
+    assert first.pipeline is not None and second.pipeline is not None
+    assert first.pipeline.stats.inserts > 0 and second.pipeline.stats.inserts > 0
+
+
+async def test_what_a_stopped_collector_acknowledged_is_delivered_by_its_own_restart(
+    start_server: Any, make_settings: Any, tmp_path: Path
+) -> None:
+    first: CollectorServer = await start_server(spool=True, data_dir=tmp_path / "a")
+    second: CollectorServer = await start_server(spool=True, data_dir=tmp_path / "b", drain_interval_ms=20)
+    assert first.store is not None and second.store is not None
+    # ClickHouse is away while the first collector acknowledges, then stops.
+    first.store.command("RENAME TABLE activities TO activities_away")
+    batches = [[make_activity(n * 10 + i) for i in range(10)] for n in range(6)]
+    async with grpc.aio.insecure_channel(first.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        for batch in batches[:3]:
+            answer = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            assert answer.accepted_count == 10
+    await first.shutdown(grace=0.2)
+    second.store.command("RENAME TABLE activities_away TO activities")
+    async with grpc.aio.insecure_channel(second.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        for batch in batches[3:]:
+            answer = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            assert answer.accepted_count == 10
+    await wait_until_drained([second])
+    # The other collector delivers its own; the first one's acknowledged activities wait in its spool ...
+    assert query(second, "SELECT count() FROM activities") == ["30"]
+    # ... until it starts again on the same data directory (the volume that must outlive a container).
+    restarted = CollectorServer(make_settings(spool=True, data_dir=tmp_path / "a", drain_interval_ms=20))
+    await restarted.start()
+    try:
+        await wait_until_drained([restarted])
+        assert query(second, "SELECT count(), uniqExact(id) FROM activities") == ["60", "60"]
+    finally:
+        await restarted.shutdown(grace=1.0)
+
+
+def test_cluster_settings_are_validated() -> None:
+    dsn = "http://collector:secret@clickhouse-01:8123"
+    settings = load_settings({"clickhouse_cluster": "activity", "clickhouse_dsn": dsn}, environ={})
+    assert settings.cluster.enabled and settings.cluster.sharding_key == DEFAULT_SHARDING_KEY
+    assert not load_settings({}, environ={}).cluster.enabled
+    env = {
+        "ACTIVITY_CLICKHOUSE_CLUSTER": "activity",
+        "ACTIVITY_CLICKHOUSE_DSN": dsn,
+        "ACTIVITY_CLICKHOUSE_SHARDING_KEY": "cityHash64(tenant_id, toString(id))",
+    }
+    assert load_settings(environ=env).cluster.sharding_key == "cityHash64(tenant_id, toString(id))"
+    with pytest.raises(ConfigError, match=r"^clickhouse_cluster: needs a ClickHouse server"):
+        load_settings({"clickhouse_cluster": "activity"}, environ={})
+    with pytest.raises(ConfigError, match=r"^clickhouse_cluster: letters"):
+        load_settings({"clickhouse_cluster": "a b", "clickhouse_dsn": dsn}, environ={})
+    for bad in ("rand()", "cityHash64(received_at)", "now() % 2", "cityHash64(id); DROP TABLE x", ""):
+        with pytest.raises(ConfigError, match=r"^clickhouse_sharding_key: "):
+            load_settings(
+                {"clickhouse_sharding_key": bad, "clickhouse_cluster": "c", "clickhouse_dsn": dsn}, environ={}
+            )
