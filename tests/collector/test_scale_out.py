@@ -81,6 +81,28 @@ async def test_two_collectors_with_their_own_spools_store_every_activity_once(
     assert first.pipeline.stats.inserts > 0 and second.pipeline.stats.inserts > 0
 
 
+async def test_the_same_spool_range_on_two_collectors_is_two_inserts(
+    start_server: Any, tmp_path: Path
+) -> None:
+    # Both spools number their records from 1: the first insert of each is the range 1-1. Its
+    # deduplication token must name the collector's spool too, or ClickHouse would drop the second
+    # collector's insert as a copy of the first one's.
+    servers: list[CollectorServer] = [
+        await start_server(spool=True, data_dir=tmp_path / name, drain_interval_ms=5) for name in "ab"
+    ]
+    for n, server in enumerate(servers):
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.ActivityServiceStub(channel)
+            batch = [make_activity(n * 10 + i) for i in range(10)]
+            assert (
+                await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            ).accepted_count == 10
+        await wait_until_drained([server])
+        assert server.pipeline is not None and server.pipeline.spool is not None
+        assert server.pipeline.spool.committed == 1
+    assert query(servers[0], "SELECT count(), uniqExact(id) FROM activities") == ["20", "20"]
+
+
 async def test_what_a_stopped_collector_acknowledged_is_delivered_by_its_own_restart(
     start_server: Any, make_settings: Any, tmp_path: Path
 ) -> None:
