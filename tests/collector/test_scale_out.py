@@ -157,3 +157,22 @@ def test_cluster_settings_are_validated() -> None:
             load_settings(
                 {"clickhouse_sharding_key": bad, "clickhouse_cluster": "c", "clickhouse_dsn": dsn}, environ={}
             )
+
+
+async def test_round_robin_on_the_client_spreads_calls_over_the_collectors(
+    start_server: Any, tmp_path: Path
+) -> None:
+    # The client-side balancing of docs/scaling.md: one channel, every collector's address (here an
+    # ipv4: list; a dns: name with several addresses resolves to the same), the round_robin policy.
+    servers: list[CollectorServer] = [await start_server(data_dir=tmp_path / name) for name in "ab"]
+    target = "ipv4:" + ",".join(s.address for s in servers)
+    async with grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")]) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        for n in range(10):
+            batch = [make_activity(n * 10 + i) for i in range(10)]
+            assert (
+                await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+            ).accepted_count == 10
+    committed = [s.pipeline.stats.committed for s in servers if s.pipeline is not None]
+    assert sum(committed) == 100 and min(committed) >= 30
+    assert query(servers[0], "SELECT count(), uniqExact(id) FROM activities") == ["100", "100"]
