@@ -6,7 +6,10 @@ The embedded engine has no cluster to run `ON CLUSTER` statements on, so the sta
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -180,3 +183,22 @@ def test_the_embedded_engine_has_no_cluster(engine_dir: Any) -> None:
     finally:
         store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
         store.close()
+
+
+def test_the_schema_command_prints_the_cluster_ddl_for_new_nodes(store: ClickHouseStore) -> None:
+    env = {
+        **os.environ,
+        "ACTIVITY_CLICKHOUSE_CLUSTER": "activity_cluster",
+        "ACTIVITY_CLICKHOUSE_DSN": "http://collector:secret@clickhouse-s1r1:8123",
+        "ACTIVITY_CLICKHOUSE_DATABASE": store.database,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "schema"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [s.strip() for s in done.stdout.split(";\n\n")]
+    printed[-1] = printed[-1].removesuffix(";")
+    expected = [s for s in migration_statements(store.database, CLUSTER) if not s.startswith("INSERT")]
+    assert printed == expected
+    for statement in printed:
+        assert parses(store, statement)
