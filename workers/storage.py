@@ -62,6 +62,12 @@ _DATA_CODES = frozenset(
 )
 
 
+# Inserts into a Distributed table return once every shard's part of it is written on a replica of that
+# shard (not once queued on the node that took it), so that a committed spool range is in the replicated
+# tables. The deduplication token travels with each shard's part.
+CLUSTER_INSERT_SETTINGS: dict[str, Any] = {"distributed_foreground_insert": 1}
+
+
 class StoreError(Exception):
     """An insert or query failed. `transient`: trying again soon may succeed. `data`: the rows
     themselves are at fault, so no retry can ever store them. Neither: the store is unusable until an
@@ -131,10 +137,7 @@ class ClickHouseStore:
             "format_schema_message_name": ROW_MESSAGE,
         }
         if cluster.enabled:
-            # The insert returns once every shard's part of it is written on a replica of that shard
-            # (not once queued on the node that took it), so that a committed spool range is in the
-            # replicated tables. The deduplication token travels with each shard's part.
-            self._insert_settings["distributed_foreground_insert"] = 1
+            self._insert_settings.update(CLUSTER_INSERT_SETTINGS)
         admin = self._connect(database=None)
         try:
             admin.command(database_ddl(database, cluster))

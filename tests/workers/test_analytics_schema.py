@@ -68,7 +68,7 @@ def test_every_aggregate_keys_its_bucket_and_dimensions_and_orders_by_them() -> 
         for m in MEASURES:
             assert f"`{m.name}` {m.type}" in ddl
         view = aggregate_view_ddl("db", a)
-        assert f"TO `db`.`{a.name}`" in view and "FROM `db`.activities" in view
+        assert f"TO `db`.`{a.name}`" in view and "FROM `db`.`activities`" in view
         assert aggregate_backfill_sql("db", a).startswith(f"INSERT INTO `db`.`{a.name}` (")
 
 

@@ -21,7 +21,7 @@ from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.enrich import encode_rows, envelope
 from workers.migrations import MIGRATIONS, migration_statements
 from workers.schema import DEFAULT_SHARDING_KEY, SINGLE_NODE, Cluster
-from workers.storage import ClickHouseStore
+from workers.storage import CLUSTER_INSERT_SETTINGS, ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,3 +202,19 @@ def test_the_schema_command_prints_the_cluster_ddl_for_new_nodes(store: ClickHou
     assert printed == expected
     for statement in printed:
         assert parses(store, statement)
+
+
+def test_the_settings_the_cluster_mode_uses_are_the_engines(store: ClickHouseStore) -> None:
+    # Names only: the embedded engine is the ClickHouse release the servers run, and a misspelt
+    # setting would fail every insert or migration on a cluster.
+    names = sorted({*CLUSTER_INSERT_SETTINGS, "insert_quorum", "insert_deduplication_token"})
+    listed = ", ".join(f"'{n}'" for n in names)
+    settings = store.query(
+        f"SELECT name FROM system.settings WHERE name IN ({listed}) ORDER BY name", "TabSeparated"
+    )
+    assert settings.decode().split() == names
+    tree = store.query(
+        "SELECT name FROM system.merge_tree_settings WHERE name = 'replicated_deduplication_window'",
+        "TabSeparated",
+    ).split()
+    assert tree == [b"replicated_deduplication_window"]
