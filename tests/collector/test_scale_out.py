@@ -16,11 +16,9 @@ import grpc.aio
 import pytest
 from helpers import make_activity
 
-from collector.config import ConfigError, load_settings
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.server import CollectorServer
-from workers.schema import DEFAULT_SHARDING_KEY
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -135,28 +133,6 @@ async def test_what_a_stopped_collector_acknowledged_is_delivered_by_its_own_res
         assert query(second, "SELECT count(), uniqExact(id) FROM activities") == ["60", "60"]
     finally:
         await restarted.shutdown(grace=1.0)
-
-
-def test_cluster_settings_are_validated() -> None:
-    dsn = "http://collector:secret@clickhouse-01:8123"
-    settings = load_settings({"clickhouse_cluster": "activity", "clickhouse_dsn": dsn}, environ={})
-    assert settings.cluster.enabled and settings.cluster.sharding_key == DEFAULT_SHARDING_KEY
-    assert not load_settings({}, environ={}).cluster.enabled
-    env = {
-        "ACTIVITY_CLICKHOUSE_CLUSTER": "activity",
-        "ACTIVITY_CLICKHOUSE_DSN": dsn,
-        "ACTIVITY_CLICKHOUSE_SHARDING_KEY": "cityHash64(tenant_id, toString(id))",
-    }
-    assert load_settings(environ=env).cluster.sharding_key == "cityHash64(tenant_id, toString(id))"
-    with pytest.raises(ConfigError, match=r"^clickhouse_cluster: needs a ClickHouse server"):
-        load_settings({"clickhouse_cluster": "activity"}, environ={})
-    with pytest.raises(ConfigError, match=r"^clickhouse_cluster: letters"):
-        load_settings({"clickhouse_cluster": "a b", "clickhouse_dsn": dsn}, environ={})
-    for bad in ("rand()", "cityHash64(received_at)", "now() % 2", "cityHash64(id); DROP TABLE x", ""):
-        with pytest.raises(ConfigError, match=r"^clickhouse_sharding_key: "):
-            load_settings(
-                {"clickhouse_sharding_key": bad, "clickhouse_cluster": "c", "clickhouse_dsn": dsn}, environ={}
-            )
 
 
 async def test_round_robin_on_the_client_spreads_calls_over_the_collectors(
