@@ -93,7 +93,9 @@ class ClickHouseWriter:
             if not settings.clickhouse_dsn and not (settings.data_dir / "clickhouse").exists():
                 raise StoreError(f"no ClickHouse data in {settings.data_dir.resolve()}", transient=False)
         if self._store is None:
-            self._store = ClickHouseStore(dsn, settings.clickhouse_database, connections=1)
+            self._store = ClickHouseStore(
+                dsn, settings.clickhouse_database, connections=1, cluster=settings.cluster
+            )
         self._store.insert_rows(payload, rows, token=token)
 
     def close(self) -> None:

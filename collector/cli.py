@@ -1,4 +1,5 @@
-"""`activity-collector`: serve, send, health, sql, report, migrate, dead-letters, tenants, keys, config."""
+"""`activity-collector`: serve, send, health, sql, report, schema, migrate, dead-letters, tenants, keys,
+config."""
 
 from __future__ import annotations
 
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     from collector.report import add_parser as add_report_parser
 
     add_report_parser(sub, _store_flags, sorted(FORMATS))
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the ClickHouse DDL of the configured placement (one node, or clickhouse_cluster), "
+        "every statement IF NOT EXISTS: run it to create the tables on nodes added to a cluster",
+    )
+    _store_flags(schema)
 
     migrate = sub.add_parser("migrate", help="apply the PostgreSQL migrations this release lacks")
     _config_flag(migrate)
@@ -265,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             from collector.report import run_report
 
             return run_report(_settings(args), args, FORMATS[args.format])
+        if args.command == "schema":
+            from workers.migrations import migration_statements
+
+            settings = _settings(args)
+            statements = migration_statements(settings.clickhouse_database, settings.cluster)
+            # The backfills fill aggregates from existing rows: the migrations' business, not a new node's.
+            print("\n\n".join(s + ";" for s in statements if not s.startswith("INSERT")))
+            return 0
         if args.command == "migrate":
             from collector.admin import run_migrate
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from workers.schema import DEFAULT_SHARDING_KEY, Cluster
+
 ENV_PREFIX = "ACTIVITY_"
 CONFIG_ENV = "ACTIVITY_CONFIG"
 """The variable naming the configuration file, when no --config flag does."""
@@ -35,6 +37,7 @@ SECRET: dict[str, Any] = {"secret": True}
 
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 TENANT_NAME_RULE = (
     "1 to 63 characters: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
 )
@@ -148,6 +151,14 @@ class Settings:
     embedded engine. Empty: the embedded engine under <data_dir>/clickhouse."""
     clickhouse_database: str = "activity"
     """ClickHouse database holding the product's tables; created when missing."""
+    clickhouse_cluster: str = ""
+    """Name of the ClickHouse cluster (its `remote_servers` entry) to create the tables on: replicated
+    local tables on every node, Distributed tables in front. Empty: one ClickHouse node. Needs a server
+    DSN; see docs/scaling.md."""
+    clickhouse_sharding_key: str = DEFAULT_SHARDING_KEY
+    """With clickhouse_cluster: the expression over `activities` columns that picks each activity's
+    shard. Used when the Distributed table is created; it must give every copy of an activity the same
+    shard (read only columns the client sends, never received_at)."""
     postgres_dsn: str = field(default="", metadata=SECRET)
     """PostgreSQL for the dead-letter store: postgresql://user:pass@host:5432/db for a server. Empty: an
     embedded PostgreSQL with its data under <data_dir>/postgres, started with the collector and stopped
@@ -185,6 +196,10 @@ class Settings:
         if self.clickhouse_dsn:
             return self.clickhouse_dsn
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.clickhouse_cluster, self.clickhouse_sharding_key)
 
     @property
     def tls(self) -> tuple[bytes, bytes] | None:
@@ -234,6 +249,24 @@ class Settings:
         if dsn and not dsn.startswith(("http://", "https://", "chdb://")):
             raise ConfigError(
                 f"clickhouse_dsn: must start with http://, https:// or chdb://, got {mask_dsn(dsn)!r}"
+            )
+        if self.clickhouse_cluster:
+            if not CLUSTER_NAME.match(self.clickhouse_cluster):
+                raise ConfigError(
+                    f"clickhouse_cluster: letters, digits, '_' and '-' only, got {self.clickhouse_cluster!r}"
+                )
+            if not dsn.startswith(("http://", "https://")):
+                raise ConfigError(
+                    "clickhouse_cluster: needs a ClickHouse server (clickhouse_dsn http:// or https://); "
+                    "the embedded engine is one node"
+                )
+        key = self.clickhouse_sharding_key
+        if not key.strip() or ";" in key or "`" in key or key.count("(") != key.count(")"):
+            raise ConfigError(f"clickhouse_sharding_key: expected one ClickHouse expression, got {key!r}")
+        if "received_at" in key or re.search(r"\b(rand\w*|generateUUID\w*|now\w*)\s*\(", key, re.IGNORECASE):
+            raise ConfigError(
+                "clickhouse_sharding_key: must give every copy of an activity the same shard; "
+                f"received_at and random values differ between copies, got {key!r}"
             )
         pg = self.postgres_dsn
         if pg and not pg.startswith(("postgresql://", "postgres://")):

@@ -67,6 +67,7 @@ class CollectorServer:
             settings.effective_clickhouse_dsn,
             settings.clickhouse_database,
             connections=settings.pipeline.insert_workers + 1,
+            cluster=settings.cluster,
         )
         spool = None
         if settings.spool:

@@ -24,7 +24,7 @@ def execute(settings: Settings, query: str, fmt: str) -> bytes:
                 "or pass --data-dir",
                 transient=False,
             )
-    store = ClickHouseStore(dsn, settings.clickhouse_database, connections=1)
+    store = ClickHouseStore(dsn, settings.clickhouse_database, connections=1, cluster=settings.cluster)
     try:
         return store.query(query, fmt)
     finally:

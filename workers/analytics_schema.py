@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Who did it: the identified user when known, else the anonymous visitor, else the client session.
-USER_KEY = "multiIf(user_id != '', user_id, anonymous_id != '', anonymous_id, session_id)"
+from workers.schema import SINGLE_NODE, USER_KEY, Cluster
+
 # Items and revenue of an activity that carries a quantity or a price. Revenue is in minor units of
 # `currency`; a priced activity without a quantity counts as one item.
 HAS_AMOUNT = "(quantity IS NOT NULL OR price IS NOT NULL)"
@@ -197,42 +197,47 @@ AGGREGATES: tuple[Aggregate, ...] = (
 )
 
 
-def _select(database: str, aggregate: Aggregate) -> str:
+def _select(database: str, aggregate: Aggregate, source: str = "activities") -> str:
     keys = aggregate.keys
     columns = [f"{d.expression} AS {d.name}" for d in keys] + [f"{m.state} AS {m.name}" for m in MEASURES]
     where = f"\nWHERE {aggregate.where}" if aggregate.where else ""
     return (
         "SELECT\n  "
         + ",\n  ".join(columns)
-        + f"\nFROM `{database}`.activities{where}\nGROUP BY "
+        + f"\nFROM `{database}`.`{source}`{where}\nGROUP BY "
         + ", ".join(d.name for d in keys)
     )
 
 
-def aggregate_table_ddl(database: str, aggregate: Aggregate) -> str:
+def aggregate_table_ddl(database: str, aggregate: Aggregate, cluster: Cluster = SINGLE_NODE) -> str:
+    """The table holding the states (`<name>_local` on a cluster, with a Distributed table in front)."""
     lines = [f"  `{d.name}` {d.type} COMMENT {quote(d.comment)}" for d in aggregate.keys]
     lines += [f"  `{m.name}` {m.type} COMMENT {quote(m.comment)}" for m in MEASURES]
     partition = f"toYYYYMM({aggregate.bucket.name})"
     return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{aggregate.name}` (\n"
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{cluster.local(aggregate.name)}`{cluster.on_cluster} (\n"
         + ",\n".join(lines)
-        + "\n)\nENGINE = AggregatingMergeTree\n"
+        + f"\n)\nENGINE = {cluster.engine('AggregatingMergeTree')}\n"
         f"PARTITION BY {partition}\n"
         f"ORDER BY ({', '.join(aggregate.order_by)})\n"
         f"COMMENT {quote(aggregate.comment + ' Filled on insert by ' + aggregate.view + '.')}"
     )
 
 
-def aggregate_view_ddl(database: str, aggregate: Aggregate) -> str:
+def aggregate_view_ddl(database: str, aggregate: Aggregate, cluster: Cluster = SINGLE_NODE) -> str:
+    """On a cluster the view sits on every node, between the local tables: each replica aggregates the
+    rows its shard receives, and a query through the Distributed aggregate merges the shards' states."""
     return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{aggregate.view}` "
-        f"TO `{database}`.`{aggregate.name}` AS\n{_select(database, aggregate)}"
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{aggregate.view}`{cluster.on_cluster} "
+        f"TO `{database}`.`{cluster.local(aggregate.name)}` AS\n"
+        f"{_select(database, aggregate, cluster.local('activities'))}"
     )
 
 
 def aggregate_backfill_sql(database: str, aggregate: Aggregate) -> str:
     """Fills the aggregate from the rows `activities` already holds. Safe to repeat, and safe while
-    inserts run: every measure is idempotent."""
+    inserts run: every measure is idempotent. On a cluster both names are Distributed tables: the
+    states land on any shard, which a read merges all the same."""
     names = ", ".join(f"`{d.name}`" for d in aggregate.keys) + ", " + ", ".join(m.name for m in MEASURES)
     return f"INSERT INTO `{database}`.`{aggregate.name}` ({names})\n{_select(database, aggregate)}"
 
@@ -261,9 +266,11 @@ class View:
     columns: tuple[tuple[str, str], ...]
     """(output column, meaning), as documented."""
 
-    def ddl(self, database: str) -> str:
+    def ddl(self, database: str, cluster: Cluster = SINGLE_NODE) -> str:
+        """On a cluster the view is created on every node and reads the Distributed `activities`:
+        `FINAL` runs on each shard, which holds every copy of its activities (see docs/scaling.md)."""
         body = self.body.replace("{db}", f"`{database}`")
-        return f"CREATE VIEW IF NOT EXISTS `{database}`.`{self.name}` AS\n{body}"
+        return f"CREATE VIEW IF NOT EXISTS `{database}`.`{self.name}`{cluster.on_cluster} AS\n{body}"
 
     def call(self, arguments: Mapping[str, str | int | list[str]], database: str | None = None) -> str:
         """`name(param = literal, ...)`, the table function form, with every parameter given."""
@@ -488,13 +495,18 @@ FROM (
 VIEWS: tuple[View, ...] = (SESSION_ACTIVITIES, SESSIONS, FUNNEL, ATTRIBUTED_ACTIVITIES)
 
 
-def analytics_statements(database: str) -> list[str]:
-    """The statements of the analytics migration: aggregate tables, their views, their backfill from
-    the rows already stored, then the parameterized views."""
+def analytics_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """The statements of the analytics migration: aggregate tables (on a cluster, local tables and
+    their Distributed tables), their views, their backfill from the rows already stored, then the
+    parameterized views."""
     statements: list[str] = []
     for aggregate in AGGREGATES:
-        statements.append(aggregate_table_ddl(database, aggregate))
-        statements.append(aggregate_view_ddl(database, aggregate))
+        statements.append(aggregate_table_ddl(database, aggregate, cluster))
+        if cluster.enabled:
+            # Read-only in normal use (the views write into the local tables); the backfill's rows go
+            # to any shard.
+            statements.append(cluster.distributed(database, aggregate.name, "rand()"))
+        statements.append(aggregate_view_ddl(database, aggregate, cluster))
         statements.append(aggregate_backfill_sql(database, aggregate))
-    statements += [view.ddl(database) for view in VIEWS]
+    statements += [view.ddl(database, cluster) for view in VIEWS]
     return statements

@@ -4,6 +4,10 @@ Each migration is a version number, a name and the statements that take the sche
 version to this one. Applied versions are recorded in `schema_migrations`; a start applies the missing
 ones in order. Statements are idempotent (`IF NOT EXISTS`), so a migration interrupted half-way is
 simply applied again.
+
+On a cluster (`Cluster`), every statement carries `ON CLUSTER`: ClickHouse runs it on every node through
+its distributed DDL queue in Keeper, and `schema_migrations` is one replicated table shared by all the
+nodes, so that the collectors of a cluster, whichever node they reach, agree on the version.
 """
 
 from __future__ import annotations
@@ -13,29 +17,49 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.analytics_schema import analytics_statements
-from workers.schema import activities_table_ddl
+from workers.schema import SINGLE_NODE, Cluster, activities_statements
 
 
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
-    statements: Callable[[str], list[str]]
+    statements: Callable[[str, Cluster], list[str]]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "activities table", lambda db: [activities_table_ddl(db)]),
+    Migration(1, "activities table", activities_statements),
     Migration(2, "analytics: aggregates, sessions, funnels, attribution", analytics_statements),
-    # Insert deduplication tokens (retried and replayed inserts) are honoured by a table that is not
-    # replicated only within this window; its default, 0, turns them off.
-    Migration(
-        3,
-        "deduplication window",
-        lambda db: [
-            f"ALTER TABLE `{db}`.activities MODIFY SETTING non_replicated_deduplication_window = 10000"
-        ],
-    ),
+    # Insert deduplication tokens (retried and replayed inserts) are honoured within a window of the
+    # table's latest inserts: on one node its default, 0, turns them off; on a replicated table the
+    # default (1000 inserts, kept in Keeper) is widened to the same 10000.
+    Migration(3, "deduplication window", lambda db, cluster: [_deduplication_window(db, cluster)]),
 )
+
+
+def _deduplication_window(database: str, cluster: Cluster) -> str:
+    setting = "replicated_deduplication_window" if cluster.enabled else "non_replicated_deduplication_window"
+    return (
+        f"ALTER TABLE `{database}`.`{cluster.local('activities')}`{cluster.on_cluster} "
+        f"MODIFY SETTING {setting} = 10000"
+    )
+
+
+def migrations_table_ddl(database: str, cluster: Cluster = SINGLE_NODE) -> str:
+    # On a cluster one replica per node of a single shard: the path has no {shard}.
+    engine = "ReplacingMergeTree"
+    if cluster.enabled:
+        engine = "ReplicatedReplacingMergeTree('/clickhouse/tables/{database}/{table}', '{replica}')"
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.schema_migrations{cluster.on_cluster} ("
+        " version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC'))"
+        f" ENGINE = {engine} ORDER BY version"
+        " COMMENT 'Schema versions applied by activity-collector migrations.'"
+    )
+
+
+def database_ddl(database: str, cluster: Cluster = SINGLE_NODE) -> str:
+    return f"CREATE DATABASE IF NOT EXISTS `{database}`{cluster.on_cluster}"
 
 
 def applied_versions(client: Any, database: str) -> set[int]:
@@ -43,20 +67,24 @@ def applied_versions(client: Any, database: str) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-def apply_migrations(client: Any, database: str) -> list[int]:
+def migration_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Every statement of a fresh schema, in order (the record of versions aside): what the tests
+    check against the engine's parser for both placements."""
+    statements = [database_ddl(database, cluster), migrations_table_ddl(database, cluster)]
+    for migration in MIGRATIONS:
+        statements += migration.statements(database, cluster)
+    return statements
+
+
+def apply_migrations(client: Any, database: str, cluster: Cluster = SINGLE_NODE) -> list[int]:
     """Apply the migrations `database` lacks; return the versions applied now."""
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS `{database}`.schema_migrations ("
-        " version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC'))"
-        " ENGINE = ReplacingMergeTree ORDER BY version"
-        " COMMENT 'Schema versions applied by activity-collector migrations.'"
-    )
+    client.command(migrations_table_ddl(database, cluster))
     done = applied_versions(client, database)
     applied: list[int] = []
     for migration in MIGRATIONS:
         if migration.version in done:
             continue
-        for statement in migration.statements(database):
+        for statement in migration.statements(database, cluster):
             client.command(statement)
         client.insert(
             f"`{database}`.schema_migrations",

@@ -249,7 +249,67 @@ def _quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def activities_table_ddl(database: str, table: str = "activities") -> str:
+# -- placement: one node, or a cluster ------------------------------------------------------------
+
+# Where a user's activities go on a cluster, unless configured otherwise: one hash of the tenant and the
+# user key (`USER_KEY`, as the sessions and funnels use it), or of the activity id for activities without any
+# user id. Every column it reads is one the client sends, so copies of one activity (retries, resends)
+# hash alike and meet on one shard, where ReplacingMergeTree and FINAL collapse them.
+USER_KEY = "multiIf(user_id != '', user_id, anonymous_id != '', anonymous_id, session_id)"
+"""Who did it: the identified user when known, else the anonymous visitor, else the client session."""
+
+DEFAULT_SHARDING_KEY = f"cityHash64(tenant_id, if({USER_KEY} != '', {USER_KEY}, toString(id)))"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the tables live. `name` empty: one node, every table a plain MergeTree of its kind. Else
+    the ClickHouse cluster of that name (`remote_servers`): each table is a `Replicated*MergeTree` named
+    `<table>_local`, created `ON CLUSTER` on every node, with a `Distributed` table of the plain name in
+    front of it, so that inserts and queries name the same tables as on one node. `sharding_key`
+    decides the shard of each inserted activity."""
+
+    name: str = ""
+    sharding_key: str = DEFAULT_SHARDING_KEY
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name)
+
+    @property
+    def on_cluster(self) -> str:
+        """The `ON CLUSTER` clause of a DDL statement ('' on one node)."""
+        return f" ON CLUSTER `{self.name}`" if self.name else ""
+
+    def local(self, table: str) -> str:
+        """The table that holds the rows: `table` itself on one node, `<table>_local` on a cluster."""
+        return f"{table}_local" if self.name else table
+
+    def engine(self, kind: str, arguments: str = "") -> str:
+        """`kind` (ReplacingMergeTree, AggregatingMergeTree, ...) on one node, its replicated variant on
+        a cluster: one replica per node, the replicas of a shard sharing a path in Keeper. The macros
+        `{shard}` and `{replica}` come from each node's configuration; `{database}` and `{table}` are
+        expanded by ClickHouse."""
+        if not self.name:
+            return f"{kind}({arguments})" if arguments else kind
+        path = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
+        return f"Replicated{kind}({path}{', ' + arguments if arguments else ''})"
+
+    def distributed(self, database: str, table: str, sharding_key: str | None = None) -> str:
+        """DDL of the Distributed table `table` in front of `<table>_local`, same columns."""
+        key = f", {sharding_key}" if sharding_key else ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}`{self.on_cluster} "
+            f"AS `{database}`.`{self.local(table)}`\n"
+            f"ENGINE = Distributed({_quote(self.name)}, {_quote(database)}, {_quote(self.local(table))}{key})"
+        )
+
+
+SINGLE_NODE = Cluster()
+
+
+def activities_table_ddl(database: str, table: str = "activities", cluster: Cluster = SINGLE_NODE) -> str:
+    """The table holding the rows (`<table>_local` on a cluster); see `activities_statements`."""
     ephemeral: dict[str, str] = {}
     for c in COLUMNS:
         for n, t in c.ephemeral:
@@ -259,11 +319,20 @@ def activities_table_ddl(database: str, table: str = "activities") -> str:
         default = f" DEFAULT {c.source}" if c.source else ""
         lines.append(f"  `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}")
     return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n"
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{cluster.local(table)}`{cluster.on_cluster} (\n"
         + ",\n".join(lines)
-        + "\n)\nENGINE = ReplacingMergeTree(received_at)\n"
+        + f"\n)\nENGINE = {cluster.engine('ReplacingMergeTree', 'received_at')}\n"
         "PARTITION BY toYYYYMM(occurred_at)\n"
         "ORDER BY (tenant_id, action, toDate(occurred_at), id)\n"
         "COMMENT 'One row per accepted activity. Rows with the same tenant, action, day and id are "
         "copies of one activity (a client retry) and collapse into one on merge; see docs/schema.md.'"
     )
+
+
+def activities_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """The `activities` table; on a cluster, its local replicated table and the Distributed table in
+    front, which shards inserts by `cluster.sharding_key`."""
+    statements = [activities_table_ddl(database, cluster=cluster)]
+    if cluster.enabled:
+        statements.append(cluster.distributed(database, "activities", cluster.sharding_key))
+    return statements

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-from workers.migrations import apply_migrations
-from workers.schema import INSERT_COLUMNS, ROW_MESSAGE, ROW_SCHEMA
+from workers.migrations import apply_migrations, database_ddl
+from workers.schema import INSERT_COLUMNS, ROW_MESSAGE, ROW_SCHEMA, SINGLE_NODE, Cluster
 
 # ClickHouse error codes that describe a passing condition of the server rather than the data.
 _TRANSIENT_CODES = frozenset(
@@ -63,6 +63,12 @@ _DATA_CODES = frozenset(
         570,  # DATA_TYPE_INCOMPATIBLE_WITH_PROTOBUF_FIELD
     }
 )
+
+
+# Inserts into a Distributed table return once every shard's part of it is written on a replica of that
+# shard (not once queued on the node that took it), so that a committed spool range is in the replicated
+# tables. The deduplication token travels with each shard's part.
+CLUSTER_INSERT_SETTINGS: dict[str, Any] = {"distributed_foreground_insert": 1}
 
 
 class StoreError(Exception):
@@ -112,19 +118,30 @@ class ActivityStore(Protocol):
 class ClickHouseStore:
     """`ActivityStore` on clickhouse-connect; one connection per concurrent caller, taken from a pool."""
 
-    def __init__(self, dsn: str, database: str, *, connections: int = 2, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        *,
+        connections: int = 2,
+        migrate: bool = True,
+        cluster: Cluster = SINGLE_NODE,
+    ) -> None:
         self.dsn = dsn
         self.database = database
+        self.cluster = cluster
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._all: list[Any] = []
         self._closed = False
-        self._insert_settings = self._row_schema_settings()
+        self._insert_settings: dict[str, Any] = self._row_schema_settings()
+        if cluster.enabled:
+            self._insert_settings.update(CLUSTER_INSERT_SETTINGS)
         admin = self._connect(database=None)
         try:
-            admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+            admin.command(database_ddl(database, cluster))
             if migrate:
-                apply_migrations(admin, database)
+                apply_migrations(admin, database, cluster)
         finally:
             admin.close()
         for _ in range(connections):

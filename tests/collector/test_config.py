@@ -15,6 +15,7 @@ from collector.config import (
     load_settings,
     parse_host_port,
 )
+from workers.schema import DEFAULT_SHARDING_KEY
 
 
 def test_defaults_validate() -> None:
@@ -285,3 +286,25 @@ def test_log_level_is_one_of_the_known_levels() -> None:
     assert load_settings(environ={"ACTIVITY_LOG_LEVEL": "debug"}).log_level == "debug"
     with pytest.raises(ConfigError, match=r"^log_level: one of debug, info, warning, error, got 'loud'"):
         load_settings({"log_level": "loud"}, environ={})
+
+
+def test_cluster_settings_are_validated() -> None:
+    dsn = "http://collector:secret@clickhouse-01:8123"
+    settings = load_settings({"clickhouse_cluster": "activity", "clickhouse_dsn": dsn}, environ={})
+    assert settings.cluster.enabled and settings.cluster.sharding_key == DEFAULT_SHARDING_KEY
+    assert not load_settings({}, environ={}).cluster.enabled
+    env = {
+        "ACTIVITY_CLICKHOUSE_CLUSTER": "activity",
+        "ACTIVITY_CLICKHOUSE_DSN": dsn,
+        "ACTIVITY_CLICKHOUSE_SHARDING_KEY": "cityHash64(tenant_id, toString(id))",
+    }
+    assert load_settings(environ=env).cluster.sharding_key == "cityHash64(tenant_id, toString(id))"
+    with pytest.raises(ConfigError, match=r"^clickhouse_cluster: needs a ClickHouse server"):
+        load_settings({"clickhouse_cluster": "activity"}, environ={})
+    with pytest.raises(ConfigError, match=r"^clickhouse_cluster: letters"):
+        load_settings({"clickhouse_cluster": "a b", "clickhouse_dsn": dsn}, environ={})
+    for bad in ("rand()", "cityHash64(received_at)", "now() % 2", "cityHash64(id); DROP TABLE x", ""):
+        with pytest.raises(ConfigError, match=r"^clickhouse_sharding_key: "):
+            load_settings(
+                {"clickhouse_sharding_key": bad, "clickhouse_cluster": "c", "clickhouse_dsn": dsn}, environ={}
+            )

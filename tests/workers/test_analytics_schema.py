@@ -40,6 +40,7 @@ from workers.analytics_schema import (
 )
 from workers.enrich import encode_rows, envelope
 from workers.migrations import MIGRATIONS, apply_migrations
+from workers.schema import SINGLE_NODE
 from workers.storage import ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,7 +68,7 @@ def test_every_aggregate_keys_its_bucket_and_dimensions_and_orders_by_them() -> 
         for m in MEASURES:
             assert f"`{m.name}` {m.type}" in ddl
         view = aggregate_view_ddl("db", a)
-        assert f"TO `db`.`{a.name}`" in view and "FROM `db`.activities" in view
+        assert f"TO `db`.`{a.name}`" in view and "FROM `db`.`activities`" in view
         assert aggregate_backfill_sql("db", a).startswith(f"INSERT INTO `db`.`{a.name}` (")
 
 
@@ -304,7 +305,7 @@ def test_the_migration_backfills_existing_activities_once(engine_dir: Path, data
     client = clickhouse_connect.get_client(dsn=f"chdb://{engine_dir}")
     try:
         client.command(f"CREATE DATABASE `{database}`")
-        client.command(MIGRATIONS[0].statements(database)[0])
+        client.command(MIGRATIONS[0].statements(database, SINGLE_NODE)[0])
         client.command(
             f"CREATE TABLE `{database}`.schema_migrations (version UInt32, name String, "
             "applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')) "
