@@ -86,11 +86,13 @@ def test_the_entry_point_is_the_packaged_command() -> None:
     assert exec_form("CMD") == ["serve"]
 
 
-def test_compose_wires_the_collector_to_the_clickhouse_server() -> None:
+def test_compose_wires_the_collector_to_the_clickhouse_server_and_postgresql() -> None:
     services = compose()["services"]
-    clickhouse, collector = services["clickhouse"], services["collector"]
+    clickhouse, collector, postgres = services["clickhouse"], services["collector"], services["postgres"]
     assert clickhouse["image"].startswith("clickhouse/clickhouse-server:")
+    assert postgres["image"].startswith("postgres:")
     assert collector["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert collector["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert collector["build"] == "."
 
     # What the container would run with: the image's environment under the compose file's.
@@ -101,6 +103,17 @@ def test_compose_wires_the_collector_to_the_clickhouse_server() -> None:
     assert (dsn.username, dsn.password) == (
         clickhouse["environment"]["CLICKHOUSE_USER"],
         clickhouse["environment"]["CLICKHOUSE_PASSWORD"],
+    )
+    pg = urlsplit(settings.postgres_dsn)
+    assert (pg.scheme, pg.hostname, pg.port, pg.path) == (
+        "postgresql",
+        "postgres",
+        5432,
+        "/" + postgres["environment"]["POSTGRES_DB"],
+    )
+    assert (pg.username, pg.password) == (
+        postgres["environment"]["POSTGRES_USER"],
+        postgres["environment"]["POSTGRES_PASSWORD"],
     )
     published = {int(p.rpartition(":")[2]) for p in collector["ports"]}
     assert published == {50051, 8080, 9464}
