@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,6 +36,38 @@ def items(activities: list[pb.Activity], indexes: Any = None) -> list[tuple[int,
     """(index, activity) pairs, as the pipeline takes them; all of them unless `indexes` says which."""
     chosen = range(len(activities)) if indexes is None else indexes
     return [(i, activities[i]) for i in chosen]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_serve(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str | None]:
+    """`activity-collector serve` in its own process on `data`, every port of its choosing (one chosen
+    here could be taken before the server binds it): the process, its gRPC address, and the API key its
+    first start created, if it did."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    address, key = read_start(proc)
+    return proc, address, key
 
 
 def read_start(proc: subprocess.Popen[str]) -> tuple[str, str | None]:

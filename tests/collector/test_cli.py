@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import read_start
+from helpers import start_serve
 
 from collector.config import SETTING_NAMES
 
@@ -45,29 +45,7 @@ def free_port() -> int:
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
-    # Port 0: the server picks a free port and says which; a port chosen here could be taken by
-    # another process before the server binds it.
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    target, key = read_start(proc)
+    proc, target, key = start_serve(data)
     yield proc, target, data, key
     if proc.poll() is None:
         # A graceful stop, so that the server stops the embedded PostgreSQL it started.

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from helpers import make_activity, read_start
+from helpers import make_activity, start_serve
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
@@ -115,32 +115,13 @@ async def test_what_was_acknowledged_is_delivered_after_a_restart(
 
 
 def _serve(data: Path) -> tuple[subprocess.Popen[str], str]:
-    """`serve` on a port of its choosing (one chosen here could be taken before the server binds it);
-    the process and its address. The key a first start creates is kept in `_keys`."""
-
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    address, key = read_start(proc)
+    """`serve` on `data`: the process and its address. The key a first start creates is kept in `_keys`."""
+    proc, address, key = start_serve(data)
     if key is not None:
         _keys[data] = key
     return proc, address
 
 
-# The API key each data directory's first start printed.
 _keys: dict[Path, str] = {}
 
 

@@ -7,15 +7,12 @@ every rejection says which field is at fault, or that the activity as a whole is
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from helpers import read_start, with_key
+from helpers import start_serve, with_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +20,6 @@ from collector.proto.activity.v1 import activity_pb2 as pb
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,23 +36,7 @@ METHODS = {
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A server's address and the API key its first start created."""
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    address, key = read_start(proc)
+    proc, address, key = start_serve(data)
     assert key is not None
     yield address, key
     assert proc.poll() is None, "the server died under fuzzing"
