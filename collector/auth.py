@@ -26,11 +26,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import grpc
 import grpc.aio
 
+from collector.handlers import WrappingHandler
 from collector.postgres import POSTGRES_ERRORS
 from collector.status import status_trailer
 from collector.tenants import KeyCheck, TenantStore, key_digest
@@ -206,28 +207,12 @@ Unary = Callable[[Any, Any], Awaitable[Any]]
 Stream = Callable[[Any, Any], Awaitable[None]]
 
 
-if TYPE_CHECKING:
-    _Handler = grpc.GenericRpcHandler[Any, Any]
-else:  # not subscriptable at run time
-    _Handler = grpc.GenericRpcHandler
-
-
-class AuthenticatingHandler(_Handler):
+class AuthenticatingHandler(WrappingHandler):
     """Wraps the service's handler: every call is authenticated before it reaches the service."""
 
     def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], auth: Authenticator) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._auth = auth
-
-    def service(self, details: grpc.HandlerCallDetails) -> Any:
-        handler = cast(Any, self._inner.service(details))
-        if handler is None:
-            return None
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary))
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=self._stream(handler.stream_stream))
-        return handler
 
     async def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, str]:
         key = bearer_key(context.invocation_metadata())

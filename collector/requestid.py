@@ -12,38 +12,20 @@ the client sees too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import grpc
 import grpc.aio
 
+from collector.handlers import WrappingHandler
 from collector.logs import REQUEST_ID, new_request_id
 from collector.status import REQUEST_ID_KEY as HEADER
 
-if TYPE_CHECKING:
-    _Handler = grpc.GenericRpcHandler[Any, Any]
-else:  # not subscriptable at run time
-    _Handler = grpc.GenericRpcHandler
 
-
-class RequestIdHandler(_Handler):
+class RequestIdHandler(WrappingHandler):
     """Wraps a handler: each call it serves runs with a request id of its own."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any]) -> None:
-        self._inner = inner
-
-    def service(self, details: grpc.HandlerCallDetails) -> Any:
-        handler = cast(Any, self._inner.service(details))
-        if handler is None:
-            return None
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary))
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=self._stream(handler.stream_stream))
-        return handler
-
-    @staticmethod
-    def _unary(behaviour: Any) -> Any:
+    def _unary(self, behaviour: Any) -> Any:
         async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = new_request_id()
             token = REQUEST_ID.set(request_id)
@@ -57,8 +39,7 @@ class RequestIdHandler(_Handler):
 
         return identified
 
-    @staticmethod
-    def _stream(behaviour: Any) -> Any:
+    def _stream(self, behaviour: Any) -> Any:
         async def identified(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             request_id = new_request_id()
             token = REQUEST_ID.set(request_id)

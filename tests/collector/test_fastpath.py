@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from collector.config import Limits
+from collector.fastpath import CURRENCY_CODES, limits_tuple
 from collector.normalize import (
-    CURRENCIES,
     normalize_action,
     normalize_currency,
     normalize_device_type,
@@ -47,7 +47,6 @@ fastpath: Any = pytest.importorskip(
 NS = 1_000_000_000
 NOW_S = 1_750_000_000
 NOW_NS = NOW_S * NS
-CURRENCY_CODES = "".join(sorted(CURRENCIES)).encode()
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 SIMPLE_LOCALE_RE = re.compile(r"[a-z]{2,3}(?:-[A-Z]{2})?")
 DEFAULT = Limits()
@@ -71,18 +70,6 @@ TINY = Limits(
     max_future_skew_s=0.5,
 )
 SUFFIX = batch_suffix("tenant-a", NOW_NS, NOW_NS - 2 * NS, 2 * NS)
-
-
-def limits_tuple(limits: Limits) -> tuple[int, ...]:
-    return (
-        limits.max_activity_bytes,
-        limits.max_id_chars,
-        limits.max_name_chars,
-        limits.max_text_chars,
-        limits.max_map_entries,
-        limits.max_segments,
-        int(limits.max_future_skew_s * NS),
-    )
 
 
 def check(

@@ -1,0 +1,36 @@
+"""A gRPC handler that wraps another one's unary and stream-stream behaviours (authentication, request
+ids): the dispatch is the same for every wrapper, only what it wraps around a call differs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+
+if TYPE_CHECKING:
+    _Handler = grpc.GenericRpcHandler[Any, Any]
+else:  # not subscriptable at run time
+    _Handler = grpc.GenericRpcHandler
+
+
+class WrappingHandler(_Handler):
+    """Serves what `inner` serves, each behaviour passed through `_unary` or `_stream`."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any]) -> None:
+        self._inner = inner
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        handler = cast(Any, self._inner.service(details))
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._stream(handler.stream_stream))
+        return handler
+
+    def _unary(self, behaviour: Any) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, behaviour: Any) -> Any:
+        raise NotImplementedError
