@@ -136,6 +136,47 @@ MIGRATIONS: tuple[Migration, ...] = (
         COMMENT ON COLUMN api_keys.revoked_at IS 'When the key was revoked: it is refused from then on.';
         """,
     ),
+    Migration(
+        3,
+        "catalogue and identity links",
+        """
+        CREATE TABLE targets (
+            tenant_id text NOT NULL,
+            target_type text NOT NULL CHECK (target_type <> ''),
+            target_id text NOT NULL CHECK (target_id <> ''),
+            name text NOT NULL DEFAULT '',
+            category_path text[] NOT NULL DEFAULT '{}',
+            brand text NOT NULL DEFAULT '',
+            list_price bigint CHECK (list_price >= 0),
+            currency text NOT NULL DEFAULT '',
+            attributes jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(attributes) = 'object'),
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant_id, target_type, target_id),
+            CHECK (list_price IS NULL OR currency <> '')
+        );
+        COMMENT ON TABLE targets IS
+            'The catalogue: what each tenant''s targets are (activity-collector catalog import). Activities'
+            ' on a known target get these values in their target_* columns in ClickHouse.';
+        COMMENT ON COLUMN targets.tenant_id IS 'Tenant name, as in the tenant_id column of ClickHouse rows.';
+        COMMENT ON COLUMN targets.category_path IS 'Categories from the most general down, e.g. {Shoes,Running}.';
+        COMMENT ON COLUMN targets.list_price IS
+            'Catalogue price in integer minor units of currency (cents); NULL when unknown.';
+        COMMENT ON COLUMN targets.attributes IS 'Any other attributes: a JSON object of strings.';
+        CREATE TABLE identity_links (
+            tenant_id text NOT NULL,
+            kind text NOT NULL CHECK (kind IN ('anonymous', 'session')),
+            key text NOT NULL CHECK (key <> ''),
+            user_id text NOT NULL CHECK (user_id <> ''),
+            first_seen timestamptz NOT NULL DEFAULT now(),
+            last_seen timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant_id, kind, key)
+        );
+        COMMENT ON TABLE identity_links IS
+            'Identity stitching: the user id last seen on an activity together with an anonymous or session'
+            ' id. Later activities of that anonymous or session id carry it in resolved_user_id.';
+        COMMENT ON COLUMN identity_links.kind IS 'Which id key is: anonymous (User.anonymous_id) or session.';
+        """,
+    ),
 )
 
 
