@@ -27,6 +27,9 @@
  * and the batch suffix. Whether an activity has an id is read from its bytes (a top-level field 1 of
  * wire type 2 with a non-empty value); the triples of `fast` carry plain indexes.
  *
+ * `keys` reads, from the same fast activities, the strings enrichment looks up (target type and id, the
+ * user's ids, the user agent), so that enrichment never parses an activity the filter vouched for.
+ *
  * C99 and the CPython C API only.
  */
 
@@ -1026,23 +1029,24 @@ static void uuid4_text(const uint8_t *random, char *out)
 }
 
 PyDoc_STRVAR(frame_doc,
-             "frame(raw, fast, suffix, random) -> (rows, assigned_ids)\n\n"
+             "frame(raw, fast, suffix, random, extras=None) -> (rows, assigned_ids)\n\n"
              "ProtobufList rows of the activities that `fast` (from check) names in `raw`: 0x0a,\n"
              "varint(row length), the activity bytes, an id field (0x0a 0x24 + a UUID v4 made from the\n"
              "next 16 bytes of `random`) when the activity has no id, then `suffix`. Whether an activity\n"
-             "has an id is read from its bytes. `assigned_ids` maps index -> assigned id.\n"
+             "has an id is read from its bytes; `extras`, a list of bytes with one item per triple, adds\n"
+             "each activity's own fields after the suffix. `assigned_ids` maps index -> assigned id.\n"
              "ValueError: a malformed triple, or fewer than 16 random bytes per activity without id.");
 
 static PyObject *fp_frame(PyObject *self, PyObject *args)
 {
     Py_buffer raw, fast, suffix, rnd;
-    PyObject *rows = NULL, *assigned = NULL, *result = NULL;
+    PyObject *rows = NULL, *assigned = NULL, *result = NULL, *extras = NULL;
     uint8_t *flags = NULL;
     size_t n, k, total = 0, missing = 0;
     const uint8_t *rawp, *fp;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*:frame", &raw, &fast, &suffix, &rnd))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*|O:frame", &raw, &fast, &suffix, &rnd, &extras))
         return NULL;
     rawp = (const uint8_t *)raw.buf;
     fp = (const uint8_t *)fast.buf;
@@ -1051,6 +1055,12 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
         goto done;
     }
     n = (size_t)fast.len / 12;
+    if (extras == Py_None)
+        extras = NULL;
+    if (extras && (!PyList_Check(extras) || (size_t)PyList_GET_SIZE(extras) != n)) {
+        PyErr_SetString(PyExc_ValueError, "extras must be a list of bytes, one per triple");
+        goto done;
+    }
     flags = (uint8_t *)malloc(n ? n : 1);
     if (!flags) {
         PyErr_NoMemory();
@@ -1072,6 +1082,14 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
         flags[k] = (uint8_t)!h;
         missing += (size_t)!h;
         row = (size_t)(end - start) + (h ? 0 : 38) + (size_t)suffix.len;
+        if (extras) {
+            PyObject *x = PyList_GET_ITEM(extras, (Py_ssize_t)k);
+            if (!PyBytes_Check(x)) {
+                PyErr_Format(PyExc_ValueError, "extras[%zu] is not bytes", k);
+                goto done;
+            }
+            row += (size_t)PyBytes_GET_SIZE(x);
+        }
         total += 1 + varint_size(row) + row;
     }
     if ((size_t)rnd.len / 16 < missing) {
@@ -1090,8 +1108,15 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
             uint32_t index = get_u32(fp + 12 * k), start = get_u32(fp + 12 * k + 4),
                      end = get_u32(fp + 12 * k + 8);
             size_t len = end - start;
+            const char *extra = NULL;
+            size_t extra_len = 0;
+            if (extras) {
+                PyObject *x = PyList_GET_ITEM(extras, (Py_ssize_t)k);
+                extra = PyBytes_AS_STRING(x);
+                extra_len = (size_t)PyBytes_GET_SIZE(x);
+            }
             *out++ = 0x0a;
-            out = put_varint(out, (uint64_t)(len + (flags[k] ? 38 : 0) + (size_t)suffix.len));
+            out = put_varint(out, (uint64_t)(len + (flags[k] ? 38 : 0) + (size_t)suffix.len + extra_len));
             memcpy(out, rawp + start, len);
             out += len;
             if (flags[k]) {
@@ -1112,6 +1137,10 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
             }
             memcpy(out, suffix.buf, (size_t)suffix.len);
             out += suffix.len;
+            if (extra_len) {
+                memcpy(out, extra, extra_len);
+                out += extra_len;
+            }
         }
     }
     result = PyTuple_Pack(2, rows, assigned);
@@ -1127,11 +1156,118 @@ done:
     return result;
 }
 
+/* -- keys ---------------------------------------------------------------------------------------- */
+
+/* Fields of an activity that enrichment looks up, as (message path, field) pairs: target.type,
+ * target.id, user.user_id, user.anonymous_id, user.session_id, metadata.user_agent. */
+enum { KEY_TARGET_TYPE, KEY_TARGET_ID, KEY_USER_ID, KEY_ANONYMOUS_ID, KEY_SESSION_ID, KEY_USER_AGENT, NKEYS };
+
+static void find_keys(const uint8_t *p, const uint8_t *end, const uint8_t **data, size_t *len)
+{
+    field_t f, g;
+    int ignored = 0;
+    while (p < end) {
+        const uint8_t *q, *qend;
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK)
+            return;
+        if (f.wt != 2 || (f.num != 3 && f.num != 4 && f.num != 6))
+            continue;
+        q = f.data;
+        qend = f.data + f.len;
+        while (q < qend) {
+            int slot = -1;
+            if (next_field(&q, qend, &g, &ignored) != SCAN_OK || g.wt != 2)
+                break;
+            if (f.num == 3)
+                slot = g.num == 1 ? KEY_TARGET_TYPE : g.num == 2 ? KEY_TARGET_ID : -1;
+            else if (f.num == 4)
+                slot = g.num == 3   ? KEY_USER_ID
+                       : g.num == 2 ? KEY_ANONYMOUS_ID
+                       : g.num == 1 ? KEY_SESSION_ID
+                                    : -1;
+            else
+                slot = g.num == 9 ? KEY_USER_AGENT : -1;
+            if (slot >= 0) {
+                data[slot] = g.data;
+                len[slot] = g.len;
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(keys_doc,
+             "keys(raw, fast) -> list of (target_type, target_id, user_id, anonymous_id, session_id,\n"
+             "    user_agent)\n\n"
+             "The strings enrichment looks up, for each activity that `fast` (from check) names in `raw`,\n"
+             "in the order of `fast`; '' for a field the activity does not carry. The activities must be\n"
+             "ones check vouched for (valid UTF-8 in every string).");
+
+static PyObject *fp_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer raw, fast;
+    PyObject *out = NULL, *empty = NULL;
+    size_t n, k;
+    const uint8_t *rawp, *fp;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*:keys", &raw, &fast))
+        return NULL;
+    rawp = (const uint8_t *)raw.buf;
+    fp = (const uint8_t *)fast.buf;
+    if (fast.len % 12) {
+        PyErr_SetString(PyExc_ValueError, "fast must be packed (index, start, end) uint32 triples");
+        goto done;
+    }
+    n = (size_t)fast.len / 12;
+    empty = PyUnicode_FromStringAndSize("", 0);
+    out = PyList_New((Py_ssize_t)n);
+    if (!empty || !out)
+        goto fail;
+    for (k = 0; k < n; k++) {
+        uint32_t start = get_u32(fp + 12 * k + 4), end = get_u32(fp + 12 * k + 8);
+        const uint8_t *data[NKEYS] = {0};
+        size_t len[NKEYS] = {0};
+        PyObject *t;
+        int i;
+        if (start > end || end > (size_t)raw.len) {
+            PyErr_Format(PyExc_ValueError, "triple %zu: span %u..%u outside raw", k, start, end);
+            goto fail;
+        }
+        find_keys(rawp + start, rawp + end, data, len);
+        t = PyTuple_New(NKEYS);
+        if (!t)
+            goto fail;
+        PyList_SET_ITEM(out, (Py_ssize_t)k, t);
+        for (i = 0; i < NKEYS; i++) {
+            PyObject *v;
+            if (len[i]) {
+                v = PyUnicode_DecodeUTF8((const char *)data[i], (Py_ssize_t)len[i], "strict");
+                if (!v)
+                    goto fail;
+            } else {
+                Py_INCREF(empty);
+                v = empty;
+            }
+            PyTuple_SET_ITEM(t, i, v);
+        }
+    }
+    goto done;
+
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(empty);
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&fast);
+    return out;
+}
+
 /* -- module -------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"check", fp_check, METH_VARARGS, check_doc},
     {"frame", fp_frame, METH_VARARGS, frame_doc},
+    {"keys", fp_keys, METH_VARARGS, keys_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -178,6 +178,19 @@ class Settings:
     revocation takes effect on every collector within this time."""
     auth_cache_size: int = 10_000
     """Most API keys whose checks are cached, least recently used dropped first."""
+    enrichment: bool = True
+    """Enrich activities from PostgreSQL: catalogue columns from the tenant's targets, resolved_user_id
+    from identity links (and record new links). Off: those columns stay empty and PostgreSQL is never
+    asked. User agents are parsed either way."""
+    enrichment_cache_size: int = 100_000
+    """Most entries of each enrichment cache (user agents, targets, identity links), least recently used
+    dropped first."""
+    enrichment_cache_ttl_s: float = 60.0
+    """How long a looked-up target or identity link (found or not) is reused before PostgreSQL is asked
+    again: a catalogue import, or a link recorded by another collector, shows within this time."""
+    enrichment_timeout_ms: float = 250.0
+    """Longest wait for one batch's PostgreSQL lookups; past it (or on an error) the batch is stored
+    without what was missing, counted as enrichment gaps, and PostgreSQL is left alone for a while."""
     clock_skew_tolerance_ms: float = 1000.0
     """Differences between the server's receive time and the client's sent_at up to this size are taken
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
@@ -280,6 +293,14 @@ class Settings:
             raise ConfigError(f"auth_cache_ttl_s: must be greater than zero, got {self.auth_cache_ttl_s}")
         if self.auth_cache_size <= 0:
             raise ConfigError(f"auth_cache_size: must be greater than zero, got {self.auth_cache_size}")
+        if self.enrichment_cache_size <= 0:
+            raise ConfigError(
+                f"enrichment_cache_size: must be greater than zero, got {self.enrichment_cache_size}"
+            )
+        for name in ("enrichment_cache_ttl_s", "enrichment_timeout_ms"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigError(f"{name}: must be a finite number greater than zero, got {value}")
         if not 0 <= self.clock_skew_tolerance_ms < math.inf:
             raise ConfigError(
                 "clock_skew_tolerance_ms: must be a finite number, zero or more, "

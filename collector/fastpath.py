@@ -49,10 +49,25 @@ def check(
     return result  # type: ignore[no-any-return]
 
 
-def frame(raw: bytes, spans: bytes, suffix: bytes, random: bytes) -> tuple[bytes, dict[int, str]]:
-    """Rows of ProtobufList for the fast spans, and the ids assigned by index."""
+def frame(
+    raw: bytes, spans: bytes, suffix: bytes, random: bytes, extras: list[bytes] | None = None
+) -> tuple[bytes, dict[int, str]]:
+    """Rows of ProtobufList for the fast spans, and the ids assigned by index. `extras`, one item per
+    span, are each activity's own enrichment fields, written after `suffix`."""
     assert _fastpath is not None
-    result: Any = _fastpath.frame(raw, spans, suffix, random)
+    result: Any = _fastpath.frame(raw, spans, suffix, random, extras)
+    return result  # type: ignore[no-any-return]
+
+
+EnrichmentKeys = tuple[str, str, str, str, str, str]
+"""(target_type, target_id, user_id, anonymous_id, session_id, user_agent) of one activity; '' where
+the activity carries none."""
+
+
+def keys(raw: bytes, spans: bytes) -> list[EnrichmentKeys]:
+    """The strings enrichment looks up, per fast span, in the spans' order."""
+    assert _fastpath is not None
+    result: Any = _fastpath.keys(raw, spans)
     return result  # type: ignore[no-any-return]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from collector.normalize import (
@@ -116,9 +116,12 @@ def encode_rows(
     sent_ns: int | None,
     skew_ns: int = 0,
     fast: FastSpans | None = None,
+    item_extras: Mapping[int, bytes] | None = None,
+    fast_extras: list[bytes] | None = None,
 ) -> EncodedRows:
     """Enrich and frame validated activities as ProtobufList rows: parsed `items` (index, activity) and
-    the `fast` spans, if any."""
+    the `fast` spans, if any. `item_extras` (by index) and `fast_extras` (in the spans' order) are each
+    activity's own fields from `workers.enrichment`, written after the batch's."""
     suffix = batch_suffix(tenant, received_ns, sent_ns, skew_ns)
     suffix_len = len(suffix)
     prefixes = _SHORT_PREFIXES
@@ -129,7 +132,7 @@ def encode_rows(
     nbytes = 0
     count = 0
     if fast is not None and fast.count:
-        framed, assigned = frame_fast(fast, suffix)
+        framed, assigned = frame_fast(fast, suffix, fast_extras)
         append(framed)
         nbytes += len(framed)
         count += fast.count
@@ -146,20 +149,25 @@ def encode_rows(
         if a.HasField("metadata"):
             _normalize_metadata(a.metadata)
         body = a.SerializeToString()
-        size = len(body)
+        extra = item_extras.get(index, b"") if item_extras else b""
+        size = len(body) + len(extra)
         prefix = prefixes[size + suffix_len] if size < short else _ROW_KEY + varint(size + suffix_len)
         append(prefix)
         append(body)
         append(suffix)
+        if extra:
+            append(extra)
         nbytes += len(prefix) + size + suffix_len
         count += 1
     return EncodedRows(pieces, count, nbytes, assigned)
 
 
-def frame_fast(fast: FastSpans, suffix: bytes) -> tuple[bytes, dict[int, str]]:
+def frame_fast(
+    fast: FastSpans, suffix: bytes, extras: list[bytes] | None = None
+) -> tuple[bytes, dict[int, str]]:
     from collector import fastpath
 
-    return fastpath.frame(fast.raw, fast.spans, suffix, os.urandom(16 * fast.missing_ids))
+    return fastpath.frame(fast.raw, fast.spans, suffix, os.urandom(16 * fast.missing_ids), extras)
 
 
 def envelope(chunks: Sequence[EncodedRows]) -> bytes:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.analytics_schema import analytics_statements
-from workers.schema import SINGLE_NODE, Cluster, activities_statements
+from workers.schema import SINGLE_NODE, Cluster, activities_statements, enrichment_statements
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # table's latest inserts: on one node its default, 0, turns them off; on a replicated table the
     # default (1000 inserts, kept in Keeper) is widened to the same 10000.
     Migration(3, "deduplication window", lambda db, cluster: [_deduplication_window(db, cluster)]),
+    Migration(4, "enrichment: user agent, catalogue, resolved user", enrichment_statements),
 )
 
 

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import logging
 import random
+import struct
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,10 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector import fastpath
 from collector.config import PipelineSettings
 from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.deadletters import DeadLetter, DeadLetterSink, rows_tenant
 from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope, envelope_bytes
+from workers.enrichment import Enricher, activity_keys
 from workers.spool import Planned, Spool, SpoolFull
 from workers.storage import ActivityStore, StoreError, classify
 
@@ -107,6 +110,8 @@ class PipelineStats:
     """Activities that ClickHouse refused for good, kept in the dead-letter store."""
     dead_letter_failures: int = 0
     """Attempts to write dead letters that failed (the records stay in the spool and are tried again)."""
+    enrichment_failures: int = 0
+    """Activities stored without any enrichment because enriching their batch failed unexpectedly."""
 
     def record_insert(self, rows: int) -> None:
         self.inserts += 1
@@ -127,11 +132,13 @@ class Pipeline:
         store: ActivityStore,
         spool: Spool | None = None,
         dead_letters: DeadLetterSink | None = None,
+        enricher: Enricher | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.spool = spool
         self.dead_letters = dead_letters
+        self.enricher = enricher
         # Spool mode: records durable and not yet handed to an insert, in sequence order.
         self._ready: collections.deque[tuple[int, int]] = collections.deque()
         self._ready_event = asyncio.Event()
@@ -203,13 +210,63 @@ class Pipeline:
     async def _enrich_worker(self) -> None:
         while True:
             sub = await self._intake.get()
+            item_extras: dict[int, bytes] | None = None
+            fast_extras: list[bytes] | None = None
+            if self.enricher is not None:
+                try:
+                    item_extras, fast_extras = await self._enrichment(sub)
+                except Exception as error:  # never lose the batch over its enrichment
+                    self.stats.enrichment_failures += sub.count
+                    log.exception(
+                        "enrichment failed; storing the batch without it", extra={"error": repr(error)}
+                    )
             try:
-                rows = encode_rows(sub.items, sub.tenant, sub.received_ns, sub.sent_ns, sub.skew_ns, sub.fast)
+                rows = encode_rows(
+                    sub.items,
+                    sub.tenant,
+                    sub.received_ns,
+                    sub.sent_ns,
+                    sub.skew_ns,
+                    sub.fast,
+                    item_extras,
+                    fast_extras,
+                )
             except Exception as error:
                 log.exception("enrichment failed", extra={"error": repr(error)})
                 self._settle(sub.count, sub.future, Unavailable(f"enrichment failed: {error}", 0))
                 continue
             self._commit.put_nowait(_Encoded(rows, sub.future))
+
+    async def _enrichment(self, sub: Submission) -> tuple[dict[int, bytes] | None, list[bytes] | None]:
+        """Each activity's enrichment fields: by index for the parsed ones, in span order for the fast."""
+        assert self.enricher is not None
+        fast_keys = (
+            fastpath.keys(sub.fast.raw, sub.fast.spans) if sub.fast is not None and sub.fast.count else []
+        )
+        item_keys = [(index, activity_keys(a)) for index, a in sub.items]
+        if not item_keys:
+            return None, await self.enricher.enrich(sub.tenant, fast_keys)
+        if not fast_keys:
+            extras = await self.enricher.enrich(sub.tenant, [k for _, k in item_keys])
+            return {index: e for (index, _), e in zip(item_keys, extras, strict=True)}, None
+        # Both kinds: enrich in batch order, so that identity links apply to the activities after them.
+        assert sub.fast is not None
+        fast_indexes = struct.unpack(f"<{3 * len(fast_keys)}I", sub.fast.spans)[0::3]
+        order = sorted(
+            [(index, True, n) for n, index in enumerate(fast_indexes)]
+            + [(index, False, n) for n, (index, _) in enumerate(item_keys)]
+        )
+        extras = await self.enricher.enrich(
+            sub.tenant, [fast_keys[n] if fast else item_keys[n][1] for _, fast, n in order]
+        )
+        fast_extras = [b""] * len(fast_keys)
+        item_extras: dict[int, bytes] = {}
+        for (index, fast, n), extra in zip(order, extras, strict=True):
+            if fast:
+                fast_extras[n] = extra
+            else:
+                item_extras[index] = extra
+        return item_extras, fast_extras
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()

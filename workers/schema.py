@@ -31,11 +31,38 @@ TENANT_FIELD = 1001
 RECEIVED_AT_FIELD = 1002
 SENT_AT_FIELD = 1003
 CLOCK_SKEW_FIELD = 1004
+# Enrichment, per activity (see workers.enrichment); each is left out of a row when empty.
+UA_DEVICE_TYPE_FIELD = 1005
+OS_FIELD = 1006
+OS_VERSION_FIELD = 1007
+BROWSER_FIELD = 1008
+BROWSER_VERSION_FIELD = 1009
+IS_BOT_FIELD = 1010
+TARGET_NAME_FIELD = 1011
+TARGET_CATEGORY_PATH_FIELD = 1012
+TARGET_BRAND_FIELD = 1013
+TARGET_LIST_PRICE_FIELD = 1014
+TARGET_LIST_CURRENCY_FIELD = 1015
+TARGET_CATALOG_ATTRIBUTES_FIELD = 1016
+RESOLVED_USER_ID_FIELD = 1017
 
 _EXTRA_FIELDS = f"""  string tenant_id = {TENANT_FIELD};
   Timestamp received_at = {RECEIVED_AT_FIELD};
   Timestamp sent_at = {SENT_AT_FIELD};
   int64 clock_skew_ms = {CLOCK_SKEW_FIELD};
+  string ua_device_type = {UA_DEVICE_TYPE_FIELD};
+  string os = {OS_FIELD};
+  string os_version = {OS_VERSION_FIELD};
+  string browser = {BROWSER_FIELD};
+  string browser_version = {BROWSER_VERSION_FIELD};
+  bool is_bot = {IS_BOT_FIELD};
+  string catalog_name = {TARGET_NAME_FIELD};
+  repeated string catalog_category_path = {TARGET_CATEGORY_PATH_FIELD};
+  string catalog_brand = {TARGET_BRAND_FIELD};
+  optional int64 catalog_list_price = {TARGET_LIST_PRICE_FIELD};
+  string catalog_currency = {TARGET_LIST_CURRENCY_FIELD};
+  map<string, string> catalog_attributes = {TARGET_CATALOG_ATTRIBUTES_FIELD};
+  string resolved_user_id = {RESOLVED_USER_ID_FIELD};
 """
 
 _SCALARS = {
@@ -164,8 +191,10 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         "device_type",
         "LowCardinality(String)",
-        "Device type as sent by the client, lower case.",
-        *_from("metadata_device_type", "String"),
+        "Device type: as sent by the client (lower case) when it sent one, else read from user_agent "
+        "(desktop, mobile, tablet, bot, other); empty when neither says.",
+        "if(metadata_device_type != '', metadata_device_type, ua_device_type)",
+        (("metadata_device_type", "String"), ("ua_device_type", "String")),
     ),
     Column(
         "quantity",
@@ -189,12 +218,62 @@ COLUMNS: tuple[Column, ...] = (
     Column("page_url", "String", "URL of the page of the action.", *_from("metadata_page_url", "String")),
     Column("referrer", "String", "URL of the page before.", *_from("metadata_referrer", "String")),
     Column("user_agent", "String", "User agent string.", *_from("metadata_user_agent", "String")),
+    Column("os", "LowCardinality(String)", "Operating system read from user_agent; empty when unknown."),
+    Column("os_version", "LowCardinality(String)", "Its version (major.minor.patch as far as known)."),
+    Column(
+        "browser",
+        "LowCardinality(String)",
+        "Browser or client application read from user_agent; empty when unknown.",
+    ),
+    Column("browser_version", "LowCardinality(String)", "Its version (major.minor.patch as far as known)."),
+    Column(
+        "is_bot",
+        "Bool",
+        "The user agent is a crawler, monitor or link previewer. Such activities are stored, not dropped.",
+    ),
     Column("query", "String", "Search query typed by the user.", *_from("metadata_query", "String")),
     Column(
         "custom",
         "Map(String, String)",
         "Any other context sent by the client.",
         *_from("metadata_custom", "Map(String, String)"),
+    ),
+    Column(
+        "resolved_user_id",
+        "String",
+        "The person: user_id when sent, else the user id last linked to the anonymous_id (or, failing "
+        "that, the session_id) by an earlier activity that carried both; empty when none is known.",
+    ),
+    Column(
+        "target_name",
+        "String",
+        "Catalogue: the target's name; empty when the target is not in the tenant's catalogue.",
+        *_from("catalog_name", "String"),
+    ),
+    Column(
+        "target_category_path",
+        "Array(LowCardinality(String))",
+        "Catalogue: categories from the most general down.",
+        *_from("catalog_category_path", "Array(String)"),
+    ),
+    Column("target_brand", "LowCardinality(String)", "Catalogue: brand.", *_from("catalog_brand", "String")),
+    Column(
+        "target_list_price",
+        "Nullable(Int64)",
+        "Catalogue: list price in minor units of target_list_currency; NULL when unknown.",
+        *_from("catalog_list_price", "Nullable(Int64)"),
+    ),
+    Column(
+        "target_list_currency",
+        "LowCardinality(String)",
+        "Catalogue: ISO 4217 code of target_list_price.",
+        *_from("catalog_currency", "String"),
+    ),
+    Column(
+        "target_catalog_attributes",
+        "Map(String, String)",
+        "Catalogue: any other attributes of the target.",
+        *_from("catalog_attributes", "Map(String, String)"),
     ),
     Column("segments", "Array(LowCardinality(String))", "Segments the user belonged to."),
     Column(
@@ -336,3 +415,47 @@ def activities_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list
     if cluster.enabled:
         statements.append(cluster.distributed(database, "activities", cluster.sharding_key))
     return statements
+
+
+ENRICHMENT_COLUMNS = (
+    "os",
+    "os_version",
+    "browser",
+    "browser_version",
+    "is_bot",
+    "resolved_user_id",
+    "target_name",
+    "target_category_path",
+    "target_brand",
+    "target_list_price",
+    "target_list_currency",
+    "target_catalog_attributes",
+)
+"""Columns added to `activities` by schema version 4 (enrichment)."""
+
+
+def _column_ddl(c: Column) -> str:
+    default = f" DEFAULT {c.source}" if c.source else ""
+    return f"`{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}"
+
+
+def enrichment_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Bring an `activities` table of schema version 1 to the columns of this release: the enrichment
+    columns, the insert columns they come from, and device_type's fallback to the user agent. Every
+    statement is a no-op on a table created by this release (IF NOT EXISTS; the same default)."""
+    by_name = {c.name: c for c in COLUMNS}
+    ephemeral: dict[str, str] = {}
+    for name in (*ENRICHMENT_COLUMNS, "device_type"):
+        for n, t in by_name[name].ephemeral:
+            ephemeral.setdefault(n, t)
+    actions = [f"ADD COLUMN IF NOT EXISTS `{n}` {t} EPHEMERAL" for n, t in ephemeral.items()]
+    names = [c.name for c in COLUMNS]
+    for name in ENRICHMENT_COLUMNS:
+        after = names[names.index(name) - 1]
+        actions.append(f"ADD COLUMN IF NOT EXISTS {_column_ddl(by_name[name])} AFTER `{after}`")
+    actions.append(f"MODIFY COLUMN {_column_ddl(by_name['device_type'])}")
+    tables = [cluster.local("activities")] + (["activities"] if cluster.enabled else [])
+    return [
+        f"ALTER TABLE `{database}`.`{table}`{cluster.on_cluster}\n  " + ",\n  ".join(actions)
+        for table in tables
+    ]
