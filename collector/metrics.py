@@ -26,6 +26,7 @@ from collector.health import HealthMonitor
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.service import ActivityService
 from collector.web import WebListener
+from workers.enrichment import CATALOG, IDENTITY, MAX_PENDING_LINKS
 from workers.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class StatsCollector(Collector):
             "Spooled activities ClickHouse refused for good, kept in the dead-letter directory.",
             p.dead_letters,
         )
+        yield from self._enrichment()
         spool = self.pipeline.spool
         if spool is not None:
             yield GaugeMetricFamily(
@@ -176,6 +178,66 @@ class StatsCollector(Collector):
                 "1 while gRPC health is SERVING (the store, or the spool, takes activities), 0 while not.",
                 value=1 if self.health.serving else 0,
             )
+
+
+    def _enrichment(self) -> Iterable[Metric]:
+        enricher = self.pipeline.enricher
+        if enricher is None:
+            return
+        e = enricher.stats
+        activities = CounterMetricFamily(
+            PREFIX + "_enrichment_activities",
+            "Activities by enrichment (catalog, identity) and outcome: enriched, unknown (no catalogue "
+            "entry, no identity link) or gap (PostgreSQL failed or was too slow: stored without it).",
+            labels=["kind", "outcome"],
+        )
+        gaps = CounterMetricFamily(
+            PREFIX + "_enrichment_gaps",
+            "Activities stored without an enrichment they may have had, because PostgreSQL failed or "
+            "was too slow (enrichment_timeout_ms).",
+            labels=["kind"],
+        )
+        for kind in (CATALOG, IDENTITY):
+            for outcome in ("enriched", "unknown", "gap"):
+                activities.add_metric([kind, outcome], e.activities[(kind, outcome)])
+            gaps.add_metric([kind], e.activities[(kind, "gap")])
+        yield activities
+        yield gaps
+        lookups = CounterMetricFamily(
+            PREFIX + "_enrichment_lookups",
+            "PostgreSQL lookups of enrichment (one per kind and batch with cache misses), by outcome: ok, "
+            "error (failed or timed out) or skipped (PostgreSQL left alone after a failure).",
+            labels=["kind", "outcome"],
+        )
+        for kind in (CATALOG, IDENTITY):
+            for outcome in ("ok", "error", "skipped"):
+                lookups.add_metric([kind, outcome], e.lookups[(kind, outcome)])
+        yield lookups
+        yield CounterMetricFamily(
+            PREFIX + "_user_agents_parsed",
+            "Distinct user agent strings parsed (each is cached after).",
+            value=e.user_agents_parsed,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_identity_links_recorded",
+            "Identity links written to PostgreSQL (new or changed).",
+            value=e.links_recorded,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_identity_link_write_failures",
+            "Writes of identity links that failed; their links are kept and written with a later batch.",
+            value=e.link_write_failures,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_identity_links_dropped",
+            f"Identity links given up because more than {MAX_PENDING_LINKS} waited for PostgreSQL.",
+            value=e.links_dropped,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_enrichment_failures",
+            "Activities stored without any enrichment because enriching their batch failed unexpectedly.",
+            value=self.pipeline.stats.enrichment_failures,
+        )
 
 
 class Metrics:

@@ -29,7 +29,10 @@ from collector.requestid import RequestIdHandler
 from collector.service import ActivityService
 from collector.tenants import TenantStore
 from collector.web import server_ssl_context
+from workers.catalog import CatalogStore
 from workers.deadletters import DeadLetterStore
+from workers.enrichment import Enricher
+from workers.identity import IdentityStore
 from workers.pipeline import Pipeline
 from workers.spool import Spool
 from workers.storage import ClickHouseStore
@@ -43,6 +46,7 @@ class CollectorServer:
         self.postgres: Postgres | None = None
         self.store: ClickHouseStore | None = None
         self.pipeline: Pipeline | None = None
+        self.enricher: Enricher | None = None
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
         self.health: HealthMonitor | None = None
@@ -76,7 +80,16 @@ class CollectorServer:
                 capacity_bytes=settings.pipeline.spool_capacity_bytes,
                 segment_bytes=settings.pipeline.spool_segment_bytes,
             )
-        self.pipeline = Pipeline(settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool))
+        self.enricher = Enricher(
+            CatalogStore(self.postgres.pool) if settings.enrichment else None,
+            IdentityStore(self.postgres.pool) if settings.enrichment else None,
+            cache_size=settings.enrichment_cache_size,
+            ttl_s=settings.enrichment_cache_ttl_s,
+            timeout_s=settings.enrichment_timeout_ms / 1000,
+        )
+        self.pipeline = Pipeline(
+            settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool), self.enricher
+        )
         await self.pipeline.start()
         self.service = ActivityService(settings, self.pipeline)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

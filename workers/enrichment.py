@@ -167,6 +167,11 @@ class Enricher:
         self._failures = 0
         self._resume_at = 0.0
 
+    @property
+    def pending_links(self) -> int:
+        """Identity links seen and not yet written to PostgreSQL."""
+        return len(self._pending_links)
+
     # -- PostgreSQL, guarded ------------------------------------------------------------------------
 
     def _postgres_open(self) -> bool:

@@ -387,13 +387,18 @@ class Cluster:
 SINGLE_NODE = Cluster()
 
 
-def activities_table_ddl(database: str, table: str = "activities", cluster: Cluster = SINGLE_NODE) -> str:
-    """The table holding the rows (`<table>_local` on a cluster); see `activities_statements`."""
+def _ephemeral_columns() -> dict[str, str]:
+    """The insert-only columns, name to type, in the order of the columns they fill."""
     ephemeral: dict[str, str] = {}
     for c in COLUMNS:
         for n, t in c.ephemeral:
             ephemeral.setdefault(n, t)
-    lines = [f"  `{n}` {t} EPHEMERAL" for n, t in ephemeral.items()]
+    return ephemeral
+
+
+def activities_table_ddl(database: str, table: str = "activities", cluster: Cluster = SINGLE_NODE) -> str:
+    """The table holding the rows (`<table>_local` on a cluster); see `activities_statements`."""
+    lines = [f"  `{n}` {t} EPHEMERAL" for n, t in _ephemeral_columns().items()]
     for c in COLUMNS:
         default = f" DEFAULT {c.source}" if c.source else ""
         lines.append(f"  `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}")
@@ -444,11 +449,14 @@ def enrichment_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list
     columns, the insert columns they come from, and device_type's fallback to the user agent. Every
     statement is a no-op on a table created by this release (IF NOT EXISTS; the same default)."""
     by_name = {c.name: c for c in COLUMNS}
-    ephemeral: dict[str, str] = {}
+    new: set[str] = set()
     for name in (*ENRICHMENT_COLUMNS, "device_type"):
-        for n, t in by_name[name].ephemeral:
-            ephemeral.setdefault(n, t)
-    actions = [f"ADD COLUMN IF NOT EXISTS `{n}` {t} EPHEMERAL" for n, t in ephemeral.items()]
+        new.update(n for n, _ in by_name[name].ephemeral if n != "metadata_device_type")
+    # Insert-only columns go last (EPHEMERAL takes an optional expression, so it cannot be followed by
+    # AFTER): their place is invisible, they are never read.
+    actions = [
+        f"ADD COLUMN IF NOT EXISTS `{n}` {t} EPHEMERAL" for n, t in _ephemeral_columns().items() if n in new
+    ]
     names = [c.name for c in COLUMNS]
     for name in ENRICHMENT_COLUMNS:
         after = names[names.index(name) - 1]

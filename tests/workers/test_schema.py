@@ -19,6 +19,7 @@ from helpers import items, make_activity
 
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.wire import iter_fields
+from workers import schema
 from workers.enrich import batch_suffix, encode_rows, envelope, varint
 from workers.schema import (
     CLOCK_SKEW_FIELD,
@@ -39,6 +40,21 @@ EXTRA_FIELDS = {
     "received_at": (RECEIVED_AT_FIELD, FieldDescriptor.TYPE_MESSAGE),
     "sent_at": (SENT_AT_FIELD, FieldDescriptor.TYPE_MESSAGE),
     "clock_skew_ms": (CLOCK_SKEW_FIELD, FieldDescriptor.TYPE_INT64),
+}
+ENRICHMENT_FIELDS = {
+    "ua_device_type": (schema.UA_DEVICE_TYPE_FIELD, FieldDescriptor.TYPE_STRING),
+    "os": (schema.OS_FIELD, FieldDescriptor.TYPE_STRING),
+    "os_version": (schema.OS_VERSION_FIELD, FieldDescriptor.TYPE_STRING),
+    "browser": (schema.BROWSER_FIELD, FieldDescriptor.TYPE_STRING),
+    "browser_version": (schema.BROWSER_VERSION_FIELD, FieldDescriptor.TYPE_STRING),
+    "is_bot": (schema.IS_BOT_FIELD, FieldDescriptor.TYPE_BOOL),
+    "catalog_name": (schema.TARGET_NAME_FIELD, FieldDescriptor.TYPE_STRING),
+    "catalog_category_path": (schema.TARGET_CATEGORY_PATH_FIELD, FieldDescriptor.TYPE_STRING),
+    "catalog_brand": (schema.TARGET_BRAND_FIELD, FieldDescriptor.TYPE_STRING),
+    "catalog_list_price": (schema.TARGET_LIST_PRICE_FIELD, FieldDescriptor.TYPE_INT64),
+    "catalog_currency": (schema.TARGET_LIST_CURRENCY_FIELD, FieldDescriptor.TYPE_STRING),
+    "catalog_attributes": (schema.TARGET_CATALOG_ATTRIBUTES_FIELD, FieldDescriptor.TYPE_MESSAGE),
+    "resolved_user_id": (schema.RESOLVED_USER_ID_FIELD, FieldDescriptor.TYPE_STRING),
 }
 
 
@@ -87,7 +103,7 @@ def _assert_same_fields(expected: Descriptor, actual: Descriptor, path: str, ext
 def test_row_schema_declares_every_activity_field_with_its_number_and_type(
     row_descriptor: Descriptor,
 ) -> None:
-    _assert_same_fields(pb.Activity.DESCRIPTOR, row_descriptor, "", set(EXTRA_FIELDS))
+    _assert_same_fields(pb.Activity.DESCRIPTOR, row_descriptor, "", {*EXTRA_FIELDS, *ENRICHMENT_FIELDS})
 
 
 def test_row_schema_covers_the_nested_messages_by_name(row_descriptor: Descriptor) -> None:
@@ -123,6 +139,16 @@ def test_row_schema_adds_the_batch_fields(row_descriptor: Descriptor) -> None:
         assert (f.number, f.type, f.is_repeated) == (number, type_, False), name
     activity_numbers = {f.number for f in pb.Activity.DESCRIPTOR.fields}
     assert not activity_numbers & {number for number, _ in EXTRA_FIELDS.values()}
+
+
+def test_row_schema_adds_the_enrichment_fields(row_descriptor: Descriptor) -> None:
+    repeated = {"catalog_category_path", "catalog_attributes"}
+    for name, (number, type_) in ENRICHMENT_FIELDS.items():
+        f = row_descriptor.fields_by_name[name]
+        assert (f.number, f.type, f.is_repeated) == (number, type_, name in repeated), name
+    numbers = [n for n, _ in (*EXTRA_FIELDS.values(), *ENRICHMENT_FIELDS.values())]
+    assert len(set(numbers)) == len(numbers)
+    assert not {f.number for f in pb.Activity.DESCRIPTOR.fields} & set(numbers)
 
 
 def test_a_serialized_activity_parses_as_a_row_with_the_same_values(row_class: type[Message]) -> None:

@@ -11,7 +11,7 @@ from helpers import items, make_activity
 
 from workers.enrich import encode_rows, envelope
 from workers.migrations import MIGRATIONS, apply_migrations, latest_version
-from workers.schema import COLUMNS
+from workers.schema import COLUMNS, ENRICHMENT_COLUMNS
 from workers.storage import ClickHouseStore, StoreError
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,3 +86,28 @@ def test_an_insert_repeated_with_its_token_is_stored_once(store: ClickHouseStore
     store.insert_rows(payload, 3, token="another-insert")
     # Counted without FINAL: the copies were dropped at insert, not collapsed by a merge later.
     assert store.query("SELECT count() FROM activities", "TabSeparated") == b"6\n"
+
+
+def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, database: str) -> None:
+    # Stored columns in order; insert-only (EPHEMERAL) columns, never read, in any order.
+    columns = (
+        "SELECT name, type, default_kind, default_expression FROM system.columns "
+        "WHERE table = 'activities' AND database = currentDatabase() "
+        "ORDER BY default_kind = 'EPHEMERAL', if(default_kind = 'EPHEMERAL', name, ''), position"
+    )
+    fresh = store.query(columns, "TabSeparated")
+    # The table as the releases before enrichment created it: no enrichment columns, device_type
+    # only from the client.
+    ephemeral = ["ua_device_type", "catalog_name", "catalog_category_path", "catalog_brand"]
+    ephemeral += ["catalog_list_price", "catalog_currency", "catalog_attributes"]
+    store.command(
+        "ALTER TABLE activities "
+        + ", ".join(f"DROP COLUMN `{name}`" for name in ENRICHMENT_COLUMNS)
+        + ", MODIFY COLUMN device_type LowCardinality(String) DEFAULT metadata_device_type"
+    )
+    store.command("ALTER TABLE activities " + ", ".join(f"DROP COLUMN `{name}`" for name in ephemeral))
+    store.command("ALTER TABLE schema_migrations DELETE WHERE version = 4 SETTINGS mutations_sync = 1")
+    assert store.query(columns, "TabSeparated") != fresh
+    with store._client() as client:
+        assert apply_migrations(client, database) == [4]
+    assert store.query(columns, "TabSeparated") == fresh

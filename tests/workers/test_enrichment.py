@@ -1,0 +1,239 @@
+"""Enrichment against the real engines: user agents, the catalogue (PostgreSQL) and identity links
+(PostgreSQL), each checked in the ClickHouse columns it fills."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers import make_activity
+
+from collector.config import PipelineSettings
+from collector.postgres import apply_migrations
+from collector.proto.activity.v1 import activity_pb2 as pb
+from workers.catalog import CatalogEntry, CatalogStore, TargetInfo
+from workers.enrichment import CATALOG, IDENTITY, Enricher
+from workers.identity import IdentityStore
+from workers.pipeline import Pipeline, Submission
+from workers.storage import ClickHouseStore
+
+pytestmark = pytest.mark.timeout(60)
+
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.1 Mobile/15E148 Safari/604.1"
+)
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+@pytest.fixture
+async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
+    async with p.acquire() as conn:
+        await apply_migrations(conn)
+    yield p
+    await p.close()
+
+
+def make_enricher(pool: asyncpg.Pool, **options: Any) -> Enricher:
+    return Enricher(CatalogStore(pool), IdentityStore(pool), **options)
+
+
+@pytest.fixture
+async def run(store: ClickHouseStore) -> AsyncIterator[Callable[..., Any]]:
+    """Push batches through a pipeline with `enricher` and return once they are committed."""
+    pipelines: list[Pipeline] = []
+
+    async def go(enricher: Enricher, *batches: list[pb.Activity], tenant: str = "t1") -> None:
+        pipeline = Pipeline(PipelineSettings(flush_interval_ms=1), store, enricher=enricher)
+        pipelines.append(pipeline)
+        await pipeline.start()
+        for batch in batches:
+            sub = Submission(
+                items=list(enumerate(batch)),
+                tenant=tenant,
+                received_ns=time.time_ns(),
+                sent_ns=None,
+                skew_ns=0,
+                future=asyncio.get_running_loop().create_future(),
+            )
+            pipeline.submit(sub)
+            await sub.future
+
+    yield go
+    for p in pipelines:
+        await p.shutdown(timeout=5)
+
+
+def rows(store: ClickHouseStore, columns: str, where: str = "1") -> list[list[Any]]:
+    result = store.query(f"SELECT {columns} FROM activities WHERE {where} ORDER BY target_id", "JSONCompact")
+    return list(json.loads(result)["data"])
+
+
+def anonymous(n: int, anon: str = "", session: str = "", user: str = "", ua: str = "") -> pb.Activity:
+    return make_activity(
+        n,
+        user=pb.User(anonymous_id=anon, session_id=session, user_id=user),
+        metadata=pb.Metadata(user_agent=ua),
+    )
+
+
+async def test_user_agent_columns_and_the_client_device_type_wins(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    await run(
+        make_enricher(pool),
+        [
+            make_activity(1, metadata=pb.Metadata(user_agent=IPHONE)),
+            make_activity(2, metadata=pb.Metadata(user_agent=IPHONE, device_type="desktop")),
+            make_activity(3, metadata=pb.Metadata(user_agent=GOOGLEBOT)),
+            make_activity(4, metadata=pb.Metadata()),
+        ],
+    )
+    assert rows(store, "target_id, device_type, os, os_version, browser, is_bot") == [
+        ["sku-1", "mobile", "iOS", "17.1", "Mobile Safari", False],
+        ["sku-2", "desktop", "iOS", "17.1", "Mobile Safari", False],
+        ["sku-3", "bot", "", "", "Googlebot", True],
+        ["sku-4", "", "", "", "", False],
+    ]
+
+
+async def test_catalogue_columns_and_unknown_targets(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    catalog = CatalogStore(pool)
+    await catalog.upsert(
+        "t1",
+        [
+            CatalogEntry(
+                "product",
+                "sku-1",
+                TargetInfo("Trail shoe", ("Shoes", "Running"), "Acme", 8999, "EUR", {"color": "blue"}),
+            ),
+            CatalogEntry("product", "sku-2", TargetInfo("Sock")),
+        ],
+    )
+    # Another tenant's catalogue never answers for t1.
+    await catalog.upsert("t2", [CatalogEntry("product", "sku-3", TargetInfo("Not yours"))])
+    enricher = make_enricher(pool)
+    await run(enricher, [make_activity(n) for n in (1, 2, 3, 1)])
+    columns = (
+        "target_id, target_name, target_category_path, target_brand, target_list_price, "
+        "target_list_currency, target_catalog_attributes"
+    )
+    assert rows(store, columns) == [
+        ["sku-1", "Trail shoe", ["Shoes", "Running"], "Acme", 8999, "EUR", {"color": "blue"}],
+        ["sku-1", "Trail shoe", ["Shoes", "Running"], "Acme", 8999, "EUR", {"color": "blue"}],
+        ["sku-2", "Sock", [], "", None, "", {}],
+        ["sku-3", "", [], "", None, "", {}],
+    ]
+    assert enricher.stats.activities[(CATALOG, "enriched")] == 3
+    assert enricher.stats.activities[(CATALOG, "unknown")] == 1
+    # The second batch is answered by the cache: no further query.
+    queries = enricher.stats.lookups[(CATALOG, "ok")]
+    await run(enricher, [make_activity(1), make_activity(3)])
+    assert enricher.stats.lookups[(CATALOG, "ok")] == queries
+
+
+async def test_an_import_shows_after_the_cache_time_to_live(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    now = [0.0]
+    enricher = make_enricher(pool, ttl_s=60, clock=lambda: now[0])
+    await run(enricher, [make_activity(1)])
+    await CatalogStore(pool).upsert("t1", [CatalogEntry("product", "sku-1", TargetInfo("Late"))])
+    await run(enricher, [make_activity(1)])
+    now[0] = 61.0
+    await run(enricher, [make_activity(1)])
+    assert sorted(r[0] for r in rows(store, "target_name")) == ["", "", "Late"]
+
+
+async def test_identity_stitching_follows_the_batch_order_and_lasts(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    enricher = make_enricher(pool)
+    await run(
+        enricher,
+        [
+            anonymous(1, anon="a-1"),  # before the login: nobody known yet
+            anonymous(2, anon="a-1", session="s-1", user="u-1"),  # the login links a-1 and s-1 to u-1
+            anonymous(3, anon="a-1"),
+            anonymous(4, session="s-1"),
+            anonymous(5, anon="a-2", session="s-1"),  # a-2 unknown: the session decides
+            anonymous(6, anon="a-3"),
+        ],
+    )
+    await run(enricher, [anonymous(7, anon="a-1")])
+    assert rows(store, "target_id, resolved_user_id") == [
+        ["sku-1", ""],
+        ["sku-2", "u-1"],
+        ["sku-3", "u-1"],
+        ["sku-4", "u-1"],
+        ["sku-5", "u-1"],
+        ["sku-6", ""],
+        ["sku-7", "u-1"],
+    ]
+    links = await pool.fetch("SELECT tenant_id, kind, key, user_id FROM identity_links ORDER BY kind")
+    assert [tuple(r) for r in links] == [("t1", "anonymous", "a-1", "u-1"), ("t1", "session", "s-1", "u-1")]
+    # Another collector, with caches of its own, resolves through PostgreSQL; another tenant does not.
+    other = make_enricher(pool)
+    await run(other, [anonymous(8, anon="a-1")])
+    await run(other, [anonymous(9, anon="a-1")], tenant="t2")
+    assert rows(store, "target_id, tenant_id, resolved_user_id", "target_id IN ('sku-8', 'sku-9')") == [
+        ["sku-8", "t1", "u-1"],
+        ["sku-9", "t2", ""],
+    ]
+    assert other.stats.activities[(IDENTITY, "enriched")] == 1
+    assert other.stats.activities[(IDENTITY, "unknown")] == 1
+
+
+async def test_the_latest_user_of_an_anonymous_id_wins(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    enricher = make_enricher(pool)
+    await run(enricher, [anonymous(1, anon="shared", user="u-1")])
+    await run(enricher, [anonymous(2, anon="shared", user="u-2"), anonymous(3, anon="shared")])
+    assert rows(store, "target_id, resolved_user_id", "target_id = 'sku-3'") == [["sku-3", "u-2"]]
+    user = await pool.fetchval("SELECT user_id FROM identity_links WHERE key = 'shared'")
+    assert user == "u-2"
+
+
+async def test_postgres_unreachable_stores_everything_and_counts_gaps(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    """A pool on a port where nothing listens: every lookup fails; the activities are stored anyway,
+    without what PostgreSQL would have said, and each is counted as a gap."""
+    dead = await asyncpg.create_pool("postgresql://nobody@127.0.0.1:1/none", min_size=0, max_size=2)
+    enricher = Enricher(CatalogStore(dead), IdentityStore(dead), timeout_s=2)
+    try:
+        batch = [
+            anonymous(1, anon="a-1", ua=IPHONE),
+            anonymous(2, anon="a-1", user="u-1", ua=IPHONE),
+            anonymous(3, anon="a-9"),
+        ]
+        await run(enricher, batch)
+        await run(enricher, [anonymous(4, anon="a-9"), anonymous(5, anon="a-1")])
+    finally:
+        await dead.close()
+    assert rows(store, "target_id, device_type, resolved_user_id") == [
+        ["sku-1", "mobile", ""],
+        ["sku-2", "mobile", "u-1"],
+        ["sku-3", "", ""],
+        ["sku-4", "", ""],
+        # The link the first batch showed is known to this collector, PostgreSQL or not.
+        ["sku-5", "", "u-1"],
+    ]
+    stats = enricher.stats
+    assert stats.activities[(CATALOG, "gap")] == 5
+    assert stats.activities[(IDENTITY, "gap")] == 3  # a-1 before the login, a-9 twice
+    assert stats.lookups[(CATALOG, "error")] == 1
+    # After the failure PostgreSQL is left alone for a while: the next batch does not wait for it.
+    assert stats.lookups[(CATALOG, "skipped")] == 1
+    # The link waits for PostgreSQL to come back.
+    assert enricher.pending_links == 1
+    assert stats.links_recorded == 0
