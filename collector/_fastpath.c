@@ -1176,8 +1176,10 @@ static void find_keys(const uint8_t *p, const uint8_t *end, const uint8_t **data
         qend = f.data + f.len;
         while (q < qend) {
             int slot = -1;
-            if (next_field(&q, qend, &g, &ignored) != SCAN_OK || g.wt != 2)
+            if (next_field(&q, qend, &g, &ignored) != SCAN_OK)
                 break;
+            if (g.wt != 2)
+                continue;
             if (f.num == 3)
                 slot = g.num == 1 ? KEY_TARGET_TYPE : g.num == 2 ? KEY_TARGET_ID : -1;
             else if (f.num == 4)

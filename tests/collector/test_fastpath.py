@@ -37,6 +37,7 @@ from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.validation import validate_activities
 from collector.wire import salvage_batch
 from workers.enrich import batch_suffix, encode_rows, varint
+from workers.enrichment import activity_keys
 
 fastpath: Any = pytest.importorskip(
     "collector._fastpath",
@@ -222,6 +223,39 @@ def assert_frame_matches(raw: bytes, fast: bytes, missing: int, ref: Reference) 
 
 
 # -- unit tests ------------------------------------------------------------------------------------
+
+
+def test_frame_appends_each_activitys_extra_fields_after_the_suffix() -> None:
+    activities = [make_activity(n) for n in range(5)]
+    activities[3].ClearField("id")
+    raw = pb.TrackActivitiesRequest(activities=activities).SerializeToString()
+    fast, _, _, missing, _ = check(raw)
+    extras = [b"", b"\xea\x3e\x02ab", b"", b"\xea\x3e\x01x" * 300, b"\xd0\x3e\x01"]
+    rows, assigned = fastpath.frame(raw, fast, SUFFIX, os.urandom(16 * missing), extras)
+    bodies = split_rows(rows)
+    for n, (body, activity) in enumerate(zip(bodies, activities, strict=True)):
+        if n == 3:
+            activity.id = assigned[3]
+        assert pb.Activity.FromString(body[: len(body) - len(SUFFIX) - len(extras[n])]) == activity
+        assert body.endswith(SUFFIX + extras[n])
+    with pytest.raises(ValueError, match="one per triple"):
+        fastpath.frame(raw, fast, SUFFIX, os.urandom(16), extras[:2])
+    with pytest.raises(ValueError, match="not bytes"):
+        fastpath.frame(raw, fast, SUFFIX, os.urandom(16), ["text", b"", b"", b"", b""])
+
+
+def test_keys_reads_what_enrichment_looks_up() -> None:
+    activities = [
+        make_activity(1, metadata=pb.Metadata(user_agent="Mozilla/5.0 (Ünïcode)")),
+        make_activity(2, user=pb.User(anonymous_id="a-2")),
+    ]
+    raw = pb.TrackActivitiesRequest(activities=activities).SerializeToString()
+    fast, slow, _, _, _ = check(raw)
+    assert slow == []
+    assert fastpath.keys(raw, fast) == [
+        ("product", "sku-1", "u-1", "anon-1", "s-1", "Mozilla/5.0 (Ünïcode)"),
+        ("product", "sku-2", "", "a-2", "", ""),
+    ]
 
 
 def test_a_realistic_batch_is_all_fast_and_frames_back_to_itself() -> None:
@@ -929,6 +963,9 @@ def assert_agrees(items: list[Generated], stream: bool, limits: Limits, skew_ns:
         if not item.mutated and index in ref.accepted and is_canonical(a):
             assert index in fast_set or not SIMPLE_LOCALE_RE.fullmatch(a.metadata.locale or "en")
     assert_frame_matches(raw, fast, missing, ref)
+    # What enrichment looks up, read from the bytes, is what the parsed activities hold.
+    indexes = fast_indexes(fast)
+    assert fastpath.keys(raw, fast) == [activity_keys(ref.activities[i]) for i in indexes]
     event(f"fast activities: {'none' if not fast_set else 'all' if fast_set == everything else 'some'}")
     event(f"with duplicates: {bool(dups)}; with unparsable activities: {bool(ref.unparsed)}")
 
