@@ -30,11 +30,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 from collector.fastpath import EnrichmentKeys
 from collector.postgres import POSTGRES_ERRORS
 from collector.proto.activity.v1 import activity_pb2 as pb
+from workers.cache import ExpiringCache
 from workers.enrich import varint
 from workers.identity import ANONYMOUS, SESSION, IdentityStore, LinkKey
 from workers.schema import (
@@ -159,9 +160,9 @@ class Enricher:
         self.stats = EnrichmentStats()
         self._clock = clock
         self._user_agents: LRUCache[str, bytes] = LRUCache(cache_size)
-        self._targets: TTLCache[tuple[str, str, str], bytes | None] = TTLCache(cache_size, ttl_s, timer=clock)
+        self._targets: ExpiringCache[tuple[str, str, str], bytes | None] = ExpiringCache(cache_size, ttl_s)
         """(tenant, type, id) -> row fields; None when the catalogue has no such target."""
-        self._links: TTLCache[tuple[str, str, str], str] = TTLCache(cache_size, ttl_s, timer=clock)
+        self._links: ExpiringCache[tuple[str, str, str], str] = ExpiringCache(cache_size, ttl_s)
         """(tenant, kind, key) -> user id; '' when no link is known."""
         self._pending_links: dict[tuple[str, str, str], str] = {}
         self._failures = 0
@@ -196,10 +197,11 @@ class Enricher:
         ua_fields = self._user_agent_fields({k[5] for k in keys})
         if self.catalog is None and self.identity is None:
             return [ua_fields[k[5]] for k in keys]
-        targets, links, gap_targets = await self._lookups(tenant, keys)
+        now = self._clock()
+        targets, links, gap_targets = await self._lookups(tenant, keys, now)
         if self.catalog is not None:
             self._count_targets(Counter((k[0], k[1]) for k in keys), targets, gap_targets)
-        resolved = self._stitch(tenant, keys, links)
+        resolved = self._stitch(tenant, keys, links, now)
         if self.identity is not None and self._pending_links:
             await self._record_links()
         encoded: dict[str, bytes] = {"": b""}
@@ -240,7 +242,7 @@ class Enricher:
         return out
 
     async def _lookups(
-        self, tenant: str, keys: Sequence[EnrichmentKeys]
+        self, tenant: str, keys: Sequence[EnrichmentKeys], now: float
     ) -> tuple[dict[tuple[str, str], bytes], dict[LinkKey, str], set[tuple[str, str]]]:
         """Catalogue row fields by (type, id), the known links of the batch's unresolved ids, and the
         targets that could not be looked up."""
@@ -252,7 +254,7 @@ class Enricher:
         if self.catalog is not None:
             cache = self._targets
             for target in {(k[0], k[1]) for k in keys}:
-                cached = cache.get((tenant, *target), False)
+                cached = cache.get((tenant, *target), now, False)
                 if cached is False:
                     target_misses.append(target)
                 elif cached is not None:
@@ -267,7 +269,7 @@ class Enricher:
                         wanted.add((SESSION, k[4]))
             cache_links = self._links
             for kind, key in wanted:
-                user = cache_links.get((tenant, kind, key))
+                user = cache_links.get((tenant, kind, key), now, None)
                 if user is None:
                     link_misses.append((kind, key))
                 elif user:
@@ -279,7 +281,7 @@ class Enricher:
             for target in target_misses:
                 info = found_targets.get(target)
                 fields = catalog_fields(info) if info is not None else None
-                self._targets[(tenant, *target)] = fields
+                self._targets.set((tenant, *target), fields, now)
                 if fields is not None:
                     targets[target] = fields
         else:
@@ -287,7 +289,7 @@ class Enricher:
         if found_links is not None:
             for link in link_misses:
                 user = found_links.get(link, "")
-                self._links[(tenant, *link)] = user
+                self._links.set((tenant, *link), user, now)
                 if user:
                     links[link] = user
         else:
@@ -337,7 +339,9 @@ class Enricher:
             self._postgres_ok()
         return results.get(CATALOG), results.get(IDENTITY)
 
-    def _stitch(self, tenant: str, keys: Sequence[EnrichmentKeys], links: dict[LinkKey, str]) -> list[str]:
+    def _stitch(
+        self, tenant: str, keys: Sequence[EnrichmentKeys], links: dict[LinkKey, str], now: float
+    ) -> list[str]:
         """The resolved user of each activity, in order; records the links the batch shows."""
         resolved: list[str] = []
         append = resolved.append
@@ -353,8 +357,8 @@ class Enricher:
                     for kind, key in ((ANONYMOUS, k[3]), (SESSION, k[4])):
                         if key and links.get((kind, key)) != user:
                             links[(kind, key)] = user
-                            if cache.get((tenant, kind, key)) != user:
-                                cache[(tenant, kind, key)] = user
+                            if cache.get((tenant, kind, key), now, None) != user:
+                                cache.set((tenant, kind, key), user, now)
                                 self._pending_links[(tenant, kind, key)] = user
                 continue
             linked = ""
