@@ -65,6 +65,8 @@ MAX_PENDING_LINKS = 10_000
 """Links kept for a later write while PostgreSQL cannot take them; past it, the oldest are dropped
 (counted)."""
 _MAX_BACKOFF_S = 30.0
+_LOOKUP_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError, *POSTGRES_ERRORS)
+_MISSING = object()
 
 
 class TargetDetails(Protocol):
@@ -176,7 +178,7 @@ class Enricher:
     # -- PostgreSQL, guarded ------------------------------------------------------------------------
 
     def _postgres_open(self) -> bool:
-        return self._clock() >= self._resume_at
+        return bool(self._clock() >= self._resume_at)
 
     def _postgres_failed(self, what: str, error: BaseException) -> None:
         self._failures += 1
@@ -254,10 +256,10 @@ class Enricher:
         if self.catalog is not None:
             cache = self._targets
             for target in {(k[0], k[1]) for k in keys}:
-                cached = cache.get((tenant, *target), now, False)
-                if cached is False:
+                cached = cache.get((tenant, *target), now, _MISSING)
+                if cached is _MISSING:
                     target_misses.append(target)
-                elif cached is not None:
+                elif isinstance(cached, bytes):
                     targets[target] = cached
         if self.identity is not None:
             wanted: set[LinkKey] = set()
@@ -391,7 +393,7 @@ class Enricher:
             async with asyncio.timeout(self.timeout_s):
                 for tenant, links in by_tenant.items():
                     self.stats.links_recorded += await self.identity.record(tenant, links)
-        except (TimeoutError, OSError, *POSTGRES_ERRORS) as error:
+        except _LOOKUP_ERRORS as error:
             self.stats.link_write_failures += 1
             self._postgres_failed("identity links", error)
             # Links seen meanwhile are newer than the ones that failed.
