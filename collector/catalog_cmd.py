@@ -40,7 +40,7 @@ def add_parser(sub: Any, flags: Callable[[argparse.ArgumentParser], None]) -> ar
         "the same. Exit status: 0 when every line was imported, 1 when some were refused, 2 when the "
         "file cannot be read at all. See docs/enrichment.md for the file formats.",
     )
-    importing.add_argument("file", type=Path, help="the file: .jsonl, .ndjson, .json or .csv")
+    importing.add_argument("file", type=Path, metavar="FILE", help="the file: .jsonl, .ndjson, .json or .csv")
     importing.add_argument("--tenant", help=tenant_help)
     importing.add_argument(
         "--format", choices=FORMATS, help="the file's format (default: from its extension)"
@@ -76,7 +76,7 @@ async def _known_tenant(store: CatalogStore, tenant: str, settings: Settings) ->
     if tenant == settings.default_tenant:
         return
     if not await store.pool.fetchval("SELECT EXISTS (SELECT 1 FROM tenants WHERE name = $1)", tenant):
-        raise CommandError(f"no tenant {tenant} (activity-collector tenants list; tenants create {tenant})")
+        raise CommandError(f"no tenant {tenant}; create it first: activity-collector tenants create {tenant}")
 
 
 async def import_file(settings: Settings, path: Path, fmt: str | None, tenant: str) -> int:
