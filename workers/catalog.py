@@ -16,6 +16,7 @@ import csv
 import datetime
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ UPSERT_CHUNK = 1000
 """Entries per INSERT statement of an import."""
 
 _MAX_BIGINT = 2**63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _Line = TypeVar("_Line")
 
 
@@ -250,7 +252,7 @@ def _attributes(value: Any) -> dict[str, str]:
 def _list_price(value: Any) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Refused("list_price", f"an integer number of minor units (cents) is expected, got {value!r}")
