@@ -203,6 +203,17 @@ def _text(name: str, value: Any, limit: int, *, required: bool = False) -> str:
         raise _Refused(name, f"a string is expected, got {_kind(value)}")
     if len(value) > limit:
         raise _Refused(name, f"{name} has {len(value)} characters; the limit is {limit}")
+    return _storable(name, value)
+
+
+def _storable(name: str, value: str) -> str:
+    """`value`, unless PostgreSQL cannot store it as text."""
+    if "\x00" in value:
+        raise _Refused(name, f"{name} contains a NUL character (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise _Refused(name, f"{name} contains a lone surrogate (character {error.start + 1})") from None
     return value
 
 
@@ -229,6 +240,7 @@ def _category_path(value: Any, limits: Limits) -> tuple[str, ...]:
                 "category_path",
                 f"category {n} has {len(part)} characters; the limit is {limits.max_text_chars}",
             )
+        _storable("category_path", part)
     return tuple(parts)
 
 
@@ -296,6 +308,8 @@ def _entry(values: Mapping[str, Any], attributes: Any, limits: Limits) -> Catalo
                 f"attributes.{key}",
                 f"attributes.{key} has {len(value)} characters; the limit is {limits.max_text_chars}",
             )
+        _storable("attributes", key)
+        _storable(f"attributes.{key}", value)
     info = TargetInfo(
         name=name,
         category_path=category_path,
@@ -362,8 +376,10 @@ def _csv_columns(path: Path, header: list[str]) -> list[str]:
 
 # -- the store -------------------------------------------------------------------------------------
 
+# unnest() would flatten an array of category paths into one array of categories: each path travels as
+# a JSON array, in text.
 _UPSERT = """
-INSERT INTO targets AS t
+INSERT INTO targets
     (tenant_id, target_type, target_id, name, category_path, brand, list_price, currency, attributes,
      updated_at)
 SELECT $1, u.target_type, u.target_id, u.name,
@@ -426,7 +442,7 @@ class CatalogStore:
                     [info.brand for _, info in chunk],
                     [info.list_price for _, info in chunk],
                     [info.currency for _, info in chunk],
-                    [json.dumps(info.attributes) for _, info in chunk],
+                    [json.dumps(dict(info.attributes)) for _, info in chunk],
                 )
         return len(items)
 

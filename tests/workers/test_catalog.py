@@ -111,10 +111,13 @@ def test_every_bad_jsonl_line_is_reported_with_its_field_and_the_good_ones_kept(
         {**good, "target_id": "sku-21", "list_price": True, "currency": "EUR"},  # 21
         '{"target_type": "product", "target_id": "sku-22", "list_price": NaN}',  # 22
         {"target_type": "product", "target_id": "sku-23", "attributes": {"": "x"}},  # 23
-        {"target_type": "product", "target_id": "sku-24"},  # 24
+        {**good, "name": "a\u0000b"},  # 24
+        '{"target_type": "product", "target_id": "sku-25", "attributes": {"k": "\\ud800"}}',  # 25
+        {**good, "category_path": ["Shoes", "\u0000"]},  # 26
+        {"target_type": "product", "target_id": "sku-27"},  # 27
     )
     entries, errors = parse_catalog(path, None)
-    assert [(e.target_type, e.target_id) for e in entries] == [("product", "sku-1"), ("product", "sku-24")]
+    assert [(e.target_type, e.target_id) for e in entries] == [("product", "sku-1"), ("product", "sku-27")]
     assert refused(errors) == [
         (2, ""),
         (3, ""),
@@ -138,6 +141,9 @@ def test_every_bad_jsonl_line_is_reported_with_its_field_and_the_good_ones_kept(
         (21, "list_price"),
         (22, ""),
         (23, "attributes"),
+        (24, "name"),
+        (25, "attributes.k"),
+        (26, "category_path"),
     ]
     messages = {e.line_number: e.message for e in errors}
     assert messages[2].startswith("not valid JSON")
@@ -150,6 +156,8 @@ def test_every_bad_jsonl_line_is_reported_with_its_field_and_the_good_ones_kept(
     assert messages[13] == "an integer number of minor units (cents) is expected, got 19.99"
     assert messages[14] == "currency is required with list_price"
     assert messages[15] == "not an ISO 4217 currency code: 'EURO'"
+    assert messages[24] == "name contains a NUL character (U+0000)"
+    assert messages[25] == "attributes.k contains a lone surrogate (character 1)"
     assert messages[19] == f"attributes has {LIMITS.max_map_entries + 1} entries; the limit is 64"
 
 
