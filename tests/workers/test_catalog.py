@@ -362,3 +362,15 @@ async def test_an_import_larger_than_one_statement(store: CatalogStore) -> None:
     keys = [("product", f"sku-{i}") for i in (0, UPSERT_CHUNK, n - 1, n)]
     found = await store.lookup("shop-a", keys)
     assert sorted(info.list_price or 0 for info in found.values()) == [0, UPSERT_CHUNK, n - 1]
+
+
+def test_the_files_shown_in_the_docs_parse_whole(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "enrichment.md").read_text()
+    for heading, name in (("### JSON Lines", "doc.jsonl"), ("### CSV", "doc.csv")):
+        block = text.split(heading, 1)[1].split("```\n", 2)[1]
+        path = tmp_path / name
+        path.write_text(block)
+        entries, errors = parse_catalog(path, None)
+        assert errors == [] and len(entries) >= 3, name
+        assert entries[0] == parse_catalog(root / "examples" / f"catalog.{name.split('.')[1]}", None)[0][0]
