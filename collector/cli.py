@@ -1,5 +1,5 @@
 """`activity-collector`: serve, send, health, sql, report, schema, migrate, dead-letters, tenants, keys,
-config."""
+catalog, config."""
 
 from __future__ import annotations
 
@@ -193,12 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
         key_list,
         key_revoke,
     ):
-        _config_flag(action)
-        action.add_argument(
-            "--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)"
-        )
-        _postgres_flags(action)
+        _postgres_command_flags(action)
+
+    from collector.catalog_cmd import add_parser as add_catalog_parser
+
+    add_catalog_parser(sub, _postgres_command_flags)
     return parser
+
+
+def _postgres_command_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the commands that use PostgreSQL only."""
+    _config_flag(parser)
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
+    _postgres_flags(parser)
 
 
 def _effective(args: argparse.Namespace) -> EffectiveSettings:
@@ -293,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             from collector.admin import run_tenants
 
             return run_tenants(_settings(args), args)
+        if args.command == "catalog":
+            from collector.catalog_cmd import run_catalog
+
+            return run_catalog(_settings(args), args)
     except ConfigError as error:
         print(f"activity-collector: configuration error: {error}", file=sys.stderr)
         return 2

@@ -158,10 +158,14 @@ async def test_commands_on_a_data_directory_without_data_say_so(
 
 
 async def test_migrate_reports_what_it_applied(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from collector.postgres import latest_version
+    from collector.postgres import MIGRATIONS, latest_version
 
+    versions = ", ".join(str(m.version) for m in MIGRATIONS)
     code, out, _ = await run(capsys, "migrate", "--postgres-dsn", pg_dsn)
-    assert (code, out) == (0, f"applied PostgreSQL migrations 1, 2; schema version {latest_version()}\n")
+    assert (code, out) == (
+        0,
+        f"applied PostgreSQL migrations {versions}; schema version {latest_version()}\n",
+    )
     code, out, _ = await run(capsys, "migrate", "--postgres-dsn", pg_dsn)
     assert (code, out) == (0, f"PostgreSQL schema up to date (version {latest_version()})\n")
 
