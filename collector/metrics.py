@@ -179,7 +179,6 @@ class StatsCollector(Collector):
                 value=1 if self.health.serving else 0,
             )
 
-
     def _enrichment(self) -> Iterable[Metric]:
         enricher = self.pipeline.enricher
         if enricher is None:
