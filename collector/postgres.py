@@ -158,7 +158,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             'The catalogue: what each tenant''s targets are (activity-collector catalog import). Activities'
             ' on a known target get these values in their target_* columns in ClickHouse.';
         COMMENT ON COLUMN targets.tenant_id IS 'Tenant name, as in the tenant_id column of ClickHouse rows.';
-        COMMENT ON COLUMN targets.category_path IS 'Categories from the most general down, e.g. {Shoes,Running}.';
+        COMMENT ON COLUMN targets.category_path IS
+            'Categories from the most general down, e.g. {Shoes,Running}.';
         COMMENT ON COLUMN targets.list_price IS
             'Catalogue price in integer minor units of currency (cents); NULL when unknown.';
         COMMENT ON COLUMN targets.attributes IS 'Any other attributes: a JSON object of strings.';
