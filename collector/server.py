@@ -117,6 +117,10 @@ class CollectorServer:
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
+                # Without BDP probing, gRPC reads ahead of the handlers at most grpc.http2.lookahead_bytes
+                # (64 KiB) per stream, besides the message a handler is reading. With it, the read-ahead
+                # grows with the connection's throughput, and overload shows up as memory.
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         handler = self.service.rpc_handler()
