@@ -74,7 +74,7 @@ class StoreConnector:
             except StoreError as error:
                 failures += 1
                 # Full jitter: collectors that lost the same ClickHouse do not come back in step.
-                delay = random.uniform(0, min(self.max_delay_s, self.first_delay_s * 2**failures))
+                delay = random.uniform(0, min(self.max_delay_s, self.first_delay_s * 2 ** (failures - 1)))
                 log.log(
                     logging.WARNING if error.transient else logging.ERROR,
                     "store not reachable, connecting again",
