@@ -78,6 +78,7 @@ async def serve(listen: str) -> int:
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
         ]
     )
     server.add_generic_rpc_handlers((handler(),))

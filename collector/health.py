@@ -12,6 +12,9 @@ were retried) and none committed, it is down. With no insert since the last look
 `activities` table, through a store connection like an insert, decides. The probe never runs on the
 event loop.
 
+Until the store is connected (with the spool on, the collector starts without ClickHouse and connects
+in the background, `workers/connector.py`), it counts as unreachable, and no probe is sent.
+
 Without the spool, an unreachable store means NOT_SERVING at once: nothing can be acknowledged. With
 the spool on, activities are acknowledged once on local disk, so the collector stays SERVING while the
 store is away and turns NOT_SERVING only when the spool is full as well (it has no room left for one
@@ -33,6 +36,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from collector.service import SERVICE_NAME
+from workers.connector import StoreConnector
 from workers.pipeline import Pipeline
 from workers.storage import ActivityStore
 
@@ -72,15 +76,22 @@ class HealthMonitor:
     """
 
     def __init__(
-        self, store: ActivityStore, pipeline: Pipeline, interval_s: float, request_bytes: int = 0
+        self,
+        store: ActivityStore,
+        pipeline: Pipeline,
+        interval_s: float,
+        request_bytes: int = 0,
+        connector: StoreConnector | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.interval_s = interval_s
         self.request_bytes = request_bytes
         """Room the spool must have left to count as not full."""
+        self.connector = connector
+        """Connects the store; while it has not, the store is unreachable. None: connected already."""
         self.servicer = _HealthServicer()
-        self.store_up = True
+        self.store_up = self._store_connected
         self.serving = True
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
@@ -97,7 +108,8 @@ class HealthMonitor:
     async def start(self) -> None:
         if self._task is not None or self._shutting_down:
             return
-        await self._publish(True)
+        self.serving = self._serving(self.store_up)
+        await self._publish(self.serving)
         self._task = asyncio.create_task(self._run(), name="health")
 
     async def _publish(self, up: bool) -> None:
@@ -111,12 +123,22 @@ class HealthMonitor:
         spool = self.pipeline.spool
         return spool is not None and spool.size_bytes + self.request_bytes >= spool.capacity_bytes
 
+    @property
+    def _store_connected(self) -> bool:
+        return self.connector is None or self.connector.ready.is_set()
+
+    def _serving(self, store_up: bool) -> bool:
+        # With the spool, acknowledgements need only the local disk until the spool is full.
+        return store_up or (self.pipeline.spool is not None and not self.spool_full)
+
     async def _run(self) -> None:
         stats = self.pipeline.stats
         inserts, failures, retries = stats.inserts, stats.insert_failures, stats.insert_retries
         while True:
             await asyncio.sleep(self.interval_s)
-            if stats.inserts > inserts:
+            if self.connector is not None and not self.connector.ready.is_set():
+                up, error = False, self.connector.last_error or "the store is not connected yet"
+            elif stats.inserts > inserts:
                 up, error = True, ""
             elif stats.insert_failures > failures or stats.insert_retries > retries:
                 up, error = False, "inserts are failing"
@@ -129,8 +151,7 @@ class HealthMonitor:
                 else:
                     log.warning("store unreachable", extra={"error": error})
             self.store_up, self.last_error = up, error
-            # With the spool, acknowledgements need only the local disk until the spool is full.
-            serving = up or (self.pipeline.spool is not None and not self.spool_full)
+            serving = self._serving(up)
             if serving != self.serving:
                 if serving:
                     log.info("health SERVING")

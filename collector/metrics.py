@@ -26,6 +26,7 @@ from collector.health import HealthMonitor
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.service import ActivityService
 from collector.web import WebListener
+from workers.connector import StoreConnector
 from workers.enrichment import CATALOG, IDENTITY, MAX_PENDING_LINKS
 from workers.pipeline import Pipeline
 
@@ -55,13 +56,19 @@ class StatsCollector(Collector):
     """Reads the service's and the pipeline's counters at scrape time."""
 
     def __init__(
-        self, settings: Settings, service: ActivityService, pipeline: Pipeline, health: HealthMonitor | None
+        self,
+        settings: Settings,
+        service: ActivityService,
+        pipeline: Pipeline,
+        health: HealthMonitor | None,
+        connector: StoreConnector | None = None,
     ) -> None:
         self.tenant = settings.default_tenant
         self.capacity = settings.pipeline.queue_capacity
         self.service = service
         self.pipeline = pipeline
         self.health = health
+        self.connector = connector
 
     def collect(self) -> Iterable[Metric]:
         s = self.service.stats
@@ -167,6 +174,17 @@ class StatsCollector(Collector):
                 "Spool records found damaged on replay and skipped.",
                 value=spool.stats.corrupt_records,
             )
+        if self.connector is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_store_ready",
+                "1 once the store is connected and its migrations applied, 0 until then.",
+                value=1 if self.connector.ready.is_set() else 0,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "_store_connect_attempts",
+                "Attempts to connect the store (and apply its migrations), the successful one included.",
+                value=self.connector.attempts,
+            )
         if self.health is not None:
             yield GaugeMetricFamily(
                 PREFIX + "_store_up",
@@ -243,10 +261,15 @@ class Metrics:
     """The collector's metrics registry: the stats collector, insert histograms, process metrics."""
 
     def __init__(
-        self, settings: Settings, service: ActivityService, pipeline: Pipeline, health: HealthMonitor | None
+        self,
+        settings: Settings,
+        service: ActivityService,
+        pipeline: Pipeline,
+        health: HealthMonitor | None,
+        connector: StoreConnector | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(StatsCollector(settings, service, pipeline, health))
+        self.registry.register(StatsCollector(settings, service, pipeline, health, connector))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.insert_rows = Histogram(

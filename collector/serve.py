@@ -6,7 +6,7 @@ import logging
 import sys
 
 from collector import logs
-from collector.config import Settings
+from collector.config import Settings, mask_dsn
 from collector.postgres import PostgresError
 from collector.server import CollectorServer
 from workers.storage import StoreError
@@ -32,7 +32,9 @@ async def serve(settings: Settings) -> int:
         )
         print(server.created_key, flush=True)
     store = (
-        settings.clickhouse_dsn or f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
+        mask_dsn(settings.clickhouse_dsn)
+        if settings.clickhouse_dsn
+        else f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
     )
     print(f"activity-collector listening on {server.address} (gRPC, activity.v1.ActivityService)", flush=True)
     if server.http is not None:
@@ -40,6 +42,12 @@ async def serve(settings: Settings) -> int:
     if server.metrics_server is not None:
         print(f"metrics at {server.metrics_server.url}", flush=True)
     print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
+    if server.connector is not None and not server.connector.ready.is_set():
+        print(
+            "ClickHouse is not reachable yet: activities are spooled and acknowledged, and inserted once "
+            f"it is ({server.connector.last_error or 'connecting'})",
+            flush=True,
+        )
     if server.postgres is not None:
         print(f"using {server.postgres.describe()}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)

@@ -2,11 +2,13 @@
 gRPC port (with the health and reflection services beside the activity service), started and stopped
 together.
 
-Start order is PostgreSQL (started when embedded; migrations run here), store (ClickHouse migrations
-run here), pipeline, control channel, metrics endpoint, HTTP door, gRPC port; shutdown runs the other
-way round and is idempotent and safe without start: health turns NOT_SERVING, stop taking requests on
-both doors, let in-flight requests finish within the grace period (their activities are flushed to the
-store and they are answered), then close the ports, the pipeline, the store and PostgreSQL.
+Start order is PostgreSQL (started when embedded; migrations run here), store (connected and migrated
+here; with the spool on and a ClickHouse server, in the background, so that the collector starts and
+spools while ClickHouse is away), pipeline, control channel, metrics endpoint, HTTP door, gRPC port;
+shutdown runs the other way round and is idempotent and safe without start: health turns NOT_SERVING,
+stop taking requests on both doors, let in-flight requests finish within the grace period (their
+activities are flushed to the store and they are answered), then close the ports, the pipeline, the
+store and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from collector.service import ActivityService
 from collector.tenants import TenantStore
 from collector.web import server_ssl_context
 from workers.catalog import CatalogStore
+from workers.connector import StoreConnector
 from workers.deadletters import DeadLetterStore
 from workers.enrichment import Enricher
 from workers.identity import IdentityStore
 from workers.pipeline import Pipeline
 from workers.spool import Spool
-from workers.storage import ClickHouseStore
+from workers.storage import ClickHouseStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class CollectorServer:
         self.settings = settings
         self.postgres: Postgres | None = None
         self.store: ClickHouseStore | None = None
+        self.connector: StoreConnector | None = None
         self.pipeline: Pipeline | None = None
         self.enricher: Enricher | None = None
         self.service: ActivityService | None = None
@@ -72,7 +76,27 @@ class CollectorServer:
             settings.clickhouse_database,
             connections=settings.pipeline.insert_workers + 1,
             cluster=settings.cluster,
+            connect=False,
         )
+        self.connector = StoreConnector(self.store)
+        if settings.spool and not self.store.is_embedded:
+            # Acknowledgements need only the spool: start without ClickHouse, connect behind.
+            await self.connector.start()
+        else:
+            # The embedded engine is in this process: it is there or broken. Without the spool, an
+            # acknowledgement is a commit in ClickHouse: a collector that cannot reach it has nothing
+            # to offer, and a wrong DSN or password is best found at deploy time.
+            try:
+                await self.connector.connect()
+            except StoreError as error:
+                if settings.spool:
+                    raise
+                raise StoreError(
+                    f"{error} (with spool off, acknowledgements need ClickHouse: start it first, or "
+                    "turn the spool on to start without it)",
+                    transient=error.transient,
+                    code=error.code,
+                ) from error
         spool = None
         if settings.spool:
             spool = Spool(
@@ -90,6 +114,7 @@ class CollectorServer:
         self.pipeline = Pipeline(
             settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool), self.enricher
         )
+        self.pipeline.store_ready = self.connector.ready
         await self.pipeline.start()
         self.service = ActivityService(settings, self.pipeline)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +130,10 @@ class CollectorServer:
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
+                # Without BDP probing, gRPC reads ahead of the handlers at most grpc.http2.lookahead_bytes
+                # (64 KiB) per stream, besides the message a handler is reading. With it, the read-ahead
+                # grows with the connection's throughput, and overload shows up as memory.
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         handler = self.service.rpc_handler()
@@ -121,10 +150,14 @@ class CollectorServer:
         handler = RequestIdHandler(handler)
         self._grpc.add_generic_rpc_handlers((handler,))
         self.health = HealthMonitor(
-            self.store, self.pipeline, settings.health_interval_s, settings.limits.max_request_bytes
+            self.store,
+            self.pipeline,
+            settings.health_interval_s,
+            settings.limits.max_request_bytes,
+            connector=self.connector,
         )
         self.health.register(self._grpc)
-        self.metrics = Metrics(settings, self.service, self.pipeline, self.health)
+        self.metrics = Metrics(settings, self.service, self.pipeline, self.health, self.connector)
         if settings.metrics_listen:
             self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await self.metrics_server.start()
@@ -205,6 +238,8 @@ class CollectorServer:
                 await self.control.shutdown()
             if self.metrics_server is not None:
                 await self.metrics_server.shutdown()
+            if self.connector is not None:
+                await self.connector.shutdown()
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
             if self.postgres is not None:

@@ -3,6 +3,7 @@ the stage takes no more work."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import socket
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from collector.health import HealthMonitor
 from collector.postgres import Postgres, PostgresError
 from collector.server import CollectorServer
 from collector.web import WebListener
+from workers.connector import StoreConnector
 from workers.pipeline import Pipeline, Submission, Unavailable
 from workers.storage import ClickHouseStore, StoreError
 
@@ -58,6 +60,20 @@ async def refuses_health(stage: HealthMonitor) -> None:
     assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+async def refuses_connector(stage: StoreConnector) -> None:
+    attempts = stage.attempts
+    await stage.start()
+    await asyncio.sleep(0.1)
+    assert stage.attempts == attempts and not stage.ready.is_set()
+
+
+def unreachable_store() -> ClickHouseStore:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ClickHouseStore(f"http://127.0.0.1:{port}", "lifecycle", connect=False)
+
+
 Stage = Any
 Factory = Callable[[ClickHouseStore, Settings, Path], Stage]
 Refuses = Callable[[Stage], Any]
@@ -65,6 +81,7 @@ Refuses = Callable[[Stage], Any]
 STAGES: dict[str, tuple[Factory, Refuses]] = {
     "pipeline": (lambda store, settings, tmp: Pipeline(PipelineSettings(), store), refuses_pipeline),
     "control": (lambda store, settings, tmp: ControlServer(tmp / "c.sock", store.query), refuses_control),
+    "connector": (lambda store, settings, tmp: StoreConnector(unreachable_store()), refuses_connector),
     "server": (lambda store, settings, tmp: CollectorServer(settings), refuses_server),
     "web": (lambda store, settings, tmp: WebListener(web.Application(), "127.0.0.1:0", "x"), refuses_web),
     "health": (

@@ -147,6 +147,9 @@ class Pipeline:
         self.stats = PipelineStats()
         self.on_insert: Callable[[int, float], None] | None = None
         """Called after each committed insert with its rows and seconds (for metrics histograms)."""
+        self.store_ready: asyncio.Event | None = None
+        """Set once the store is connected (None: it is already). The drainer waits for it; set it
+        before `start()`."""
         self._pending = 0
         self._intake: asyncio.Queue[Submission] = asyncio.Queue()
         self._commit: asyncio.Queue[_Encoded] = asyncio.Queue()
@@ -390,6 +393,9 @@ class Pipeline:
 
     async def _drainer(self, redo: list[Planned]) -> None:
         """Insert spooled records in sequence order; first the inserts planned before the last stop."""
+        if self.store_ready is not None and not self.store_ready.is_set():
+            log.info("spooling until the store is connected")
+            await self.store_ready.wait()
         for planned in redo:
             await self._slots.acquire()
             self._spawn(self._drain_insert(planned))
@@ -576,8 +582,10 @@ class Pipeline:
                 "shutdown deadline passed with activities uncommitted", extra={"pending": self._pending}
             )
         if self.spool is not None:
-            # What is spooled is safe either way; draining it now spares the next start the replay.
-            while (self._ready or self._inserts) and loop.time() < deadline:  # noqa: ASYNC110 (two sources, bounded)
+            # What is spooled is safe either way; draining it now spares the next start the replay
+            # (not worth waiting for while the store is not even connected).
+            store_connected = self.store_ready is None or self.store_ready.is_set()
+            while store_connected and (self._ready or self._inserts) and loop.time() < deadline:  # noqa: ASYNC110 (two sources, bounded)
                 await asyncio.sleep(0.02)
             if self._ready or self._inserts:
                 log.warning(

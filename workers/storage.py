@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
+from collector.config import mask_dsn
 from workers.migrations import apply_migrations, database_ddl
 from workers.schema import INSERT_COLUMNS, ROW_MESSAGE, ROW_SCHEMA, SINGLE_NODE, Cluster
 
@@ -126,28 +127,73 @@ class ClickHouseStore:
         connections: int = 2,
         migrate: bool = True,
         cluster: Cluster = SINGLE_NODE,
+        connect: bool = True,
     ) -> None:
+        """With `connect` (the default) the store connects at once, or raises StoreError; without, it
+        is usable once `connect()` has succeeded, and until then every call raises a transient
+        StoreError."""
         self.dsn = dsn
         self.database = database
         self.cluster = cluster
+        self._connections = connections
+        self._migrate = migrate
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._all: list[Any] = []
         self._closed = False
+        self._connected = False
+        self.connect_error = ""
+        """Why the last `connect()` failed; empty once connected."""
         self._insert_settings: dict[str, Any] = self._row_schema_settings()
         if cluster.enabled:
             self._insert_settings.update(CLUSTER_INSERT_SETTINGS)
-        admin = self._connect(database=None)
+        if connect:
+            self.connect()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def masked_dsn(self) -> str:
+        return mask_dsn(self.dsn)
+
+    def connect(self) -> None:
+        """Create the database, apply the migrations it lacks and open the connections; or raise a
+        StoreError naming the DSN (password masked). Idempotent once it succeeded."""
+        if self._connected:
+            return
+        clients: list[Any] = []
         try:
-            admin.command(database_ddl(database, cluster))
-            if migrate:
-                apply_migrations(admin, database, cluster)
-        finally:
-            admin.close()
-        for _ in range(connections):
-            client = self._connect(database=database)
-            self._idle.append(client)
-            self._all.append(client)
+            admin = self._connect(database=None)
+            try:
+                admin.command(database_ddl(self.database, self.cluster))
+                if self._migrate:
+                    apply_migrations(admin, self.database, self.cluster)
+            finally:
+                admin.close()
+            for _ in range(self._connections):
+                clients.append(self._connect(database=self.database))
+        except Exception as raw:
+            for client in clients:
+                client.close()
+            error = classify(raw)
+            self.connect_error = str(error)
+            raise StoreError(
+                f"ClickHouse at {self.masked_dsn}: {error}", transient=error.transient, code=error.code
+            ) from raw
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._idle.extend(clients)
+                self._all.extend(clients)
+                self._connected = True
+                self.connect_error = ""
+        if closed:
+            # Closed while connecting (a shutdown during a retried connect): keep nothing open.
+            for client in clients:
+                client.close()
+            raise StoreError("the store is closed", transient=False)
 
     def _connect(self, database: str | None) -> Any:
         try:
@@ -187,6 +233,12 @@ class ClickHouseStore:
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed", transient=False)
+            if not self._connected:
+                raise StoreError(
+                    f"not connected to ClickHouse at {self.masked_dsn} yet"
+                    + (f": {self.connect_error}" if self.connect_error else ""),
+                    transient=True,
+                )
             client = self._idle.pop() if self._idle else None
         if client is None:
             client = self._connect(self.database)

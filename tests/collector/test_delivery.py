@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import make_activity, start_serve
 
+from collector.control import query_via_control
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.server import CollectorServer
 from collector.status import retry_delay_from_trailer
+from workers.storage import StoreError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -303,3 +309,157 @@ async def test_dead_letters_wait_in_the_spool_while_postgresql_refuses_them(
         )
     finally:
         await second.shutdown(grace=1)
+
+
+# -- starting while ClickHouse is unreachable ------------------------------------------------------
+# No ClickHouse server runs on these machines (the embedded engine is in-process), so a store that is
+# unreachable and then answers within one run of a server cannot be staged here: the outage is a closed
+# port, and the store comes back as the embedded engine, at the next start on the same data directory.
+# tests/workers/test_connector.py covers a store that becomes usable within one run.
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, number = line.rpartition(" ")
+            samples[name] = float(number)
+    return samples
+
+
+async def test_with_the_spool_on_the_collector_starts_and_acknowledges_without_clickhouse(
+    start_server: Any,
+) -> None:
+    server: CollectorServer = await start_server(
+        spool=True, clickhouse_dsn=f"http://collector:s3cret@127.0.0.1:{closed_port()}", health_interval_s=0.1
+    )
+    assert server.connector is not None and server.health is not None and server.metrics_server is not None
+    responses = await send_batches(server.address, [[make_activity(n) for n in range(10)]])
+    assert responses[0].accepted_count == 10
+    await wait_for(lambda: server.connector is not None and server.connector.attempts >= 2, "a retry")
+    samples = await asyncio.to_thread(scrape, server.metrics_server.url)
+    assert samples["activity_collector_store_ready"] == 0
+    assert samples["activity_collector_store_connect_attempts_total"] >= 2
+    assert samples["activity_collector_store_up"] == 0
+    assert samples["activity_collector_serving"] == 1
+    assert samples["activity_collector_spool_activities"] == 10
+    # Commands that need the store get a clear error from the server, which keeps running.
+    with pytest.raises(
+        StoreError, match=r"not connected to ClickHouse at http://collector:\*\*\*@127\.0\.0\.1"
+    ):
+        await asyncio.to_thread(query_via_control, server.settings.control_socket, "SELECT 1", "TSV")
+    assert (await send_batches(server.address, [[make_activity(11)]]))[0].accepted_count == 1
+
+
+async def test_with_the_spool_off_start_fails_naming_the_dsn_without_its_password(start_server: Any) -> None:
+    with pytest.raises(StoreError) as failed:
+        await start_server(spool=False, clickhouse_dsn=f"http://collector:s3cret@127.0.0.1:{closed_port()}")
+    message = str(failed.value)
+    assert "ClickHouse at http://collector:***@127.0.0.1" in message and "s3cret" not in message
+    assert "spool" in message
+
+
+def read_stderr(proc: subprocess.Popen[str]) -> list[str]:
+    """Lines the process writes to standard error, collected by a thread, so that its log never fills
+    the pipe and blocks it."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        lines.extend(proc.stderr)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def read_until(proc: subprocess.Popen[str], last: str) -> list[str]:
+    """What `serve` prints after its address, up to the line starting with `last`."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith(last):
+        line = proc.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    return lines
+
+
+async def wait_for_status(health: health_pb2_grpc.HealthStub, status: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (answer := await health.Check(health_pb2.HealthCheckRequest())).status != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"health stayed {answer.status}, expected {status}")
+        await asyncio.sleep(0.05)
+
+
+async def test_serve_without_clickhouse_acknowledges_until_the_spool_is_full_and_a_restart_delivers(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    data = tmp_path / "data"
+    config = tmp_path / "collector.toml"
+    # A small spool; requests small enough that health can tell it full from almost full.
+    config.write_text(
+        "auth = false\nhealth_interval_s = 0.1\n"
+        "[limits]\nmax_request_bytes = 65536\n"
+        "[pipeline]\nspool_capacity_bytes = 262144\nretry_delay_ms = 300\n"
+    )
+    flags = ("--config", str(config), "--postgres-dsn", postgres_dsn)
+    dsn = f"http://collector:s3cret@127.0.0.1:{closed_port()}"
+    proc, address, _ = start_serve(data, *flags, "--clickhouse-dsn", dsn)
+    log = read_stderr(proc)
+    acknowledged: list[str] = []
+    try:
+        printed = "".join(read_until(proc, "data directory"))
+        assert "ClickHouse is not reachable yet" in printed and "s3cret" not in printed
+        metrics_url = printed.split("metrics at ", 1)[1].split()[0]
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.ActivityServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            await wait_for_status(health, health_pb2.HealthCheckResponse.SERVING)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                for n in range(10_000):
+                    batch = [make_activity(n * 20 + i) for i in range(20)]
+                    response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=batch))
+                    assert response.accepted_count == 20
+                    acknowledged.extend(a.id for a in batch)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "spool_capacity_bytes" in (refused.value.details() or "")
+            assert retry_delay_from_trailer(refused.value.trailing_metadata()) == pytest.approx(0.3)
+            assert len(acknowledged) >= 200
+            await wait_for_status(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        samples = await asyncio.to_thread(scrape, metrics_url)
+        assert samples["activity_collector_store_ready"] == 0
+        assert samples["activity_collector_store_connect_attempts_total"] >= 1
+        assert samples["activity_collector_spool_activities"] == len(acknowledged)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any("store not reachable, connecting again" in line for line in log), "".join(log[-20:])
+
+    # The same data directory, and a store that is there: the embedded engine.
+    proc, address, _ = start_serve(data, *flags)
+    read_stderr(proc)
+    try:
+        deadline = time.monotonic() + 30
+        while sql(data, "SELECT count() FROM activities") != [str(len(acknowledged))]:
+            assert time.monotonic() < deadline, sql(data, "SELECT count() FROM activities")
+            await asyncio.sleep(0.2)
+        # Counted without FINAL: each acknowledged activity was inserted once, and nothing else was.
+        assert sorted(sql(data, "SELECT toString(id) FROM activities")) == sorted(acknowledged)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
