@@ -10,7 +10,7 @@ consistent set of values and no lock is needed. What to alert on: `docs/operatio
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 
 from aiohttp import web
@@ -63,7 +63,6 @@ class StatsCollector(Collector):
         health: HealthMonitor | None,
         connector: StoreConnector | None = None,
     ) -> None:
-        self.tenant = settings.default_tenant
         self.capacity = settings.pipeline.queue_capacity
         self.service = service
         self.pipeline = pipeline
@@ -73,7 +72,6 @@ class StatsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         s = self.service.stats
         p = self.pipeline.stats
-        tenant = [self.tenant]
 
         info = InfoMetricFamily(PREFIX + "_build", "The collector's version.", labels=["version"])
         info.add_metric([_version()], {})
@@ -93,35 +91,36 @@ class StatsCollector(Collector):
             failed.add_metric([code], n)
         yield failed
 
-        def per_tenant(name: str, doc: str, value: int) -> CounterMetricFamily:
+        def per_tenant(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
             family = CounterMetricFamily(PREFIX + name, doc, labels=["tenant"])
-            family.add_metric(tenant, value)
+            for tenant, n in sorted(counts.items()):
+                family.add_metric([tenant], n)
             return family
 
         yield per_tenant(
             "_activities_received",
             "Activities in requests that passed the request-level checks.",
-            s.received,
+            s.received_by_tenant,
         )
-        yield per_tenant("_activities_accepted", "Activities stored and acknowledged.", s.accepted)
+        yield per_tenant("_activities_accepted", "Activities stored and acknowledged.", s.accepted_by_tenant)
         rejected = CounterMetricFamily(
             PREFIX + "_activities_rejected",
             "Activities rejected by validation, by reason (the RejectionReason without its prefix).",
             labels=["tenant", "reason"],
         )
-        for reason, n in sorted(s.rejected_by_reason.items()):
-            rejected.add_metric([self.tenant, _reason_label(reason)], n)
+        for (tenant, reason), n in sorted(s.rejected_by_tenant.items()):
+            rejected.add_metric([tenant, _reason_label(reason)], n)
         yield rejected
         yield per_tenant(
             "_activities_refused",
-            "Valid activities refused because the queue was full (answered RESOURCE_EXHAUSTED).",
-            p.refused,
+            "Valid activities refused because the queue or the spool was full (answered RESOURCE_EXHAUSTED).",
+            p.refused_by_tenant,
         )
         yield per_tenant(
             "_activities_failed",
             "Valid activities admitted but not stored: the store failed or shutdown came first "
             "(answered UNAVAILABLE).",
-            p.failed,
+            p.failed_by_tenant,
         )
 
         yield GaugeMetricFamily(
@@ -150,8 +149,9 @@ class StatsCollector(Collector):
         )
         yield per_tenant(
             "_activities_dead_lettered",
-            "Spooled activities ClickHouse refused for good, kept in the dead-letter directory.",
-            p.dead_letters,
+            "Spooled activities ClickHouse refused for good, kept in the dead_letters table in PostgreSQL "
+            "(tenant '' when their rows do not say).",
+            p.dead_letters_by_tenant,
         )
         yield from self._enrichment()
         spool = self.pipeline.spool

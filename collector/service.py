@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,12 +116,17 @@ class ServiceStats:
     failed_requests: int = 0
     rejected_by_reason: dict[int, int] = dataclasses.field(default_factory=dict)
     """Rejected activities by RejectionReason value."""
+    received_by_tenant: Counter[str] = dataclasses.field(default_factory=Counter)
+    accepted_by_tenant: Counter[str] = dataclasses.field(default_factory=Counter)
+    rejected_by_tenant: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
+    """Rejected activities by (tenant, RejectionReason value)."""
     failed_by_code: dict[str, int] = dataclasses.field(default_factory=dict)
     """Requests (stream batches included) that failed as a whole, by gRPC status code name."""
 
-    def record_rejections(self, rejections: Sequence[Rejection]) -> None:
+    def record_rejections(self, tenant: str, rejections: Sequence[Rejection]) -> None:
         for r in rejections:
             self.rejected_by_reason[r.reason] = self.rejected_by_reason.get(r.reason, 0) + 1
+            self.rejected_by_tenant[(tenant, r.reason)] += 1
 
     def record_failure(self, code: grpc.StatusCode) -> None:
         self.failed_by_code[code.name] = self.failed_by_code.get(code.name, 0) + 1
@@ -267,10 +273,13 @@ class ActivityService:
 
     async def _store(self, evaluated: Evaluated, received_ns: int) -> dict[int, str]:
         """Hand the valid activities to the pipeline and wait until they are committed."""
+        # Set by collector.auth from the call's API key; unset when auth is off.
+        tenant = TENANT.get() or self.settings.default_tenant
         self.stats.received += evaluated.count
+        self.stats.received_by_tenant[tenant] += evaluated.count
         self.stats.rejected += len(evaluated.rejections)
         if evaluated.rejections:
-            self.stats.record_rejections(evaluated.rejections)
+            self.stats.record_rejections(tenant, evaluated.rejections)
         accepted = evaluated.accepted
         if not accepted:
             return {}
@@ -278,8 +287,7 @@ class ActivityService:
         self.pipeline.submit(
             Submission(
                 evaluated.items,
-                # Set by collector.auth from the call's API key; unset when auth is off.
-                TENANT.get() or self.settings.default_tenant,
+                tenant,
                 received_ns,
                 evaluated.sent_ns,
                 evaluated.skew_ns,
@@ -289,6 +297,7 @@ class ActivityService:
         )
         assigned = await future
         self.stats.accepted += accepted
+        self.stats.accepted_by_tenant[tenant] += accepted
         return assigned
 
     # -- error mapping -----------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class Submission:
 @dataclass
 class _Encoded:
     rows: EncodedRows
+    tenant: str
     future: asyncio.Future[dict[int, str]]
 
 
@@ -112,6 +113,15 @@ class PipelineStats:
     """Attempts to write dead letters that failed (the records stay in the spool and are tried again)."""
     enrichment_failures: int = 0
     """Activities stored without any enrichment because enriching their batch failed unexpectedly."""
+
+    refused_by_tenant: collections.Counter[str] = field(default_factory=collections.Counter)
+    failed_by_tenant: collections.Counter[str] = field(default_factory=collections.Counter)
+    dead_letters_by_tenant: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Dead-lettered activities by the tenant their rows carry ('' when the rows do not say)."""
+
+    def refuse(self, tenant: str, count: int) -> None:
+        self.refused += count
+        self.refused_by_tenant[tenant] += count
 
     def record_insert(self, rows: int) -> None:
         self.inserts += 1
@@ -199,7 +209,7 @@ class Pipeline:
         if not self._accepting:
             raise Unavailable("the collector is shutting down", self.retry_delay_s)
         if self._pending + n > self.settings.queue_capacity:
-            self.stats.refused += n
+            self.stats.refuse(submission.tenant, n)
             raise Overloaded(
                 f"the collector holds {self._pending} uncommitted activities and its queue_capacity is "
                 f"{self.settings.queue_capacity}",
@@ -236,9 +246,9 @@ class Pipeline:
                 )
             except Exception as error:
                 log.exception("enrichment failed", extra={"error": repr(error)})
-                self._settle(sub.count, sub.future, Unavailable(f"enrichment failed: {error}", 0))
+                self._settle(sub.count, sub.tenant, sub.future, Unavailable(f"enrichment failed: {error}", 0))
                 continue
-            self._commit.put_nowait(_Encoded(rows, sub.future))
+            self._commit.put_nowait(_Encoded(rows, sub.tenant, sub.future))
 
     async def _enrichment(self, sub: Submission) -> tuple[dict[int, bytes] | None, list[bytes] | None]:
         """Each activity's enrichment fields: by index for the parsed ones, in span order for the fast."""
@@ -337,18 +347,18 @@ class Pipeline:
                 if self.on_insert is not None:
                     self.on_insert(rows, time.perf_counter() - started)
                 for c in chunks:
-                    self._settle(c.rows.count, c.future, None, c.rows.assigned_ids)
+                    self._settle(c.rows.count, c.tenant, c.future, None, c.rows.assigned_ids)
                 return
             self.stats.insert_failures += 1
             failure = Unavailable(f"storing the activities failed: {error}", self.retry_delay_s)
             for c in chunks:
-                self._settle(c.rows.count, c.future, failure)
+                self._settle(c.rows.count, c.tenant, c.future, failure)
         except asyncio.CancelledError:
             # Only at shutdown past its deadline: the insert may still commit, but nobody is told so.
             failure = Unavailable("the collector shut down before the insert finished", self.retry_delay_s)
             for c in chunks:
                 if not c.future.done():
-                    self._settle(c.rows.count, c.future, failure)
+                    self._settle(c.rows.count, c.tenant, c.future, failure)
             raise
         finally:
             self._slots.release()
@@ -367,22 +377,22 @@ class Pipeline:
             try:
                 sequences = await loop.run_in_executor(self._spool_executor, self._append_durably, entries)
             except SpoolFull as full:
-                rows = sum(c.rows.count for c in chunks)
-                self.stats.refused += rows
+                for c in chunks:
+                    self.stats.refuse(c.tenant, c.rows.count)
                 refusal = Overloaded(str(full), self.retry_delay_s)
                 for c in chunks:
-                    self._settle(c.rows.count, c.future, refusal)
+                    self._settle(c.rows.count, c.tenant, c.future, refusal)
                 continue
             except OSError as error:
                 log.error("spool write failed", extra={"error": str(error)})
                 failure = Unavailable(f"the spool cannot be written: {error}", self.retry_delay_s)
                 for c in chunks:
-                    self._settle(c.rows.count, c.future, failure)
+                    self._settle(c.rows.count, c.tenant, c.future, failure)
                 continue
             for c, sequence in zip(chunks, sequences, strict=True):
                 self._ready.append((sequence, c.rows.count))
                 self._ready_rows += c.rows.count
-                self._settle(c.rows.count, c.future, None, c.rows.assigned_ids)
+                self._settle(c.rows.count, c.tenant, c.future, None, c.rows.assigned_ids)
             self._ready_event.set()
 
     def _append_durably(self, entries: list[tuple[int, bytes]]) -> list[int]:
@@ -534,6 +544,9 @@ class Pipeline:
                 self.stats.dead_letter_failures += 1
                 raise
             self.stats.dead_letters += added
+            if added:  # the letters are written in one transaction: all of them are new, or none
+                for letter in isolated.letters:
+                    self.stats.dead_letters_by_tenant[letter.tenant or ""] += letter.count
             for letter in isolated.letters:
                 log.error(
                     "activities dead-lettered",
@@ -550,6 +563,7 @@ class Pipeline:
     def _settle(
         self,
         count: int,
+        tenant: str,
         future: asyncio.Future[dict[int, str]],
         error: Exception | None,
         assigned: dict[int, str] | None = None,
@@ -557,6 +571,7 @@ class Pipeline:
         self._pending -= count
         if error is not None:
             self.stats.failed += count
+            self.stats.failed_by_tenant[tenant] += count
         if not future.done():
             if error is None:
                 future.set_result(assigned or {})
@@ -599,7 +614,7 @@ class Pipeline:
             while not queue.empty():
                 item = queue.get_nowait()
                 count = item.count if isinstance(item, Submission) else item.rows.count
-                self._settle(count, item.future, failure)
+                self._settle(count, item.tenant, item.future, failure)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
         if self._spool_executor is not None:

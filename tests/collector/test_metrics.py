@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.server import CollectorServer
+from collector.tenants import TenantStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +193,25 @@ async def test_spool_depth_grows_while_the_store_is_away_and_drains_after(start_
         await asyncio.sleep(0.1)
     assert value(samples, "rows_committed_total") == 25
     assert value(samples, "insert_rows_sum") == 25
+
+
+async def test_activity_counts_are_per_tenant(start_server: Any) -> None:
+    server: CollectorServer = await start_server(auth=True)
+    assert server.postgres is not None and server.created_key is not None
+    tenants = TenantStore(server.postgres.pool)
+    await tenants.create_tenant("shop-b")
+    key_b, _ = await tenants.create_key("shop-b")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        for key, count in ((server.created_key, 3), (key_b, 5)):
+            batch = [make_activity(n) for n in range(count)]
+            batch[0].action = ""
+            answer = await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=batch), metadata=(("authorization", f"Bearer {key}"),)
+            )
+            assert answer.accepted_count == count - 1
+    samples = await scrape(server)
+    for tenant, count in (("default", 3), ("shop-b", 5)):
+        assert value(samples, "activities_received_total", tenant=tenant) == count
+        assert value(samples, "activities_accepted_total", tenant=tenant) == count - 1
+        assert value(samples, "activities_rejected_total", tenant=tenant, reason="missing_field") == 1

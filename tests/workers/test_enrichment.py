@@ -32,8 +32,9 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 
 @pytest.fixture
-async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4)
+async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh schema, once on the PostgreSQL server and once on the embedded one."""
+    p = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     async with p.acquire() as conn:
         await apply_migrations(conn)
     yield p
