@@ -30,6 +30,7 @@ from typing import Any
 
 from collector import fastpath
 from collector.config import PipelineSettings
+from collector.fastpath import EnrichmentKeys
 from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.deadletters import DeadLetter, DeadLetterSink, rows_tenant
 from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope, envelope_bytes
@@ -38,6 +39,54 @@ from workers.spool import Planned, Spool, SpoolFull
 from workers.storage import ActivityStore, StoreError, classify
 
 log = logging.getLogger(__name__)
+
+
+_ENRICH_GROUP = 256
+"""Most submissions enriched together."""
+
+
+@dataclass
+class _EnrichmentPlan:
+    """A submission's activities as enrichment takes them, in request order (identity links apply to
+    the activities after them), and how to hand the results back: in span order for the fast ones, by
+    index for the parsed ones."""
+
+    keys: list[EnrichmentKeys]
+    order: list[tuple[int, bool, int]] | None
+    """(index, fast, position) per key when the submission has both kinds; None when it has one."""
+    fast_count: int
+    item_indexes: list[int]
+
+    @classmethod
+    def of(cls, sub: Submission) -> _EnrichmentPlan:
+        fast = sub.fast
+        fast_keys = fastpath.keys(fast.raw, fast.spans) if fast is not None and fast.count else []
+        item_keys = [activity_keys(a) for _, a in sub.items]
+        item_indexes = [index for index, _ in sub.items]
+        if not item_keys or not fast_keys:
+            return cls(fast_keys or item_keys, None, len(fast_keys), item_indexes)
+        assert fast is not None
+        fast_indexes = struct.unpack(f"<{3 * len(fast_keys)}I", fast.spans)[0::3]
+        order = sorted(
+            [(index, True, n) for n, index in enumerate(fast_indexes)]
+            + [(index, False, n) for n, index in enumerate(item_indexes)]
+        )
+        keys = [fast_keys[n] if is_fast else item_keys[n] for _, is_fast, n in order]
+        return cls(keys, order, len(fast_keys), item_indexes)
+
+    def split(self, extras: list[bytes]) -> tuple[dict[int, bytes] | None, list[bytes] | None]:
+        if self.order is None:
+            if self.fast_count:
+                return None, extras
+            return dict(zip(self.item_indexes, extras, strict=True)), None
+        fast_extras = [b""] * self.fast_count
+        item_extras: dict[int, bytes] = {}
+        for (index, is_fast, n), extra in zip(self.order, extras, strict=True):
+            if is_fast:
+                fast_extras[n] = extra
+            else:
+                item_extras[index] = extra
+        return item_extras, fast_extras
 
 
 class Overloaded(Exception):
@@ -222,64 +271,59 @@ class Pipeline:
 
     async def _enrich_worker(self) -> None:
         while True:
-            sub = await self._intake.get()
-            item_extras: dict[int, bytes] | None = None
-            fast_extras: list[bytes] | None = None
+            # Every submission waiting is enriched together: their lookups share one PostgreSQL query
+            # per kind and tenant, so that many small requests cost what one large request does.
+            subs = [await self._intake.get()]
+            while not self._intake.empty() and len(subs) < _ENRICH_GROUP:
+                subs.append(self._intake.get_nowait())
+            extras: list[tuple[dict[int, bytes] | None, list[bytes] | None]] = [(None, None)] * len(subs)
             if self.enricher is not None:
+                extras = await self._enrichment(subs)
+            for sub, (item_extras, fast_extras) in zip(subs, extras, strict=True):
                 try:
-                    item_extras, fast_extras = await self._enrichment(sub)
-                except Exception as error:  # never lose the batch over its enrichment
-                    self.stats.enrichment_failures += sub.count
-                    log.exception(
-                        "enrichment failed; storing the batch without it", extra={"error": repr(error)}
+                    rows = encode_rows(
+                        sub.items,
+                        sub.tenant,
+                        sub.received_ns,
+                        sub.sent_ns,
+                        sub.skew_ns,
+                        sub.fast,
+                        item_extras,
+                        fast_extras,
                     )
-            try:
-                rows = encode_rows(
-                    sub.items,
-                    sub.tenant,
-                    sub.received_ns,
-                    sub.sent_ns,
-                    sub.skew_ns,
-                    sub.fast,
-                    item_extras,
-                    fast_extras,
-                )
-            except Exception as error:
-                log.exception("enrichment failed", extra={"error": repr(error)})
-                self._settle(sub.count, sub.tenant, sub.future, Unavailable(f"enrichment failed: {error}", 0))
-                continue
-            self._commit.put_nowait(_Encoded(rows, sub.tenant, sub.future))
+                except Exception as error:
+                    log.exception("encoding failed", extra={"error": repr(error)})
+                    self._settle(
+                        sub.count, sub.tenant, sub.future, Unavailable(f"encoding failed: {error}", 0)
+                    )
+                    continue
+                self._commit.put_nowait(_Encoded(rows, sub.tenant, sub.future))
 
-    async def _enrichment(self, sub: Submission) -> tuple[dict[int, bytes] | None, list[bytes] | None]:
-        """Each activity's enrichment fields: by index for the parsed ones, in span order for the fast."""
+    async def _enrichment(
+        self, subs: list[Submission]
+    ) -> list[tuple[dict[int, bytes] | None, list[bytes] | None]]:
+        """Each submission's enrichment fields: by index for its parsed activities, in span order for
+        its fast ones. One enrich call per tenant, over its submissions' activities in arrival order."""
         assert self.enricher is not None
-        fast_keys = (
-            fastpath.keys(sub.fast.raw, sub.fast.spans) if sub.fast is not None and sub.fast.count else []
-        )
-        item_keys = [(index, activity_keys(a)) for index, a in sub.items]
-        if not item_keys:
-            return None, await self.enricher.enrich(sub.tenant, fast_keys)
-        if not fast_keys:
-            extras = await self.enricher.enrich(sub.tenant, [k for _, k in item_keys])
-            return {index: e for (index, _), e in zip(item_keys, extras, strict=True)}, None
-        # Both kinds: enrich in batch order, so that identity links apply to the activities after them.
-        assert sub.fast is not None
-        fast_indexes = struct.unpack(f"<{3 * len(fast_keys)}I", sub.fast.spans)[0::3]
-        order = sorted(
-            [(index, True, n) for n, index in enumerate(fast_indexes)]
-            + [(index, False, n) for n, (index, _) in enumerate(item_keys)]
-        )
-        extras = await self.enricher.enrich(
-            sub.tenant, [fast_keys[n] if fast else item_keys[n][1] for _, fast, n in order]
-        )
-        fast_extras = [b""] * len(fast_keys)
-        item_extras: dict[int, bytes] = {}
-        for (index, fast, n), extra in zip(order, extras, strict=True):
-            if fast:
-                fast_extras[n] = extra
-            else:
-                item_extras[index] = extra
-        return item_extras, fast_extras
+        plans = [_EnrichmentPlan.of(sub) for sub in subs]
+        by_tenant: dict[str, list[int]] = {}
+        for n, sub in enumerate(subs):
+            by_tenant.setdefault(sub.tenant, []).append(n)
+        out: list[tuple[dict[int, bytes] | None, list[bytes] | None]] = [(None, None)] * len(subs)
+        for tenant, members in by_tenant.items():
+            keys = [k for n in members for k in plans[n].keys]
+            try:
+                extras = await self.enricher.enrich(tenant, keys)
+            except Exception as error:  # never lose activities over their enrichment
+                self.stats.enrichment_failures += len(keys)
+                log.exception("enrichment failed; storing without it", extra={"error": repr(error)})
+                continue
+            at = 0
+            for n in members:
+                size = len(plans[n].keys)
+                out[n] = plans[n].split(extras[at : at + size])
+                at += size
+        return out
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()

@@ -238,3 +238,30 @@ async def test_postgres_unreachable_stores_everything_and_counts_gaps(
     # The link waits for PostgreSQL to come back.
     assert enricher.pending_links == 1
     assert stats.links_recorded == 0
+
+
+async def test_requests_waiting_together_share_their_lookups(
+    pool: asyncpg.Pool, store: ClickHouseStore
+) -> None:
+    enricher = make_enricher(pool)
+    pipeline = Pipeline(PipelineSettings(flush_interval_ms=1), store, enricher=enricher)
+    await pipeline.start()
+    try:
+        subs = []
+        for n in range(50):  # fifty single-activity requests, each with ids no cache holds
+            sub = Submission(
+                items=[(0, anonymous(n, anon=f"a-{n}"))],
+                tenant="t1",
+                received_ns=time.time_ns(),
+                sent_ns=None,
+                skew_ns=0,
+                future=asyncio.get_running_loop().create_future(),
+            )
+            pipeline.submit(sub)
+            subs.append(sub)
+        await asyncio.gather(*(s.future for s in subs))
+    finally:
+        await pipeline.shutdown(timeout=5)
+    assert len(rows(store, "id")) == 50
+    assert enricher.stats.lookups[(IDENTITY, "ok")] <= 2
+    assert enricher.stats.lookups[(CATALOG, "ok")] <= 2
