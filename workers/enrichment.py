@@ -4,9 +4,10 @@ For each activity, enrichment adds a few row fields after the batch's (see `work
 user agent says (device type, OS, browser, bot), what the tenant's catalogue says about its target,
 and the user id it resolves to. The work is done once per distinct value of a batch, never per
 activity: the user agents, targets and anonymous / session ids of the batch are collected, each is
-looked up in a cache, the misses in PostgreSQL (one query per kind for the batch, both at once; the pipeline hands over every request waiting as one batch), and each
-distinct value's row fields are encoded once; an activity then costs a few dictionary reads and one
-concatenation.
+looked up in a cache, the misses in PostgreSQL (one query per kind for the batch, both at once), and
+each distinct value's row fields are encoded once; an activity then costs a few dictionary reads and
+one concatenation. The pipeline hands over every request waiting as one batch, so that many small
+requests share their lookups.
 
 Identity stitching walks the batch in order: an activity with a user id links its anonymous and
 session ids to that user (recorded in PostgreSQL when new or changed); an activity without one
