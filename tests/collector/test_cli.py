@@ -254,3 +254,41 @@ def test_a_bad_config_file_stops_serve_naming_the_setting_and_the_file(tmp_path:
     assert unknown.returncode == 2
     assert "max_batch_activites: unknown setting in" in unknown.stderr
     assert "bad-unknown-key.toml" in unknown.stderr
+
+
+def test_the_first_session_with_a_catalogue_gets_enriched_rows(served) -> None:  # type: ignore[no-untyped-def]
+    """The README's first session, with the example catalogue imported first: the rows carry what the
+    user agent, the catalogue and the login say."""
+    proc, target, data, key = served
+    imported = cli("catalog", "import", str(ROOT / "examples" / "catalog.jsonl"), "--data-dir", str(data))
+    assert imported.returncode == 0, imported.stderr
+    sent = cli("send", str(SAMPLE), "--target", target, env={"ACTIVITY_API_KEY": key})
+    assert "accepted 3, rejected 2" in sent.stdout
+    later = '{"action": "view", "target": {"type": "product", "id": "sku-2001"}, "user": {"anonymousId": "anon-7f3a"}}\n'
+    assert "accepted 1" in cli("send", "-", "--target", target, "--api-key", key, stdin=later).stdout
+    query = (
+        "SELECT action, target_name, target_brand, device_type, os, resolved_user_id FROM activities "
+        "ORDER BY occurred_at"
+    )
+    for _ in range(100):
+        rows = cli("sql", "--data-dir", str(data), "--format", "json", query)
+        got = [json.loads(line) for line in rows.stdout.splitlines()]
+        if len(got) == 4:
+            break
+        time.sleep(0.1)
+    shoe = {"target_name": "Trail running shoe", "target_brand": "Fox & Hare"}
+    assert got == [
+        # Sent before the login in the same request: nobody known yet.
+        {"action": "view", **shoe, "device_type": "mobile", "os": "iOS", "resolved_user_id": ""},
+        {"action": "add_to_cart", **shoe, "device_type": "", "os": "", "resolved_user_id": ""},
+        {"action": "purchase", **shoe, "device_type": "", "os": "", "resolved_user_id": "u-123"},
+        # The anonymous visitor, later: the person who bought.
+        {
+            "action": "view",
+            "target_name": "Merino running socks",
+            "target_brand": "Fox & Hare",
+            "device_type": "",
+            "os": "",
+            "resolved_user_id": "u-123",
+        },
+    ]
