@@ -225,6 +225,11 @@ class ClickHouseStore:
         return {"format_schema": f"{path}:{ROW_MESSAGE}"}
 
     @property
+    def insert_settings(self) -> dict[str, Any]:
+        """The settings every insert carries (a retried or replayed insert adds its token)."""
+        return dict(self._insert_settings)
+
+    @property
     def is_embedded(self) -> bool:
         return self.dsn.startswith("chdb:")
 
