@@ -30,6 +30,7 @@ from typing import Any
 
 from collector import fastpath
 from collector.config import PipelineSettings
+from collector.fastpath import EnrichmentKeys
 from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.deadletters import DeadLetter, DeadLetterSink, rows_tenant
 from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope, envelope_bytes
@@ -122,6 +123,46 @@ class PipelineStats:
         self.insert_sizes.append(rows)
 
 
+_Extras = tuple[dict[int, bytes] | None, list[bytes] | None]
+"""A request's enrichment fields: by index for its parsed activities, in span order for its fast ones."""
+
+ENRICH_GROUP_ROWS = 10_000
+"""Most activities an enrichment worker takes from the intake queue at once (whole requests)."""
+
+
+def _enrichment_keys(sub: Submission) -> tuple[list[EnrichmentKeys], Callable[[list[bytes]], _Extras]]:
+    """What enrichment looks up for each activity of a request, in request order, and how to split
+    the fields it returns (in the same order) into the request's `_Extras`."""
+    fast_keys = fastpath.keys(sub.fast.raw, sub.fast.spans) if sub.fast is not None and sub.fast.count else []
+    item_keys = [(index, activity_keys(a)) for index, a in sub.items]
+    if not item_keys:
+        return fast_keys, lambda found: (None, found)
+    if not fast_keys:
+        return [k for _, k in item_keys], lambda found: (
+            {index: e for (index, _), e in zip(item_keys, found, strict=True)},
+            None,
+        )
+    # Both kinds: in request order, so that identity links apply to the activities after them.
+    assert sub.fast is not None
+    fast_indexes = struct.unpack(f"<{3 * len(fast_keys)}I", sub.fast.spans)[0::3]
+    order = sorted(
+        [(index, True, n) for n, index in enumerate(fast_indexes)]
+        + [(index, False, n) for n, (index, _) in enumerate(item_keys)]
+    )
+
+    def split(found: list[bytes]) -> _Extras:
+        fast_extras = [b""] * len(fast_keys)
+        item_extras: dict[int, bytes] = {}
+        for (index, fast, n), extra in zip(order, found, strict=True):
+            if fast:
+                fast_extras[n] = extra
+            else:
+                item_extras[index] = extra
+        return item_extras, fast_extras
+
+    return [fast_keys[n] if fast else item_keys[n][1] for _, fast, n in order], split
+
+
 class Pipeline:
     """Lifecycle: `start()` returns at once; `shutdown()` is idempotent, safe without start, refuses new
     work, lets what was submitted reach the store until the deadline, then fails what is left."""
@@ -212,64 +253,54 @@ class Pipeline:
 
     async def _enrich_worker(self) -> None:
         while True:
-            sub = await self._intake.get()
-            item_extras: dict[int, bytes] | None = None
-            fast_extras: list[bytes] | None = None
-            if self.enricher is not None:
+            # Every request waiting is enriched at once (up to ENRICH_GROUP_ROWS activities): one
+            # round of cache lookups, and of PostgreSQL queries for the misses, per tenant and group
+            # rather than per request, which matters most for many small requests.
+            group = [await self._intake.get()]
+            rows = group[0].count
+            while rows < ENRICH_GROUP_ROWS and not self._intake.empty():
+                group.append(self._intake.get_nowait())
+                rows += group[-1].count
+            extras = await self._enrichment(group)
+            for sub, (item_extras, fast_extras) in zip(group, extras, strict=True):
                 try:
-                    item_extras, fast_extras = await self._enrichment(sub)
-                except Exception as error:  # never lose the batch over its enrichment
-                    self.stats.enrichment_failures += sub.count
-                    log.exception(
-                        "enrichment failed; storing the batch without it", extra={"error": repr(error)}
+                    encoded = encode_rows(
+                        sub.items,
+                        sub.tenant,
+                        sub.received_ns,
+                        sub.sent_ns,
+                        sub.skew_ns,
+                        sub.fast,
+                        item_extras,
+                        fast_extras,
                     )
-            try:
-                rows = encode_rows(
-                    sub.items,
-                    sub.tenant,
-                    sub.received_ns,
-                    sub.sent_ns,
-                    sub.skew_ns,
-                    sub.fast,
-                    item_extras,
-                    fast_extras,
-                )
-            except Exception as error:
-                log.exception("enrichment failed", extra={"error": repr(error)})
-                self._settle(sub.count, sub.future, Unavailable(f"enrichment failed: {error}", 0))
-                continue
-            self._commit.put_nowait(_Encoded(rows, sub.future))
+                except Exception as error:
+                    log.exception("enrichment failed", extra={"error": repr(error)})
+                    self._settle(sub.count, sub.future, Unavailable(f"enrichment failed: {error}", 0))
+                    continue
+                self._commit.put_nowait(_Encoded(encoded, sub.future))
 
-    async def _enrichment(self, sub: Submission) -> tuple[dict[int, bytes] | None, list[bytes] | None]:
-        """Each activity's enrichment fields: by index for the parsed ones, in span order for the fast."""
-        assert self.enricher is not None
-        fast_keys = (
-            fastpath.keys(sub.fast.raw, sub.fast.spans) if sub.fast is not None and sub.fast.count else []
-        )
-        item_keys = [(index, activity_keys(a)) for index, a in sub.items]
-        if not item_keys:
-            return None, await self.enricher.enrich(sub.tenant, fast_keys)
-        if not fast_keys:
-            extras = await self.enricher.enrich(sub.tenant, [k for _, k in item_keys])
-            return {index: e for (index, _), e in zip(item_keys, extras, strict=True)}, None
-        # Both kinds: enrich in batch order, so that identity links apply to the activities after them.
-        assert sub.fast is not None
-        fast_indexes = struct.unpack(f"<{3 * len(fast_keys)}I", sub.fast.spans)[0::3]
-        order = sorted(
-            [(index, True, n) for n, index in enumerate(fast_indexes)]
-            + [(index, False, n) for n, (index, _) in enumerate(item_keys)]
-        )
-        extras = await self.enricher.enrich(
-            sub.tenant, [fast_keys[n] if fast else item_keys[n][1] for _, fast, n in order]
-        )
-        fast_extras = [b""] * len(fast_keys)
-        item_extras: dict[int, bytes] = {}
-        for (index, fast, n), extra in zip(order, extras, strict=True):
-            if fast:
-                fast_extras[n] = extra
-            else:
-                item_extras[index] = extra
-        return item_extras, fast_extras
+    async def _enrichment(self, group: list[Submission]) -> list[_Extras]:
+        """Each request's enrichment fields (see `_enrichment_keys`), the requests of one tenant
+        enriched together, in intake order, so that identity links apply to the activities after them."""
+        extras: list[_Extras] = [(None, None)] * len(group)
+        if self.enricher is None:
+            return extras
+        by_tenant: dict[str, list[int]] = {}
+        for n, sub in enumerate(group):
+            by_tenant.setdefault(sub.tenant, []).append(n)
+        for tenant, members in by_tenant.items():
+            try:
+                plans = [_enrichment_keys(group[n]) for n in members]
+                found = await self.enricher.enrich(tenant, [k for keys, _ in plans for k in keys])
+                start = 0
+                for n, (keys, split) in zip(members, plans, strict=True):
+                    extras[n] = split(found[start : start + len(keys)])
+                    start += len(keys)
+            except Exception as error:  # never lose the batches over their enrichment
+                self.stats.enrichment_failures += sum(group[n].count for n in members)
+                log.exception("enrichment failed; storing the batch without it", extra={"error": repr(error)})
+        return extras
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
