@@ -146,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                         settings = {**base, **extra, "insert_deduplication_token": uuid.uuid4().hex}
                         with store._client() as client:
                             started = _cpu()
-                            client.raw_insert(table, INSERT_COLUMNS, payload, settings=settings, fmt="ProtobufList")
+                            client.raw_insert(
+                                table, INSERT_COLUMNS, payload, settings=settings, fmt="ProtobufList"
+                            )
                             spent = _cpu() - started
                         per_row.setdefault((table, column), []).append(spent / args.rows * 1e6)
             size = len(payload) / args.rows
-            print(f"{args.rows} rows per insert, {size:.0f} bytes per row, us/row CPU, median of {args.repeat}")
+            print(f"{args.rows} rows per insert, {size:.0f} bytes/row, us/row CPU, median of {args.repeat}")
             print(" " * 50 + "".join(f"{c[:24]:>26}" for c, _ in columns))
             for table, label in tables:
                 figures = "".join(f"{statistics.median(per_row[(table, c)]):26.2f}" for c, _ in columns)
