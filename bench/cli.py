@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile-native", action="store_true", help="with --profile: include native frames")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="open loop: offer N activities/s in every scenario, spread over its callers, latency counted "
+        "from each request's scheduled time (default 0: closed loop)",
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0.0,
@@ -167,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     storage_rows = args.storage_rows or (100_000 if args.quick else 500_000)
-    if runs < 1 or duration <= 0 or warmup < 0 or args.wait_idle < 0:
+    if runs < 1 or duration <= 0 or warmup < 0 or args.wait_idle < 0 or args.rate < 0:
         raise SystemExit(
-            "--runs must be at least 1, --duration positive, --warmup and --wait-idle not negative"
+            "--runs must be at least 1, --duration positive, --warmup, --wait-idle and --rate not negative"
         )
     names = list(dict.fromkeys(args.scenario or SCENARIOS))
     targets = [t for t in TARGETS if not (t == "transport" and args.no_transport)]
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_native=args.profile_native,
         server_log_level=args.server_log_level,
         wait_idle_s=args.wait_idle,
+        rate=args.rate,
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Ctrl-C stops the runs and reports those done, even when started where SIGINT is ignored.
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 "server_env": server_env,
                 "storage_rows": storage_rows,
                 "insert_rows": args.insert_rows,
+                "rate": args.rate,
                 "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             },
             "scenarios": {

@@ -59,6 +59,9 @@ class Spec:
     server_marker: str | None = None
     """A path in the command line of the server's helper processes (its data directory)."""
     api_key: str | None = None
+    rate: float = 0.0
+    """Activities per second offered, spread evenly over the callers (open loop, see `_Pacer`); 0: each
+    caller sends its next request when the previous one is answered (closed loop)."""
 
 
 @dataclass
@@ -127,13 +130,37 @@ class State:
         self.sample(f"{code}: {message}")
 
 
+class _Pacer:
+    """A caller's send schedule at a fixed rate. `wait()` sleeps until the next request is due and
+    returns the time it was due (perf_counter_ns): latency counts from then, so an answer that comes
+    late delays the requests after it and that delay is measured too (no coordinated omission). With
+    rate 0, `wait()` returns at once: the closed loop."""
+
+    def __init__(self, rate: float, batch_size: int, callers: int, index: int) -> None:
+        self.interval_ns = int(callers * batch_size / rate * 1e9) if rate > 0 else 0
+        # Callers start staggered over one interval, so that the load is even from the start.
+        self.next_ns = time.perf_counter_ns() + self.interval_ns * index // max(1, callers)
+
+    async def wait(self) -> int:
+        if not self.interval_ns:
+            return time.perf_counter_ns()
+        due = self.next_ns
+        self.next_ns += self.interval_ns
+        delay = due - time.perf_counter_ns()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
+        return due
+
+
 def _metadata(spec: Spec) -> grpc.aio.Metadata | None:
     if not spec.api_key:
         return None
     return grpc.aio.Metadata(("authorization", f"Bearer {spec.api_key}"))
 
 
-async def _unary_caller(channel: grpc.aio.Channel, factory: RequestFactory, spec: Spec, state: State) -> None:
+async def _unary_caller(
+    channel: grpc.aio.Channel, factory: RequestFactory, spec: Spec, state: State, index: int = 0
+) -> None:
     if factory.kind == "unary":
         call = channel.unary_unary(METHOD_UNARY, None, None)
         parse: Any = pb.TrackActivityResponse.FromString
@@ -142,10 +169,13 @@ async def _unary_caller(channel: grpc.aio.Channel, factory: RequestFactory, spec
         parse = pb.TrackActivitiesResponse.FromString
     n = factory.batch_size
     metadata = _metadata(spec)
+    pacer = _Pacer(spec.rate, n, spec.concurrency, index)
     while not state.stop:
+        started = await pacer.wait()
+        if state.stop:
+            break
         request = factory.make()
         state.sent(n)
-        started = time.perf_counter_ns()
         try:
             raw = await call(request, timeout=spec.rpc_timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as error:
@@ -157,7 +187,7 @@ async def _unary_caller(channel: grpc.aio.Channel, factory: RequestFactory, spec
 
 
 async def _stream_caller(
-    channel: grpc.aio.Channel, factory: RequestFactory, spec: Spec, state: State
+    channel: grpc.aio.Channel, factory: RequestFactory, spec: Spec, state: State, index: int = 0
 ) -> None:
     call: Any = channel.stream_stream(METHOD_STREAM, None, None)(None, metadata=_metadata(spec))
     slots = asyncio.Semaphore(spec.concurrency)
@@ -184,15 +214,17 @@ async def _stream_caller(
 
     read_task = asyncio.create_task(reader())
     sequence = 0
+    pacer = _Pacer(spec.rate, n, spec.streams, index)
     try:
         while not state.stop:
+            due = await pacer.wait()
             await slots.acquire()
             if state.stop or read_task.done():
                 break
             sequence += 1
             request = factory.make(sequence)
             state.sent(n)
-            pending[sequence] = time.perf_counter_ns()
+            pending[sequence] = due
             await call.write(request)
         await call.done_writing()
         await read_task
@@ -229,11 +261,12 @@ async def run(spec: Spec) -> Result:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
         if spec.kind == "stream":
             callers = [
-                _stream_caller(channels[i % len(channels)], factory, spec, state) for i in range(spec.streams)
+                _stream_caller(channels[i % len(channels)], factory, spec, state, i)
+                for i in range(spec.streams)
             ]
         else:
             callers = [
-                _unary_caller(channels[i % len(channels)], factory, spec, state)
+                _unary_caller(channels[i % len(channels)], factory, spec, state, i)
                 for i in range(spec.concurrency)
             ]
         tasks = [asyncio.create_task(c) for c in callers]

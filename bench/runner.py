@@ -217,6 +217,8 @@ class RunOptions:
     profile_native: bool = False
     server_log_level: str = "warning"
     wait_idle_s: float = 0.0
+    rate: float = 0.0
+    """Activities per second offered by the load generator; 0: closed loop."""
 
 
 _serve_flags: dict[str, set[str]] = {}
@@ -393,6 +395,7 @@ def measure(
             server_pid=server.pid,
             server_marker=str(workdir),
             api_key=server.api_key if target == "collector" else DUMMY_KEY,
+            rate=opts.rate,
         )
         if profile and opts.profile_dir is not None:
             opts.profile_dir.mkdir(parents=True, exist_ok=True)

@@ -99,8 +99,10 @@ class PipelineSettings:
     """Most activities accepted by validation but not yet committed. Past it, RESOURCE_EXHAUSTED."""
     enrich_workers: int = 1
     """Enrichment tasks taking batches from the intake queue."""
-    insert_workers: int = 2
-    """Inserts that may run at once (each on its own thread and ClickHouse connection)."""
+    insert_workers: int = 1
+    """Inserts that may run at once (each on its own thread and ClickHouse connection). One suits the
+    embedded engine, whose inserts share the collector's cores: while it runs, rows pile up and the next
+    insert takes them all. A ClickHouse server with cores to spare may take more."""
     insert_max_rows: int = 100_000
     """Largest insert, in rows; an insert is cut as soon as this many rows wait."""
     flush_interval_ms: float = 10.0

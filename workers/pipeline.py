@@ -41,8 +41,8 @@ from workers.storage import ActivityStore, StoreError, classify
 log = logging.getLogger(__name__)
 
 
-_ENRICH_GROUP = 256
-"""Most submissions enriched together."""
+ENRICH_GROUP_ROWS = 10_000
+"""Most activities an enrichment worker takes from the intake queue at once (whole requests)."""
 
 
 @dataclass
@@ -274,8 +274,10 @@ class Pipeline:
             # Every submission waiting is enriched together: their lookups share one PostgreSQL query
             # per kind and tenant, so that many small requests cost what one large request does.
             subs = [await self._intake.get()]
-            while not self._intake.empty() and len(subs) < _ENRICH_GROUP:
+            taken = subs[0].count
+            while taken < ENRICH_GROUP_ROWS and not self._intake.empty():
                 subs.append(self._intake.get_nowait())
+                taken += subs[-1].count
             extras: list[tuple[dict[int, bytes] | None, list[bytes] | None]] = [(None, None)] * len(subs)
             if self.enricher is not None:
                 extras = await self._enrichment(subs)

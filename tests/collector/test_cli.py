@@ -259,12 +259,15 @@ def test_a_bad_config_file_stops_serve_naming_the_setting_and_the_file(tmp_path:
 def test_the_first_session_with_a_catalogue_gets_enriched_rows(served) -> None:  # type: ignore[no-untyped-def]
     """The README's first session, with the example catalogue imported first: the rows carry what the
     user agent, the catalogue and the login say."""
-    proc, target, data, key = served
+    _, target, data, key = served
     imported = cli("catalog", "import", str(ROOT / "examples" / "catalog.jsonl"), "--data-dir", str(data))
     assert imported.returncode == 0, imported.stderr
     sent = cli("send", str(SAMPLE), "--target", target, env={"ACTIVITY_API_KEY": key})
     assert "accepted 3, rejected 2" in sent.stdout
-    later = '{"action": "view", "target": {"type": "product", "id": "sku-2001"}, "user": {"anonymousId": "anon-7f3a"}}\n'
+    later = (
+        '{"action": "view", "target": {"type": "product", "id": "sku-2001"}, '
+        '"user": {"anonymousId": "anon-7f3a"}}\n'
+    )
     assert "accepted 1" in cli("send", "-", "--target", target, "--api-key", key, stdin=later).stdout
     query = (
         "SELECT action, target_name, target_brand, device_type, os, resolved_user_id FROM activities "

@@ -204,6 +204,42 @@ async def test_the_latest_user_of_an_anonymous_id_wins(
     assert user == "u-2"
 
 
+async def test_waiting_requests_are_enriched_together_in_order(
+    pool: asyncpg.Pool, store: ClickHouseStore
+) -> None:
+    enricher = make_enricher(pool)
+    pipeline = Pipeline(PipelineSettings(flush_interval_ms=1), store, enricher=enricher)
+    loop = asyncio.get_running_loop()
+
+    def submit(batch: list[pb.Activity], tenant: str) -> asyncio.Future[dict[int, str]]:
+        sub = Submission(list(enumerate(batch)), tenant, time.time_ns(), None, 0, loop.create_future())
+        pipeline.submit(sub)
+        return sub.future
+
+    # Queued before the workers run: one round of lookups per tenant for all of them, and a login
+    # in one request resolves the requests after it.
+    await pipeline.start()
+    futures = [
+        submit([anonymous(1, anon="a-1")], "t1"),
+        submit([anonymous(2, anon="a-1", user="u-1")], "t1"),
+        submit([anonymous(3, anon="a-1")], "t2"),
+        submit([anonymous(4, anon="a-1")], "t1"),
+        submit([anonymous(5, anon="a-9")], "t1"),
+    ]
+    try:
+        await asyncio.gather(*futures)
+    finally:
+        await pipeline.shutdown(timeout=5)
+    assert rows(store, "target_id, tenant_id, resolved_user_id") == [
+        ["sku-1", "t1", ""],
+        ["sku-2", "t1", "u-1"],
+        ["sku-3", "t2", ""],
+        ["sku-4", "t1", "u-1"],
+        ["sku-5", "t1", ""],
+    ]
+    assert enricher.stats.lookups[(IDENTITY, "ok")] == 2  # t1 and t2, not one per request
+
+
 async def test_postgres_unreachable_stores_everything_and_counts_gaps(
     pool: asyncpg.Pool, run: Any, store: ClickHouseStore
 ) -> None:

@@ -88,6 +88,21 @@ def test_an_insert_repeated_with_its_token_is_stored_once(store: ClickHouseStore
     assert store.query("SELECT count() FROM activities", "TabSeparated") == b"6\n"
 
 
+def test_copies_within_one_insert_are_counted_once(store: ClickHouseStore) -> None:
+    # Inserts do not collapse copies themselves (optimize_on_insert off): what counts exactly (FINAL,
+    # distinct ids, the aggregates) sees one activity, and a merge keeps one row.
+    store.command("SYSTEM STOP MERGES activities")
+    twice = [make_activity(n) for n in range(3)] * 2
+    store.insert_rows(envelope([encode_rows(items(twice), "t", time.time_ns(), None)]), 6, token="copies")
+    assert store.query("SELECT count() FROM activities", "TabSeparated") == b"6\n"
+    assert store.query("SELECT count() FROM activities FINAL", "TabSeparated") == b"3\n"
+    counted = store.query("SELECT uniqExactMerge(activities) FROM activity_stats_hourly", "TabSeparated")
+    assert counted == b"3\n"
+    store.command("SYSTEM START MERGES activities")
+    store.command("OPTIMIZE TABLE activities FINAL")
+    assert store.query("SELECT count() FROM activities", "TabSeparated") == b"3\n"
+
+
 def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, database: str) -> None:
     # Stored columns in order; insert-only (EPHEMERAL) columns, never read, in any order.
     columns = (
