@@ -1028,6 +1028,29 @@ static void uuid4_text(const uint8_t *random, char *out)
     }
 }
 
+/* The number of (index, start, end) triples in `fast`, or -1 with ValueError when it is not a whole
+ * number of them. */
+static Py_ssize_t triple_count(const Py_buffer *fast)
+{
+    if (fast->len % 12) {
+        PyErr_SetString(PyExc_ValueError, "fast must be packed (index, start, end) uint32 triples");
+        return -1;
+    }
+    return fast->len / 12;
+}
+
+/* The span of triple k, checked to lie within raw: 0, or -1 with ValueError. */
+static int triple_span(const uint8_t *fp, size_t k, Py_ssize_t raw_len, uint32_t *start, uint32_t *end)
+{
+    *start = get_u32(fp + 12 * k + 4);
+    *end = get_u32(fp + 12 * k + 8);
+    if (*start > *end || *end > (size_t)raw_len) {
+        PyErr_Format(PyExc_ValueError, "triple %zu: span %u..%u outside raw", k, *start, *end);
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(frame_doc,
              "frame(raw, fast, suffix, random, extras=None) -> (rows, assigned_ids)\n\n"
              "ProtobufList rows of the activities that `fast` (from check) names in `raw`: 0x0a,\n"
@@ -1044,17 +1067,16 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
     uint8_t *flags = NULL;
     size_t n, k, total = 0, missing = 0;
     const uint8_t *rawp, *fp;
+    Py_ssize_t triples;
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*y*y*y*|O:frame", &raw, &fast, &suffix, &rnd, &extras))
         return NULL;
     rawp = (const uint8_t *)raw.buf;
     fp = (const uint8_t *)fast.buf;
-    if (fast.len % 12) {
-        PyErr_SetString(PyExc_ValueError, "fast must be packed (index, start, end) uint32 triples");
+    if ((triples = triple_count(&fast)) < 0)
         goto done;
-    }
-    n = (size_t)fast.len / 12;
+    n = (size_t)triples;
     if (extras == Py_None)
         extras = NULL;
     if (extras && (!PyList_Check(extras) || (size_t)PyList_GET_SIZE(extras) != n)) {
@@ -1067,13 +1089,11 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
         goto done;
     }
     for (k = 0; k < n; k++) {
-        uint32_t start = get_u32(fp + 12 * k + 4), end = get_u32(fp + 12 * k + 8);
+        uint32_t start, end;
         size_t row;
         int h;
-        if (start > end || end > (size_t)raw.len) {
-            PyErr_Format(PyExc_ValueError, "triple %zu: span %u..%u outside raw", k, start, end);
+        if (triple_span(fp, k, raw.len, &start, &end) < 0)
             goto done;
-        }
         h = has_id(rawp + start, rawp + end);
         if (h < 0) {
             PyErr_Format(PyExc_ValueError, "triple %zu: the span is not a protobuf message", k);
@@ -1210,31 +1230,28 @@ static PyObject *fp_keys(PyObject *self, PyObject *args)
     PyObject *out = NULL, *empty = NULL;
     size_t n, k;
     const uint8_t *rawp, *fp;
+    Py_ssize_t triples;
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*y*:keys", &raw, &fast))
         return NULL;
     rawp = (const uint8_t *)raw.buf;
     fp = (const uint8_t *)fast.buf;
-    if (fast.len % 12) {
-        PyErr_SetString(PyExc_ValueError, "fast must be packed (index, start, end) uint32 triples");
+    if ((triples = triple_count(&fast)) < 0)
         goto done;
-    }
-    n = (size_t)fast.len / 12;
+    n = (size_t)triples;
     empty = PyUnicode_FromStringAndSize("", 0);
     out = PyList_New((Py_ssize_t)n);
     if (!empty || !out)
         goto fail;
     for (k = 0; k < n; k++) {
-        uint32_t start = get_u32(fp + 12 * k + 4), end = get_u32(fp + 12 * k + 8);
+        uint32_t start, end;
         const uint8_t *data[NKEYS] = {0};
         size_t len[NKEYS] = {0};
         PyObject *t;
         int i;
-        if (start > end || end > (size_t)raw.len) {
-            PyErr_Format(PyExc_ValueError, "triple %zu: span %u..%u outside raw", k, start, end);
+        if (triple_span(fp, k, raw.len, &start, &end) < 0)
             goto fail;
-        }
         find_keys(rawp + start, rawp + end, data, len);
         t = PyTuple_New(NKEYS);
         if (!t)

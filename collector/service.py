@@ -107,29 +107,39 @@ class Evaluated:
 
 @dataclass
 class ServiceStats:
-    """Counters since start, in activities unless named otherwise."""
+    """Counters since start, in activities unless named otherwise; the totals are sums of the counters
+    kept per tenant (and per reason, per code)."""
 
     requests: int = 0
-    received: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    failed_requests: int = 0
-    rejected_by_reason: dict[int, int] = dataclasses.field(default_factory=dict)
-    """Rejected activities by RejectionReason value."""
     received_by_tenant: Counter[str] = dataclasses.field(default_factory=Counter)
     accepted_by_tenant: Counter[str] = dataclasses.field(default_factory=Counter)
     rejected_by_tenant: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     """Rejected activities by (tenant, RejectionReason value)."""
-    failed_by_code: dict[str, int] = dataclasses.field(default_factory=dict)
+    failed_by_code: Counter[str] = dataclasses.field(default_factory=Counter)
     """Requests (stream batches included) that failed as a whole, by gRPC status code name."""
+
+    @property
+    def received(self) -> int:
+        return self.received_by_tenant.total()
+
+    @property
+    def accepted(self) -> int:
+        return self.accepted_by_tenant.total()
+
+    @property
+    def rejected(self) -> int:
+        return self.rejected_by_tenant.total()
+
+    @property
+    def failed_requests(self) -> int:
+        return self.failed_by_code.total()
 
     def record_rejections(self, tenant: str, rejections: Sequence[Rejection]) -> None:
         for r in rejections:
-            self.rejected_by_reason[r.reason] = self.rejected_by_reason.get(r.reason, 0) + 1
             self.rejected_by_tenant[(tenant, r.reason)] += 1
 
     def record_failure(self, code: grpc.StatusCode) -> None:
-        self.failed_by_code[code.name] = self.failed_by_code.get(code.name, 0) + 1
+        self.failed_by_code[code.name] += 1
 
 
 class ActivityService:
@@ -275,9 +285,7 @@ class ActivityService:
         """Hand the valid activities to the pipeline and wait until they are committed."""
         # Set by collector.auth from the call's API key; unset when auth is off.
         tenant = TENANT.get() or self.settings.default_tenant
-        self.stats.received += evaluated.count
         self.stats.received_by_tenant[tenant] += evaluated.count
-        self.stats.rejected += len(evaluated.rejections)
         if evaluated.rejections:
             self.stats.record_rejections(tenant, evaluated.rejections)
         accepted = evaluated.accepted
@@ -296,7 +304,6 @@ class ActivityService:
             )
         )
         assigned = await future
-        self.stats.accepted += accepted
         self.stats.accepted_by_tenant[tenant] += accepted
         return assigned
 
@@ -322,7 +329,6 @@ class ActivityService:
                 raise Unavailable("the collector is shutting down", self.pipeline.retry_delay_s)
             return await body(received_ns)
         except Exception as error:
-            self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
             self.stats.record_failure(code)
             raise RequestFailed(code, message, delay) from None
@@ -384,7 +390,6 @@ class ActivityService:
             sequence = evaluated.sequence
             assigned = await self._store(evaluated, received_ns)
         except Exception as error:
-            self.stats.failed_requests += 1
             code, message, delay = self._error_status(error)
             self.stats.record_failure(code)
             if not sequence:

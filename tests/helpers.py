@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -68,6 +69,24 @@ def start_serve(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str, st
     )
     address, key = read_start(proc)
     return proc, address, key
+
+
+def stop_serve(proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    """Stop a served process as an operator does (SIGTERM) and wait for it: its exit status."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=timeout)
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill `proc` if it still runs: the end of a test that failed before it stopped the process."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying `key`."""
+    return (("authorization", f"Bearer {key}"),)
 
 
 def read_start(proc: subprocess.Popen[str]) -> tuple[str, str | None]:

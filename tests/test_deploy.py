@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from helpers import read_start
+from helpers import read_start, reap, stop_serve
 
 from collector.config import load_settings
 
@@ -157,12 +156,9 @@ def test_the_entry_point_serves_and_the_health_check_passes(tmp_path: Path) -> N
         checked = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
         assert checked.returncode == 0, checked.stderr
         assert "SERVING" in checked.stdout
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert stop_serve(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     # Nothing answers any more: the health check fails.
     gone = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1

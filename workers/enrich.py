@@ -40,33 +40,35 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _key(field: int, wire_type: int) -> bytes:
+def field_key(field: int, wire_type: int) -> bytes:
+    """The key (tag) of a protobuf field."""
     return varint(field << 3 | wire_type)
 
 
-def _bytes_field(field: int, data: bytes) -> bytes:
-    return _key(field, 2) + varint(len(data)) + data
+def bytes_field(field: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return field_key(field, 2) + varint(len(data)) + data
 
 
 def _timestamp_field(field: int, ns: int) -> bytes:
     seconds, nanos = divmod(ns, _NS)
-    body = _key(1, 0) + varint(seconds) + (_key(2, 0) + varint(nanos) if nanos else b"")
-    return _bytes_field(field, body)
+    body = field_key(1, 0) + varint(seconds) + (field_key(2, 0) + varint(nanos) if nanos else b"")
+    return bytes_field(field, body)
 
 
 # Key of the envelope's repeated row field in FORMAT ProtobufList: field 1, length-delimited.
-_ROW_KEY = _key(1, 2)
+_ROW_KEY = field_key(1, 2)
 # Row frame prefixes for the common short rows, looked up instead of computed.
 _SHORT_PREFIXES = [_ROW_KEY + varint(n) for n in range(16384)]
 
 
 def batch_suffix(tenant: str, received_ns: int, sent_ns: int | None, skew_ns: int) -> bytes:
     """The fields the collector appends to every row of one batch."""
-    suffix = _bytes_field(TENANT_FIELD, tenant.encode()) + _timestamp_field(RECEIVED_AT_FIELD, received_ns)
+    suffix = bytes_field(TENANT_FIELD, tenant.encode()) + _timestamp_field(RECEIVED_AT_FIELD, received_ns)
     if sent_ns is not None:
         suffix += _timestamp_field(SENT_AT_FIELD, sent_ns)
     if skew_ns:
-        suffix += _key(CLOCK_SKEW_FIELD, 0) + varint(skew_ns // 1_000_000)
+        suffix += field_key(CLOCK_SKEW_FIELD, 0) + varint(skew_ns // 1_000_000)
     return suffix
 
 

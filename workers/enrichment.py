@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from collector.fastpath import EnrichmentKeys
 from collector.postgres import POSTGRES_ERRORS
 from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.cache import ExpiringCache
-from workers.enrich import varint
+from workers.enrich import bytes_field, field_key, varint
 from workers.identity import ANONYMOUS, SESSION, IdentityStore, LinkKey
 from workers.schema import (
     BROWSER_FIELD,
@@ -107,15 +107,9 @@ class EnrichmentStats:
     links_dropped: int = 0
 
 
-def _key(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
 def _text(number: int, value: str) -> bytes:
-    if not value:
-        return b""
-    data = value.encode()
-    return _key(number, 2) + varint(len(data)) + data
+    """A string field, left out when empty (as protobuf writes it)."""
+    return bytes_field(number, value.encode()) if value else b""
 
 
 def user_agent_fields(info: UserAgentInfo) -> bytes:
@@ -126,7 +120,7 @@ def user_agent_fields(info: UserAgentInfo) -> bytes:
             _text(OS_VERSION_FIELD, info.os_version),
             _text(BROWSER_FIELD, info.browser),
             _text(BROWSER_VERSION_FIELD, info.browser_version),
-            _key(IS_BOT_FIELD, 0) + b"\x01" if info.is_bot else b"",
+            field_key(IS_BOT_FIELD, 0) + b"\x01" if info.is_bot else b"",
         )
     )
 
@@ -136,11 +130,11 @@ def catalog_fields(target: TargetDetails) -> bytes:
     parts += [_text(TARGET_CATEGORY_PATH_FIELD, c) for c in target.category_path if c]
     parts.append(_text(TARGET_BRAND_FIELD, target.brand))
     if target.list_price is not None:
-        parts.append(_key(TARGET_LIST_PRICE_FIELD, 0) + varint(target.list_price))
+        parts.append(field_key(TARGET_LIST_PRICE_FIELD, 0) + varint(target.list_price))
     parts.append(_text(TARGET_LIST_CURRENCY_FIELD, target.currency))
     for name, value in target.attributes.items():
         entry = _text(1, name) + _text(2, value)
-        parts.append(_key(TARGET_CATALOG_ATTRIBUTES_FIELD, 2) + varint(len(entry)) + entry)
+        parts.append(bytes_field(TARGET_CATALOG_ATTRIBUTES_FIELD, entry))
     return b"".join(parts)
 
 
@@ -201,9 +195,11 @@ class Enricher:
         if self.catalog is None and self.identity is None:
             return [ua_fields[k[5]] for k in keys]
         now = self._clock()
-        targets, links, gap_targets = await self._lookups(tenant, keys, now)
+        # Activities per target: the distinct targets to look up, and the counts of the outcomes.
+        target_counts = Counter((k[0], k[1]) for k in keys) if self.catalog is not None else Counter()
+        targets, links, gap_targets = await self._lookups(tenant, keys, target_counts, now)
         if self.catalog is not None:
-            self._count_targets(Counter((k[0], k[1]) for k in keys), targets, gap_targets)
+            self._count_targets(target_counts, targets, gap_targets)
         resolved = self._stitch(tenant, keys, links, now)
         if self.identity is not None and self._pending_links:
             await self._record_links()
@@ -245,10 +241,14 @@ class Enricher:
         return out
 
     async def _lookups(
-        self, tenant: str, keys: Sequence[EnrichmentKeys], now: float
+        self,
+        tenant: str,
+        keys: Sequence[EnrichmentKeys],
+        distinct_targets: Iterable[tuple[str, str]],
+        now: float,
     ) -> tuple[dict[tuple[str, str], bytes], dict[LinkKey, str], set[tuple[str, str]]]:
-        """Catalogue row fields by (type, id), the known links of the batch's unresolved ids, and the
-        targets that could not be looked up."""
+        """Catalogue row fields by (type, id) of `distinct_targets`, the known links of the batch's
+        unresolved ids, and the targets that could not be looked up."""
         targets: dict[tuple[str, str], bytes] = {}
         target_misses: list[tuple[str, str]] = []
         gap_targets: set[tuple[str, str]] = set()
@@ -256,20 +256,16 @@ class Enricher:
         link_misses: list[LinkKey] = []
         if self.catalog is not None:
             cache = self._targets
-            for target in {(k[0], k[1]) for k in keys}:
+            for target in distinct_targets:
                 cached = cache.get((tenant, *target), now, _MISSING)
                 if cached is _MISSING:
                     target_misses.append(target)
                 elif isinstance(cached, bytes):
                     targets[target] = cached
         if self.identity is not None:
-            wanted: set[LinkKey] = set()
-            for k in keys:
-                if not k[2]:
-                    if k[3]:
-                        wanted.add((ANONYMOUS, k[3]))
-                    if k[4]:
-                        wanted.add((SESSION, k[4]))
+            # The ids of the activities without a user id: those that may resolve through a link.
+            wanted = {(ANONYMOUS, k[3]) for k in keys if k[3] and not k[2]}
+            wanted |= {(SESSION, k[4]) for k in keys if k[4] and not k[2]}
             cache_links = self._links
             for kind, key in wanted:
                 user = cache_links.get((tenant, kind, key), now, None)

@@ -149,28 +149,35 @@ class PipelineStats:
     """Counters since start. `inserts` counts committed inserts; rows are activities."""
 
     submitted: int = 0
-    refused: int = 0
     committed: int = 0
-    failed: int = 0
     inserts: int = 0
     insert_failures: int = 0
     insert_retries: int = 0
     insert_sizes: list[int] = field(default_factory=list)
-    dead_letters: int = 0
-    """Activities that ClickHouse refused for good, kept in the dead-letter store."""
     dead_letter_failures: int = 0
     """Attempts to write dead letters that failed (the records stay in the spool and are tried again)."""
     enrichment_failures: int = 0
     """Activities stored without any enrichment because enriching their batch failed unexpectedly."""
 
     refused_by_tenant: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Valid activities refused because the queue or the spool was full, by tenant."""
     failed_by_tenant: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Admitted activities that were not stored (store failure, shutdown), by tenant."""
     dead_letters_by_tenant: collections.Counter[str] = field(default_factory=collections.Counter)
-    """Dead-lettered activities by the tenant their rows carry ('' when the rows do not say)."""
+    """Activities that ClickHouse refused for good, kept in the dead-letter store, by the tenant their
+    rows carry ('' when the rows do not say)."""
 
-    def refuse(self, tenant: str, count: int) -> None:
-        self.refused += count
-        self.refused_by_tenant[tenant] += count
+    @property
+    def refused(self) -> int:
+        return self.refused_by_tenant.total()
+
+    @property
+    def failed(self) -> int:
+        return self.failed_by_tenant.total()
+
+    @property
+    def dead_letters(self) -> int:
+        return self.dead_letters_by_tenant.total()
 
     def record_insert(self, rows: int) -> None:
         self.inserts += 1
@@ -258,7 +265,7 @@ class Pipeline:
         if not self._accepting:
             raise Unavailable("the collector is shutting down", self.retry_delay_s)
         if self._pending + n > self.settings.queue_capacity:
-            self.stats.refuse(submission.tenant, n)
+            self.stats.refused_by_tenant[submission.tenant] += n
             raise Overloaded(
                 f"the collector holds {self._pending} uncommitted activities and its queue_capacity is "
                 f"{self.settings.queue_capacity}",
@@ -424,7 +431,7 @@ class Pipeline:
                 sequences = await loop.run_in_executor(self._spool_executor, self._append_durably, entries)
             except SpoolFull as full:
                 for c in chunks:
-                    self.stats.refuse(c.tenant, c.rows.count)
+                    self.stats.refused_by_tenant[c.tenant] += c.rows.count
                 refusal = Overloaded(str(full), self.retry_delay_s)
                 for c in chunks:
                     self._settle(c.rows.count, c.tenant, c.future, refusal)
@@ -589,7 +596,6 @@ class Pipeline:
             except StoreError:
                 self.stats.dead_letter_failures += 1
                 raise
-            self.stats.dead_letters += added
             if added:  # the letters are written in one transaction: all of them are new, or none
                 for letter in isolated.letters:
                     self.stats.dead_letters_by_tenant[letter.tenant or ""] += letter.count
@@ -616,7 +622,6 @@ class Pipeline:
     ) -> None:
         self._pending -= count
         if error is not None:
-            self.stats.failed += count
             self.stats.failed_by_tenant[tenant] += count
         if not future.done():
             if error is None:

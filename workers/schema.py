@@ -387,6 +387,11 @@ class Cluster:
 SINGLE_NODE = Cluster()
 
 
+def _column_ddl(c: Column) -> str:
+    default = f" DEFAULT {c.source}" if c.source else ""
+    return f"`{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}"
+
+
 def _ephemeral_columns() -> dict[str, str]:
     """The insert-only columns, name to type, in the order of the columns they fill."""
     ephemeral: dict[str, str] = {}
@@ -399,9 +404,7 @@ def _ephemeral_columns() -> dict[str, str]:
 def activities_table_ddl(database: str, table: str = "activities", cluster: Cluster = SINGLE_NODE) -> str:
     """The table holding the rows (`<table>_local` on a cluster); see `activities_statements`."""
     lines = [f"  `{n}` {t} EPHEMERAL" for n, t in _ephemeral_columns().items()]
-    for c in COLUMNS:
-        default = f" DEFAULT {c.source}" if c.source else ""
-        lines.append(f"  `{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}")
+    lines += [f"  {_column_ddl(c)}" for c in COLUMNS]
     return (
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{cluster.local(table)}`{cluster.on_cluster} (\n"
         + ",\n".join(lines)
@@ -437,11 +440,6 @@ ENRICHMENT_COLUMNS = (
     "target_catalog_attributes",
 )
 """Columns added to `activities` by schema version 4 (enrichment)."""
-
-
-def _column_ddl(c: Column) -> str:
-    default = f" DEFAULT {c.source}" if c.source else ""
-    return f"`{c.name}` {c.type}{default} COMMENT {_quote(c.comment)}"
 
 
 def enrichment_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from helpers import make_activity
+from helpers import bearer, make_activity
 
 from collector.auth import Authenticator
 from collector.postgres import Postgres
@@ -29,10 +29,6 @@ from workers.schema import TENANT_FIELD
 pytestmark = pytest.mark.timeout(90)
 
 TTL = 0.3
-
-
-def bearer(key: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 def tenants_of(server: CollectorServer) -> list[str]:

@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import make_activity, start_serve
+from helpers import make_activity, reap, start_serve, stop_serve
 
 from collector.control import query_via_control
 from collector.proto.activity.v1 import activity_pb2 as pb
@@ -174,11 +174,9 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
                     pb.TrackActivitiesRequest(activities=batches[seq]), metadata=_auth(data)
                 )
                 assert response.accepted_count == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert stop_serve(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     # Read ClickHouse through a collector on the same data directory.
     settle, address = _serve(data)
     try:
@@ -439,12 +437,9 @@ async def test_serve_without_clickhouse_acknowledges_until_the_spool_is_full_and
         assert samples["activity_collector_store_ready"] == 0
         assert samples["activity_collector_store_connect_attempts_total"] >= 1
         assert samples["activity_collector_spool_activities"] == len(acknowledged)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert stop_serve(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     assert any("store not reachable, connecting again" in line for line in log), "".join(log[-20:])
 
     # The same data directory, and a store that is there: the embedded engine.
@@ -457,9 +452,6 @@ async def test_serve_without_clickhouse_acknowledges_until_the_spool_is_full_and
             await asyncio.sleep(0.2)
         # Counted without FINAL: each acknowledged activity was inserted once, and nothing else was.
         assert sorted(sql(data, "SELECT toString(id) FROM activities")) == sorted(acknowledged)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert stop_serve(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)

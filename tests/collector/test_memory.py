@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, start_serve
+from helpers import ROOT, reap, start_serve, stop_serve
 
 from collector.config import Settings, load_config
 
@@ -110,12 +109,9 @@ def test_overload_is_refused_and_memory_stays_under_the_cap_of_the_settings(tmp_
             assert client.returncode == 0
             codes.update(json.loads(out))
         peak = memory(proc.pid)["VmHWM"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert stop_serve(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     # Overload is answered, and answered with a code that tells the client to come back later.
     assert codes["RESOURCE_EXHAUSTED"] > 0 and codes["OK"] > 0, codes
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
