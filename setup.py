@@ -1,7 +1,7 @@
 """Build hook for the optional C accelerator; all other metadata lives in pyproject.toml.
 
-`collector._fastpath` is optional: without a C compiler the install still succeeds and the collector
-runs on its pure-Python path.
+`collector._fastpath` and `workers._lookups` are optional: without a C compiler the install still
+succeeds and the collector runs on their pure-Python equivalents.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +13,12 @@ setup(
             ["collector/_fastpath.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "workers._lookups",
+            ["workers/_lookups.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

@@ -10,7 +10,9 @@ set (not read): expiry bounds their age anyway.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from workers import lookups
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -34,6 +36,13 @@ class ExpiringCache(Generic[K, V]):
         if entry is None or entry[0] <= now:
             return default
         return entry[1]
+
+    def lookup(
+        self, keys: list[Any], columns: tuple[int, ...], prefix: str | None, now: float, missing: object
+    ) -> tuple[list[Any], dict[Any, list[int]]]:
+        """`workers.lookups.lookup` over this cache: the value per item of `keys` (`missing` where
+        absent or expired), and the absent keys with their items' positions."""
+        return lookups.lookup(self._entries, keys, columns, prefix, now, missing)
 
     def set(self, key: K, value: V, now: float) -> None:
         entries = self._entries

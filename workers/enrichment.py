@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from cachetools import LRUCache
 from collector.fastpath import EnrichmentKeys
 from collector.postgres import POSTGRES_ERRORS
 from collector.proto.activity.v1 import activity_pb2 as pb
+from workers import lookups
 from workers.cache import ExpiringCache
 from workers.enrich import bytes_field, field_key, varint
 from workers.identity import ANONYMOUS, SESSION, IdentityStore, LinkKey
@@ -109,7 +110,12 @@ class EnrichmentStats:
 
 def _text(number: int, value: str) -> bytes:
     """A string field, left out when empty (as protobuf writes it)."""
-    return bytes_field(number, value.encode()) if value else b""
+    if not value:
+        return b""
+    data = value.encode()
+    if len(data) < 0x80:  # the common case: a one-byte length
+        return _STRING_KEYS[number] + bytes((len(data),)) + data
+    return bytes_field(number, data)
 
 
 def user_agent_fields(info: UserAgentInfo) -> bytes:
@@ -136,6 +142,25 @@ def catalog_fields(target: TargetDetails) -> bytes:
         entry = _text(1, name) + _text(2, value)
         parts.append(bytes_field(TARGET_CATALOG_ATTRIBUTES_FIELD, entry))
     return b"".join(parts)
+
+
+_STRING_KEYS = {
+    number: field_key(number, 2)
+    for number in (
+        UA_DEVICE_TYPE_FIELD,
+        OS_FIELD,
+        OS_VERSION_FIELD,
+        BROWSER_FIELD,
+        BROWSER_VERSION_FIELD,
+        TARGET_NAME_FIELD,
+        TARGET_CATEGORY_PATH_FIELD,
+        TARGET_BRAND_FIELD,
+        TARGET_LIST_CURRENCY_FIELD,
+        RESOLVED_USER_ID_FIELD,
+        1,
+        2,
+    )
+}
 
 
 class Enricher:
@@ -189,40 +214,40 @@ class Enricher:
 
     # -- the batch ------------------------------------------------------------------------------------
 
-    async def enrich(self, tenant: str, keys: Sequence[EnrichmentKeys]) -> list[bytes]:
+    async def enrich(self, tenant: str, keys: list[EnrichmentKeys]) -> list[bytes]:
         """Row fields for each activity of `keys` (in batch order), to append after the batch's."""
-        ua_fields = self._user_agent_fields({k[5] for k in keys})
+        user_agents = self._user_agent_fields({k[5] for k in keys})
+        ua_values, _ = lookups.lookup(user_agents, keys, (5,), None, None, b"")
         if self.catalog is None and self.identity is None:
-            return [ua_fields[k[5]] for k in keys]
+            return lookups.join((ua_values,), (None,))
         now = self._clock()
-        # Activities per target: the distinct targets to look up, and the counts of the outcomes.
-        target_counts = Counter((k[0], k[1]) for k in keys) if self.catalog is not None else Counter()
-        targets, links, gap_targets = await self._lookups(tenant, keys, target_counts, now)
         if self.catalog is not None:
-            self._count_targets(target_counts, targets, gap_targets)
-        resolved = self._stitch(tenant, keys, links, now)
+            # Per activity: the target's row fields, None (not in the catalogue) or _MISSING (not
+            # cached: asked of PostgreSQL below, by distinct target).
+            target_values, target_misses = self._targets.lookup(keys, (0, 1), tenant, now, _MISSING)
+        else:
+            target_values, target_misses = [None] * len(keys), {}
+        anonymous, sessions, link_misses = self._cached_links(tenant, keys, now)
+        if target_misses or link_misses:
+            await self._lookups(
+                tenant, keys, now, target_values, target_misses, anonymous, sessions, link_misses
+            )
+        if self.catalog is not None:
+            self._count_targets(target_values)
+        resolved = self._stitch(tenant, keys, anonymous, sessions, now)
         if self.identity is not None and self._pending_links:
             await self._record_links()
-        encoded: dict[str, bytes] = {"": b""}
-        out: list[bytes] = []
-        append = out.append
-        for k, user in zip(keys, resolved, strict=True):
-            user_fields = encoded.get(user)
-            if user_fields is None:
-                user_fields = encoded[user] = _text(RESOLVED_USER_ID_FIELD, user)
-            append(ua_fields[k[5]] + targets.get((k[0], k[1]), b"") + user_fields)
-        return out
+        user_fields = {user: _text(RESOLVED_USER_ID_FIELD, user) for user in set(resolved)}
+        return lookups.join((ua_values, target_values, resolved), (None, None, user_fields))
 
-    def _count_targets(
-        self,
-        counts: Counter[tuple[str, str]],
-        found: Mapping[tuple[str, str], bytes],
-        gaps: set[tuple[str, str]],
-    ) -> None:
+    def _count_targets(self, values: list[Any]) -> None:
+        """Activities per outcome: found (row fields), not in the catalogue (None), not looked up."""
+        unknown = values.count(None)
+        gap = values.count(_MISSING)
         stats = self.stats.activities
-        for target, n in counts.items():
-            outcome = "enriched" if target in found else "gap" if target in gaps else "unknown"
-            stats[(CATALOG, outcome)] += n
+        stats[(CATALOG, "enriched")] += len(values) - unknown - gap
+        stats[(CATALOG, "unknown")] += unknown
+        stats[(CATALOG, "gap")] += gap
 
     def _user_agent_fields(self, distinct: set[str]) -> dict[str, bytes]:
         cache = self._user_agents
@@ -240,63 +265,59 @@ class Enricher:
             out[ua] = fields
         return out
 
+    def _cached_links(
+        self, tenant: str, keys: list[EnrichmentKeys], now: float
+    ) -> tuple[dict[str, str], dict[str, str], list[LinkKey]]:
+        """The cached links of the ids of the activities without a user id (those that may resolve
+        through one), by anonymous id and by session id, and the ids not cached."""
+        anonymous: dict[str, str] = {}
+        sessions: dict[str, str] = {}
+        misses: list[LinkKey] = []
+        if self.identity is None:
+            return anonymous, sessions, misses
+        for kind, known, wanted in (
+            (ANONYMOUS, anonymous, {k[3] for k in keys if k[3] and not k[2]}),
+            (SESSION, sessions, {k[4] for k in keys if k[4] and not k[2]}),
+        ):
+            ids = [(kind, key) for key in wanted]
+            users, absent = self._links.lookup(ids, (0, 1), tenant, now, None)
+            known.update((link[1], user) for link, user in zip(ids, users, strict=True) if user)
+            misses.extend((kind, key) for _, kind, key in absent)
+        return anonymous, sessions, misses
+
     async def _lookups(
         self,
         tenant: str,
-        keys: Sequence[EnrichmentKeys],
-        distinct_targets: Iterable[tuple[str, str]],
+        keys: list[EnrichmentKeys],
         now: float,
-    ) -> tuple[dict[tuple[str, str], bytes], dict[LinkKey, str], set[tuple[str, str]]]:
-        """Catalogue row fields by (type, id) of `distinct_targets`, the known links of the batch's
-        unresolved ids, and the targets that could not be looked up."""
-        targets: dict[tuple[str, str], bytes] = {}
-        target_misses: list[tuple[str, str]] = []
-        gap_targets: set[tuple[str, str]] = set()
-        links: dict[LinkKey, str] = {}
-        link_misses: list[LinkKey] = []
-        if self.catalog is not None:
-            cache = self._targets
-            for target in distinct_targets:
-                cached = cache.get((tenant, *target), now, _MISSING)
-                if cached is _MISSING:
-                    target_misses.append(target)
-                elif isinstance(cached, bytes):
-                    targets[target] = cached
-        if self.identity is not None:
-            # The ids of the activities without a user id: those that may resolve through a link.
-            wanted = {(ANONYMOUS, k[3]) for k in keys if k[3] and not k[2]}
-            wanted |= {(SESSION, k[4]) for k in keys if k[4] and not k[2]}
-            cache_links = self._links
-            for kind, key in wanted:
-                user = cache_links.get((tenant, kind, key), now, None)
-                if user is None:
-                    link_misses.append((kind, key))
-                elif user:
-                    links[(kind, key)] = user
-        if not target_misses and not link_misses:
-            return targets, links, gap_targets
-        found_targets, found_links = await self._ask_postgres(tenant, target_misses, link_misses)
+        target_values: list[Any],
+        target_misses: dict[Any, list[int]],
+        anonymous: dict[str, str],
+        sessions: dict[str, str],
+        link_misses: list[LinkKey],
+    ) -> None:
+        """Ask PostgreSQL for what the caches did not hold: fill in the targets' row fields (by
+        position) and the links, and cache the answers."""
+        wanted_targets = [(key[1], key[2]) for key in target_misses]
+        found_targets, found_links = await self._ask_postgres(tenant, wanted_targets, link_misses)
         if found_targets is not None:
-            for target in target_misses:
-                info = found_targets.get(target)
+            for key, positions in target_misses.items():
+                info = found_targets.get((key[1], key[2]))
                 fields = catalog_fields(info) if info is not None else None
-                self._targets.set((tenant, *target), fields, now)
-                if fields is not None:
-                    targets[target] = fields
-        else:
-            gap_targets = set(target_misses)
+                self._targets.set(key, fields, now)
+                for position in positions:
+                    target_values[position] = fields
         if found_links is not None:
             for link in link_misses:
                 user = found_links.get(link, "")
                 self._links.set((tenant, *link), user, now)
                 if user:
-                    links[link] = user
-        else:
+                    (anonymous if link[0] == ANONYMOUS else sessions)[link[1]] = user
+        elif link_misses:
             missed = set(link_misses)
             self.stats.activities[(IDENTITY, "gap")] += sum(
                 1 for k in keys if any(link in missed for link in _unresolved_keys(k))
             )
-        return targets, links, gap_targets
 
     async def _ask_postgres(
         self, tenant: str, target_misses: list[tuple[str, str]], link_misses: list[LinkKey]
@@ -339,38 +360,24 @@ class Enricher:
         return results.get(CATALOG), results.get(IDENTITY)
 
     def _stitch(
-        self, tenant: str, keys: Sequence[EnrichmentKeys], links: dict[LinkKey, str], now: float
+        self,
+        tenant: str,
+        keys: list[EnrichmentKeys],
+        anonymous: dict[str, str],
+        sessions: dict[str, str],
+        now: float,
     ) -> list[str]:
         """The resolved user of each activity, in order; records the links the batch shows."""
-        resolved: list[str] = []
-        append = resolved.append
+        resolved, changes, enriched, unknown = lookups.stitch(keys, anonymous, sessions, ANONYMOUS, SESSION)
+        if self.identity is None:
+            return resolved
         cache = self._links
-        identity = self.identity is not None
+        cached, _ = cache.lookup(changes, (0, 1), tenant, now, None)
+        for (kind, key, user), known in zip(changes, cached, strict=True):
+            if known != user:
+                cache.set((tenant, kind, key), user, now)
+                self._pending_links[(tenant, kind, key)] = user
         stats = self.stats.activities
-        enriched = unknown = 0
-        for k in keys:
-            user = k[2]
-            if user:
-                append(user)
-                if identity:
-                    for kind, key in ((ANONYMOUS, k[3]), (SESSION, k[4])):
-                        if key and links.get((kind, key)) != user:
-                            links[(kind, key)] = user
-                            if cache.get((tenant, kind, key), now, None) != user:
-                                cache.set((tenant, kind, key), user, now)
-                                self._pending_links[(tenant, kind, key)] = user
-                continue
-            linked = ""
-            if k[3]:
-                linked = links.get((ANONYMOUS, k[3]), "")
-            if not linked and k[4]:
-                linked = links.get((SESSION, k[4]), "")
-            if identity and (k[3] or k[4]):
-                if linked:
-                    enriched += 1
-                else:
-                    unknown += 1
-            append(linked)
         if enriched:
             stats[(IDENTITY, "enriched")] += enriched
         if unknown:

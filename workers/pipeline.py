@@ -320,7 +320,9 @@ class Pipeline:
             by_tenant.setdefault(sub.tenant, []).append(n)
         out: list[tuple[dict[int, bytes] | None, list[bytes] | None]] = [(None, None)] * len(subs)
         for tenant, members in by_tenant.items():
-            keys = [k for n in members for k in plans[n].keys]
+            keys: list[EnrichmentKeys] = []
+            for n in members:
+                keys.extend(plans[n].keys)
             try:
                 extras = await self.enricher.enrich(tenant, keys)
             except Exception as error:  # never lose activities over their enrichment

@@ -16,6 +16,7 @@ from helpers import make_activity
 from collector.config import PipelineSettings
 from collector.postgres import apply_migrations
 from collector.proto.activity.v1 import activity_pb2 as pb
+from workers import lookups
 from workers.catalog import CatalogEntry, CatalogStore, TargetInfo
 from workers.enrichment import CATALOG, IDENTITY, Enricher
 from workers.identity import IdentityStore
@@ -29,6 +30,18 @@ IPHONE = (
     "Version/17.1 Mobile/15E148 Safari/604.1"
 )
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+@pytest.fixture(autouse=True, params=["compiled", "reference"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the compiled per-activity loops (when built) and on their Python reference."""
+    if request.param == "reference":
+        monkeypatch.setattr(lookups, "lookup", lookups.lookup_py)
+        monkeypatch.setattr(lookups, "stitch", lookups.stitch_py)
+        monkeypatch.setattr(lookups, "join", lookups.join_py)
+    elif not lookups.compiled:
+        pytest.skip("workers._lookups is not built")
+    return str(request.param)
 
 
 @pytest.fixture
