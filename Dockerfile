@@ -1,5 +1,19 @@
 # The activity collector: gRPC on 50051, HTTP/JSON on 8080, Prometheus metrics on 9464.
 # Without ACTIVITY_CLICKHOUSE_DSN it stores into the embedded ClickHouse engine under /data.
+
+# Build stage: the wheel with its compiled modules (the fast path and enrichment's loops, about three
+# times less CPU per activity than without them), built where a C compiler is at hand.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY collector ./collector
+COPY workers ./workers
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,11 +21,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY collector ./collector
-COPY workers ./workers
-RUN pip install . && rm -rf /src
+COPY --from=build /wheels /wheels
+# The import fails the build if a compiled module is missing, instead of shipping the slow path.
+RUN pip install /wheels/*.whl && rm -rf /wheels \
+    && python -c "import collector._fastpath, workers._lookups"
 
 RUN useradd --system --uid 10001 --home-dir /data --create-home collector
 USER collector

@@ -163,3 +163,19 @@ def test_the_entry_point_serves_and_the_health_check_passes(tmp_path: Path) -> N
     gone = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1
     assert re.search(r"UNAVAILABLE", gone.stderr)
+
+
+def test_the_image_ships_the_compiled_modules() -> None:
+    """The wheel is built where a compiler is (setup.py declares the extensions), and the image's own
+    install imports them, so that an image without them fails to build instead of running slower."""
+    steps = dockerfile()
+    froms = [a for i, a in steps if i == "FROM"]
+    assert len(froms) == 2 and froms[0].endswith(" AS build")
+    copies = [a for i, a in steps if i == "COPY"]
+    assert any("setup.py" in a.split() for a in copies)
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    assert "gcc" in runs and "pip wheel" in runs
+    extensions = re.findall(r'"([\w.]+)",\s*\[', (ROOT / "setup.py").read_text())
+    assert extensions == ["collector._fastpath", "workers._lookups"]
+    final_install = [a for i, a in steps if i == "RUN" and "/wheels/*.whl" in a]
+    assert final_install and f"import {', '.join(extensions)}" in final_install[0]
