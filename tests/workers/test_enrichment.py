@@ -34,13 +34,15 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 @pytest.fixture(autouse=True, params=["compiled", "reference"])
 def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on the compiled per-activity loops (when built) and on their Python reference."""
+    """Every test runs on the compiled per-activity loops (when built) and on their Python reference:
+    the patch swaps one real implementation for the other; PostgreSQL and ClickHouse stay real."""
     if request.param == "reference":
         monkeypatch.setattr(lookups, "lookup", lookups.lookup_py)
         monkeypatch.setattr(lookups, "stitch", lookups.stitch_py)
         monkeypatch.setattr(lookups, "join", lookups.join_py)
     elif not lookups.compiled:
-        pytest.skip("workers._lookups is not built")
+        # No C compiler at install time; tests/workers/test_lookups.py fails if one should have built it.
+        pytest.skip("workers._lookups was not built: no C compiler at install time")
     return str(request.param)
 
 
