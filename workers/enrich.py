@@ -9,6 +9,7 @@ time, clock skew) is encoded once and appended to every row; ClickHouse computes
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,14 +41,16 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+@functools.cache
 def field_key(field: int, wire_type: int) -> bytes:
-    """The key (tag) of a protobuf field."""
+    """The key (tag) of a protobuf field (memoised: a schema has few)."""
     return varint(field << 3 | wire_type)
 
 
 def bytes_field(field: int, data: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return field_key(field, 2) + varint(len(data)) + data
+    size = len(data)
+    return field_key(field, 2) + (bytes((size,)) if size < 0x80 else varint(size)) + data
 
 
 def _timestamp_field(field: int, ns: int) -> bytes:

@@ -110,12 +110,7 @@ class EnrichmentStats:
 
 def _text(number: int, value: str) -> bytes:
     """A string field, left out when empty (as protobuf writes it)."""
-    if not value:
-        return b""
-    data = value.encode()
-    if len(data) < 0x80:  # the common case: a one-byte length
-        return _STRING_KEYS[number] + bytes((len(data),)) + data
-    return bytes_field(number, data)
+    return bytes_field(number, value.encode()) if value else b""
 
 
 def user_agent_fields(info: UserAgentInfo) -> bytes:
@@ -142,25 +137,6 @@ def catalog_fields(target: TargetDetails) -> bytes:
         entry = _text(1, name) + _text(2, value)
         parts.append(bytes_field(TARGET_CATALOG_ATTRIBUTES_FIELD, entry))
     return b"".join(parts)
-
-
-_STRING_KEYS = {
-    number: field_key(number, 2)
-    for number in (
-        UA_DEVICE_TYPE_FIELD,
-        OS_FIELD,
-        OS_VERSION_FIELD,
-        BROWSER_FIELD,
-        BROWSER_VERSION_FIELD,
-        TARGET_NAME_FIELD,
-        TARGET_CATEGORY_PATH_FIELD,
-        TARGET_BRAND_FIELD,
-        TARGET_LIST_CURRENCY_FIELD,
-        RESOLVED_USER_ID_FIELD,
-        1,
-        2,
-    )
-}
 
 
 class Enricher:
