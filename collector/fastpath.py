@@ -100,17 +100,35 @@ def _header_classes() -> dict[str, Any]:
             type_name=".google.protobuf.Timestamp",
             label=optional,
         )
+    # TrackActivityRequest: sent_at (2), and of its activity (1) the id (1) alone.
+    activity_id = file.message_type.add(name="ActivityId")
+    activity_id.field.add(
+        name="id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING, label=optional
+    )
+    one = file.message_type.add(name="OneHeader")
+    one.field.add(
+        name="activity",
+        number=1,
+        type=message,
+        type_name=".activity_collector.internal.ActivityId",
+        label=optional,
+    )
+    one.field.add(
+        name="sent_at", number=2, type=message, type_name=".google.protobuf.Timestamp", label=optional
+    )
     pool.Add(file)
     return {
         name: message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"activity_collector.internal.{name}")
         )
-        for name in ("BatchHeader", "StreamHeader")
+        for name in ("BatchHeader", "StreamHeader", "OneHeader")
     }
 
 
 HEADERS = _header_classes()
 BatchHeader = HEADERS["BatchHeader"]
-"""sent_at (2) of TrackActivityRequest and TrackActivitiesRequest."""
+"""sent_at (2) of TrackActivitiesRequest."""
 StreamHeader = HEADERS["StreamHeader"]
 """sequence (1) and sent_at (3) of StreamActivitiesRequest."""
+OneHeader = HEADERS["OneHeader"]
+"""sent_at (2) of TrackActivityRequest and the id of its activity, as sent."""

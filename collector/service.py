@@ -81,7 +81,7 @@ class RequestKind:
 
 
 _fast_headers = fastpath.available
-ONE = RequestKind(pb.TrackActivityRequest, 1, False, None)
+ONE = RequestKind(pb.TrackActivityRequest, 1, False, fastpath.OneHeader if _fast_headers else None)
 BATCH = RequestKind(pb.TrackActivitiesRequest, 1, True, fastpath.BatchHeader if _fast_headers else None)
 STREAM = RequestKind(pb.StreamActivitiesRequest, 2, True, fastpath.StreamHeader if _fast_headers else None)
 
@@ -99,6 +99,8 @@ class Evaluated:
     fast: FastSpans | None
     activities: Sequence[pb.Activity] | None
     """The parsed activities, when the request went the Python way."""
+    single_id: str = ""
+    """TrackActivity: the id of its activity as sent ('' when none)."""
 
     @property
     def accepted(self) -> int:
@@ -240,7 +242,10 @@ class ActivityService:
         valid, rejections = validate_activities(activities, self.limits, received_ns, skew_ns, unparsed)
         sequence = request.sequence if kind is STREAM else 0
         items = [(i, activities[i]) for i in valid]
-        return Evaluated(sequence, sent_ns, skew_ns, len(activities), items, rejections, None, activities)
+        single_id = "" if kind.repeated else activities[0].id
+        return Evaluated(
+            sequence, sent_ns, skew_ns, len(activities), items, rejections, None, activities, single_id
+        )
 
     def _evaluate_fast(self, raw: bytes, kind: RequestKind, received_ns: int) -> Evaluated | None:
         """The compiled path; None when it cannot take the request (the Python path then does)."""
@@ -256,6 +261,10 @@ class ActivityService:
                 raw, kind.activities_field, self._limits_tuple, received_ns, skew_ns
             )
         except (ValueError, OverflowError):
+            return None
+        if not kind.repeated and count != 1:
+            # No activity (the Python path names the field), or the field twice on the wire, which
+            # protobuf merges into one activity.
             return None
         if dups:
             # Rare, and a duplicate's rejection quotes its id as sent: the Python path has it at hand.
@@ -278,8 +287,9 @@ class ActivityService:
             else:
                 items.append((index, activity))
         sequence = header.sequence if kind is STREAM else 0
+        single_id = "" if kind.repeated else header.activity.id
         fast = FastSpans(raw, spans, len(spans) // 12, missing_ids)
-        return Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, None)
+        return Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, None, single_id)
 
     async def _store(self, evaluated: Evaluated, received_ns: int) -> dict[int, str]:
         """Hand the valid activities to the pipeline and wait until they are committed."""
@@ -360,11 +370,10 @@ class ActivityService:
         async def body(received_ns: int) -> bytes:
             evaluated = self._evaluate(raw, ONE, received_ns)
             assigned = await self._store(evaluated, received_ns)
-            assert evaluated.activities is not None
             return pb.TrackActivityResponse(
                 accepted_count=evaluated.accepted,
                 rejections=[r.to_proto() for r in evaluated.rejections],
-                activity_id=assigned.get(0, evaluated.activities[0].id),
+                activity_id=assigned.get(0, evaluated.single_id),
             ).SerializeToString()
 
         return await self._unary(context, body)

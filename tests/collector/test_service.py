@@ -15,6 +15,7 @@ from helpers import make_activity
 from collector.proto.activity.v1 import activity_pb2 as pb
 from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from collector.server import CollectorServer
+from collector.service import ONE
 from collector.status import retry_delay_from_trailer
 from workers.enrich import varint
 
@@ -456,3 +457,55 @@ async def test_concurrent_calls_per_connection_are_bounded(start_server: Any) ->
         elapsed = time.monotonic() - started
     assert [r.accepted_count for r in responses] == [1] * 6
     assert elapsed >= 0.8
+
+
+async def test_track_activity_answers_alike_on_the_compiled_and_the_python_path(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    """A canonical single activity takes the compiled path (as batches do); one that must be
+    normalised, or a request carrying its activity field twice (protobuf merges the two), takes the
+    Python path. Either way the caller gets the same kind of answer and the row is stored."""
+    assert server.service is not None
+    call = channel.unary_unary(
+        "/activity.v1.ActivityService/TrackActivity",
+        request_serializer=None,
+        response_deserializer=pb.TrackActivityResponse.FromString,
+    )
+    with_id = make_activity(1)
+    without_id = make_activity(2, id="")
+    legacy = make_activity(3, action="Add-To-Cart")
+    first, second = make_activity(4), make_activity(5)
+    merged = (
+        pb.TrackActivityRequest(activity=first).SerializeToString()
+        + pb.TrackActivityRequest(activity=second).SerializeToString()
+    )
+    cases = [
+        (pb.TrackActivityRequest(activity=with_id).SerializeToString(), True),
+        (pb.TrackActivityRequest(activity=without_id).SerializeToString(), True),
+        (pb.TrackActivityRequest(activity=legacy).SerializeToString(), True),
+        (merged, False),
+    ]
+    for raw, compiled in cases:
+        evaluated = server.service._evaluate(raw, ONE, time.time_ns())
+        assert (evaluated.fast is not None) is compiled
+        if compiled:
+            # The legacy spelling goes the Python way inside the compiled path's request.
+            slow = raw is cases[2][0]
+            assert (evaluated.fast.count, [i for i, _ in evaluated.items]) == ((0, [0]) if slow else (1, []))  # type: ignore[union-attr]
+
+    answers = [await call(raw) for raw, _ in cases]
+    assert [a.accepted_count for a in answers] == [1, 1, 1, 1]
+    assert answers[0].activity_id == with_id.id
+    assigned = answers[1].activity_id
+    assert uuid.UUID(assigned).version == 4
+    assert answers[2].activity_id == legacy.id
+    assert answers[3].activity_id == second.id  # the later id wins, as protobuf merges
+    stored = rows(server, "SELECT toString(id), action FROM activities ORDER BY id")
+    assert sorted(stored) == sorted(
+        [
+            (with_id.id, with_id.action),
+            (assigned, without_id.action),
+            (legacy.id, "add_to_cart"),
+            (second.id, second.action),
+        ]
+    )
