@@ -31,6 +31,7 @@ from collector.requestid import RequestIdHandler
 from collector.service import ActivityService
 from collector.tenants import TenantStore
 from collector.web import server_ssl_context
+from workers import useragent
 from workers.catalog import CatalogStore
 from workers.connector import StoreConnector
 from workers.deadletters import DeadLetterStore
@@ -104,6 +105,7 @@ class CollectorServer:
                 capacity_bytes=settings.pipeline.spool_capacity_bytes,
                 segment_bytes=settings.pipeline.spool_segment_bytes,
             )
+        await asyncio.to_thread(useragent.prepare)
         self.enricher = Enricher(
             CatalogStore(self.postgres.pool) if settings.enrichment else None,
             IdentityStore(self.postgres.pool) if settings.enrichment else None,

@@ -85,6 +85,12 @@ def _known(family: str | None) -> str:
     return "" if family in (None, "Other") else str(family)
 
 
+def prepare() -> None:
+    """Build the parser now: `ua_parser` compiles its rules on first use (about 0.15 s), which would
+    otherwise stall the first request that brings a user agent."""
+    ua_parser.parse("Mozilla/5.0")
+
+
 def parse_user_agent(text: str) -> UserAgentInfo:
     if not text:
         return EMPTY

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from workers.useragent import EMPTY, parse_user_agent
@@ -71,3 +74,13 @@ def test_garbage_is_other_not_an_error() -> None:
     info = parse_user_agent("\x00\uffff not a browser at all ;;;")
     assert info.device_type == "other"
     assert not info.is_bot
+
+
+def test_prepare_builds_the_parser_before_the_first_request() -> None:
+    # ua_parser builds its parser on first use; a fresh interpreter shows whether prepare() did.
+    code = (
+        "import ua_parser; from workers import useragent; "
+        "assert 'parser' not in vars(ua_parser); useragent.prepare(); "
+        "assert 'parser' in vars(ua_parser)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
