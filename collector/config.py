@@ -198,6 +198,10 @@ class Settings:
     for network delay and not corrected; larger ones are the client's clock skew and shift occurred_at."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM or SIGINT, how long in-flight requests get to finish before they are cancelled."""
+    background_niceness: int = 10
+    """Scheduling niceness (0-19) of the process's threads off the request path: the embedded ClickHouse
+    engine's inserts and merges above all, so that they take the CPU the request path leaves (Linux;
+    see collector/priority.py). 0: every thread keeps the process's priority."""
     log_level: str = "info"
     """Least severe log events written: debug, info, warning or error."""
     health_interval_s: float = 5.0
@@ -311,6 +315,10 @@ class Settings:
         if not 0 <= self.shutdown_grace_s < math.inf:
             raise ConfigError(
                 f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
+            )
+        if not 0 <= self.background_niceness <= 19:
+            raise ConfigError(
+                f"background_niceness: must be between 0 and 19, got {self.background_niceness}"
             )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")

@@ -27,6 +27,7 @@ from collector.health import HealthMonitor
 from collector.http import HttpServer, parse_origins
 from collector.metrics import Metrics, MetricsServer
 from collector.postgres import Postgres
+from collector.priority import ThreadPriority
 from collector.requestid import RequestIdHandler
 from collector.service import ActivityService
 from collector.tenants import TenantStore
@@ -61,6 +62,7 @@ class CollectorServer:
         self.authenticator: Authenticator | None = None
         self.created_key: str | None = None
         """The key of the default tenant, when this start created it (there was no tenant): shown once."""
+        self.priority = ThreadPriority(settings.background_niceness)
         self._grpc: grpc.aio.Server | None = None
         self.port: int | None = None
         self._stopped = asyncio.Event()
@@ -189,6 +191,7 @@ class CollectorServer:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
         await self._grpc.start()
         await self.health.start()
+        self.priority.start()
 
     @property
     def address(self) -> str:
@@ -246,5 +249,6 @@ class CollectorServer:
                 await asyncio.to_thread(self.store.close)
             if self.postgres is not None:
                 await self.postgres.shutdown()
+            self.priority.shutdown()
         finally:
             self._stopped.set()

@@ -155,6 +155,10 @@ def make_settings(
             "spool": False,
             # Most tests are not about API keys; the tests of auth turn it on.
             "auth": False,
+            # Servers started in the test process would lower the priority of its threads for good
+            # (niceness cannot be lowered back without privileges), for every later test; the serving
+            # subprocesses of tests/collector/test_priority.py and the others keep the default.
+            "background_niceness": 0,
         }
         values.update(overrides)
         return load_settings(values, environ={})

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector import fastpath
+from collector import fastpath, priority
 from collector.config import PipelineSettings
 from collector.fastpath import EnrichmentKeys
 from collector.proto.activity.v1 import activity_pb2 as pb
@@ -249,7 +249,10 @@ class Pipeline:
         if self.spool is None:
             self._tasks.append(asyncio.create_task(self._batcher(), name="batcher"))
         else:
-            self._spool_executor = ThreadPoolExecutor(1, thread_name_prefix="spool")
+            # The spool writer acknowledges: it is on the request path (collector.priority).
+            self._spool_executor = ThreadPoolExecutor(
+                1, thread_name_prefix="spool", initializer=priority.keep_current_thread
+            )
             await asyncio.get_running_loop().run_in_executor(self._spool_executor, self.spool.open)
             planned = self.spool.planned()
             covered = {s for p in planned for s in range(p.first, p.last + 1)}
