@@ -97,8 +97,6 @@ class Evaluated:
     items: list[tuple[int, pb.Activity]]
     rejections: list[Rejection]
     fast: FastSpans | None
-    activities: Sequence[pb.Activity] | None
-    """The parsed activities, when the request went the Python way."""
     single_id: str = ""
     """TrackActivity: the id of its activity as sent ('' when none)."""
 
@@ -243,9 +241,7 @@ class ActivityService:
         sequence = request.sequence if kind is STREAM else 0
         items = [(i, activities[i]) for i in valid]
         single_id = "" if kind.repeated else activities[0].id
-        return Evaluated(
-            sequence, sent_ns, skew_ns, len(activities), items, rejections, None, activities, single_id
-        )
+        return Evaluated(sequence, sent_ns, skew_ns, len(activities), items, rejections, None, single_id)
 
     def _evaluate_fast(self, raw: bytes, kind: RequestKind, received_ns: int) -> Evaluated | None:
         """The compiled path; None when it cannot take the request (the Python path then does)."""
@@ -289,7 +285,7 @@ class ActivityService:
         sequence = header.sequence if kind is STREAM else 0
         single_id = "" if kind.repeated else header.activity.id
         fast = FastSpans(raw, spans, len(spans) // 12, missing_ids)
-        return Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, None, single_id)
+        return Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, single_id)
 
     async def _store(self, evaluated: Evaluated, received_ns: int) -> dict[int, str]:
         """Hand the valid activities to the pipeline and wait until they are committed."""
