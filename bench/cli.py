@@ -23,6 +23,7 @@ import grpc
 from bench import profile
 from bench.report import FIGURES, NOISY_CORES, STORAGE_FIGURES, aggregate, compare, render
 from bench.runner import (
+    COLLECTORS,
     ROOT,
     SCENARIOS,
     TARGETS,
@@ -36,6 +37,7 @@ from bench.runner import (
 )
 
 FIGURE_KEYS = [f.key for f in FIGURES]
+SPOOL_CHOICES = {"on": ("collector",), "off": ("collector-nospool",), "both": tuple(COLLECTORS)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-transport", action="store_true", help="skip the no-op server (transport ceiling)"
+    )
+    parser.add_argument(
+        "--spool",
+        choices=sorted(SPOOL_CHOICES),
+        default="both",
+        help="run the collector with its durable spool on (target `collector`), off "
+        "(`collector-nospool`: acknowledged once committed to ClickHouse), or both (default)",
     )
     parser.add_argument("--no-storage", action="store_true", help="skip the direct-insert storage ceiling")
     parser.add_argument("--storage-rows", type=int, help="rows per storage-ceiling run (default 500000)")
@@ -118,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot taken when the benchmark starts",
     )
     return parser
+
+
+def choose_targets(spool: str, transport: bool) -> list[str]:
+    """The servers each scenario runs against, in report order: the collector with its spool on, off
+    or both (`--spool`), then the no-op server unless `transport` is off."""
+    chosen = SPOOL_CHOICES[spool]
+    return [t for t in TARGETS if (t in chosen if t in COLLECTORS else transport)]
 
 
 def _server_env(pairs: list[str]) -> dict[str, str]:
@@ -180,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             "--runs must be at least 1, --duration positive, --warmup, --wait-idle and --rate not negative"
         )
     names = list(dict.fromkeys(args.scenario or SCENARIOS))
-    targets = [t for t in TARGETS if not (t == "transport" and args.no_transport)]
     server_env = _server_env(args.server_env)
+    if "ACTIVITY_SPOOL" in server_env:
+        raise SystemExit("--server-env spool=...: the spool is chosen with --spool on|off|both")
+    chosen = SPOOL_CHOICES[args.spool]
+    targets = choose_targets(args.spool, transport=not args.no_transport)
     opts = RunOptions(
         warmup_s=warmup,
         duration_s=duration,
@@ -262,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(old_results, results))
 
         if args.profile is not None and "interrupted" not in results["errors"]:
-            run_profiles(names, opts)
+            run_profiles(names, list(chosen), opts)
     return 0 if results["ok"] else 1
 
 
@@ -349,32 +368,35 @@ def finish(results: dict[str, Any]) -> None:
             t: d["summary"].get("acked_per_s", {}).get("median") for t, d in scenario["targets"].items()
         }
         ratios: dict[str, float] = {}
-        coll = medians.get("collector")
-        if coll is not None and medians.get("transport"):
-            ratios["collector_vs_transport"] = coll / medians["transport"]
-        if coll is not None and storage_ceiling:
-            ratios["collector_vs_storage"] = coll / storage_ceiling
-        if coll is not None and insert_ceiling:
-            ratios["collector_vs_insert_only"] = coll / insert_ceiling
+        for name in COLLECTORS:
+            coll = medians.get(name)
+            prefix = name.replace("-", "_")
+            if coll is not None and medians.get("transport"):
+                ratios[f"{prefix}_vs_transport"] = coll / medians["transport"]
+            if coll is not None and storage_ceiling:
+                ratios[f"{prefix}_vs_storage"] = coll / storage_ceiling
+            if coll is not None and insert_ceiling:
+                ratios[f"{prefix}_vs_insert_only"] = coll / insert_ceiling
         scenario["ratios"] = ratios
     results["ok"] = ok
 
 
-def run_profiles(names: list[str], opts: RunOptions) -> None:
+def run_profiles(names: list[str], collectors: list[str], opts: RunOptions) -> None:
     assert opts.profile_dir is not None
     print(f"\nprofiling the collector with py-spy (extra runs, not in the figures) into {opts.profile_dir}")
     for name in names:
-        try:
-            record = measure(SCENARIOS[name], "collector", 9999, opts, profile=True)
-        except BenchError as error:
-            print(f"  {name}: FAILED: {error}")
-            continue
-        path = opts.profile_dir / f"{name}-collector.txt"
-        print(f"\n{name} (profiled run: {record['figures']['acked_per_s']:,.0f} act/s)")
-        if path.exists():
-            print(profile.summary(path))
-        else:
-            print(f"  no profile written to {path}")
+        for target in collectors:
+            try:
+                record = measure(SCENARIOS[name], target, 9999, opts, profile=True)
+            except BenchError as error:
+                print(f"  {name} against {target}: FAILED: {error}")
+                continue
+            path = opts.profile_dir / f"{name}-{target}.txt"
+            print(f"\n{name} against {target} (profiled run: {record['figures']['acked_per_s']:,.0f} act/s)")
+            if path.exists():
+                print(profile.summary(path))
+            else:
+                print(f"  no profile written to {path}")
 
 
 def entry() -> int:

@@ -45,6 +45,14 @@ STORAGE_FIGURES = (
 )
 
 SUMMARY_KEYS = ("median", "min", "max")
+# Targets in the order the report shows them, with their column labels; a collector target's ratios are
+# keyed `<target with _ for ->_vs_<ceiling>`.
+TARGET_LABELS = {
+    "collector": "collector (serve, spool on)",
+    "collector-nospool": "collector (serve, spool off)",
+    "transport": "transport (no-op server)",
+}
+SPOOL = {"collector": "on", "collector-nospool": "off"}
 NOISY_CORES = 0.15
 
 
@@ -66,6 +74,8 @@ def aggregate(runs: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str, 
 def fmt(value: float | None, digits: int = 0) -> str:
     if value is None or math.isnan(value):
         return "-"
+    if abs(value) < 0.5 * 10**-digits:
+        value = 0.0  # not "-0.00" for a reading that is zero within rounding
     if digits == 0 and abs(value) >= 10_000:
         return f"{value / 1000:.1f}k"
     return f"{value:,.{digits}f}"
@@ -115,31 +125,36 @@ def render(results: dict[str, Any]) -> str:
     if config.get("server_env"):
         out.append(f"collector settings: {config['server_env']}")
     storage = results.get("storage", {}).get("summary", {})
-    head = ["scenario", "collector act/s", "committed rows/s", "transport act/s", "coll/transport",
-            "coll/storage", "coll/insert", "p50 ms", "p99 ms", "max ms", "CPU us/act", "peak RSS MiB",
-            "check"]  # fmt: skip
+    head = ["scenario", "spool", "collector act/s", "committed rows/s", "transport act/s",
+            "coll/transport", "coll/storage", "coll/insert", "p50 ms", "p99 ms", "max ms", "CPU us/act",
+            "peak RSS MiB", "check"]  # fmt: skip
     rows = []
     for name, scenario in results["scenarios"].items():
-        coll = scenario["targets"].get("collector", {}).get("summary", {})
         trans = scenario["targets"].get("transport", {}).get("summary", {})
         r = scenario.get("ratios", {})
-        rows.append(
-            [
-                name,
-                fmt(_median(coll, "acked_per_s")),
-                fmt(_median(coll, "committed_rows_per_s")),
-                fmt(_median(trans, "acked_per_s")),
-                fmt(r.get("collector_vs_transport"), 3),
-                fmt(r.get("collector_vs_storage"), 3),
-                fmt(r.get("collector_vs_insert_only"), 3),
-                fmt(_median(coll, "latency_p50_ms"), 1),
-                fmt(_median(coll, "latency_p99_ms"), 1),
-                fmt(_median(coll, "latency_max_ms"), 1),
-                fmt(_median(coll, "server_cpu_us_per_activity"), 1),
-                fmt(_median(coll, "server_peak_rss_mib")),
-                "ok" if scenario["targets"].get("collector", {}).get("check_ok") else "FAILED",
-            ]
-        )
+        for target, spool in SPOOL.items():
+            if target not in scenario["targets"]:
+                continue
+            coll = scenario["targets"][target].get("summary", {})
+            prefix = target.replace("-", "_")
+            rows.append(
+                [
+                    name,
+                    spool,
+                    fmt(_median(coll, "acked_per_s")),
+                    fmt(_median(coll, "committed_rows_per_s")),
+                    fmt(_median(trans, "acked_per_s")),
+                    fmt(r.get(f"{prefix}_vs_transport"), 3),
+                    fmt(r.get(f"{prefix}_vs_storage"), 3),
+                    fmt(r.get(f"{prefix}_vs_insert_only"), 3),
+                    fmt(_median(coll, "latency_p50_ms"), 1),
+                    fmt(_median(coll, "latency_p99_ms"), 1),
+                    fmt(_median(coll, "latency_max_ms"), 1),
+                    fmt(_median(coll, "server_cpu_us_per_activity"), 1),
+                    fmt(_median(coll, "server_peak_rss_mib")),
+                    "ok" if scenario["targets"][target].get("check_ok") else "FAILED",
+                ]
+            )
     out.append("")
     out.append(table(head, rows))
     if storage:
@@ -153,8 +168,8 @@ def render(results: dict[str, Any]) -> str:
         out.append("")
         out.append(f"{name}: {scenario['description']}")
         targets = scenario["targets"]
-        names = [t for t in ("collector", "transport") if t in targets]
-        head = ["figure", *[f"{t} ({'no-op server' if t == 'transport' else 'serve'})" for t in names]]
+        names = [t for t in TARGET_LABELS if t in targets]
+        head = ["figure", *[TARGET_LABELS[t] for t in names]]
         rows = []
         for figure in FIGURES:
             cells = [fmt_spread(targets[t].get("summary", {}).get(figure.key), figure.digits) for t in names]
@@ -188,15 +203,17 @@ def render(results: dict[str, Any]) -> str:
     out.append("ratios (medians):")
     for name, scenario in results["scenarios"].items():
         r = scenario.get("ratios", {})
-        parts = []
-        if r.get("collector_vs_transport") is not None:
-            parts.append(f"collector / transport ceiling = {r['collector_vs_transport']:.3f}")
-        if r.get("collector_vs_storage") is not None:
-            parts.append(f"collector / storage ceiling (encode+insert) = {r['collector_vs_storage']:.3f}")
-        if r.get("collector_vs_insert_only") is not None:
-            parts.append(f"collector / insert-only ceiling = {r['collector_vs_insert_only']:.3f}")
-        if parts:
-            out.append(f"  {name}: " + ", ".join(parts))
+        for target, spool in SPOOL.items():
+            prefix = target.replace("-", "_")
+            parts = []
+            if r.get(f"{prefix}_vs_transport") is not None:
+                parts.append(f"/ transport ceiling = {r[f'{prefix}_vs_transport']:.3f}")
+            if r.get(f"{prefix}_vs_storage") is not None:
+                parts.append(f"/ storage ceiling (encode+insert) = {r[f'{prefix}_vs_storage']:.3f}")
+            if r.get(f"{prefix}_vs_insert_only") is not None:
+                parts.append(f"/ insert-only ceiling = {r[f'{prefix}_vs_insert_only']:.3f}")
+            if parts:
+                out.append(f"  {name}, collector with the spool {spool}: " + ", ".join(parts))
     for error in results.get("errors", []):
         out.append(f"ERROR: {error}")
     out.append("")

@@ -72,7 +72,14 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }  # fmt: skip
 
-TARGETS = ("collector", "transport")
+# The product's runs, by target name: the collector settings each adds to `--server-env`. `collector`
+# runs as shipped (the durable spool on: activities are acknowledged once fsynced to the spool and
+# inserted behind); `collector-nospool` acknowledges only once the insert is committed to ClickHouse.
+COLLECTORS: dict[str, dict[str, str]] = {
+    "collector": {"ACTIVITY_SPOOL": "true"},
+    "collector-nospool": {"ACTIVITY_SPOOL": "false"},
+}
+TARGETS = (*COLLECTORS, "transport")
 
 
 PRODUCT_PACKAGES = ("collector", "workers")
@@ -368,8 +375,8 @@ def measure(
     if opts.wait_idle_s:
         wait_until_idle(opts.wait_idle_s)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-{target}-"))
-    server_env = child_env(opts.server_env)
-    if target == "collector":
+    server_env = child_env({**(opts.server_env or {}), **COLLECTORS.get(target, {})})
+    if target in COLLECTORS:
         argv = collector_argv(workdir / "data", opts.server_log_level, server_env)
     elif target == "transport":
         argv = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0"]
@@ -394,7 +401,7 @@ def measure(
             rpc_timeout_s=opts.rpc_timeout_s,
             server_pid=server.pid,
             server_marker=str(workdir),
-            api_key=server.api_key if target == "collector" else DUMMY_KEY,
+            api_key=server.api_key if target in COLLECTORS else DUMMY_KEY,
             rate=opts.rate,
         )
         if profile and opts.profile_dir is not None:
@@ -409,7 +416,7 @@ def measure(
         peak_rss_kib = status_kib(server.pid, "VmHWM")
         rows = ids = None
         committed_at = None
-        if target == "collector":
+        if target in COLLECTORS:
             committed_at = wait_for_rows(workdir / "data", load["acked_total"], server_env)
             rows, ids = count_rows(workdir / "data", server_env)
         exit_code = server.stop()

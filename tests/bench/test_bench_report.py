@@ -1,0 +1,94 @@
+"""The benchmark's choice of servers, its summaries and its report (`bench/`), on results documents
+built here: running the benchmark itself takes minutes and two idle cores, so it is not part of the
+suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.cli import choose_targets, finish, main
+from bench.report import fmt, render
+
+
+def _run(acked: float, committed: float | None = None) -> dict[str, Any]:
+    figures: dict[str, Any] = {"acked_per_s": acked, "latency_p50_ms": 10.0, "latency_p99_ms": 20.0}
+    if committed is not None:
+        figures["committed_rows_per_s"] = committed
+    return {"figures": figures, "check_ok": True, "problems": []}
+
+
+def _results(targets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "meta": {"started": "2026-11-29T00:00:00+0000", "commit": "abc", "cpus": 2},
+        "config": {"runs": 3, "warmup_s": 2, "duration_s": 6, "insert_rows": 50_000},
+        "scenarios": {
+            "batch-500": {
+                "description": "TrackActivities, 500 activities per call",
+                "targets": {name: {"runs": runs} for name, runs in targets.items()},
+            }
+        },
+        "storage": {"runs": []},
+        "errors": [],
+    }
+
+
+def test_the_collector_runs_with_the_spool_on_and_off_by_default() -> None:
+    assert choose_targets("both", transport=True) == ["collector", "collector-nospool", "transport"]
+    assert choose_targets("on", transport=True) == ["collector", "transport"]
+    assert choose_targets("off", transport=False) == ["collector-nospool"]
+
+
+def test_the_spool_is_not_chosen_through_server_settings() -> None:
+    with pytest.raises(SystemExit, match="--spool"):
+        main(["--server-env", "spool=false", "--quick"])
+
+
+def test_each_collector_run_gets_its_ratio_to_the_same_transport_ceiling() -> None:
+    results = _results(
+        {
+            "collector": [_run(100_000, 80_000), _run(120_000, 90_000), _run(110_000, 85_000)],
+            "collector-nospool": [_run(20_000, 20_000), _run(30_000, 29_000), _run(25_000, 24_000)],
+            "transport": [_run(500_000), _run(400_000), _run(450_000)],
+        }
+    )
+    finish(results)
+    scenario = results["scenarios"]["batch-500"]
+    assert scenario["ratios"]["collector_vs_transport"] == pytest.approx(110_000 / 450_000)
+    assert scenario["ratios"]["collector_nospool_vs_transport"] == pytest.approx(25_000 / 450_000)
+    assert scenario["targets"]["collector-nospool"]["summary"]["acked_per_s"] == {
+        "median": 25_000,
+        "min": 20_000,
+        "max": 30_000,
+        "n": 3,
+    }
+    assert results["ok"]
+
+    report = render(results)
+    summary_rows = [line.split() for line in report.splitlines() if line.startswith("batch-500  ")]
+    assert [(row[1], row[2], row[3]) for row in summary_rows] == [
+        ("on", "110.0k", "85.0k"),
+        ("off", "25.0k", "24.0k"),
+    ]
+    assert "collector (serve, spool on)" in report and "collector (serve, spool off)" in report
+    assert "batch-500, collector with the spool off: / transport ceiling = 0.056" in report
+
+
+def test_a_failed_check_of_either_collector_run_fails_the_benchmark() -> None:
+    failed = _run(25_000, 24_000)
+    failed["check_ok"] = False
+    failed["problems"] = ["rows in ClickHouse: 99 of 100 acknowledged"]
+    results = _results({"collector": [_run(100_000, 80_000)], "collector-nospool": [failed]})
+    finish(results)
+    assert not results["ok"]
+    report = render(results)
+    assert "collector-nospool: run 1: rows in ClickHouse: 99 of 100 acknowledged" in report
+    assert report.endswith("SOME CHECKS FAILED (see above)")
+
+
+def test_a_reading_of_zero_within_rounding_shows_as_zero() -> None:
+    assert fmt(-0.001, 2) == "0.00"
+    assert fmt(-0.02, 2) == "-0.02"
+    assert fmt(123_456) == "123.5k"
