@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from collector.normalize import (
@@ -188,3 +188,32 @@ def envelope_bytes(rows: Sequence[bytes]) -> bytes:
     """One ProtobufList message from already framed rows."""
     total = sum(len(r) for r in rows)
     return b"".join([varint(total), *rows])
+
+
+class Envelope:
+    """One ProtobufList message as the pieces it is made of: its length, then runs of framed rows,
+    produced by `rows()` each time the envelope is iterated (again for a retried insert). An insert
+    into the embedded engine writes the pieces out one by one, so that a 100,000-row insert does not
+    hold its rows twice (the pieces and their join, about 60 MB each)."""
+
+    def __init__(self, nbytes: int, rows: Callable[[], Iterable[bytes]]) -> None:
+        self.nbytes = nbytes
+        self._rows = rows
+
+    @classmethod
+    def of(cls, chunks: Sequence[EncodedRows]) -> Envelope:
+        """The envelope of `chunks`, one piece per chunk (its pieces joined when it is produced)."""
+        return cls(sum(c.nbytes for c in chunks), lambda: (b"".join(c.pieces) for c in chunks))
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield varint(self.nbytes)
+        size = 0
+        for piece in self._rows():
+            size += len(piece)
+            yield piece
+        if size != self.nbytes:
+            # A message whose length prefix lies would be read by ClickHouse as other rows, or refused.
+            raise ValueError(f"the envelope's rows hold {size} bytes, not the {self.nbytes} announced")
+
+    def join(self) -> bytes:
+        return b"".join(self)

@@ -33,7 +33,7 @@ from collector.config import PipelineSettings
 from collector.fastpath import EnrichmentKeys
 from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.deadletters import DeadLetter, DeadLetterSink, rows_tenant
-from workers.enrich import EncodedRows, FastSpans, encode_rows, envelope, envelope_bytes
+from workers.enrich import EncodedRows, Envelope, FastSpans, encode_rows, envelope_bytes
 from workers.enrichment import Enricher, activity_keys
 from workers.spool import Planned, Spool, SpoolFull
 from workers.storage import ActivityStore, StoreError, classify
@@ -374,7 +374,7 @@ class Pipeline:
     async def _insert(self, chunks: list[_Encoded], rows: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            payload = envelope([c.rows for c in chunks])
+            payload = Envelope.of([c.rows for c in chunks])
             # One token for every attempt: an attempt that failed after ClickHouse stored the rows (a
             # lost answer) is then not stored twice by the next one.
             token = uuid.uuid4().hex
@@ -553,14 +553,15 @@ class Pipeline:
 
     def _insert_planned(self, planned: Planned) -> int:
         assert self.spool is not None
-        self.spool.plan(planned)
-        records = self.spool.read_range(planned.first, planned.last)
-        rows = sum(r.count for r in records)
-        if records:
-            payload = envelope_bytes([r.rows for r in records])
-            self.store.insert_rows(payload, rows, token=planned.token)
-        self.spool.commit(planned)
-        return rows
+        spool = self.spool
+        spool.plan(planned)
+        spooled = spool.spooled(planned.first, planned.last)
+        if spooled.sequences:
+            # The records are read back while the insert is written out, one at a time.
+            payload = Envelope(spooled.nbytes, lambda: (r.rows for r in spool.records(spooled.sequences)))
+            self.store.insert_rows(payload, spooled.rows, token=planned.token)
+        spool.commit(planned)
+        return spooled.rows
 
     def _isolate_failure(self, planned: Planned) -> _Isolated:
         """Insert the records of a range ClickHouse refused one by one; return the rows stored and the

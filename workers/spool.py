@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ class SpoolStats:
     corrupt_bytes: int = 0
     replayed_records: int = 0
     damage: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SpooledRange:
+    """The uncommitted records of a sequence range (gaps from damage left out), their rows in all and
+    the bytes of those rows."""
+
+    sequences: list[int]
+    rows: int
+    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -141,7 +152,8 @@ class Spool:
         self.stats = SpoolStats()
         self._lock = threading.Lock()
         self._segments: list[tuple[int, Path, int]] = []  # (first sequence, path, size)
-        self._index: dict[int, tuple[Path, int]] = {}  # sequence -> (segment, offset), uncommitted only
+        # sequence -> (segment, offset, bytes of its rows), uncommitted only
+        self._index: dict[int, tuple[Path, int, int]] = {}
         self._counts: dict[int, int] = {}  # sequence -> row count, uncommitted only
         self._next_sequence = 1
         self._committed = 0
@@ -169,7 +181,7 @@ class Spool:
             for offset, record in read_segment(path, self.stats):
                 last = max(last, record.sequence)
                 if record.sequence > self._committed:
-                    self._index[record.sequence] = (path, offset)
+                    self._index[record.sequence] = (path, offset, len(record.rows))
                     self._counts[record.sequence] = record.count
         self.stats.replayed_records = len(self._index)
         self._next_sequence = last + 1
@@ -224,11 +236,11 @@ class Spool:
                     f"its capacity is {self.capacity_bytes} (spool_capacity_bytes)"
                 )
             sequences: list[int] = []
-            for (count, _), record in zip(entries, encoded, strict=True):
+            for (count, rows), record in zip(entries, encoded, strict=True):
                 path, offset = self._write(record)
                 seq = self._next_sequence
                 self._next_sequence += 1
-                self._index[seq] = (path, offset)
+                self._index[seq] = (path, offset, len(rows))
                 self._counts[seq] = count
                 sequences.append(seq)
             self.stats.appended_records += len(entries)
@@ -265,33 +277,43 @@ class Spool:
 
     def read(self, sequences: list[int]) -> list[Record]:
         """The records with these (uncommitted) sequences, read back from their segments."""
+        return list(self.records(sequences))
+
+    def records(self, sequences: list[int]) -> Iterator[Record]:
+        """The records with these (uncommitted) sequences, read back one at a time, each checked
+        against its checksum (OSError if it changed on disk)."""
         with self._lock:
             places = [self._index[s] for s in sequences]
-        records: list[Record] = []
-        handles: dict[Path, object] = {}
+        handles: dict[Path, BinaryIO] = {}
         try:
-            for sequence, (path, offset) in zip(sequences, places, strict=True):
+            for sequence, (path, offset, _) in zip(sequences, places, strict=True):
                 handle = handles.get(path)
                 if handle is None:
                     handle = handles[path] = open(path, "rb")  # noqa: SIM115
-                handle.seek(offset)  # type: ignore[attr-defined]
-                header = handle.read(HEADER_SIZE)  # type: ignore[attr-defined]
-                _, _, length, got, crc = _HEADER.unpack(header)
-                payload = handle.read(length)  # type: ignore[attr-defined]
-                if got != sequence or zlib.crc32(payload) != crc:
+                handle.seek(offset)
+                _, _, length, got, crc = _HEADER.unpack(handle.read(HEADER_SIZE))
+                # The count and the rows are read apart, so that the rows need no copy of their own.
+                count_bytes = handle.read(_COUNT.size)
+                rows = handle.read(length - _COUNT.size)
+                if got != sequence or zlib.crc32(rows, zlib.crc32(count_bytes)) != crc:
                     raise OSError(f"spool record {sequence} changed on disk in {path.name} at {offset}")
-                (count,) = _COUNT.unpack_from(payload)
-                records.append(Record(sequence, count, payload[_COUNT.size :]))
+                (count,) = _COUNT.unpack(count_bytes)
+                yield Record(sequence, count, rows)
         finally:
             for handle in handles.values():
-                handle.close()  # type: ignore[attr-defined]
-        return records
+                handle.close()
 
     def read_range(self, first: int, last: int) -> list[Record]:
         """The uncommitted records with sequences first..last; gaps (damaged records) are skipped."""
+        return self.read(self.spooled(first, last).sequences)
+
+    def spooled(self, first: int, last: int) -> SpooledRange:
+        """What the uncommitted records with sequences first..last hold, without reading them."""
         with self._lock:
             sequences = [s for s in range(first, last + 1) if s in self._index]
-        return self.read(sequences)
+            rows = sum(self._counts[s] for s in sequences)
+            nbytes = sum(self._index[s][2] for s in sequences)
+        return SpooledRange(sequences, rows, nbytes)
 
     # -- committing ----------------------------------------------------------------------------
 
@@ -340,7 +362,7 @@ class Spool:
 
     def _drop_committed_segments(self) -> None:
         """Delete segments that hold no uncommitted record, except the one being written."""
-        live = {path for path, _ in self._index.values()}
+        live = {path for path, _, _ in self._index.values()}
         writing = self._segments[-1][1] if self._segments and self._fd is not None else None
         keep: list[tuple[int, Path, int]] = []
         for first, path, size in self._segments:

@@ -20,6 +20,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from collector.config import mask_dsn
+from workers.enrich import Envelope
 from workers.migrations import apply_migrations, database_ddl
 from workers.schema import INSERT_COLUMNS, ROW_MESSAGE, ROW_SCHEMA, SINGLE_NODE, Cluster
 
@@ -111,7 +112,7 @@ def classify(error: Exception) -> StoreError:
 class ActivityStore(Protocol):
     """Where activities are stored. Every method blocks; call from a worker thread."""
 
-    def insert_rows(self, payload: bytes, rows: int, token: str | None = None) -> None:
+    def insert_rows(self, payload: bytes | Envelope, rows: int, token: str | None = None) -> None:
         """Insert one ProtobufList envelope of `rows` rows, durably, or raise StoreError. An insert
         repeated with the same `token` is stored once."""
         ...
@@ -264,11 +265,16 @@ class ClickHouseStore:
             with self._lock:
                 self._idle.append(client)
 
-    def insert_rows(self, payload: bytes, rows: int, token: str | None = None) -> None:
+    def insert_rows(self, payload: bytes | Envelope, rows: int, token: str | None = None) -> None:
         settings = self._insert_settings
         if token is not None:
             settings = {**settings, "insert_deduplication_token": token}
         try:
+            if isinstance(payload, Envelope) and not self.is_embedded:
+                # The HTTP transport may send a body again when a connection fails: give it bytes,
+                # not pieces it would have used up. The embedded engine reads the pieces once, from a
+                # file clickhouse-connect writes them to.
+                payload = payload.join()
             with self._client() as client:
                 summary = client.raw_insert(
                     "activities", INSERT_COLUMNS, payload, settings=settings, fmt="ProtobufList"

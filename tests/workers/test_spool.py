@@ -39,6 +39,39 @@ def test_records_survive_a_reopen_until_committed(tmp_path: Path) -> None:
     assert third.next_sequence == 3
 
 
+def test_a_range_is_sized_before_it_is_read_and_read_one_record_at_a_time(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    spool.append([(2, b"row-a|row-b"), (1, b"row-c"), (3, b"x" * 1000)])
+    spool.sync()
+    spool.commit(Planned(1, 1, "t1"))
+    spooled = spool.spooled(1, 3)
+    assert (spooled.sequences, spooled.rows, spooled.nbytes) == ([2, 3], 4, 5 + 1000)
+    records = spool.records(spooled.sequences)
+    assert next(records).rows == b"row-c"
+    assert next(records).rows == b"x" * 1000
+    assert next(records, None) is None
+    spool.close()
+
+    # After a reopen, the sizes come from the segments.
+    again = opened(tmp_path)
+    assert again.spooled(1, 3) == spooled
+
+
+def test_a_record_changed_on_disk_after_it_was_written_fails_its_read(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    spool.append([(1, b"row-a"), (1, b"row-b")])
+    spool.sync()
+    segment = next(tmp_path.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the second record's rows
+    segment.write_bytes(bytes(data))
+    records = spool.records([1, 2])
+    assert next(records).rows == b"row-a"
+    with pytest.raises(OSError, match="spool record 2 changed on disk"):
+        next(records)
+    spool.close()
+
+
 def test_planned_inserts_are_handed_back_after_a_stop(tmp_path: Path) -> None:
     spool = opened(tmp_path)
     spool.append([(1, b"a"), (1, b"b"), (1, b"c")])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import items, make_activity
 
-from workers.enrich import encode_rows, envelope
+from workers.enrich import Envelope, encode_rows, envelope
 from workers.migrations import MIGRATIONS, apply_migrations, latest_version
 from workers.schema import COLUMNS, ENRICHMENT_COLUMNS
 from workers.storage import ClickHouseStore, StoreError
@@ -52,6 +52,29 @@ def test_insert_counts_rows_and_the_rows_are_queryable(store: ClickHouseStore) -
         "SELECT tenant_id, count(), uniqExact(id) FROM activities GROUP BY tenant_id", "TabSeparated"
     )
     assert result.decode().split() == ["tenant-a", "250", "250"]
+
+
+def test_an_envelope_in_pieces_is_stored_like_its_bytes_and_can_be_sent_again(
+    store: ClickHouseStore,
+) -> None:
+    chunks = [
+        encode_rows(items([make_activity(n) for n in range(k, k + 40)], range(40)), "t", time.time_ns(), None)
+        for k in (0, 40, 80)
+    ]
+    pieces = Envelope.of(chunks)
+    assert pieces.join() == envelope(chunks)
+    store.insert_rows(pieces, 120, token="in-pieces")
+    # A retried insert iterates the same envelope again: same rows, same token, stored once.
+    store.insert_rows(pieces, 120, token="in-pieces")
+    assert store.query("SELECT count(), uniqExact(id) FROM activities", "TabSeparated") == b"120\t120\n"
+
+
+def test_an_envelope_whose_rows_do_not_match_its_length_is_not_sent(store: ClickHouseStore) -> None:
+    rows = encode_rows(items([make_activity(1)]), "t", time.time_ns(), None)
+    lying = Envelope(rows.nbytes + 1, lambda: [b"".join(rows.pieces)])
+    with pytest.raises(ValueError, match=r"not the \d+ announced"):
+        store.insert_rows(lying, 1)
+    assert store.query("SELECT count() FROM activities", "TabSeparated") == b"0\n"
 
 
 def test_a_row_count_mismatch_is_an_error(store: ClickHouseStore) -> None:
