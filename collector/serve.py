@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from collector import logs
+from collector import heap, logs
 from collector.config import Settings, mask_dsn
 from collector.postgres import PostgresError
 from collector.server import CollectorServer
@@ -24,6 +24,7 @@ async def serve(settings: Settings) -> int:
         print(f"activity-collector: cannot start: {error}", file=sys.stderr)
         return 1
     server.install_signal_handlers()
+    frozen = heap.freeze_startup_objects()
     if server.created_key is not None:
         print(
             f"no tenant yet: created tenant {settings.default_tenant} and its API key, shown this once "
@@ -51,7 +52,14 @@ async def serve(settings: Settings) -> int:
     if server.postgres is not None:
         print(f"using {server.postgres.describe()}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)
-    log.info("started", extra={"listen": server.address, "data_dir": str(settings.data_dir.resolve())})
+    log.info(
+        "started",
+        extra={
+            "listen": server.address,
+            "data_dir": str(settings.data_dir.resolve()),
+            "frozen_objects": frozen,
+        },
+    )
     await server.wait()
     log.info("stopped")
     return 0

@@ -151,6 +151,7 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.stats = SpoolStats()
         self._lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._segments: list[tuple[int, Path, int]] = []  # (first sequence, path, size)
         # sequence -> (segment, offset, bytes of its rows), uncommitted only
         self._index: dict[int, tuple[Path, int, int]] = {}
@@ -186,7 +187,8 @@ class Spool:
         self.stats.replayed_records = len(self._index)
         self._next_sequence = last + 1
         self._opened = True
-        self._drop_committed_segments()
+        for path in self._take_committed_segments():
+            path.unlink(missing_ok=True)
 
     @property
     def committed(self) -> int:
@@ -317,40 +319,58 @@ class Spool:
 
     # -- committing ----------------------------------------------------------------------------
 
+    # The checkpoint is written, and committed segments deleted, outside `_lock`: their fsyncs and
+    # unlinks can take tens of milliseconds while the engine writes its parts to the same disk, and the
+    # spool writer, which acknowledges, must not wait for them to append. `_checkpoint_lock` keeps the
+    # checkpoint's writes in the order their states were taken.
+
     def plan(self, planned: Planned) -> None:
         """Record an insert before it is sent (durably), so that a crash redoes it with its token."""
-        with self._lock:
-            self._planned = [p for p in self._planned if p.first != planned.first] + [planned]
-            self._write_checkpoint()
+        with self._checkpoint_lock:
+            with self._lock:
+                self._planned = [p for p in self._planned if p.first != planned.first] + [planned]
+                state = self._checkpoint_state()
+            self._write_checkpoint(state)
 
     def commit(self, planned: Planned) -> None:
         """The insert of `planned` is in ClickHouse: advance the checkpoint over every contiguous
         committed range, and delete segments that hold nothing uncommitted any more."""
-        with self._lock:
-            self._planned = [p for p in self._planned if p.first != planned.first]
-            self._committed_ranges.append((planned.first, planned.last))
-            self._committed_ranges.sort()
-            for sequence in range(planned.first, planned.last + 1):
-                self._index.pop(sequence, None)
-                self._counts.pop(sequence, None)
-            while True:
-                following = self._committed + 1
-                if self._committed_ranges and self._committed_ranges[0][0] <= following:
-                    self._committed = max(self._committed, self._committed_ranges.pop(0)[1])
-                elif following < self._next_sequence and following not in self._index:
-                    # A sequence lost to damage: nothing of it can ever be committed.
-                    self._committed = following
-                else:
-                    break
-            self.stats.committed_records += planned.last - planned.first + 1
-            self._write_checkpoint()
-            self._drop_committed_segments()
+        with self._checkpoint_lock:
+            with self._lock:
+                self._advance(planned)
+                state = self._checkpoint_state()
+            self._write_checkpoint(state)
+            with self._lock:
+                doomed = self._take_committed_segments()
+        for path in doomed:
+            path.unlink(missing_ok=True)
 
-    def _write_checkpoint(self) -> None:
-        state = {
+    def _advance(self, planned: Planned) -> None:
+        """Mark the range committed (call with `_lock` held)."""
+        self._planned = [p for p in self._planned if p.first != planned.first]
+        self._committed_ranges.append((planned.first, planned.last))
+        self._committed_ranges.sort()
+        for sequence in range(planned.first, planned.last + 1):
+            self._index.pop(sequence, None)
+            self._counts.pop(sequence, None)
+        while True:
+            following = self._committed + 1
+            if self._committed_ranges and self._committed_ranges[0][0] <= following:
+                self._committed = max(self._committed, self._committed_ranges.pop(0)[1])
+            elif following < self._next_sequence and following not in self._index:
+                # A sequence lost to damage: nothing of it can ever be committed.
+                self._committed = following
+            else:
+                break
+        self.stats.committed_records += planned.last - planned.first + 1
+
+    def _checkpoint_state(self) -> dict[str, object]:
+        return {
             "committed": self._committed,
             "planned": [[p.first, p.last, p.token] for p in self._planned],
         }
+
+    def _write_checkpoint(self, state: dict[str, object]) -> None:
         path = self.directory / "checkpoint.json"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as out:
@@ -360,17 +380,20 @@ class Spool:
         os.replace(tmp, path)
         _fsync_dir(self.directory)
 
-    def _drop_committed_segments(self) -> None:
-        """Delete segments that hold no uncommitted record, except the one being written."""
+    def _take_committed_segments(self) -> list[Path]:
+        """Forget the segments that hold no uncommitted record, except the one being written, and
+        return them for deletion."""
         live = {path for path, _, _ in self._index.values()}
         writing = self._segments[-1][1] if self._segments and self._fd is not None else None
         keep: list[tuple[int, Path, int]] = []
+        doomed: list[Path] = []
         for first, path, size in self._segments:
             if path in live or path == writing:
                 keep.append((first, path, size))
             else:
-                path.unlink(missing_ok=True)
+                doomed.append(path)
         self._segments = keep
+        return doomed
 
     def close(self) -> None:
         with self._lock:

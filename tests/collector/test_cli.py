@@ -110,6 +110,10 @@ def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-un
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert not (data / "control.sock").exists()
+    # What start-up built is out of the garbage collector's sight (collector/heap.py).
+    events = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    started = [e for e in events if e.get("event") == "started"]
+    assert len(started) == 1 and started[0]["frozen_objects"] > 50_000
 
     # With no server, sql opens the engine itself and sees the same data.
     direct = cli("sql", "--data-dir", str(data), "--format", "tsv", "SELECT count() FROM activities")

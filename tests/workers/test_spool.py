@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,36 @@ def test_segments_roll_and_are_deleted_once_committed(tmp_path: Path) -> None:
     # Segments 1-4 are fully committed; 5 holds an uncommitted record; 6 is being written.
     assert sorted(p.name for p in tmp_path.glob("*.seg")) == [f"{5:020d}.seg", f"{6:020d}.seg"]
     assert spool.size_bytes < 250
+
+
+def test_appends_do_not_wait_for_a_checkpoint_being_written(tmp_path: Path) -> None:
+    # A FIFO where the checkpoint's temporary file goes: its writer blocks in open() until a reader
+    # comes, as a checkpoint fsync can block behind the engine's writes on a busy disk.
+    spool = opened(tmp_path)
+    spool.append([(1, b"row-a")])
+    spool.sync()
+    os.mkfifo(tmp_path / "checkpoint.tmp")
+    failures: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            spool.commit(Planned(1, 1, "t1"))
+        except OSError as error:  # fsync of a FIFO: the checkpoint was only there to block
+            failures.append(error)
+
+    committing = threading.Thread(target=commit)
+    committing.start()
+    appended: list[list[int]] = []
+    appending = threading.Thread(target=lambda: appended.append(spool.append([(1, b"row-b")])))
+    appending.start()
+    appending.join(timeout=10)
+    unblocked = not appending.is_alive()
+    with open(tmp_path / "checkpoint.tmp", "rb") as reader:  # let the commit through
+        reader.read()
+    committing.join(timeout=10)
+    appending.join(timeout=10)
+    assert unblocked, "append waited for the checkpoint"
+    assert appended == [[2]]
+    assert not committing.is_alive()
+    spool.sync()
+    spool.close()
