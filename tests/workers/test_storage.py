@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import items, make_activity
 
+from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.enrich import Envelope, encode_rows, envelope
-from workers.migrations import MIGRATIONS, apply_migrations, latest_version
+from workers.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
 from workers.schema import COLUMNS, ENRICHMENT_COLUMNS
 from workers.storage import ClickHouseStore, StoreError
 
@@ -124,6 +125,53 @@ def test_copies_within_one_insert_are_counted_once(store: ClickHouseStore) -> No
     store.command("SYSTEM START MERGES activities")
     store.command("OPTIMIZE TABLE activities FINAL")
     assert store.query("SELECT count() FROM activities", "TabSeparated") == b"3\n"
+
+
+def _parts(store: ClickHouseStore) -> list[str]:
+    listed = store.query(
+        "SELECT part_type, rows FROM system.parts WHERE table = 'activities' "
+        "AND database = currentDatabase() AND active ORDER BY modification_time, name",
+        "TabSeparated",
+    )
+    return listed.decode().splitlines()
+
+
+def test_inserts_write_compact_parts_and_the_rows_alone_decide(store: ClickHouseStore) -> None:
+    def insert(count: int, tenant: str, page_bytes: int) -> None:
+        activities = [
+            make_activity(n, metadata=pb.Metadata(page_url="https://shop.example/" + "p" * page_bytes))
+            for n in range(count)
+        ]
+        rows = encode_rows(items(activities), tenant, time.time_ns(), None)
+        store.insert_rows(envelope([rows]), count)
+
+    store.command("SYSTEM STOP MERGES activities")
+    # 12 MiB of rows: past ClickHouse's default threshold for wide parts (10 MiB), still compact.
+    insert(1500, "t1", 8 * 1024)
+    assert _parts(store) == ["Compact\t1500"]
+    # The threshold is in rows: lowered below an insert, that insert's part is wide, however few bytes
+    # it holds.
+    assert COMPACT_PART_MAX_ROWS > 100_000
+    store.command("ALTER TABLE activities MODIFY SETTING min_rows_for_wide_part = 200")
+    insert(300, "t2", 10)
+    assert _parts(store) == ["Compact\t1500", "Wide\t300"]
+
+
+def test_version_5_makes_an_older_table_write_compact_parts(store: ClickHouseStore, database: str) -> None:
+    store.command(
+        "ALTER TABLE activities MODIFY SETTING min_rows_for_wide_part = 0, min_bytes_for_wide_part = 0"
+    )
+    store.command("ALTER TABLE schema_migrations DELETE WHERE version = 5 SETTINGS mutations_sync = 1")
+    store.command("SYSTEM STOP MERGES activities")
+
+    def insert(tenant: str) -> None:
+        store.insert_rows(envelope([encode_rows(items([make_activity(1)]), tenant, time.time_ns(), None)]), 1)
+
+    insert("before")
+    with store._client() as client:
+        assert apply_migrations(client, database) == [5]
+    insert("after")
+    assert _parts(store) == ["Wide\t1", "Compact\t1"]
 
 
 def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, database: str) -> None:
