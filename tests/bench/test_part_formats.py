@@ -1,0 +1,45 @@
+"""`python -m bench.part_formats` on a few rows, in a process of its own (it opens its own embedded
+engine): each copy of `activities` writes the part format its settings say, and the figures print."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_part_formats_compares_the_shipped_table_with_wide_parts() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.part_formats", "--rows", "40", "--inserts", "2", "--repeat", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("2 inserts of 40 rows")
+    wrote = {line.split("  ")[1].strip(): line.rsplit(" ", 1)[-1] for line in lines[2:]}
+    assert wrote == {
+        "as shipped (compact under 262144 rows)": "Compact",
+        "ClickHouse default (compact under 10 MiB)": "Compact",
+        "always wide": "Wide",
+    }
+    for line in lines[2:]:
+        # inserts (sys), merge (sys), total: five non-negative figures per copy.
+        assert len(re.findall(r"\d+\.\d\d", line)) == 5, line
+
+
+def test_part_formats_refuses_nonsense_sizes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.part_formats", "--rows", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--rows, --inserts and --repeat must be at least 1" in done.stderr
