@@ -1,5 +1,7 @@
-"""`python -m bench.part_formats` on a few rows, in a process of its own (it opens its own embedded
-engine): each copy of `activities` writes the part format its settings say, and the figures print."""
+"""The engine probes of the benchmark on a few rows, each in a process of its own (each opens its own
+embedded engine): `python -m bench.part_formats` (each copy of `activities` writes the part format its
+settings say) and `python -m bench.steady_inserts` (both tables get every row, the aggregates their
+groups); their figures print."""
 
 from __future__ import annotations
 
@@ -43,3 +45,24 @@ def test_part_formats_refuses_nonsense_sizes() -> None:
     )
     assert done.returncode == 2
     assert "--rows, --inserts and --repeat must be at least 1" in done.stderr
+
+
+def test_steady_inserts_measures_both_tables_and_what_the_aggregates_hold() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.steady_inserts", "--rows", "60", "--inserts", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("2 inserts of 60 distinct activities")
+    for label in ("activities without the analytics views", "activities with its views"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(label))
+        assert len(re.findall(r"\d+\.\d\d", line)) == 3, line
+    held = {line.split()[0]: int(line.split()[1]) for line in out.split("held at the end:\n")[1].splitlines()}
+    # Every activity is new, so both tables hold all 120; the aggregates hold their groups.
+    assert held["bare"] == held["activities"] == 120
+    assert 0 < held["activity_stats_hourly"] < 120
+    assert 0 < held["target_stats_daily"] <= 120
