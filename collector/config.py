@@ -110,9 +110,12 @@ class PipelineSettings:
     insert_attempts: int = 3
     """Attempts per insert for errors that may pass (connection lost, timeouts) before callers get
     UNAVAILABLE."""
-    drain_interval_ms: float = 250.0
+    drain_interval_ms: float = 1000.0
     """With the spool on: longest wait for more spooled rows before an insert is sent. Answers do not
     wait for inserts then, so inserts can be large: fewer parts for ClickHouse, less CPU per row."""
+    drain_rows: int = 50_000
+    """With the spool on: an insert is sent without waiting longer once this many rows wait (at most
+    insert_max_rows go in it). Under load inserts then come every drain_rows rows, not every interval."""
     spool_capacity_bytes: int = 1024 * 1024 * 1024
     """With the spool on: most bytes of accepted activities waiting on disk for ClickHouse. Past it,
     RESOURCE_EXHAUSTED."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,15 @@ def items(activities: list[pb.Activity], indexes: Any = None) -> list[tuple[int,
     """(index, activity) pairs, as the pipeline takes them; all of them unless `indexes` says which."""
     chosen = range(len(activities)) if indexes is None else indexes
     return [(i, activities[i]) for i in chosen]
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -470,6 +470,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         linger = self.settings.drain_interval_ms / 1000
         max_rows = self.settings.insert_max_rows
+        enough = min(max_rows, self.settings.drain_rows)
         while True:
             await self._slots.acquire()
             try:
@@ -477,7 +478,7 @@ class Pipeline:
                     self._ready_event.clear()
                     await self._ready_event.wait()
                 deadline = loop.time() + linger
-                while self._accepting and self._ready_rows < max_rows:
+                while self._accepting and self._ready_rows < enough:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break

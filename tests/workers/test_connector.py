@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import make_activity
+from helpers import make_activity, wait_for
 
 from collector.config import PipelineSettings
 from workers.connector import StoreConnector
@@ -32,14 +31,6 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_an_unreachable_server_is_tried_again_until_shutdown(database: str) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_activity
+from helpers import make_activity, wait_for
 
 from collector.config import PipelineSettings
 from collector.proto.activity.v1 import activity_pb2 as pb
 from workers.pipeline import Overloaded, Pipeline, Submission, Unavailable
+from workers.spool import Spool
 from workers.storage import ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -146,3 +148,37 @@ async def test_enrichment_writes_canonical_values_and_batch_fields(
         "TabSeparated",
     )
     assert row.decode().split() == [assigned[0], "remove_from_cart", "pt-BR", "BRL", "smart_tv", "t1"]
+
+
+async def test_spooled_rows_are_inserted_once_drain_rows_wait_or_the_interval_has_passed(
+    store: ClickHouseStore, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", capacity_bytes=10_000_000)
+    pipeline = Pipeline(PipelineSettings(drain_interval_ms=3000, drain_rows=30), store, spool)
+    await pipeline.start()
+    try:
+        first = submission([make_activity(n) for n in range(20)])
+        pipeline.submit(first)
+        await first.future  # acknowledged once spooled
+        await asyncio.sleep(0.5)
+        # 20 rows wait, fewer than drain_rows: no insert before the interval.
+        assert stored(store) == 0 and pipeline.stats.inserts == 0
+        second = submission([make_activity(100 + n) for n in range(10)])
+        started = time.monotonic()
+        pipeline.submit(second)
+        await second.future
+        # 30 rows wait: the insert goes without waiting for the rest of the interval.
+        await wait_for(lambda: pipeline.stats.inserts == 1, "the 30 rows to be inserted")
+        assert time.monotonic() - started < 1.5
+        assert stored(store) == 30
+
+        third = submission([make_activity(200 + n) for n in range(5)])
+        started = time.monotonic()
+        pipeline.submit(third)
+        await third.future
+        # 5 rows alone: inserted once the interval has passed.
+        await wait_for(lambda: pipeline.stats.inserts == 2, "the last 5 rows to be inserted")
+        assert time.monotonic() - started >= 2.9
+        assert stored(store) == 35
+    finally:
+        await pipeline.shutdown(timeout=5)
