@@ -88,13 +88,21 @@ def _view_tables(store: ClickHouseStore) -> list[tuple[str, str]]:
     return tables
 
 
-def enriched_payload(rows: int) -> bytes:
-    """`rows` benchmark activities, encoded as the collector does, with their user-agent fields."""
-    activities = make_activities(rows, seed=1)
+def enriched_payload(rows: int, seed: int = 1) -> bytes:
+    """`rows` benchmark activities, encoded as the collector does, with their user-agent fields; another
+    seed, other activities (other ids)."""
+    activities = make_activities(rows, seed=seed)
     extras = asyncio.run(Enricher(None, None).enrich("bench", [activity_keys(a) for a in activities]))
     items = list(enumerate(activities))
     encoded = encode_rows(items, "bench", time.time_ns(), None, 0, None, dict(enumerate(extras)), None)
     return envelope([encoded])
+
+
+def insert_payload(client: Any, table: str, payload: bytes, settings: dict[str, Any]) -> None:
+    """One insert as the collector sends it: `settings` (its insert settings, and any more) with a
+    deduplication token of its own."""
+    settings = {**settings, "insert_deduplication_token": uuid.uuid4().hex}
+    client.raw_insert(table, INSERT_COLUMNS, payload, settings=settings, fmt="ProtobufList")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,12 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 for table, _ in tables:
                     for column, extra in columns:
-                        settings = {**base, **extra, "insert_deduplication_token": uuid.uuid4().hex}
                         with store._client() as client:
                             started = _cpu()
-                            client.raw_insert(
-                                table, INSERT_COLUMNS, payload, settings=settings, fmt="ProtobufList"
-                            )
+                            insert_payload(client, table, payload, {**base, **extra})
                             spent = _cpu() - started
                         per_row.setdefault((table, column), []).append(spent / args.rows * 1e6)
             size = len(payload) / args.rows

@@ -18,11 +18,9 @@ import argparse
 import resource
 import statistics
 import tempfile
-import uuid
 
-from bench.insert_breakdown import enriched_payload
+from bench.insert_breakdown import enriched_payload, insert_payload
 from workers.migrations import COMPACT_PART_MAX_ROWS
-from workers.schema import INSERT_COLUMNS
 from workers.storage import ClickHouseStore
 
 DATABASE = "bench"
@@ -71,16 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                     with store._client() as client:
                         start, start_sys = _cpu()
                         for _ in range(args.inserts):
-                            client.raw_insert(
-                                table,
-                                INSERT_COLUMNS,
-                                payload,
-                                settings={
-                                    **store.insert_settings,
-                                    "insert_deduplication_token": uuid.uuid4().hex,
-                                },
-                                fmt="ProtobufList",
-                            )
+                            insert_payload(client, table, payload, store.insert_settings)
                         inserted, inserted_sys = _cpu()
                         written = store.query(
                             f"SELECT DISTINCT part_type FROM system.parts WHERE database = '{DATABASE}' "

@@ -14,16 +14,11 @@ would give them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 import tempfile
 import time
-import uuid
 
-from bench.workload import make_activities
-from workers.enrich import encode_rows, envelope
-from workers.enrichment import Enricher, activity_keys
-from workers.schema import INSERT_COLUMNS
+from bench.insert_breakdown import enriched_payload, insert_payload
 from workers.storage import ClickHouseStore
 
 DATABASE = "bench"
@@ -33,15 +28,6 @@ TABLES = (
     ("bare", "activities without the analytics views"),
     ("activities", "activities with its views"),
 )
-
-
-def _payload(rows: int, seed: int) -> bytes:
-    activities = make_activities(rows, seed=seed)
-    extras = asyncio.run(Enricher(None, None).enrich(DATABASE, [activity_keys(a) for a in activities]))
-    encoded = encode_rows(
-        list(enumerate(activities)), DATABASE, time.time_ns(), None, 0, None, dict(enumerate(extras)), None
-    )
-    return envelope([encoded])
 
 
 def _cpu() -> float:
@@ -66,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 1 or args.inserts < 1:
         parser.error("--rows and --inserts must be at least 1")
 
-    payloads = [_payload(args.rows, seed) for seed in range(args.inserts)]
+    payloads = [enriched_payload(args.rows, seed) for seed in range(args.inserts)]
     rows = args.rows * args.inserts
     print(f"{args.inserts} inserts of {args.rows} distinct activities; µs of CPU per row")
     print(f"  {'table':<42}{'inserts':>9}{'merges after':>14}{'total':>8}")
@@ -78,16 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = _cpu()
                 with store._client() as client:
                     for payload in payloads:
-                        client.raw_insert(
-                            table,
-                            INSERT_COLUMNS,
-                            payload,
-                            settings={
-                                **store.insert_settings,
-                                "insert_deduplication_token": uuid.uuid4().hex,
-                            },
-                            fmt="ProtobufList",
-                        )
+                        insert_payload(client, table, payload, store.insert_settings)
                 inserted = _cpu()
                 _settle(store)
                 settled = _cpu()
