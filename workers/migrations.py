@@ -48,19 +48,21 @@ MIGRATIONS: tuple[Migration, ...] = (
 COMPACT_PART_MAX_ROWS = 262_144
 
 
+def _activities_settings(database: str, cluster: Cluster, settings: str) -> str:
+    """Table settings of `activities` (its local table on a cluster, on every node)."""
+    table = cluster.local("activities")
+    return f"ALTER TABLE `{database}`.`{table}`{cluster.on_cluster} MODIFY SETTING {settings}"
+
+
 def _deduplication_window(database: str, cluster: Cluster) -> str:
     setting = "replicated_deduplication_window" if cluster.enabled else "non_replicated_deduplication_window"
-    return (
-        f"ALTER TABLE `{database}`.`{cluster.local('activities')}`{cluster.on_cluster} "
-        f"MODIFY SETTING {setting} = 10000"
-    )
+    return _activities_settings(database, cluster, f"{setting} = 10000")
 
 
 def _compact_parts(database: str, cluster: Cluster) -> str:
     # A part is compact when it is under either threshold: the rows alone decide here.
-    return (
-        f"ALTER TABLE `{database}`.`{cluster.local('activities')}`{cluster.on_cluster} "
-        f"MODIFY SETTING min_rows_for_wide_part = {COMPACT_PART_MAX_ROWS}, min_bytes_for_wide_part = 0"
+    return _activities_settings(
+        database, cluster, f"min_rows_for_wide_part = {COMPACT_PART_MAX_ROWS}, min_bytes_for_wide_part = 0"
     )
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def probe(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.<module> ARGS` from the repository's root."""
+    command = [sys.executable, "-m", f"bench.{module}", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=100)
+
+
 def test_part_formats_compares_the_shipped_table_with_wide_parts() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.part_formats", "--rows", "40", "--inserts", "2", "--repeat", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = probe("part_formats", "--rows", "40", "--inserts", "2", "--repeat", "1")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("2 inserts of 40 rows")
@@ -36,25 +36,13 @@ def test_part_formats_compares_the_shipped_table_with_wide_parts() -> None:
 
 
 def test_part_formats_refuses_nonsense_sizes() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.part_formats", "--rows", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = probe("part_formats", "--rows", "0")
     assert done.returncode == 2
     assert "--rows, --inserts and --repeat must be at least 1" in done.stderr
 
 
 def test_steady_inserts_measures_both_tables_and_what_the_aggregates_hold() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.steady_inserts", "--rows", "60", "--inserts", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = probe("steady_inserts", "--rows", "60", "--inserts", "2")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.startswith("2 inserts of 60 distinct activities")

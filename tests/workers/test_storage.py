@@ -127,6 +127,11 @@ def test_copies_within_one_insert_are_counted_once(store: ClickHouseStore) -> No
     assert store.query("SELECT count() FROM activities", "TabSeparated") == b"3\n"
 
 
+def _insert(store: ClickHouseStore, activities: list[pb.Activity], tenant: str) -> None:
+    rows = encode_rows(items(activities), tenant, time.time_ns(), None)
+    store.insert_rows(envelope([rows]), len(activities))
+
+
 def _parts(store: ClickHouseStore) -> list[str]:
     listed = store.query(
         "SELECT part_type, rows FROM system.parts WHERE table = 'activities' "
@@ -138,12 +143,8 @@ def _parts(store: ClickHouseStore) -> list[str]:
 
 def test_inserts_write_compact_parts_and_the_rows_alone_decide(store: ClickHouseStore) -> None:
     def insert(count: int, tenant: str, page_bytes: int) -> None:
-        activities = [
-            make_activity(n, metadata=pb.Metadata(page_url="https://shop.example/" + "p" * page_bytes))
-            for n in range(count)
-        ]
-        rows = encode_rows(items(activities), tenant, time.time_ns(), None)
-        store.insert_rows(envelope([rows]), count)
+        page = pb.Metadata(page_url="https://shop.example/" + "p" * page_bytes)
+        _insert(store, [make_activity(n, metadata=page) for n in range(count)], tenant)
 
     store.command("SYSTEM STOP MERGES activities")
     # 12 MiB of rows: past ClickHouse's default threshold for wide parts (10 MiB), still compact.
@@ -163,14 +164,10 @@ def test_version_5_makes_an_older_table_write_compact_parts(store: ClickHouseSto
     )
     store.command("ALTER TABLE schema_migrations DELETE WHERE version = 5 SETTINGS mutations_sync = 1")
     store.command("SYSTEM STOP MERGES activities")
-
-    def insert(tenant: str) -> None:
-        store.insert_rows(envelope([encode_rows(items([make_activity(1)]), tenant, time.time_ns(), None)]), 1)
-
-    insert("before")
+    _insert(store, [make_activity(1)], "before")
     with store._client() as client:
         assert apply_migrations(client, database) == [5]
-    insert("after")
+    _insert(store, [make_activity(1)], "after")
     assert _parts(store) == ["Wide\t1", "Compact\t1"]
 
 
