@@ -15,6 +15,7 @@ import pytest
 
 from collector.config import ConfigError, load_settings
 from collector.postgres import (
+    MIGRATION_LOCK,
     MIGRATIONS_TABLE,
     Migration,
     Postgres,
@@ -103,6 +104,30 @@ async def test_lifecycle_start_migrates_shutdown_is_idempotent(pg_dsn: str, tmp_
     # A second start of the same database finds everything applied.
     async with Postgres(pg_dsn, tmp_path) as again:
         assert again.applied == []
+
+
+async def test_started_the_migration_lock_is_free_and_pooled_connections_stay_usable(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    async with Postgres(pg_dsn, tmp_path, pool_size=1) as postgres:
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK) is True
+            await other.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        finally:
+            await other.close()
+        # A transaction left open by a user of the pool is rolled back when its connection returns.
+        async with postgres.pool.acquire() as conn:
+            await conn.execute("BEGIN; CREATE TEMP TABLE left_open (x integer)")
+            assert conn.is_in_transaction()
+        async with postgres.pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+            # Released with no reset round trip: what a session sets outside a transaction stays.
+            await conn.execute("SET application_name = 'kept'")
+        async with postgres.pool.acquire() as conn:
+            assert await conn.fetchval("SHOW application_name") == "kept"
+        assert await postgres.pool.fetchval("SELECT 1") == 1
 
 
 def postgres_migrations() -> tuple[Migration, ...]:
