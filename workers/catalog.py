@@ -460,6 +460,12 @@ class CatalogStore:
         )
         return {(row["target_type"], row["target_id"]): _info(row) for row in rows}
 
+    async def has_entries(self, tenant: str) -> bool:
+        """Whether `tenant`'s catalogue holds any entry (an index probe, however large it is)."""
+        return bool(
+            await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM targets WHERE tenant_id = $1)", tenant)
+        )
+
     async def get(self, tenant: str, target_type: str, target_id: str) -> StoredTarget | None:
         row = await self.pool.fetchrow(
             f"SELECT {_INFO_COLUMNS}, updated_at FROM targets"

@@ -93,6 +93,8 @@ class Catalog(Protocol):
         self, tenant: str, keys: Sequence[tuple[str, str]]
     ) -> Mapping[tuple[str, str], TargetDetails]: ...
 
+    async def has_entries(self, tenant: str) -> bool: ...
+
 
 @dataclass
 class EnrichmentStats:
@@ -163,6 +165,8 @@ class Enricher:
         self._links: ExpiringCache[tuple[str, str, str], str] = ExpiringCache(cache_size, ttl_s)
         """(tenant, kind, key) -> user id; '' when no link is known."""
         self._pending_links: dict[tuple[str, str, str], str] = {}
+        self._catalogued: ExpiringCache[str, bool] = ExpiringCache(cache_size, ttl_s)
+        """tenant -> whether its catalogue holds any entry."""
         self._failures = 0
         self._resume_at = 0.0
 
@@ -306,8 +310,9 @@ class Enricher:
                 self.stats.lookups[(IDENTITY, "skipped")] += 1
             return None, None
         jobs: dict[str, Any] = {}
-        if target_misses and self.catalog is not None:
-            jobs[CATALOG] = self.catalog.lookup(tenant, target_misses)
+        catalogued = self._catalogued.get(tenant, self._clock(), None)
+        if target_misses and self.catalog is not None and catalogued is not False:
+            jobs[CATALOG] = self._catalog_lookup(self.catalog, tenant, target_misses, catalogued)
         if link_misses and self.identity is not None:
             jobs[IDENTITY] = self.identity.lookup(tenant, link_misses)
         results: dict[str, Any] = {}
@@ -333,7 +338,26 @@ class Enricher:
             self._postgres_failed("+".join(jobs), failure)
         else:
             self._postgres_ok()
+        if catalogued is False and target_misses:
+            return {}, results.get(IDENTITY)
         return results.get(CATALOG), results.get(IDENTITY)
+
+    async def _catalog_lookup(
+        self, catalog: Catalog, tenant: str, keys: list[tuple[str, str]], catalogued: bool | None
+    ) -> Mapping[tuple[str, str], TargetDetails]:
+        """The catalogue's entries for `keys`, first asking whether the tenant has a catalogue at all
+        when that is not cached (`catalogued` None).
+
+        A tenant that never imported one would otherwise pay a round trip to PostgreSQL for every
+        group of requests (its targets are new to the cache nearly every time), for no answer. Whether
+        it has one is asked once per `enrichment_cache_ttl_s`, as cached targets are: an import shows
+        within that time either way."""
+        if catalogued is None:
+            catalogued = await catalog.has_entries(tenant)
+            self._catalogued.set(tenant, catalogued, self._clock())
+        if not catalogued:
+            return {}
+        return await catalog.lookup(tenant, keys)
 
     def _stitch(
         self,

@@ -54,3 +54,37 @@ def test_steady_inserts_measures_both_tables_and_what_the_aggregates_hold() -> N
     assert held["bare"] == held["activities"] == 120
     assert 0 < held["activity_stats_hourly"] < 120
     assert 0 < held["target_stats_daily"] <= 120
+
+
+def test_enrichment_groups_measures_each_group_size_and_skips_an_absent_catalogue(pg_dsn: str) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.enrichment_groups",
+            "--dsn",
+            pg_dsn,
+            "--activities",
+            "500",
+            "--repeat",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    figures: dict[tuple[int, str], list[float]] = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"\s*(\d+)  (\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", line)
+        if match:
+            figures[(int(match[1]), match[2])] = [float(match[n]) for n in range(3, 7)]
+    modes = ("user agents only", "identity, no catalogue", "catalogue + identity")
+    assert set(figures) == {(size, mode) for size in (1, 4, 100, 500) for mode in modes}
+    for size in (1, 4, 100, 500):
+        assert figures[(size, "user agents only")][3] == 0  # no PostgreSQL at all
+        # With a catalogue, every group of new targets asks for them; without one, only whether there
+        # is one, once, and the identity links the cache lacks.
+        assert figures[(size, "catalogue + identity")][3] >= 1
+        assert figures[(size, "identity, no catalogue")][3] < figures[(size, "catalogue + identity")][3]

@@ -169,6 +169,31 @@ async def test_an_import_shows_after_the_cache_time_to_live(
     assert sorted(r[0] for r in rows(store, "target_name")) == ["", "", "Late"]
 
 
+async def test_a_tenant_without_a_catalogue_is_not_looked_up_until_it_has_one(
+    pool: asyncpg.Pool, run: Any, store: ClickHouseStore
+) -> None:
+    now = [0.0]
+    enricher = make_enricher(pool, ttl_s=60, clock=lambda: now[0])
+    await CatalogStore(pool).upsert("t2", [CatalogEntry("product", "sku-9", TargetInfo("Theirs"))])
+    for n in range(1, 6):  # five requests, each on a target no cache holds
+        await run(enricher, [make_activity(n)])
+    # One query found that t1 has no catalogue; its targets were not asked for.
+    assert enricher.stats.lookups[(CATALOG, "ok")] == 1
+    assert enricher.stats.activities[(CATALOG, "unknown")] == 5
+    # Another tenant's catalogue is its own: t2's target is enriched at once.
+    await run(enricher, [make_activity(9)], tenant="t2")
+    assert rows(store, "target_name", "tenant_id = 't2'") == [["Theirs"]]
+    await CatalogStore(pool).upsert("t1", [CatalogEntry("product", "sku-7", TargetInfo("New"))])
+    await run(enricher, [make_activity(7)])
+    now[0] = 61.0  # past the cache's time to live, t1's catalogue is found
+    await run(enricher, [make_activity(7)])
+    assert sorted(r[0] for r in rows(store, "target_name", "tenant_id = 't1' AND target_id = 'sku-7'")) == [
+        "",
+        "New",
+    ]
+    assert enricher.stats.activities[(CATALOG, "enriched")] == 2  # sku-9 of t2, then sku-7
+
+
 async def test_identity_stitching_follows_the_batch_order_and_lasts(
     pool: asyncpg.Pool, run: Any, store: ClickHouseStore
 ) -> None:
