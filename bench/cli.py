@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-transport", action="store_true", help="skip the no-op server (transport ceiling)"
     )
     parser.add_argument(
+        "--commit-baseline",
+        action="store_true",
+        help="also run the no-op server with an empty group-commit hop before each answer "
+        "(target `transport-commit`)",
+    )
+    parser.add_argument(
         "--spool",
         choices=sorted(SPOOL_CHOICES),
         default="both",
@@ -129,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def choose_targets(spool: str, transport: bool) -> list[str]:
+def choose_targets(spool: str, transport: bool, commit_baseline: bool = False) -> list[str]:
     """The servers each scenario runs against, in report order: the collector with its spool on, off
-    or both (`--spool`), then the no-op server unless `transport` is off."""
+    or both (`--spool`), then the no-op server unless `transport` is off, then the no-op server with
+    a group-commit hop when `commit_baseline` is on."""
     chosen = SPOOL_CHOICES[spool]
-    return [t for t in TARGETS if (t in chosen if t in COLLECTORS else transport)]
+    wanted = {"transport": transport, "transport-commit": commit_baseline}
+    return [t for t in TARGETS if (t in chosen if t in COLLECTORS else wanted[t])]
 
 
 def _server_env(pairs: list[str]) -> dict[str, str]:
@@ -200,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     if "ACTIVITY_SPOOL" in server_env:
         raise SystemExit("--server-env spool=...: the spool is chosen with --spool on|off|both")
     chosen = SPOOL_CHOICES[args.spool]
-    targets = choose_targets(args.spool, transport=not args.no_transport)
+    targets = choose_targets(
+        args.spool, transport=not args.no_transport, commit_baseline=args.commit_baseline
+    )
     opts = RunOptions(
         warmup_s=warmup,
         duration_s=duration,
@@ -373,10 +383,14 @@ def finish(results: dict[str, Any]) -> None:
             prefix = name.replace("-", "_")
             if coll is not None and medians.get("transport"):
                 ratios[f"{prefix}_vs_transport"] = coll / medians["transport"]
+            if coll is not None and medians.get("transport-commit"):
+                ratios[f"{prefix}_vs_transport_commit"] = coll / medians["transport-commit"]
             if coll is not None and storage_ceiling:
                 ratios[f"{prefix}_vs_storage"] = coll / storage_ceiling
             if coll is not None and insert_ceiling:
                 ratios[f"{prefix}_vs_insert_only"] = coll / insert_ceiling
+        if medians.get("transport-commit") and medians.get("transport"):
+            ratios["transport_commit_vs_transport"] = medians["transport-commit"] / medians["transport"]
         scenario["ratios"] = ratios
     results["ok"] = ok
 

@@ -7,6 +7,12 @@ parses the request with the generated class and answers accepted_count = number 
 validation, no enrichment, no storage. What the collector reaches against this is the most that
 Python gRPC on this machine allows for the same load. Prints "noop-server listening on HOST:PORT"
 when ready; SIGTERM or SIGINT stops it.
+
+With `--group-commit`, every answer first waits for a group-commit hop shaped like the collector's:
+the request joins a queue, one task takes every request waiting, runs an empty function on a
+one-thread executor (where the collector appends to its spool and fsyncs) and then releases them. The
+work is nil; what it measures is the price of acknowledging after an off-loop write in asyncio and
+grpc.aio: the suspended handler, the queue, the executor's round trip and the futures.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -27,9 +34,49 @@ from collector.proto.activity.v1 import activity_pb2 as pb
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 
 
+class GroupCommit:
+    """The collector's acknowledgement path with nothing in it: queue, one committer task, one thread."""
+
+    def __init__(self) -> None:
+        self._waiting: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._committer())
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.put_nowait(done)
+        await done
+
+    async def _committer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            group = [await self._waiting.get()]
+            while not self._waiting.empty():
+                group.append(self._waiting.get_nowait())
+            await loop.run_in_executor(self._thread, _nothing)
+            for done in group:
+                done.set_result(None)
+
+
+def _nothing() -> None:
+    pass
+
+
+_commit: GroupCommit | None = None
+
+
+async def acknowledge() -> None:
+    """Return at once, or after a group-commit hop with `--group-commit`."""
+    if _commit is not None:
+        await _commit.wait()
+
+
 async def track_activity(raw: bytes, _context: Any) -> bytes:
     request = pb.TrackActivityRequest.FromString(raw)
     accepted = 1 if request.HasField("activity") else 0
+    await acknowledge()
     return pb.TrackActivityResponse(
         accepted_count=accepted, activity_id=request.activity.id
     ).SerializeToString()
@@ -37,6 +84,7 @@ async def track_activity(raw: bytes, _context: Any) -> bytes:
 
 async def track_activities(raw: bytes, _context: Any) -> bytes:
     request = pb.TrackActivitiesRequest.FromString(raw)
+    await acknowledge()
     return pb.TrackActivitiesResponse(accepted_count=len(request.activities)).SerializeToString()
 
 
@@ -46,6 +94,7 @@ async def stream_activities(_requests: Any, context: Any) -> None:
         if raw is _EOF:
             return
         request = pb.StreamActivitiesRequest.FromString(raw)
+        await acknowledge()
         await context.write(
             pb.StreamActivitiesResponse(
                 sequence=request.sequence, accepted_count=len(request.activities)
@@ -71,7 +120,9 @@ def handler() -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
-async def serve(listen: str) -> int:
+async def serve(listen: str, group_commit: bool = False) -> int:
+    global _commit
+    _commit = GroupCommit() if group_commit else None
     max_message = Limits().max_request_bytes + 64 * 1024
     server = grpc.aio.server(
         options=[
@@ -100,8 +151,11 @@ async def serve(listen: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.noop_server")
     parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument(
+        "--group-commit", action="store_true", help="answer after an empty group-commit hop (see above)"
+    )
     args = parser.parse_args(argv)
-    return asyncio.run(serve(args.listen))
+    return asyncio.run(serve(args.listen, args.group_commit))
 
 
 if __name__ == "__main__":

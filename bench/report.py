@@ -51,6 +51,7 @@ TARGET_LABELS = {
     "collector": "collector (serve, spool on)",
     "collector-nospool": "collector (serve, spool off)",
     "transport": "transport (no-op server)",
+    "transport-commit": "no-op + group-commit hop",
 }
 SPOOL = {"collector": "on", "collector-nospool": "off"}
 NOISY_CORES = 0.15
@@ -208,12 +209,19 @@ def render(results: dict[str, Any]) -> str:
             parts = []
             if r.get(f"{prefix}_vs_transport") is not None:
                 parts.append(f"/ transport ceiling = {r[f'{prefix}_vs_transport']:.3f}")
+            if r.get(f"{prefix}_vs_transport_commit") is not None:
+                parts.append(f"/ no-op with a group-commit hop = {r[f'{prefix}_vs_transport_commit']:.3f}")
             if r.get(f"{prefix}_vs_storage") is not None:
                 parts.append(f"/ storage ceiling (encode+insert) = {r[f'{prefix}_vs_storage']:.3f}")
             if r.get(f"{prefix}_vs_insert_only") is not None:
                 parts.append(f"/ insert-only ceiling = {r[f'{prefix}_vs_insert_only']:.3f}")
             if parts:
                 out.append(f"  {name}, collector with the spool {spool}: " + ", ".join(parts))
+        if r.get("transport_commit_vs_transport") is not None:
+            out.append(
+                f"  {name}, no-op server with a group-commit hop: / transport ceiling = "
+                f"{r['transport_commit_vs_transport']:.3f}"
+            )
     for error in results.get("errors", []):
         out.append(f"ERROR: {error}")
     out.append("")

@@ -79,7 +79,10 @@ COLLECTORS: dict[str, dict[str, str]] = {
     "collector": {"ACTIVITY_SPOOL": "true"},
     "collector-nospool": {"ACTIVITY_SPOOL": "false"},
 }
-TARGETS = (*COLLECTORS, "transport")
+# The baselines: `transport`, the no-op server; `transport-commit`, the same answering after an empty
+# group-commit hop (`bench/noop_server.py --group-commit`), the floor of any acknowledgement that waits
+# for an off-loop write in one asyncio process.
+TARGETS = (*COLLECTORS, "transport", "transport-commit")
 
 
 PRODUCT_PACKAGES = ("collector", "workers")
@@ -380,6 +383,8 @@ def measure(
         argv = collector_argv(workdir / "data", opts.server_log_level, server_env)
     elif target == "transport":
         argv = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0"]
+    elif target == "transport-commit":
+        argv = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0", "--group-commit"]
     else:
         raise ValueError(f"unknown target {target!r}")
     server = ServerProcess(argv, workdir / "server.log", server_env)

@@ -92,3 +92,27 @@ def test_a_reading_of_zero_within_rounding_shows_as_zero() -> None:
     assert fmt(-0.001, 2) == "0.00"
     assert fmt(-0.02, 2) == "-0.02"
     assert fmt(123_456) == "123.5k"
+
+
+def test_the_group_commit_baseline_is_chosen_on_request_and_gets_its_ratios() -> None:
+    assert choose_targets("on", transport=True, commit_baseline=True) == [
+        "collector",
+        "transport",
+        "transport-commit",
+    ]
+    results = _results(
+        {
+            "collector": [_run(1_000), _run(1_200), _run(1_100)],
+            "transport": [_run(4_000), _run(4_000), _run(4_000)],
+            "transport-commit": [_run(3_000), _run(2_800), _run(2_900)],
+        }
+    )
+    finish(results)
+    ratios = results["scenarios"]["batch-500"]["ratios"]
+    assert ratios["collector_vs_transport"] == pytest.approx(1_100 / 4_000)
+    assert ratios["collector_vs_transport_commit"] == pytest.approx(1_100 / 2_900)
+    assert ratios["transport_commit_vs_transport"] == pytest.approx(2_900 / 4_000)
+    report = render(results)
+    assert "no-op + group-commit hop" in report
+    assert "/ no-op with a group-commit hop = 0.379" in report
+    assert "batch-500, no-op server with a group-commit hop: / transport ceiling = 0.725" in report

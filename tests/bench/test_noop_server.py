@@ -1,0 +1,69 @@
+"""The transport baselines of the benchmark (`bench/noop_server.py`), run as the benchmark runs them:
+a process of its own, answering the three RPCs over loopback, plain and with `--group-commit`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from helpers import make_activity
+
+from bench.workload import METHOD_BATCH, METHOD_STREAM, METHOD_UNARY
+from collector.proto.activity.v1 import activity_pb2 as pb
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=[[], ["--group-commit"]], ids=["plain", "group-commit"])
+def noop_address(request: pytest.FixtureRequest) -> Iterator[str]:
+    command = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0", *request.param]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("noop-server listening on "), line
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+
+
+async def test_every_rpc_is_answered_with_its_activities_counted(noop_address: str) -> None:
+    async with grpc.aio.insecure_channel(noop_address) as channel:
+        unary = channel.unary_unary(
+            METHOD_UNARY,
+            request_serializer=pb.TrackActivityRequest.SerializeToString,
+            response_deserializer=pb.TrackActivityResponse.FromString,
+        )
+        one = make_activity(1)
+        answer = await unary(pb.TrackActivityRequest(activity=one), timeout=10)
+        assert (answer.accepted_count, answer.activity_id) == (1, one.id)
+
+        batch = channel.unary_unary(
+            METHOD_BATCH,
+            request_serializer=pb.TrackActivitiesRequest.SerializeToString,
+            response_deserializer=pb.TrackActivitiesResponse.FromString,
+        )
+        answer = await batch(
+            pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(3)]), timeout=10
+        )
+        assert answer.accepted_count == 3
+
+        stream = channel.stream_stream(
+            METHOD_STREAM,
+            request_serializer=pb.StreamActivitiesRequest.SerializeToString,
+            response_deserializer=pb.StreamActivitiesResponse.FromString,
+        )
+        requests = [
+            pb.StreamActivitiesRequest(sequence=s, activities=[make_activity(n) for n in range(s)])
+            for s in (1, 2)
+        ]
+        answers = [(a.sequence, a.accepted_count) async for a in stream(iter(requests), timeout=10)]
+        assert answers == [(1, 1), (2, 2)]
