@@ -201,12 +201,13 @@ class Enricher:
         if self.catalog is None and self.identity is None:
             return lookups.join((ua_values,), (None,))
         now = self._clock()
-        if self.catalog is not None:
-            # Per activity: the target's row fields, None (not in the catalogue) or _MISSING (not
-            # cached: asked of PostgreSQL below, by distinct target).
+        # Per activity: the target's row fields, None (not in the catalogue) or _MISSING (not cached:
+        # asked of PostgreSQL below, by distinct target). A tenant known to have no catalogue
+        # (_catalog_lookup) has nothing to look up.
+        target_values: list[Any] = [None] * len(keys)
+        target_misses: dict[Any, list[int]] = {}
+        if self.catalog is not None and self._catalogued.get(tenant, now, None) is not False:
             target_values, target_misses = self._targets.lookup(keys, (0, 1), tenant, now, _MISSING)
-        else:
-            target_values, target_misses = [None] * len(keys), {}
         anonymous, sessions, link_misses = self._cached_links(tenant, keys, now)
         if target_misses or link_misses:
             await self._lookups(
@@ -310,9 +311,8 @@ class Enricher:
                 self.stats.lookups[(IDENTITY, "skipped")] += 1
             return None, None
         jobs: dict[str, Any] = {}
-        catalogued = self._catalogued.get(tenant, self._clock(), None)
-        if target_misses and self.catalog is not None and catalogued is not False:
-            jobs[CATALOG] = self._catalog_lookup(self.catalog, tenant, target_misses, catalogued)
+        if target_misses and self.catalog is not None:
+            jobs[CATALOG] = self._catalog_lookup(self.catalog, tenant, target_misses)
         if link_misses and self.identity is not None:
             jobs[IDENTITY] = self.identity.lookup(tenant, link_misses)
         results: dict[str, Any] = {}
@@ -338,20 +338,20 @@ class Enricher:
             self._postgres_failed("+".join(jobs), failure)
         else:
             self._postgres_ok()
-        if catalogued is False and target_misses:
-            return {}, results.get(IDENTITY)
         return results.get(CATALOG), results.get(IDENTITY)
 
     async def _catalog_lookup(
-        self, catalog: Catalog, tenant: str, keys: list[tuple[str, str]], catalogued: bool | None
+        self, catalog: Catalog, tenant: str, keys: list[tuple[str, str]]
     ) -> Mapping[tuple[str, str], TargetDetails]:
         """The catalogue's entries for `keys`, first asking whether the tenant has a catalogue at all
-        when that is not cached (`catalogued` None).
+        when that is not cached.
 
         A tenant that never imported one would otherwise pay a round trip to PostgreSQL for every
-        group of requests (its targets are new to the cache nearly every time), for no answer. Whether
-        it has one is asked once per `enrichment_cache_ttl_s`, as cached targets are: an import shows
-        within that time either way."""
+        group of requests (its targets are new to the cache nearly every time), for no answer; once
+        known to have none, `enrich` does not even look its targets up in the cache. Whether it has one
+        is asked again after `enrichment_cache_ttl_s`, as cached targets are: an import shows within
+        that time either way."""
+        catalogued = self._catalogued.get(tenant, self._clock(), None)
         if catalogued is None:
             catalogued = await catalog.has_entries(tenant)
             self._catalogued.set(tenant, catalogued, self._clock())

@@ -180,6 +180,8 @@ async def test_a_tenant_without_a_catalogue_is_not_looked_up_until_it_has_one(
     # One query found that t1 has no catalogue; its targets were not asked for.
     assert enricher.stats.lookups[(CATALOG, "ok")] == 1
     assert enricher.stats.activities[(CATALOG, "unknown")] == 5
+    # The other enrichments go on: each activity resolves to its user.
+    assert [r[0] for r in rows(store, "resolved_user_id")] == [f"u-{n % 5}" for n in range(1, 6)]
     # Another tenant's catalogue is its own: t2's target is enriched at once.
     await run(enricher, [make_activity(9)], tenant="t2")
     assert rows(store, "target_name", "tenant_id = 't2'") == [["Theirs"]]
