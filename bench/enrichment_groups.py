@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from bench.procstat import group_cpu_delta, group_cpu_s, pids_named
 from bench.workload import make_activities
 from collector.fastpath import EnrichmentKeys
 from collector.postgres import Postgres
@@ -35,24 +35,11 @@ from workers.enrichment import Enricher, activity_keys
 from workers.identity import IdentityStore, LinkKey
 
 GROUPS = (1, 4, 100, 500)
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_s() -> float:
-    """User + system CPU of every process named `postgres` (the server and its backends)."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of every process named `postgres` (the server and its backends)."""
+    return group_cpu_s(pids_named("postgres"))
 
 
 class CountingCatalog(CatalogStore):
@@ -105,10 +92,11 @@ async def measure(
     identity = CountingIdentity(postgres.pool) if postgres else None
     enricher = Enricher(catalog, identity)
     groups = [list(keys[at : at + size]) for at in range(0, len(keys), size)]
-    pg0, cpu0, wall0 = postgres_cpu_s(), time.process_time(), time.perf_counter()
+    pg0, cpu0, wall0 = postgres_cpu(), time.process_time(), time.perf_counter()
     for group in groups:
         await enricher.enrich(tenant, group)
-    wall, cpu, pg = time.perf_counter() - wall0, time.process_time() - cpu0, postgres_cpu_s() - pg0
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    pg = group_cpu_delta(pg0, postgres_cpu())
     if any(outcome != "ok" for _, outcome in enricher.stats.lookups):
         raise RuntimeError(f"PostgreSQL lookups failed or were skipped: {dict(enricher.stats.lookups)}")
     queries = (catalog.queries if catalog else 0) + (identity.queries if identity else 0)

@@ -40,6 +40,19 @@ def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def pids_named(name: str) -> set[int]:
+    """Every process whose command name (`/proc/<pid>/comm`) is `name`, e.g. `postgres`."""
+    found: set[int] = set()
+    for pid in _all_pids():
+        try:
+            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
+                if f.read().strip() == name:
+                    found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
 def related_pids(root_pid: int, marker: str | None = None) -> set[int]:
     """`root_pid`, its descendants, and every process whose command line holds `marker` (e.g. the run's
     temporary directory: daemons such as an embedded PostgreSQL are re-parented to init) with their
