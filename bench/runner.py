@@ -82,7 +82,8 @@ COLLECTORS: dict[str, dict[str, str]] = {
 # The baselines: `transport`, the no-op server; `transport-commit`, the same answering after an empty
 # group-commit hop (`bench/noop_server.py --group-commit`), the floor of any acknowledgement that waits
 # for an off-loop write in one asyncio process.
-TARGETS = (*COLLECTORS, "transport", "transport-commit")
+NOOP_SERVERS: dict[str, list[str]] = {"transport": [], "transport-commit": ["--group-commit"]}
+TARGETS = (*COLLECTORS, *NOOP_SERVERS)
 
 
 PRODUCT_PACKAGES = ("collector", "workers")
@@ -146,6 +147,11 @@ def _tail(path: Path, lines: int = 15) -> str:
     except FileNotFoundError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def noop_argv(target: str) -> list[str]:
+    """The command line of a no-op server target (`NOOP_SERVERS`)."""
+    return [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0", *NOOP_SERVERS[target]]
 
 
 class ServerProcess:
@@ -381,10 +387,8 @@ def measure(
     server_env = child_env({**(opts.server_env or {}), **COLLECTORS.get(target, {})})
     if target in COLLECTORS:
         argv = collector_argv(workdir / "data", opts.server_log_level, server_env)
-    elif target == "transport":
-        argv = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0"]
-    elif target == "transport-commit":
-        argv = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0", "--group-commit"]
+    elif target in NOOP_SERVERS:
+        argv = noop_argv(target)
     else:
         raise ValueError(f"unknown target {target!r}")
     server = ServerProcess(argv, workdir / "server.log", server_env)

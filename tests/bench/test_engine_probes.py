@@ -57,23 +57,7 @@ def test_steady_inserts_measures_both_tables_and_what_the_aggregates_hold() -> N
 
 
 def test_enrichment_groups_measures_each_group_size_and_skips_an_absent_catalogue(pg_dsn: str) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.enrichment_groups",
-            "--dsn",
-            pg_dsn,
-            "--activities",
-            "500",
-            "--repeat",
-            "1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = probe("enrichment_groups", "--dsn", pg_dsn, "--activities", "500", "--repeat", "1")
     assert done.returncode == 0, done.stderr
     figures: dict[tuple[int, str], list[float]] = {}
     for line in done.stdout.splitlines():

@@ -3,8 +3,6 @@ a process of its own, answering the three RPCs over loopback, plain and with `--
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,26 +11,21 @@ import grpc.aio
 import pytest
 from helpers import make_activity
 
+from bench.runner import NOOP_SERVERS, ServerProcess, child_env, noop_argv
 from bench.workload import METHOD_BATCH, METHOD_STREAM, METHOD_UNARY
 from collector.proto.activity.v1 import activity_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(params=[[], ["--group-commit"]], ids=["plain", "group-commit"])
-def noop_address(request: pytest.FixtureRequest) -> Iterator[str]:
-    command = [sys.executable, "-m", "bench.noop_server", "--listen", "127.0.0.1:0", *request.param]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+@pytest.fixture(params=list(NOOP_SERVERS))
+def noop_address(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A no-op server target started and stopped as the benchmark does it."""
+    server = ServerProcess(noop_argv(request.param), tmp_path / "server.log", child_env())
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        assert line.startswith("noop-server listening on "), line
-        yield line.rsplit(" ", 1)[-1].strip()
+        yield server.start(timeout=30)
     finally:
-        server.terminate()
-        assert server.wait(timeout=10) == 0
+        assert server.stop(timeout=10) == 0
 
 
 async def test_every_rpc_is_answered_with_its_activities_counted(noop_address: str) -> None:
