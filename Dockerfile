@@ -10,8 +10,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
+COPY core ./core
 COPY collector ./collector
 COPY workers ./workers
+COPY clients/python/activity_client ./clients/python/activity_client
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
@@ -24,7 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 # The import fails the build if a compiled module is missing, instead of shipping the slow path.
 RUN pip install /wheels/*.whl && rm -rf /wheels \
-    && python -c "import collector._fastpath, workers._lookups"
+    && python -c "import core._fastpath, workers.enrichment._lookups"
 
 RUN useradd --system --uid 10001 --home-dir /data --create-home collector
 USER collector

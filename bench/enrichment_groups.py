@@ -27,12 +27,12 @@ from pathlib import Path
 
 from bench.procstat import group_cpu_delta, group_cpu_s, pids_named
 from bench.workload import make_activities
-from collector.fastpath import EnrichmentKeys
-from collector.postgres import Postgres
-from workers import useragent
-from workers.catalog import CatalogEntry, CatalogStore, TargetInfo
-from workers.enrichment import Enricher, activity_keys
-from workers.identity import IdentityStore, LinkKey
+from core.fastpath import EnrichmentKeys
+from workers.enrichment import useragent
+from workers.enrichment.catalog import CatalogEntry, CatalogStore, TargetInfo
+from workers.enrichment.enricher import Enricher, activity_keys
+from workers.enrichment.identity import IdentityStore, LinkKey
+from workers.storage.postgres import Postgres
 
 GROUPS = (1, 4, 100, 500)
 

@@ -27,11 +27,11 @@ import uuid
 from typing import Any
 
 from bench.workload import make_activities
-from workers.analytics_schema import AGGREGATES, aggregate_table_ddl, aggregate_view_ddl
-from workers.enrich import encode_rows, envelope
-from workers.enrichment import Enricher, activity_keys
-from workers.schema import INSERT_COLUMNS
-from workers.storage import ClickHouseStore
+from workers.enrichment.enricher import Enricher, activity_keys
+from workers.rows import encode_rows, envelope
+from workers.storage.analytics_schema import AGGREGATES, aggregate_table_ddl, aggregate_view_ddl
+from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.schema import INSERT_COLUMNS
 
 DATABASE = "bench"
 

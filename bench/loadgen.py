@@ -33,7 +33,7 @@ from bench.procstat import (
     self_cpu_s,
 )
 from bench.workload import METHOD_BATCH, METHOD_STREAM, METHOD_UNARY, RequestFactory, build_templates
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2 as pb
 
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 MAX_MESSAGE = 16 * 1024 * 1024

@@ -28,8 +28,8 @@ import grpc
 import grpc.aio
 
 from bench.workload import SERVICE
-from collector.config import Limits
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.limits import Limits
+from core.proto.activity.v1 import activity_pb2 as pb
 
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 

@@ -5,7 +5,7 @@ per column and substream) rather than compact (all columns in one file).
     .venv/bin/python -m bench.part_formats [--rows 20000] [--inserts 10] [--repeat 3]
 
 Copies: `as shipped` (the table's own settings, migration 5: compact below
-`workers.migrations.COMPACT_PART_MAX_ROWS` rows), `ClickHouse default` (compact below 10 MiB of rows),
+`workers.storage.migrations.COMPACT_PART_MAX_ROWS` rows), `ClickHouse default` (compact below 10 MiB of rows),
 `always wide`. Each copy gets `--inserts` inserts of `--rows` of the benchmark's activities with its
 merges stopped, then `OPTIMIZE TABLE ... FINAL`. Prints the process CPU per row of the inserts and of
 the merge, and the part of it spent in the kernel (`sys`), median of the repeats; repeats are
@@ -20,8 +20,8 @@ import statistics
 import tempfile
 
 from bench.insert_breakdown import enriched_payload, insert_payload
-from workers.migrations import COMPACT_PART_MAX_ROWS
-from workers.storage import ClickHouseStore
+from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.migrations import COMPACT_PART_MAX_ROWS
 
 DATABASE = "bench"
 

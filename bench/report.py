@@ -191,7 +191,7 @@ def render(results: dict[str, Any]) -> str:
     if storage:
         out.append("")
         out.append(
-            "storage ceiling: workers.enrich.encode_rows/envelope + ClickHouseStore.insert_rows, embedded"
+            "storage ceiling: workers.rows.encode_rows/envelope + ClickHouseStore.insert_rows, embedded"
         )
         out.append(
             table(

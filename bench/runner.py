@@ -86,7 +86,8 @@ NOOP_SERVERS: dict[str, list[str]] = {"transport": [], "transport-commit": ["--g
 TARGETS = (*COLLECTORS, *NOOP_SERVERS)
 
 
-PRODUCT_PACKAGES = ("collector", "workers")
+# Package directories of the product, relative to the repository root (the client under clients/python).
+PRODUCT_PACKAGES = ("core", "collector", "workers", "clients/python/activity_client")
 # Where child processes import the product from, ahead of the working tree (see `snapshot_sources`).
 _source_root: Path | None = None
 
@@ -97,14 +98,16 @@ def snapshot_sources(into: Path) -> Path:
     do not reach the servers it starts. (The editable install's finder comes after PYTHONPATH.)"""
     global _source_root
     for package in PRODUCT_PACKAGES:
-        shutil.copytree(ROOT / package, into / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / package, into / Path(package).name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     _source_root = into
     return into
 
 
 def source_digest(root: Path | None = None) -> str:
-    """Digest of the product's Python and C sources and extensions (collector/, workers/) under
-    `root` (default: the sources the children import)."""
+    """Digest of the product's Python and C sources and extensions (core/, collector/, workers/, the
+    client) under `root` (default: the sources the children import)."""
     root = root or _source_root or ROOT
     digest = hashlib.sha256()
     for package in PRODUCT_PACKAGES:
@@ -123,7 +126,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     (bench/ is not installed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVITY_")}
     env.update(extra or {})
-    paths = [str(p) for p in (_source_root, ROOT) if p is not None]
+    paths = [
+        str(p) for base in (_source_root, ROOT) if base is not None for p in (base, base / "clients/python")
+    ]
     env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -326,8 +331,9 @@ def count_rows(data_dir: Path, env: dict[str, str]) -> tuple[int, int]:
 
 
 def _count_via_socket(data_dir: Path) -> int | None:
-    """count() of the activities table straight over the collector's control socket (the protocol of
-    `collector.control`: a JSON line in, a JSON header line and the result out); None if that fails."""
+    """count() of the activities table straight over the collector's control socket (the protocol
+    of `collector.process.control`: a JSON line in, a JSON header line and the result out); None if that
+    fails."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(30)

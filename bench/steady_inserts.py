@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from bench.insert_breakdown import enriched_payload, insert_payload
-from workers.storage import ClickHouseStore
+from workers.storage.clickhouse import ClickHouseStore
 
 DATABASE = "bench"
 

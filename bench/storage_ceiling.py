@@ -4,7 +4,7 @@
 
 Runs in its own process (the embedded engine is process-wide state). Rows are the benchmark's
 activities, parsed from the same request bytes the load generators send (untimed); the timed part is
-what the pipeline does after validation: `workers.enrich.encode_rows` per request of 500 activities,
+what the pipeline does after validation: `workers.rows.encode_rows` per request of 500 activities,
 `envelope` per insert of `--insert-rows` rows, and `ClickHouseStore.insert_rows`. Reported: rows/s of
 the inserts alone and of encode + envelope + insert, and microseconds per row of each step.
 """
@@ -23,9 +23,9 @@ from typing import Any
 
 from bench.procstat import status_kib
 from bench.workload import RequestFactory, build_templates
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.enrich import EncodedRows, encode_rows, envelope
-from workers.storage import ClickHouseStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.rows import EncodedRows, encode_rows, envelope
+from workers.storage.clickhouse import ClickHouseStore
 
 REQUEST_ROWS = 500
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2 as pb
 
 SERVICE = "activity.v1.ActivityService"
 METHOD_UNARY = f"/{SERVICE}/TrackActivity"

@@ -17,13 +17,16 @@ import math
 import os
 import re
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from workers.schema import DEFAULT_SHARDING_KEY, Cluster
+from core.dsn import mask_dsn
+from core.limits import ConfigError as ConfigError
+from core.limits import Limits
+from workers.commit.settings import PipelineSettings
+from workers.storage.schema import DEFAULT_SHARDING_KEY, Cluster
 
 ENV_PREFIX = "ACTIVITY_"
 CONFIG_ENV = "ACTIVITY_CONFIG"
@@ -44,91 +47,6 @@ TENANT_NAME_RULE = (
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(ValueError):
-    """A setting has a value the collector cannot run with; the message names the setting."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one request and one activity may carry. Every rejection names the field at fault."""
-
-    max_request_bytes: int = 4 * 1024 * 1024
-    """Largest serialized request, in bytes. Larger requests fail with INVALID_ARGUMENT."""
-    max_batch_activities: int = 1000
-    """Most activities in one TrackActivities or StreamActivities request."""
-    max_activity_bytes: int = 32 * 1024
-    """Largest serialized activity, in bytes."""
-    max_id_chars: int = 128
-    """Longest identifier: target.id, user ids, source_id, order_id."""
-    max_name_chars: int = 64
-    """Longest short name: action, target.type, device_type, segment names, map keys."""
-    max_text_chars: int = 2048
-    """Longest free text: page_url, referrer, user_agent, query, map values."""
-    max_map_entries: int = 64
-    """Most entries in each map (target.attributes, user.identities, metadata.custom)."""
-    max_segments: int = 64
-    """Most entries in segments."""
-    max_concurrent_streams: int = 256
-    """Most calls open at once on one client connection (HTTP/2 streams); further calls wait in the
-    client until one ends."""
-    max_stream_in_flight: int = 64
-    """Most batches of one StreamActivities stream being processed at once; past it, the server stops
-    reading the stream until one is answered (HTTP/2 flow control then holds the client back)."""
-    max_future_skew_s: float = 300.0
-    """How far into the future (after clock-skew correction) occurred_at may be, in seconds."""
-
-    def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not value > 0 or value == math.inf:
-                raise ConfigError(f"{f.name}: must be greater than zero, got {value!r}")
-        if self.max_activity_bytes > self.max_request_bytes:
-            raise ConfigError(
-                f"max_activity_bytes: must not exceed max_request_bytes ({self.max_request_bytes}), "
-                f"got {self.max_activity_bytes}"
-            )
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Sizes of the worker pools and queues between the gRPC handlers and ClickHouse."""
-
-    queue_capacity: int = 200_000
-    """Most activities accepted by validation but not yet committed. Past it, RESOURCE_EXHAUSTED."""
-    enrich_workers: int = 1
-    """Enrichment tasks taking batches from the intake queue."""
-    insert_workers: int = 1
-    """Inserts that may run at once (each on its own thread and ClickHouse connection). One suits the
-    embedded engine, whose inserts share the collector's cores: while it runs, rows pile up and the next
-    insert takes them all. A ClickHouse server with cores to spare may take more."""
-    insert_max_rows: int = 100_000
-    """Largest insert, in rows; an insert is cut as soon as this many rows wait."""
-    flush_interval_ms: float = 10.0
-    """Longest wait for more rows once an insert worker is free and some rows wait (group commit)."""
-    insert_attempts: int = 3
-    """Attempts per insert for errors that may pass (connection lost, timeouts) before callers get
-    UNAVAILABLE."""
-    drain_interval_ms: float = 1000.0
-    """With the spool on: longest wait for more spooled rows before an insert is sent. Answers do not
-    wait for inserts then, so inserts can be large: fewer parts for ClickHouse, less CPU per row."""
-    drain_rows: int = 50_000
-    """With the spool on: an insert is sent without waiting longer once this many rows wait (at most
-    insert_max_rows go in it). Under load inserts then come every drain_rows rows, not every interval."""
-    spool_capacity_bytes: int = 1024 * 1024 * 1024
-    """With the spool on: most bytes of accepted activities waiting on disk for ClickHouse. Past it,
-    RESOURCE_EXHAUSTED."""
-    spool_segment_bytes: int = 64 * 1024 * 1024
-    """With the spool on: size at which a spool segment file is closed and a new one started."""
-    retry_delay_ms: float = 500.0
-    """The delay suggested to callers in RESOURCE_EXHAUSTED and UNAVAILABLE answers."""
-
-    def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not value > 0 or value == math.inf:
-                raise ConfigError(f"{f.name}: must be greater than zero, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -204,7 +122,7 @@ class Settings:
     background_niceness: int = 10
     """Scheduling niceness (0-19) of the process's threads off the request path: the embedded ClickHouse
     engine's inserts and merges above all, so that they take the CPU the request path leaves (Linux;
-    see collector/priority.py). 0: every thread keeps the process's priority."""
+    see workers/priority.py). 0: every thread keeps the process's priority."""
     log_level: str = "info"
     """Least severe log events written: debug, info, warning or error."""
     health_interval_s: float = 5.0
@@ -407,31 +325,6 @@ class EffectiveSettings:
 
     def origin(self, name: str) -> Origin:
         return self.origins.get(name, DEFAULT)
-
-
-_SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "sslpassword"})
-
-
-def mask_dsn(dsn: str) -> str:
-    """`dsn` with its password (in the user part, or a `password` query parameter) replaced by ***."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep:
-        return "***"
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    authority, tail = rest[:cut], rest[cut:]
-    if "@" in authority:
-        userinfo, _, host = authority.rpartition("@")
-        user, colon, _password = userinfo.partition(":")
-        authority = f"{user}:***@{host}" if colon else authority
-    path, question, query = tail.partition("?")
-    if question:
-        params = []
-        for param in query.split("&"):
-            key, eq, _value = param.partition("=")
-            secret = eq and urllib.parse.unquote_plus(key).lower() in _SECRET_PARAMS
-            params.append(f"{key}=***" if secret else param)
-        tail = f"{path}?{'&'.join(params)}"
-    return f"{scheme}://{authority}{tail}"
 
 
 def _kind(f: dataclasses.Field[Any]) -> str:

@@ -27,10 +27,10 @@ import grpc.aio
 import pytest
 
 from collector.config import Settings, load_settings
-from collector.postgres import acquire_embedded, release_embedded
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
-from workers.storage import ClickHouseStore
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.postgres import acquire_embedded, release_embedded
 
 
 @pytest.fixture(scope="session")

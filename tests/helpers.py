@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2 as pb
 
 
 def make_activity(n: int = 0, **fields: Any) -> pb.Activity:

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2 as pb
 
 SERVICE = "/activity.v1.ActivityService/"
 

@@ -16,9 +16,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.enrich import encode_rows, envelope
-from workers.storage import ClickHouseStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.rows import encode_rows, envelope
+from workers.storage.clickhouse import ClickHouseStore
 
 TENANT = "shop"
 OTHER_TENANT = "outlet"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import shop
 
-from workers.storage import ClickHouseStore
+from workers.storage.clickhouse import ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
 

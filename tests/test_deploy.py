@@ -176,6 +176,6 @@ def test_the_image_ships_the_compiled_modules() -> None:
     runs = " ".join(a for i, a in steps if i == "RUN")
     assert "gcc" in runs and "pip wheel" in runs
     extensions = re.findall(r'"([\w.]+)",\s*\[', (ROOT / "setup.py").read_text())
-    assert extensions == ["collector._fastpath", "workers._lookups"]
+    assert extensions == ["core._fastpath", "workers.enrichment._lookups"]
     final_install = [a for i, a in steps if i == "RUN" and "/wheels/*.whl" in a]
     assert final_install and f"import {', '.join(extensions)}" in final_install[0]

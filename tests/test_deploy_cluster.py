@@ -15,7 +15,7 @@ import yaml
 from test_deploy import image_env
 
 from collector.config import Settings, load_settings
-from workers.migrations import migration_statements
+from workers.storage.migrations import migration_statements
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.server import CollectorServer
+from collector.process.server import CollectorServer
 
 pytestmark = pytest.mark.timeout(180)
 

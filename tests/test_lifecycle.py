@@ -16,14 +16,14 @@ from grpc_health.v1 import health_pb2
 from helpers import make_activity
 
 from collector.config import PipelineSettings, Settings
-from collector.control import ControlServer
-from collector.health import HealthMonitor
-from collector.postgres import Postgres, PostgresError
-from collector.server import CollectorServer
-from collector.web import WebListener
-from workers.connector import StoreConnector
-from workers.pipeline import Pipeline, Submission, Unavailable
-from workers.storage import ClickHouseStore, StoreError
+from collector.doors.web import WebListener
+from collector.process.control import ControlServer
+from collector.process.health import HealthMonitor
+from collector.process.server import CollectorServer
+from workers.commit.pipeline import Pipeline, Submission, Unavailable
+from workers.storage.clickhouse import ClickHouseStore, StoreError
+from workers.storage.connector import StoreConnector
+from workers.storage.postgres import Postgres, PostgresError
 
 pytestmark = pytest.mark.timeout(60)
 

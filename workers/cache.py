@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
-from workers import lookups
+from workers.enrichment import lookups
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -40,7 +40,7 @@ class ExpiringCache(Generic[K, V]):
     def lookup(
         self, keys: list[Any], columns: tuple[int, ...], prefix: str | None, now: float, missing: object
     ) -> tuple[list[Any], dict[Any, list[int]]]:
-        """`workers.lookups.lookup` over this cache: the value per item of `keys` (`missing` where
+        """`workers.enrichment.lookups.lookup` over this cache: the value per item of `keys` (`missing` where
         absent or expired), and the absent keys with their items' positions."""
         return lookups.lookup(self._entries, keys, columns, prefix, now, missing)
 

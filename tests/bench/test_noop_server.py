@@ -13,7 +13,7 @@ from helpers import make_activity
 
 from bench.runner import NOOP_SERVERS, ServerProcess, child_env, noop_argv
 from bench.workload import METHOD_BATCH, METHOD_STREAM, METHOD_UNARY
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,11 +13,11 @@ import grpc.aio
 import pytest
 from helpers import make_activity
 
-from collector.cli import main
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
-from workers.deadletters import DeadLetterStore
+from collector.cli.main import main
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.commit.deadletters import DeadLetterStore
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -121,9 +121,9 @@ async def test_show_prints_the_error_and_the_activities(
 ) -> None:
     from helpers import items
 
-    from collector.postgres import Postgres
-    from workers.deadletters import DeadLetter
-    from workers.enrich import encode_rows
+    from workers.commit.deadletters import DeadLetter
+    from workers.rows import encode_rows
+    from workers.storage.postgres import Postgres
 
     activity = make_activity(5, action="purchase")
     rows = b"".join(encode_rows(items([activity]), "shop-7", time.time_ns(), None).pieces)
@@ -158,7 +158,7 @@ async def test_commands_on_a_data_directory_without_data_say_so(
 
 
 async def test_migrate_reports_what_it_applied(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from collector.postgres import MIGRATIONS, latest_version
+    from workers.storage.postgres import MIGRATIONS, latest_version
 
     versions = ", ".join(str(m.version) for m in MIGRATIONS)
     code, out, _ = await run(capsys, "migrate", "--postgres-dsn", pg_dsn)

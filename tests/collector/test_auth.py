@@ -14,17 +14,17 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from activity_client.trailers import retry_delay_from_trailer
 from helpers import bearer, make_activity
 
-from collector.auth import Authenticator
-from collector.postgres import Postgres
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
-from collector.status import retry_delay_from_trailer
+from collector.doors.auth import Authenticator
+from collector.process.server import CollectorServer
 from collector.tenants import TenantStore, new_key
-from workers.enrich import batch_suffix
-from workers.schema import TENANT_FIELD
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.rows import batch_suffix
+from workers.storage.postgres import Postgres
+from workers.storage.schema import TENANT_FIELD
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,7 +118,7 @@ def with_tenant_field(activity: pb.Activity, tenant: str) -> bytes:
 
 
 def framed(field: int, body: bytes) -> bytes:
-    from workers.enrich import varint
+    from workers.rows import varint
 
     return varint(field << 3 | 2) + varint(len(body)) + body
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main
+from collector.cli.main import main
 
 pytestmark = pytest.mark.timeout(90)
 

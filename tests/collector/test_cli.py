@@ -110,7 +110,7 @@ def test_serve_send_sql_and_graceful_stop(served) -> None:  # type: ignore[no-un
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert not (data / "control.sock").exists()
-    # What start-up built is out of the garbage collector's sight (collector/heap.py).
+    # What start-up built is out of the garbage collector's sight (collector/process/heap.py).
     events = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
     started = [e for e in events if e.get("event") == "started"]
     assert len(started) == 1 and started[0]["frozen_objects"] > 50_000

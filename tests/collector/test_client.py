@@ -17,12 +17,12 @@ from typing import Any
 
 import grpc.aio
 import pytest
+from activity_client.client import AsyncClient, BufferFull, Client, ClientClosed
 from helpers import make_activity
 
-from collector.client import AsyncClient, BufferFull, Client, ClientClosed
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -245,7 +245,7 @@ async def test_async_client_blocks_without_blocking_the_loop(server: CollectorSe
 async def test_buffered_activities_are_sent_at_interpreter_exit(server: CollectorServer) -> None:
     script = textwrap.dedent(
         f"""
-        from collector.client import Client
+        from activity_client.client import Client
         client = Client({server.address!r}, flush_interval=60)
         for n in range(3):
             target = {{"type": "page", "id": "home"}}

@@ -15,7 +15,7 @@ from collector.config import (
     load_settings,
     parse_host_port,
 )
-from workers.schema import DEFAULT_SHARDING_KEY
+from workers.storage.schema import DEFAULT_SHARDING_KEY
 
 
 def test_defaults_validate() -> None:

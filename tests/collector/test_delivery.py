@@ -17,15 +17,15 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from activity_client.trailers import retry_delay_from_trailer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import make_activity, reap, start_serve, stop_serve
 
-from collector.control import query_via_control
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
-from collector.status import retry_delay_from_trailer
-from workers.storage import StoreError
+from collector.process.control import query_via_control
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.storage.clickhouse import StoreError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -198,7 +198,17 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
 
 def sql(data: Path, statement: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "sql", "--data-dir", str(data), "--format", "tsv", statement],
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "sql",
+            "--data-dir",
+            str(data),
+            "--format",
+            "tsv",
+            statement,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -213,8 +223,8 @@ def plant_records(settings: Any) -> tuple[pb.Activity, pb.Activity, bytes]:
     schema): one record ClickHouse refuses for its data, between two it takes."""
     from helpers import items
 
-    from workers.enrich import encode_rows
-    from workers.spool import Spool
+    from workers.commit.spool import Spool
+    from workers.rows import encode_rows
 
     good_a, good_b = make_activity(1), make_activity(2)
     bad = make_activity(3, id="0b6f3a1e-3c55-4a8e-9d8e-7a1f2b3c4d5e")
@@ -247,7 +257,7 @@ async def wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
 async def test_rows_clickhouse_refuses_become_dead_letters_and_the_rest_is_delivered(
     make_settings: Any,
 ) -> None:
-    from workers.deadletters import DeadLetterStore
+    from workers.commit.deadletters import DeadLetterStore
 
     settings = make_settings(spool=True)
     good_a, good_b, bad_rows = plant_records(settings)
@@ -274,7 +284,7 @@ async def test_dead_letters_wait_in_the_spool_while_postgresql_refuses_them(
 ) -> None:
     import asyncpg
 
-    from workers.deadletters import DeadLetterStore
+    from workers.commit.deadletters import DeadLetterStore
 
     settings = make_settings(spool=True)
     good_a, good_b, bad_rows = plant_records(settings)

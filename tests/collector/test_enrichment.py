@@ -15,11 +15,11 @@ import grpc.aio
 import pytest
 from helpers import bearer, make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
-from workers.catalog import CatalogEntry, CatalogStore, TargetInfo
-from workers.enrichment import CATALOG, IDENTITY
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.enrichment.catalog import CatalogEntry, CatalogStore, TargetInfo
+from workers.enrichment.enricher import CATALOG, IDENTITY
 
 pytestmark = pytest.mark.timeout(120)
 

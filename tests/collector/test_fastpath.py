@@ -1,7 +1,7 @@
-"""collector._fastpath: the C filter never accepts what the Python path rejects or would change.
+"""core._fastpath: the C filter never accepts what the Python path rejects or would change.
 
 The reference is the Python path: upb parses the request (salvage_batch when it does not parse as a
-whole), collector.validation judges every activity, workers.enrich normalises and frames the valid
+whole), core.validation judges every activity, workers.rows normalises and frames the valid
 ones. Duplicate ids follow the rule decided for the collector: only syntactically valid UUIDs take part,
 compared as 128-bit values; the first occurrence wins whatever its validity; every later occurrence is
 a duplicate. An activity that upb cannot parse has no id for the Python path (salvage_batch leaves it
@@ -25,23 +25,23 @@ from helpers import make_activity
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from collector.config import Limits
-from collector.fastpath import CURRENCY_CODES, limits_tuple
-from collector.normalize import (
+from core.fastpath import CURRENCY_CODES, limits_tuple
+from core.limits import Limits
+from core.normalize import (
     normalize_action,
     normalize_currency,
     normalize_device_type,
     normalize_locale,
 )
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.validation import validate_activities
-from collector.wire import salvage_batch
-from workers.enrich import batch_suffix, encode_rows, varint
-from workers.enrichment import activity_keys
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.validation import validate_activities
+from core.wire import salvage_batch
+from workers.enrichment.enricher import activity_keys
+from workers.rows import batch_suffix, encode_rows, varint
 
 fastpath: Any = pytest.importorskip(
-    "collector._fastpath",
-    reason="the C extension collector._fastpath is not built (no C compiler when the package was "
+    "core._fastpath",
+    reason="the C extension core._fastpath is not built (no C compiler when the package was "
     "installed); the collector runs on its pure-Python path",
 )
 

@@ -16,7 +16,7 @@ from helpers import start_serve, with_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2 as pb
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,4 +1,4 @@
-"""Start-up objects frozen out of the garbage collector's generations (collector/heap.py), in a
+"""Start-up objects frozen out of the garbage collector's generations (collector/process/heap.py), in a
 process of its own: freezing the test process would keep every test's objects for good."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from helpers import ROOT
 
 SCRIPT = """
 import gc, json, weakref
-import collector.server  # what serve imports and builds before it freezes
-from collector import heap
+import collector.process.server  # what serve imports and builds before it freezes
+from collector.process import heap
 
 before = len(gc.get_objects())
 frozen = heap.freeze_startup_objects()

@@ -15,10 +15,10 @@ import pytest
 from helpers import make_activity
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
+from collector.process.server import CollectorServer
 from collector.tenants import TenantStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
 

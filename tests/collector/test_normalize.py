@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.normalize import (
+from core.normalize import (
     CURRENCIES,
     WELL_KNOWN_ACTIONS,
     normalize_action,

@@ -16,9 +16,9 @@ import grpc
 import pytest
 from helpers import make_activity, reap, start_serve, stop_serve, with_key
 
-from collector.priority import TASKS
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.priority import TASKS
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -28,7 +28,7 @@ pytestmark = [
 
 SCRIPT = """
 import os, sys, threading
-from collector.priority import ThreadPriority, keep_current_thread
+from workers.priority import ThreadPriority, keep_current_thread
 
 niceness = int(sys.argv[1])
 ids = {}

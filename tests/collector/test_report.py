@@ -20,11 +20,11 @@ import grpc.aio
 import pytest
 import shop
 
-from collector.cli import main
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.report import REPORTS, Request, overview_sql, top_targets_sql
-from workers.storage import ClickHouseStore
+from collector.cli.main import main
+from collector.cli.report import REPORTS, Request, overview_sql, top_targets_sql
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.storage.clickhouse import ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
 

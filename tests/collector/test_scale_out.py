@@ -16,9 +16,9 @@ import grpc.aio
 import pytest
 from helpers import make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,14 +10,14 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from activity_client.trailers import retry_delay_from_trailer
 from helpers import make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
-from collector.service import ONE
-from collector.status import retry_delay_from_trailer
-from workers.enrich import varint
+from collector.doors.service import ONE
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from workers.rows import varint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -362,7 +362,7 @@ async def test_shutdown_with_requests_in_flight_loses_nothing_acknowledged(start
     assert len(errors) == 8
     assert set(errors) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     # The store is closed with the server: read what it committed through a new one.
-    from workers.storage import ClickHouseStore
+    from workers.storage.clickhouse import ClickHouseStore
 
     store = ClickHouseStore(server.settings.effective_clickhouse_dsn, server.settings.clickhouse_database)
     try:

@@ -14,14 +14,14 @@ import aiohttp
 import grpc
 import grpc.aio
 import pytest
+from activity_client.client import AsyncClient
 from google.protobuf import json_format
 from helpers import make_activity
 
-from collector.client import AsyncClient
 from collector.config import ConfigError
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from collector.server import CollectorServer
+from collector.process.server import CollectorServer
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from helpers import make_activity
 
-from collector.config import Limits
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.validation import (
+from core.limits import Limits
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.validation import (
     InvalidActivity,
     Rejection,
     check_activity,

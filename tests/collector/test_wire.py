@@ -9,8 +9,8 @@ from google.protobuf.internal.encoder import _VarintBytes
 from google.protobuf.message import DecodeError
 from helpers import make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.wire import WireError, find_bad_field, iter_fields, salvage_batch
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import WireError, find_bad_field, iter_fields, salvage_batch
 
 MARKER = b"MARKER-MARKER"
 BROKEN = b"MARKER-\xff\xfe\xfdKER"

@@ -19,8 +19,9 @@ import pytest
 import shop
 from helpers import make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.analytics_schema import (
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.rows import encode_rows, envelope
+from workers.storage.analytics_schema import (
     AGGREGATES,
     ATTRIBUTED_ACTIVITIES,
     FUNNEL,
@@ -38,10 +39,9 @@ from workers.analytics_schema import (
     aggregate_view_ddl,
     analytics_statements,
 )
-from workers.enrich import encode_rows, envelope
-from workers.migrations import MIGRATIONS, apply_migrations
-from workers.schema import SINGLE_NODE
-from workers.storage import ClickHouseStore
+from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.migrations import MIGRATIONS, apply_migrations
+from workers.storage.schema import SINGLE_NODE
 
 pytestmark = pytest.mark.timeout(60)
 

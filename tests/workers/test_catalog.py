@@ -10,9 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.config import Limits
-from collector.postgres import apply_migrations
-from workers.catalog import (
+from core.limits import Limits
+from workers.enrichment.catalog import (
     UPSERT_CHUNK,
     CatalogEntry,
     CatalogFileError,
@@ -21,6 +20,7 @@ from workers.catalog import (
     TargetInfo,
     parse_catalog,
 )
+from workers.storage.postgres import apply_migrations
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,11 +17,11 @@ import chdb
 import pytest
 from helpers import make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.enrich import encode_rows, envelope
-from workers.migrations import MIGRATIONS, migration_statements
-from workers.schema import DEFAULT_SHARDING_KEY, SINGLE_NODE, Cluster
-from workers.storage import CLUSTER_INSERT_SETTINGS, ClickHouseStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.rows import encode_rows, envelope
+from workers.storage.clickhouse import CLUSTER_INSERT_SETTINGS, ClickHouseStore
+from workers.storage.migrations import MIGRATIONS, migration_statements
+from workers.storage.schema import DEFAULT_SHARDING_KEY, SINGLE_NODE, Cluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -199,7 +199,11 @@ def test_the_schema_command_prints_the_cluster_ddl_for_new_nodes(store: ClickHou
         "ACTIVITY_CLICKHOUSE_DATABASE": store.database,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "schema"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "collector.cli", "schema"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     printed = [s.strip() for s in done.stdout.split(";\n\n")]

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from helpers import make_activity, wait_for
 
-from collector.config import PipelineSettings
-from workers.connector import StoreConnector
-from workers.pipeline import Pipeline, Submission
-from workers.spool import Spool
-from workers.storage import ClickHouseStore, StoreError
+from workers.commit.pipeline import Pipeline, Submission
+from workers.commit.settings import PipelineSettings
+from workers.commit.spool import Spool
+from workers.storage.clickhouse import ClickHouseStore, StoreError
+from workers.storage.connector import StoreConnector
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 from helpers import items, make_activity
 
-from collector.postgres import apply_migrations
-from workers.deadletters import DeadLetter, DeadLetterStore, rows_tenant, split_rows
-from workers.enrich import encode_rows
-from workers.storage import StoreError
+from workers.commit.deadletters import DeadLetter, DeadLetterStore, rows_tenant, split_rows
+from workers.rows import encode_rows
+from workers.storage.clickhouse import StoreError
+from workers.storage.postgres import apply_migrations
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,15 +13,15 @@ import asyncpg
 import pytest
 from helpers import make_activity
 
-from collector.config import PipelineSettings
-from collector.postgres import apply_migrations
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers import lookups
-from workers.catalog import CatalogEntry, CatalogStore, TargetInfo
-from workers.enrichment import CATALOG, IDENTITY, Enricher
-from workers.identity import IdentityStore
-from workers.pipeline import Pipeline, Submission
-from workers.storage import ClickHouseStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.commit.pipeline import Pipeline, Submission
+from workers.commit.settings import PipelineSettings
+from workers.enrichment import lookups
+from workers.enrichment.catalog import CatalogEntry, CatalogStore, TargetInfo
+from workers.enrichment.enricher import CATALOG, IDENTITY, Enricher
+from workers.enrichment.identity import IdentityStore
+from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.postgres import apply_migrations
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +42,7 @@ def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(lookups, "join", lookups.join_py)
     elif not lookups.compiled:
         # No C compiler at install time; tests/workers/test_lookups.py fails if one should have built it.
-        pytest.skip("workers._lookups was not built: no C compiler at install time")
+        pytest.skip("workers.enrichment._lookups was not built: no C compiler at install time")
     return str(request.param)
 
 

@@ -1,4 +1,4 @@
-"""workers.lookups: enrichment's per-activity loops, the Python reference and the compiled module.
+"""workers.enrichment.lookups: enrichment's per-activity loops, the Python reference and the compiled module.
 
 The compiled functions must behave as the reference on any batch (random ones below, with few
 distinct values so that repeats, links and expiry all happen), and the reference must do what
@@ -12,18 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import fastpath
-from workers import lookups
+from core import fastpath
+from workers.enrichment import lookups
 
 try:
-    from workers import _lookups as compiled  # type: ignore[attr-defined]
+    from workers.enrichment import _lookups as compiled  # type: ignore[attr-defined]
 except ImportError:  # no C compiler at install time: the reference runs alone, and is tested below
     compiled = None
 
 # Skipped only where no C compiler built the module; test_the_compiled_module_is_built_whenever_the_fast_
 # path_is fails when it should have been built, so a broken build cannot hide behind the skip.
 needs_compiled = pytest.mark.skipif(
-    compiled is None, reason="workers._lookups was not built: no C compiler at install time"
+    compiled is None, reason="workers.enrichment._lookups was not built: no C compiler at install time"
 )
 
 MISSING = object()

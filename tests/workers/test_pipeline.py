@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from helpers import make_activity, wait_for
 
-from collector.config import PipelineSettings
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.pipeline import Overloaded, Pipeline, Submission, Unavailable
-from workers.spool import Spool
-from workers.storage import ClickHouseStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.commit.pipeline import Overloaded, Pipeline, Submission, Unavailable
+from workers.commit.settings import PipelineSettings
+from workers.commit.spool import Spool
+from workers.storage.clickhouse import ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
 

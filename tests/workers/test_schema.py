@@ -17,11 +17,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_tools import protoc
 from helpers import items, make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from collector.wire import iter_fields
-from workers import schema
-from workers.enrich import batch_suffix, encode_rows, envelope, varint
-from workers.schema import (
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import iter_fields
+from workers.rows import batch_suffix, encode_rows, envelope, varint
+from workers.storage import schema
+from workers.storage.schema import (
     CLOCK_SKEW_FIELD,
     INSERT_COLUMNS,
     RECEIVED_AT_FIELD,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.spool import HEADER_SIZE, Planned, Spool, SpoolFull, encode_record
+from workers.commit.spool import HEADER_SIZE, Planned, Spool, SpoolFull, encode_record
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from helpers import items, make_activity
 
-from collector.proto.activity.v1 import activity_pb2 as pb
-from workers.enrich import Envelope, encode_rows, envelope
-from workers.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
-from workers.schema import COLUMNS, ENRICHMENT_COLUMNS
-from workers.storage import ClickHouseStore, StoreError
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.rows import Envelope, encode_rows, envelope
+from workers.storage.clickhouse import ClickHouseStore, StoreError
+from workers.storage.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
+from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from workers.useragent import EMPTY, parse_user_agent
+from workers.enrichment.useragent import EMPTY, parse_user_agent
 
 IPHONE = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -79,7 +79,7 @@ def test_garbage_is_other_not_an_error() -> None:
 def test_prepare_builds_the_parser_before_the_first_request() -> None:
     # ua_parser builds its parser on first use; a fresh interpreter shows whether prepare() did.
     code = (
-        "import ua_parser; from workers import useragent; "
+        "import ua_parser; from workers.enrichment import useragent; "
         "assert 'parser' not in vars(ua_parser); useragent.prepare(); "
         "assert 'parser' in vars(ua_parser)"
     )

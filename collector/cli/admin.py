@@ -1,0 +1,342 @@
+"""Operator commands on PostgreSQL: `migrate`, `dead-letters list|show|replay|purge`,
+`tenants create|list|disable|enable` and `keys create|list|revoke`.
+
+Each command opens its own connection pool and works whether or not `serve` runs. On the embedded
+PostgreSQL it joins the server that `serve` runs on the same data directory, or starts it for the
+command's duration when none runs. `dead-letters replay` inserts into ClickHouse directly, or, on the
+embedded engine held by a running server, through that server's control socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from collector.config import Settings
+from collector.process.control import ControlUnavailable, insert_via_control
+from collector.tenants import TenantError, TenantStore
+from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import WireError
+from workers.commit.deadletters import DeadLetterStore, StoredLetter, split_rows
+from workers.rows import envelope_bytes
+from workers.storage.clickhouse import ClickHouseStore, StoreError
+from workers.storage.postgres import POSTGRES_ERRORS, Postgres, PostgresError, latest_version
+
+
+class CommandError(Exception):
+    """The command cannot do what it was asked; the message says why."""
+
+
+def _postgres(settings: Settings) -> Postgres:
+    if not settings.postgres_dsn and not settings.postgres_dir.exists():
+        raise CommandError(
+            f"no data in {settings.data_dir.resolve()}: start `activity-collector serve` there first, "
+            "or pass --data-dir or --postgres-dsn"
+        )
+    return Postgres(settings.postgres_dsn, settings.data_dir, pool_size=2)
+
+
+def _run(command: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        return asyncio.run(body())
+    except (CommandError, PostgresError, TenantError) as error:
+        print(f"activity-collector {command}: {error}", file=sys.stderr)
+        return 1
+    except POSTGRES_ERRORS as error:
+        print(f"activity-collector {command}: PostgreSQL failed: {error}", file=sys.stderr)
+        return 1
+
+
+# -- migrate ---------------------------------------------------------------------------------------
+
+
+def run_migrate(settings: Settings) -> int:
+    async def body() -> int:
+        async with Postgres(settings.postgres_dsn, settings.data_dir, pool_size=1) as postgres:
+            applied = postgres.applied
+        if applied:
+            versions = ", ".join(map(str, applied))
+            print(f"applied PostgreSQL migrations {versions}; schema version {latest_version()}")
+        else:
+            print(f"PostgreSQL schema up to date (version {latest_version()})")
+        return 0
+
+    return _run("migrate", body)
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+class ClickHouseWriter:
+    """Inserts into the configured ClickHouse. On the embedded engine a running server holds it, so the
+    insert goes through that server's control socket; otherwise the store is opened here. Blocks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: ClickHouseStore | None = None
+
+    def insert(self, payload: bytes, rows: int, token: str) -> None:
+        settings = self.settings
+        dsn = settings.effective_clickhouse_dsn
+        if self._store is None and dsn.startswith("chdb:"):
+            try:
+                insert_via_control(settings.control_socket, payload, rows, token)
+                return
+            except ControlUnavailable:
+                pass
+            if not settings.clickhouse_dsn and not (settings.data_dir / "clickhouse").exists():
+                raise StoreError(f"no ClickHouse data in {settings.data_dir.resolve()}", transient=False)
+        if self._store is None:
+            self._store = ClickHouseStore(
+                dsn, settings.clickhouse_database, connections=1, cluster=settings.cluster
+            )
+        self._store.insert_rows(payload, rows, token=token)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _summary(letter: StoredLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "created_at": letter.created_at.isoformat(),
+        "tenant": letter.tenant,
+        "rows": letter.count,
+        "state": letter.state,
+        "error_code": letter.error_code,
+        "error": letter.error,
+        "replay_attempts": letter.replay_attempts,
+        "replayed_at": None if letter.replayed_at is None else letter.replayed_at.isoformat(),
+        "last_replay_error": letter.last_replay_error,
+    }
+
+
+def print_table(letters: list[StoredLetter], out: TextIO) -> None:
+    header = ("id", "created (UTC)", "tenant", "rows", "state", "replays", "error")
+    lines = [
+        (
+            str(x.id),
+            _when(x.created_at),
+            x.tenant or "",
+            str(x.count),
+            x.state,
+            str(x.replay_attempts),
+            x.error if len(x.error) <= 80 else x.error[:79] + "…",
+        )
+        for x in letters
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    for line in (header, *lines):
+        out.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
+        )
+
+
+def decode_rows(rows: bytes) -> list[str]:
+    """Each framed row as an activity in the proto JSON mapping, or a line saying why it cannot be."""
+    try:
+        bodies = split_rows(rows)
+    except WireError as error:
+        return [f"(the rows do not parse: {error})"]
+    decoded: list[str] = []
+    for n, body in enumerate(bodies, start=1):
+        try:
+            activity = pb.Activity.FromString(body)
+        except DecodeError:
+            decoded.append(f"(row {n} does not parse as an Activity: {len(body)} bytes)")
+            continue
+        activity.DiscardUnknownFields()  # the fields the collector appends (tenant, receive time)
+        decoded.append(json_format.MessageToJson(activity, indent=None))
+    return decoded
+
+
+async def list_letters(store: DeadLetterStore, include_replayed: bool, fmt: str) -> int:
+    letters = await store.list(include_replayed=include_replayed)
+    if fmt == "json":
+        for letter in letters:
+            print(json.dumps(_summary(letter)))
+        return 0
+    if not letters:
+        print(
+            "no dead letters" if include_replayed else "no dead letters waiting (--all lists replayed ones)"
+        )
+        return 0
+    print_table(letters, sys.stdout)
+    return 0
+
+
+async def show_letter(store: DeadLetterStore, letter_id: int) -> int:
+    letter = await store.get(letter_id)
+    if letter is None:
+        raise CommandError(f"no dead letter {letter_id}")
+    print(f"id: {letter.id}")
+    print(f"created: {letter.created_at.isoformat()}")
+    print(f"tenant: {letter.tenant or '(unknown)'}")
+    print(f"rows: {letter.count}")
+    print(
+        f"state: {letter.state}" + (f" (at {letter.replayed_at.isoformat()})" if letter.replayed_at else "")
+    )
+    print(f"error code: {letter.error_code if letter.error_code is not None else '(none)'}")
+    print(f"error: {letter.error}")
+    print(f"replays: {letter.replay_attempts}")
+    if letter.last_replay_error:
+        print(f"last replay error: {letter.last_replay_error}")
+    print(f"source: {letter.source}")
+    print("activities:")
+    for line in decode_rows(letter.rows):
+        print(line)
+    return 0
+
+
+async def replay_letter(store: DeadLetterStore, writer: ClickHouseWriter, letter: StoredLetter) -> bool:
+    """Insert one letter's rows into ClickHouse and mark it replayed; False when ClickHouse refuses."""
+    payload = envelope_bytes([letter.rows])
+    try:
+        await asyncio.to_thread(writer.insert, payload, letter.count, letter.replay_token)
+    except StoreError as error:
+        await store.mark_replay_failed(letter.id, str(error))
+        kind = "still refuses it" if error.data else "failed"
+        print(f"dead letter {letter.id}: ClickHouse {kind}: {error}; the letter is kept", file=sys.stderr)
+        return False
+    await store.mark_replayed(letter.id)
+    print(f"dead letter {letter.id}: {letter.count} activities stored in ClickHouse")
+    return True
+
+
+async def replay(store: DeadLetterStore, settings: Settings, letter_id: int | None) -> int:
+    if letter_id is not None:
+        letter = await store.get(letter_id)
+        if letter is None:
+            raise CommandError(f"no dead letter {letter_id}")
+        if letter.replayed_at is not None:
+            when = letter.replayed_at.isoformat()
+            print(f"dead letter {letter.id}: already replayed at {when}; nothing to do")
+            return 0
+        letters = [letter]
+    else:
+        letters = await store.list()
+        if not letters:
+            print("no dead letters waiting")
+            return 0
+    writer = ClickHouseWriter(settings)
+    try:
+        outcomes = [await replay_letter(store, writer, letter) for letter in letters]
+    finally:
+        await asyncio.to_thread(writer.close)
+    if letter_id is None:
+        done = [x for x, ok in zip(letters, outcomes, strict=True) if ok]
+        failed = len(letters) - len(done)
+        print(
+            f"replayed {len(done)} dead letters ({sum(x.count for x in done)} activities)"
+            + (f"; {failed} failed and are kept" if failed else "")
+        )
+    return 0 if all(outcomes) else 1
+
+
+async def purge(store: DeadLetterStore, letter_id: int | None, everything: bool, replayed: bool) -> int:
+    if letter_id is not None:
+        if await store.purge(letter_id) == 0:
+            raise CommandError(f"no dead letter {letter_id}")
+        print(f"purged dead letter {letter_id}")
+        return 0
+    deleted = await store.purge(replayed_only=replayed and not everything)
+    print(f"purged {deleted} dead letters")
+    return 0
+
+
+def run_dead_letters(settings: Settings, args: Any) -> int:
+    async def body() -> int:
+        async with _postgres(settings) as postgres:
+            store = DeadLetterStore(postgres.pool)
+            action = args.action
+            if action == "list":
+                return await list_letters(store, args.all, args.format)
+            if action == "show":
+                return await show_letter(store, args.id)
+            if action == "replay":
+                return await replay(store, settings, None if args.all else args.id)
+            if action == "purge":
+                return await purge(store, args.id, args.all, args.replayed)
+            raise AssertionError(f"unhandled action {action}")
+
+    return _run("dead-letters", body)
+
+
+# -- tenants and keys ------------------------------------------------------------------------------
+
+
+def _rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    for line in (header, *lines):
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+async def tenants_command(store: TenantStore, settings: Settings, args: Any) -> int:
+    within = f"within auth_cache_ttl_s ({settings.auth_cache_ttl_s:g} s here) on every running collector"
+    if args.action == "create":
+        tenant = await store.create_tenant(args.name)
+        hint = f"activity-collector keys create --tenant {tenant.name}"
+        print(f"created tenant {tenant.name}; give it a key: {hint}")
+    elif args.action == "list":
+        tenants = await store.list_tenants()
+        if not tenants:
+            print("no tenants")
+        else:
+            _rows(
+                ("tenant", "state", "active keys", "created (UTC)"),
+                [(t.name, t.state, str(t.active_keys), _when(t.created_at)) for t in tenants],
+            )
+    elif args.action in ("disable", "enable"):
+        await store.set_disabled(args.name, args.action == "disable")
+        if args.action == "disable":
+            print(f"disabled tenant {args.name}: its keys are refused {within}")
+        else:
+            print(f"enabled tenant {args.name}: its active keys are accepted {within}")
+    return 0
+
+
+async def keys_command(store: TenantStore, settings: Settings, args: Any) -> int:
+    if args.action == "create":
+        key, stored = await store.create_key(args.tenant)
+        print(f"created API key {stored.key_id} of tenant {stored.tenant}; the key is shown this once:")
+        print(key)
+    elif args.action == "list":
+        keys = await store.list_keys(args.tenant)
+        if not keys:
+            print("no API keys")
+        else:
+            _rows(
+                ("key id", "tenant", "state", "created (UTC)", "revoked (UTC)"),
+                [(k.key_id, k.tenant, k.state, _when(k.created_at), _when(k.revoked_at)) for k in keys],
+            )
+    elif args.action == "revoke":
+        revoked = await store.revoke_key(args.key)
+        print(
+            f"revoked API key {revoked.key_id} of tenant {revoked.tenant}: it is refused within "
+            f"auth_cache_ttl_s ({settings.auth_cache_ttl_s:g} s here) on every running collector"
+        )
+    return 0
+
+
+def run_tenants(settings: Settings, args: Any) -> int:
+    async def body() -> int:
+        async with _postgres(settings) as postgres:
+            store = TenantStore(postgres.pool)
+            if args.command == "tenants":
+                return await tenants_command(store, settings, args)
+            return await keys_command(store, settings, args)
+
+    return _run(args.command, body)

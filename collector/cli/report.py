@@ -1,0 +1,396 @@
+"""`activity-collector report NAME`: the common analytics questions, answered without writing SQL.
+
+Each report is one SQL statement over the aggregates and views of `workers.storage.analytics_schema`, run like
+`sql` (through a running server's control socket, or on the engine opened here), printed in the chosen
+ClickHouse output format. `--chart FILE.png` draws the time series or the funnel as well.
+
+Dates are UTC days; `--from` and `--to` are both included. The default range is the 30 days that end
+today.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collector.config import Settings
+from core.normalize import normalize_action
+from workers.storage.analytics_schema import (
+    ATTRIBUTED_ACTIVITIES,
+    FUNNEL,
+    MAX_FUNNEL_STEPS,
+    MEASURE,
+    SESSIONS,
+    quote,
+)
+
+DEFAULT_DAYS = 30
+DEFAULT_WINDOW_S = 24 * 3600
+FUNNEL_BY = ("day", "device_type", "segment")
+
+
+class ReportError(ValueError):
+    """A report was asked for with arguments it cannot take; the message says which."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a report is asked: the filters shared by every report and the report's own options."""
+
+    name: str
+    first_day: dt.date
+    last_day: dt.date
+    tenant: str = ""
+    steps: tuple[str, ...] = ("view", "add_to_cart", "purchase")
+    window_s: int = DEFAULT_WINDOW_S
+    by: str = ""
+    action: str = "purchase"
+    limit: int = 10
+
+    @property
+    def since(self) -> str:
+        return f"{self.first_day.isoformat()} 00:00:00"
+
+    @property
+    def until(self) -> str:
+        return f"{(self.last_day + dt.timedelta(days=1)).isoformat()} 00:00:00"
+
+    def range_arguments(self) -> dict[str, str | int | list[str]]:
+        return {"tenant_id": self.tenant, "since": self.since, "until": self.until}
+
+    def tenant_filter(self) -> str:
+        return "1" if not self.tenant else f"tenant_id = {quote(self.tenant)}"
+
+    def day_fill(self) -> str:
+        first = quote(self.first_day.isoformat())
+        after = quote((self.last_day + dt.timedelta(days=1)).isoformat())
+        return f"WITH FILL FROM toDate({first}) TO toDate({after})"
+
+
+_ACTIVITIES = MEASURE["activities"]
+_USERS = MEASURE["users"]
+_AMOUNTS = MEASURE["amounts"]
+
+
+def overview_sql(r: Request) -> str:
+    """Per day: activities, users and purchases (from `activity_stats_hourly`), sessions and their
+    conversion (from the `sessions` view), revenue per currency (from the aggregate)."""
+    in_range = (
+        f"{r.tenant_filter()} AND hour >= toDateTime({quote(r.since)}, 'UTC') "
+        f"AND hour < toDateTime({quote(r.until)}, 'UTC')"
+    )
+    return f"""WITH
+totals AS (
+  SELECT toDate(hour) AS day,
+    {_ACTIVITIES.merged(table="s")} AS activities,
+    {_USERS.merged(table="s")} AS users,
+    {_ACTIVITIES.merged(condition="action = 'purchase'", table="s")} AS purchases
+  FROM activity_stats_hourly AS s
+  WHERE {in_range}
+  GROUP BY day
+),
+money AS (
+  SELECT day, CAST((groupArray(currency), groupArray(amount)), 'Map(String, Int64)') AS revenue
+  FROM (
+    SELECT toDate(hour) AS day, toString(currency) AS currency, {_AMOUNTS.merged("revenue")} AS amount
+    FROM activity_stats_hourly
+    WHERE {in_range} AND action = 'purchase'
+    GROUP BY day, currency
+    HAVING amount != 0
+  )
+  GROUP BY day
+),
+visits AS (
+  SELECT toDate(start) AS day, count() AS sessions, countIf(converted) AS converted_sessions
+  FROM {SESSIONS.call(r.range_arguments())}
+  GROUP BY day
+)
+SELECT
+  day, activities, users, sessions, converted_sessions,
+  if(sessions = 0, 0, round(converted_sessions / sessions, 4)) AS conversion,
+  purchases, revenue
+FROM totals
+LEFT JOIN visits USING (day)
+LEFT JOIN money USING (day)
+ORDER BY day {r.day_fill()}"""
+
+
+def funnel_sql(r: Request) -> str:
+    """Per step: the users who did the steps up to it in order within the window, and the share of
+    the previous step and of the first; per value of `--by` when given."""
+    arguments = {
+        **r.range_arguments(),
+        "steps": list(r.steps),
+        "window_s": r.window_s,
+        "by": r.by,
+    }
+    steps = "[" + ", ".join(quote(s) for s in r.steps) + "]"
+    dimension = f"dimension AS {r.by}, " if r.by else ""
+    return f"""SELECT {dimension}step, {steps}[step] AS action, users,
+  if(first_value(users) OVER d = 0, 0, round(users / first_value(users) OVER d, 4)) AS of_first,
+  if(lagInFrame(users, 1, users) OVER d = 0, 0, round(users / lagInFrame(users, 1, users) OVER d, 4))
+    AS of_previous
+FROM (
+  SELECT dimension, step, countIf(level >= step) AS users
+  FROM {FUNNEL.call(arguments)}
+  ARRAY JOIN range(1, {len(r.steps) + 1}) AS step
+  GROUP BY dimension, step
+)
+WINDOW d AS (PARTITION BY dimension ORDER BY step ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+ORDER BY dimension, step"""
+
+
+def top_targets_sql(r: Request) -> str:
+    """The targets with the most activities of one action, from `target_stats_daily`."""
+    return f"""SELECT target_type, target_id,
+  uniqExactMerge(activities) AS activities,
+  uniqCombined64Merge(users) AS users,
+  sum(items) AS items,
+  CAST((groupArrayIf(currency, revenue != 0), groupArrayIf(revenue, revenue != 0)), 'Map(String, Int64)')
+    AS revenue
+FROM (
+  SELECT target_type, target_id, toString(currency) AS currency,
+    uniqExactMergeState(activities) AS activities,
+    uniqCombined64MergeState(users) AS users,
+    {_AMOUNTS.merged("items")} AS items,
+    {_AMOUNTS.merged("revenue")} AS revenue
+  FROM target_stats_daily
+  WHERE {r.tenant_filter()} AND action = {quote(r.action)}
+    AND day >= toDate({quote(r.first_day.isoformat())}) AND day <= toDate({quote(r.last_day.isoformat())})
+  GROUP BY target_type, target_id, currency
+)
+GROUP BY target_type, target_id
+ORDER BY activities DESC, target_type, target_id
+LIMIT {r.limit}"""
+
+
+def sources_sql(r: Request) -> str:
+    """Per source id: views and clicks on the pages it powered, click-through, and the add-to-carts,
+    purchases and revenue attributed to it (last touch); `(none)` for what no source led to."""
+    arguments = {**r.range_arguments(), "window_s": r.window_s}
+    return f"""SELECT if(source = '', '(none)', source) AS source_id,
+  views, clicks, ctr, add_to_carts, purchases, purchases_per_click, revenue
+FROM (
+  SELECT if(action IN ('view', 'click'), source_id, attributed_source_id) AS source,
+    countIf(action = 'view') AS views,
+    countIf(action = 'click') AS clicks,
+    if(views = 0, 0, round(clicks / views, 4)) AS ctr,
+    countIf(action = 'add_to_cart') AS add_to_carts,
+    countIf(action = 'purchase') AS purchases,
+    if(clicks = 0, 0, round(purchases / clicks, 4)) AS purchases_per_click,
+    sumMapIf(map(toString(currency), revenue), revenue != 0) AS revenue
+  FROM {ATTRIBUTED_ACTIVITIES.call(arguments)}
+  GROUP BY source
+)
+ORDER BY source != '', purchases DESC, clicks DESC, source
+LIMIT {r.limit + 1}"""
+
+
+def sessions_sql(r: Request) -> str:
+    """Per day (of the session's start): sessions, users, length, bounces, conversion, revenue."""
+    return f"""SELECT toDate(start) AS day,
+  count() AS sessions,
+  uniqExact(user_key) AS users,
+  round(avg(duration_s), 1) AS avg_duration_s,
+  round(avg(activities), 2) AS avg_activities,
+  round(countIf(activities = 1) / sessions, 4) AS bounce_rate,
+  countIf(converted) AS converted,
+  round(converted / sessions, 4) AS conversion,
+  sumMap(revenue) AS revenue
+FROM {SESSIONS.call(r.range_arguments())}
+GROUP BY day
+ORDER BY day {r.day_fill()}"""
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    help: str
+    sql: Callable[[Request], str]
+    chart: Callable[[Request, list[dict[str, Any]], Path], None] | None = None
+
+
+def _overview_chart(r: Request, rows: list[dict[str, Any]], path: Path) -> None:
+    from collector.cli import charts
+
+    charts.time_series(
+        path,
+        f"Overview {r.first_day} to {r.last_day}",
+        [row["day"] for row in rows],
+        {k: [int(row[k]) for row in rows] for k in ("activities", "users", "sessions")},
+        {"conversion": [float(row["conversion"]) for row in rows]},
+    )
+
+
+def _sessions_chart(r: Request, rows: list[dict[str, Any]], path: Path) -> None:
+    from collector.cli import charts
+
+    charts.time_series(
+        path,
+        f"Sessions {r.first_day} to {r.last_day}",
+        [row["day"] for row in rows],
+        {k: [int(row[k]) for row in rows] for k in ("sessions", "converted")},
+        {"bounce rate": [float(row["bounce_rate"]) for row in rows]},
+    )
+
+
+def _funnel_chart(r: Request, rows: list[dict[str, Any]], path: Path) -> None:
+    from collector.cli import charts
+
+    groups: dict[str, list[int]] = {}
+    for row in rows:
+        groups.setdefault(str(row[r.by]) if r.by else "users", []).append(int(row["users"]))
+    charts.funnel(path, f"Funnel {' → '.join(r.steps)}", list(r.steps), groups)
+
+
+REPORTS: dict[str, Report] = {
+    r.name: r
+    for r in (
+        Report(
+            "overview",
+            "activities, users, sessions, conversion and revenue per day",
+            overview_sql,
+            _overview_chart,
+        ),
+        Report(
+            "funnel", "users at each step of --steps, in order within --window", funnel_sql, _funnel_chart
+        ),
+        Report("top-targets", "targets with the most activities of --action", top_targets_sql),
+        Report("sources", "click-through and attributed conversion per source id", sources_sql),
+        Report("sessions", "sessions, length, bounces and conversion per day", sessions_sql, _sessions_chart),
+    )
+}
+
+
+_DURATION = re.compile(r"(\d+)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in '90', '90s', '30m', '2h' or '7d'."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) <= 0:
+        raise ReportError(f"--window: expected a positive duration like 3600, 30m, 2h or 7d, got {text!r}")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def parse_day(flag: str, text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ReportError(f"{flag}: expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def parse_steps(text: str) -> tuple[str, ...]:
+    steps = tuple(normalize_action(s) or "" for s in text.split(","))
+    if not 2 <= len(steps) <= MAX_FUNNEL_STEPS or "" in steps:
+        raise ReportError(
+            f"--steps: expected 2 to {MAX_FUNNEL_STEPS} action names separated by commas, got {text!r}"
+        )
+    return steps
+
+
+def build_request(args: argparse.Namespace, today: dt.date | None = None) -> Request:
+    today = today or dt.datetime.now(dt.UTC).date()
+    last_day = parse_day("--to", args.to) if args.to else today
+    first_day = parse_day("--from", args.since) if args.since else last_day - dt.timedelta(DEFAULT_DAYS - 1)
+    if first_day > last_day:
+        raise ReportError(f"--from {first_day} is after --to {last_day}")
+    action = normalize_action(args.action)
+    if action is None:
+        raise ReportError(f"--action: not an action name: {args.action!r}")
+    if args.limit <= 0:
+        raise ReportError(f"--limit: must be greater than zero, got {args.limit}")
+    if args.chart is not None and REPORTS[args.report].chart is None:
+        raise ReportError(
+            f"--chart: the {args.report} report has no chart (overview, sessions and funnel do)"
+        )
+    return Request(
+        name=args.report,
+        first_day=first_day,
+        last_day=last_day,
+        tenant=args.tenant or "",
+        steps=parse_steps(args.steps),
+        window_s=parse_duration(args.window),
+        by=args.by or "",
+        action=action,
+        limit=args.limit,
+    )
+
+
+def add_parser(
+    sub: Any, store_flags: Callable[[argparse.ArgumentParser], None], formats: list[str]
+) -> argparse.ArgumentParser:
+    """The `report` subcommand's flags."""
+    names = "; ".join(f"{r.name}: {r.help}" for r in REPORTS.values())
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "report", help="print an analytics report", description=f"Reports: {names}."
+    )
+    parser.add_argument("report", choices=list(REPORTS), metavar="NAME", help=", ".join(REPORTS))
+    parser.add_argument("--format", choices=formats, default="table", help="output format (default table)")
+    parser.add_argument(
+        "--from", dest="since", metavar="DAY", help="first UTC day, YYYY-MM-DD (default: 29 days before --to)"
+    )
+    parser.add_argument("--to", metavar="DAY", help="last UTC day, included (default: today)")
+    parser.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    parser.add_argument(
+        "--steps",
+        default="view,add_to_cart,purchase",
+        help="funnel: actions in order (default view,add_to_cart,purchase)",
+    )
+    parser.add_argument(
+        "--window",
+        default="1d",
+        help="funnel: time from the first step to the last; sources: how long a touch counts (default 1d)",
+    )
+    parser.add_argument("--by", choices=FUNNEL_BY, help="funnel: one funnel per day, device type or segment")
+    parser.add_argument(
+        "--action", default="purchase", help="top-targets: the action to rank by (default purchase)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=10, help="top-targets, sources: rows to print (default 10)"
+    )
+    parser.add_argument(
+        "--chart", type=Path, metavar="FILE.png", help="also draw the report as a PNG picture"
+    )
+    store_flags(parser)
+    return parser
+
+
+def run_report(settings: Settings, args: argparse.Namespace, fmt: str) -> int:
+    """Print the report in ClickHouse format `fmt`; 0 on success, 1 when the store fails, 2 for bad
+    arguments."""
+    from collector.cli.sql import execute
+    from workers.storage.clickhouse import StoreError
+
+    try:
+        request = build_request(args)
+        report = REPORTS[request.name]
+        sql = report.sql(request)
+        result = execute(settings, sql, fmt)
+        if args.chart is not None and report.chart is not None:
+            rows = [json.loads(line) for line in execute(settings, sql, "JSONEachRow").splitlines()]
+            report.chart(request, rows, args.chart)
+    except ReportError as error:
+        print(f"activity-collector report: {error}", file=sys.stderr)
+        return 2
+    except StoreError as error:
+        print(f"activity-collector report: {error}", file=sys.stderr)
+        return 1
+    except ImportError as error:
+        print(
+            f"activity-collector report: --chart needs matplotlib ({error}); "
+            "install the charts extra: pip install 'activity-collector[charts]'",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.buffer.write(result)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,67 @@
+"""`activity-collector serve`: run the service until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from collector import logs
+from collector.config import Settings
+from collector.process import heap
+from collector.process.server import CollectorServer
+from core.dsn import mask_dsn
+from workers.storage.clickhouse import StoreError
+from workers.storage.postgres import PostgresError
+
+log = logging.getLogger("collector")
+
+
+async def serve(settings: Settings) -> int:
+    logs.configure(settings.log_level)
+    server = CollectorServer(settings)
+    try:
+        await server.start()
+    except (StoreError, PostgresError, RuntimeError, OSError) as error:
+        await server.shutdown(grace=0)
+        print(f"activity-collector: cannot start: {error}", file=sys.stderr)
+        return 1
+    server.install_signal_handlers()
+    frozen = heap.freeze_startup_objects()
+    if server.created_key is not None:
+        print(
+            f"no tenant yet: created tenant {settings.default_tenant} and its API key, shown this once "
+            "(`activity-collector send` reads it from ACTIVITY_API_KEY or --api-key):",
+            flush=True,
+        )
+        print(server.created_key, flush=True)
+    store = (
+        mask_dsn(settings.clickhouse_dsn)
+        if settings.clickhouse_dsn
+        else f"embedded ClickHouse in {(settings.data_dir / 'clickhouse').resolve()}"
+    )
+    print(f"activity-collector listening on {server.address} (gRPC, activity.v1.ActivityService)", flush=True)
+    if server.http is not None:
+        print(f"HTTP/JSON door at {server.http.url}", flush=True)
+    if server.metrics_server is not None:
+        print(f"metrics at {server.metrics_server.url}", flush=True)
+    print(f"storing into {store}, database {settings.clickhouse_database}", flush=True)
+    if server.connector is not None and not server.connector.ready.is_set():
+        print(
+            "ClickHouse is not reachable yet: activities are spooled and acknowledged, and inserted once "
+            f"it is ({server.connector.last_error or 'connecting'})",
+            flush=True,
+        )
+    if server.postgres is not None:
+        print(f"using {server.postgres.describe()}", flush=True)
+    print(f"data directory: {settings.data_dir.resolve()}", flush=True)
+    log.info(
+        "started",
+        extra={
+            "listen": server.address,
+            "data_dir": str(settings.data_dir.resolve()),
+            "frozen_objects": frozen,
+        },
+    )
+    await server.wait()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,33 @@
+"""gRPC status details the doors send: RetryInfo in the standard `grpc-status-details-bin` trailer.
+
+Clients read it back with `activity_client.retry_delay_from_trailer`.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from collector.logs import REQUEST_ID
+
+DETAILS_KEY = "grpc-status-details-bin"
+REQUEST_ID_KEY = "x-request-id"
+
+
+def status_trailer(
+    code: int, message: str, retry_delay_s: float | None
+) -> tuple[tuple[str, bytes | str], ...]:
+    """Trailing metadata carrying a google.rpc.Status, with RetryInfo when a delay is given, and the id of
+    the request being handled (`x-request-id`) when there is one."""
+    status = status_pb2.Status(code=code, message=message)
+    if retry_delay_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_delay_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    request_id = REQUEST_ID.get()
+    if request_id is None:
+        return ((DETAILS_KEY, status.SerializeToString()),)
+    return ((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID_KEY, request_id))
+
+
+OK = code_pb2.OK

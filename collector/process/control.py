@@ -1,0 +1,180 @@
+"""The local control channel: a running server answers SQL and takes inserts for the data directory
+it holds.
+
+The embedded ClickHouse engine admits one process per data directory, so while `serve` runs,
+`activity-collector sql` and `dead-letters replay` cannot open the store themselves; they ask the
+server over a Unix socket inside the data directory (mode 0600: only the owner of the data can use it).
+One request per connection, a JSON line:
+
+- `{"sql": ..., "format": ...}`: the answer is a JSON line `{"ok": true}` or `{"ok": false, "error": ...}`,
+  then, when ok, the result bytes until the connection closes.
+- `{"op": "insert", "rows": N, "token": ..., "bytes": L}` followed by L bytes, one ProtobufList envelope
+  of N rows, inserted with that deduplication token (null: none): the answer is a JSON line
+  `{"ok": true}` or `{"ok": false, "error": ..., "code": ..., "transient": ..., "data": ...}` (the
+  store's error and its classification).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workers.storage.clickhouse import StoreError
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST = 1024 * 1024
+_MAX_INSERT = 1 << 30
+
+Insert = Callable[[bytes, int, str | None], None]
+
+
+def _failure(error: StoreError) -> bytes:
+    answer = {
+        "ok": False,
+        "error": str(error),
+        "code": error.code,
+        "transient": error.transient,
+        "data": error.data,
+    }
+    return json.dumps(answer).encode() + b"\n"
+
+
+class ControlServer:
+    """Serves SQL and inserts over a Unix socket. `query` and `insert` block; they run on a worker
+    thread. Without `insert`, insert requests are refused."""
+
+    def __init__(self, path: Path, query: Callable[[str, str], bytes], insert: Insert | None = None) -> None:
+        self.path = path
+        self._query = query
+        self._insert = insert
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists():
+            if _socket_is_live(self.path):
+                raise RuntimeError(
+                    f"another collector is serving {self.path.parent} (its control socket answers)"
+                )
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=_MAX_REQUEST)
+        os.chmod(self.path, 0o600)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            request = json.loads(line)
+            if request.get("op", "query") == "insert":
+                await self._handle_insert(request, reader, writer)
+                return
+            sql, fmt = str(request["sql"]), str(request["format"])
+            try:
+                result = await asyncio.to_thread(self._query, sql, fmt)
+            except StoreError as error:
+                writer.write(json.dumps({"ok": False, "error": str(error)}).encode() + b"\n")
+            else:
+                writer.write(b'{"ok": true}\n')
+                writer.write(result)
+            await writer.drain()
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            writer.write(json.dumps({"ok": False, "error": f"bad control request: {error}"}).encode() + b"\n")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle_insert(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        rows, size = int(request["rows"]), int(request["bytes"])
+        token = None if request.get("token") is None else str(request["token"])
+        if self._insert is None:
+            raise ValueError("this server takes no inserts")
+        if not 0 <= size <= _MAX_INSERT or rows < 0:
+            raise ValueError(f"insert of {size} bytes, {rows} rows: out of bounds")
+        payload = await reader.readexactly(size)
+        try:
+            await asyncio.to_thread(self._insert, payload, rows, token)
+        except StoreError as error:
+            writer.write(_failure(error))
+        else:
+            writer.write(b'{"ok": true}\n')
+        await writer.drain()
+
+    async def shutdown(self) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _socket_is_live(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+class ControlUnavailable(Exception):
+    """No server answers on the socket."""
+
+
+def query_via_control(path: Path, sql: str, fmt: str, timeout: float = 300.0) -> bytes:
+    """Ask the server holding `path`'s data directory to run `sql`. Raises ControlUnavailable when no
+    server listens there, StoreError when the query fails."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            raise ControlUnavailable(str(error)) from error
+        conn.sendall(json.dumps({"sql": sql, "format": fmt}).encode() + b"\n")
+        with conn.makefile("rb") as stream:
+            header = json.loads(
+                stream.readline() or b'{"ok": false, "error": "the server closed the connection"}'
+            )
+            if not header.get("ok"):
+                raise StoreError(str(header.get("error")), transient=False)
+            return stream.read()
+
+
+def insert_via_control(
+    path: Path, payload: bytes, rows: int, token: str | None, timeout: float = 300.0
+) -> None:
+    """Ask the server holding `path`'s data directory to insert one ProtobufList envelope of `rows` rows
+    with deduplication `token`. Raises ControlUnavailable when no server listens there, StoreError (as
+    the server classified it) when the insert fails."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            raise ControlUnavailable(str(error)) from error
+        request = {"op": "insert", "rows": rows, "token": token, "bytes": len(payload)}
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        conn.sendall(payload)
+        with conn.makefile("rb") as stream:
+            answer = json.loads(
+                stream.readline()
+                or b'{"ok": false, "error": "the server closed the connection", "transient": true}'
+            )
+        if not answer.get("ok"):
+            code = answer.get("code")
+            raise StoreError(
+                str(answer.get("error")),
+                transient=bool(answer.get("transient")),
+                code=code if isinstance(code, int) else None,
+                data=bool(answer.get("data")),
+            )

@@ -1,0 +1,314 @@
+"""Metrics in the Prometheus text format, served at `/metrics` on `metrics_listen`.
+
+Most values are read at scrape time from the counters the service and the pipeline keep anyway
+(`ServiceStats`, `PipelineStats`, `Pipeline.pending`) by a custom collector, so a request pays nothing
+for metrics. The two histograms (insert rows and insert duration) are observed once per insert. The
+HTTP listener runs on the collector's event loop, where the counters are written, so a scrape reads a
+consistent set of values and no lock is needed. What to alert on: `docs/operations.md`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from collector.config import Settings
+from collector.doors.service import ActivityService
+from collector.doors.web import WebListener
+from collector.process.health import HealthMonitor
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.commit.pipeline import Pipeline
+from workers.enrichment.enricher import CATALOG, IDENTITY, MAX_PENDING_LINKS
+from workers.storage.connector import StoreConnector
+
+log = logging.getLogger(__name__)
+
+PREFIX = "activity_collector"
+INSERT_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+INSERT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def _reason_label(reason: int) -> str:
+    try:
+        name = pb.RejectionReason.Name(reason)
+    except ValueError:
+        return str(reason)
+    return name.removeprefix("REJECTION_REASON_").lower()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("activity-collector")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class StatsCollector(Collector):
+    """Reads the service's and the pipeline's counters at scrape time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: ActivityService,
+        pipeline: Pipeline,
+        health: HealthMonitor | None,
+        connector: StoreConnector | None = None,
+    ) -> None:
+        self.capacity = settings.pipeline.queue_capacity
+        self.service = service
+        self.pipeline = pipeline
+        self.health = health
+        self.connector = connector
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.service.stats
+        p = self.pipeline.stats
+
+        info = InfoMetricFamily(PREFIX + "_build", "The collector's version.", labels=["version"])
+        info.add_metric([_version()], {})
+        yield info
+
+        yield CounterMetricFamily(
+            PREFIX + "_requests",
+            "Requests received: TrackActivity and TrackActivities calls and StreamActivities batches.",
+            value=s.requests,
+        )
+        failed = CounterMetricFamily(
+            PREFIX + "_requests_failed",
+            "Requests (and stream batches) that failed as a whole, by gRPC status code.",
+            labels=["code"],
+        )
+        for code, n in sorted(s.failed_by_code.items()):
+            failed.add_metric([code], n)
+        yield failed
+
+        def per_tenant(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+            family = CounterMetricFamily(PREFIX + name, doc, labels=["tenant"])
+            for tenant, n in sorted(counts.items()):
+                family.add_metric([tenant], n)
+            return family
+
+        yield per_tenant(
+            "_activities_received",
+            "Activities in requests that passed the request-level checks.",
+            s.received_by_tenant,
+        )
+        yield per_tenant("_activities_accepted", "Activities stored and acknowledged.", s.accepted_by_tenant)
+        rejected = CounterMetricFamily(
+            PREFIX + "_activities_rejected",
+            "Activities rejected by validation, by reason (the RejectionReason without its prefix).",
+            labels=["tenant", "reason"],
+        )
+        for (tenant, reason), n in sorted(s.rejected_by_tenant.items()):
+            rejected.add_metric([tenant, _reason_label(reason)], n)
+        yield rejected
+        yield per_tenant(
+            "_activities_refused",
+            "Valid activities refused because the queue or the spool was full (answered RESOURCE_EXHAUSTED).",
+            p.refused_by_tenant,
+        )
+        yield per_tenant(
+            "_activities_failed",
+            "Valid activities admitted but not stored: the store failed or shutdown came first "
+            "(answered UNAVAILABLE).",
+            p.failed_by_tenant,
+        )
+
+        yield GaugeMetricFamily(
+            PREFIX + "_queue_activities",
+            "Activities admitted and not yet committed or failed.",
+            value=self.pipeline.pending,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "_queue_capacity_activities",
+            "Most activities the queue admits (queue_capacity); past it, RESOURCE_EXHAUSTED.",
+            value=self.capacity,
+        )
+        yield CounterMetricFamily(PREFIX + "_inserts", "Inserts committed to ClickHouse.", value=p.inserts)
+        yield CounterMetricFamily(
+            PREFIX + "_rows_committed", "Rows (activities) committed to ClickHouse.", value=p.committed
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_insert_retries",
+            "Inserts tried again after an error that may pass.",
+            value=p.insert_retries,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_insert_failures",
+            "Inserts given up: every request in them was answered UNAVAILABLE.",
+            value=p.insert_failures,
+        )
+        yield per_tenant(
+            "_activities_dead_lettered",
+            "Spooled activities ClickHouse refused for good, kept in the dead_letters table in PostgreSQL "
+            "(tenant '' when their rows do not say).",
+            p.dead_letters_by_tenant,
+        )
+        yield from self._enrichment()
+        spool = self.pipeline.spool
+        if spool is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_bytes", "Bytes in the spool not yet in ClickHouse.", value=spool.size_bytes
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_capacity_bytes",
+                "Most bytes the spool holds (spool_capacity_bytes); past it, RESOURCE_EXHAUSTED.",
+                value=spool.capacity_bytes,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_activities",
+                "Activities acknowledged from the spool and not yet in ClickHouse.",
+                value=spool.pending_rows,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "_spool_damaged_records",
+                "Spool records found damaged on replay and skipped.",
+                value=spool.stats.corrupt_records,
+            )
+        if self.connector is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_store_ready",
+                "1 once the store is connected and its migrations applied, 0 until then.",
+                value=1 if self.connector.ready.is_set() else 0,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "_store_connect_attempts",
+                "Attempts to connect the store (and apply its migrations), the successful one included.",
+                value=self.connector.attempts,
+            )
+        if self.health is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_store_up",
+                "1 while the store takes writes, 0 while it does not.",
+                value=1 if self.health.store_up else 0,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_serving",
+                "1 while gRPC health is SERVING (the store, or the spool, takes activities), 0 while not.",
+                value=1 if self.health.serving else 0,
+            )
+
+    def _enrichment(self) -> Iterable[Metric]:
+        enricher = self.pipeline.enricher
+        if enricher is None:
+            return
+        e = enricher.stats
+        activities = CounterMetricFamily(
+            PREFIX + "_enrichment_activities",
+            "Activities by enrichment (catalog, identity) and outcome: enriched, unknown (no catalogue "
+            "entry, no identity link) or gap (PostgreSQL failed or was too slow: stored without it).",
+            labels=["kind", "outcome"],
+        )
+        gaps = CounterMetricFamily(
+            PREFIX + "_enrichment_gaps",
+            "Activities stored without an enrichment they may have had, because PostgreSQL failed or "
+            "was too slow (enrichment_timeout_ms).",
+            labels=["kind"],
+        )
+        for kind in (CATALOG, IDENTITY):
+            for outcome in ("enriched", "unknown", "gap"):
+                activities.add_metric([kind, outcome], e.activities[(kind, outcome)])
+            gaps.add_metric([kind], e.activities[(kind, "gap")])
+        yield activities
+        yield gaps
+        lookups = CounterMetricFamily(
+            PREFIX + "_enrichment_lookups",
+            "PostgreSQL lookups of enrichment (one per kind and batch with cache misses), by outcome: ok, "
+            "error (failed or timed out) or skipped (PostgreSQL left alone after a failure).",
+            labels=["kind", "outcome"],
+        )
+        for kind in (CATALOG, IDENTITY):
+            for outcome in ("ok", "error", "skipped"):
+                lookups.add_metric([kind, outcome], e.lookups[(kind, outcome)])
+        yield lookups
+        yield CounterMetricFamily(
+            PREFIX + "_user_agents_parsed",
+            "Distinct user agent strings parsed (each is cached after).",
+            value=e.user_agents_parsed,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_identity_links_recorded",
+            "Identity links written to PostgreSQL (new or changed).",
+            value=e.links_recorded,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_identity_link_write_failures",
+            "Writes of identity links that failed; their links are kept and written with a later batch.",
+            value=e.link_write_failures,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_identity_links_dropped",
+            f"Identity links given up because more than {MAX_PENDING_LINKS} waited for PostgreSQL.",
+            value=e.links_dropped,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_enrichment_failures",
+            "Activities stored without any enrichment because enriching their batch failed unexpectedly.",
+            value=self.pipeline.stats.enrichment_failures,
+        )
+
+
+class Metrics:
+    """The collector's metrics registry: the stats collector, insert histograms, process metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: ActivityService,
+        pipeline: Pipeline,
+        health: HealthMonitor | None,
+        connector: StoreConnector | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(StatsCollector(settings, service, pipeline, health, connector))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.insert_rows = Histogram(
+            PREFIX + "_insert_rows",
+            "Rows per committed insert.",
+            buckets=INSERT_ROWS_BUCKETS,
+            registry=self.registry,
+        )
+        self.insert_seconds = Histogram(
+            PREFIX + "_insert_duration_seconds",
+            "Time taken by committed inserts, from the call to ClickHouse to its answer.",
+            buckets=INSERT_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        pipeline.on_insert = self.observe_insert
+
+    def observe_insert(self, rows: int, seconds: float) -> None:
+        self.insert_rows.observe(rows)
+        self.insert_seconds.observe(seconds)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The registry's current values, encoded as the scraper's Accept header asks."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class MetricsServer(WebListener):
+    """`/metrics` on `metrics_listen`."""
+
+    def __init__(self, listen: str, metrics: Metrics) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        super().__init__(app, listen, "metrics_listen")
+        self.metrics = metrics
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/metrics"

@@ -1,0 +1,254 @@
+"""The collector process: PostgreSQL, store, pipeline, control channel, metrics endpoint, HTTP door and
+gRPC port (with the health and reflection services beside the activity service), started and stopped
+together.
+
+Start order is PostgreSQL (started when embedded; migrations run here), store (connected and migrated
+here; with the spool on and a ClickHouse server, in the background, so that the collector starts and
+spools while ClickHouse is away), pipeline, control channel, metrics endpoint, HTTP door, gRPC port;
+shutdown runs the other way round and is idempotent and safe without start: health turns NOT_SERVING,
+stop taking requests on both doors, let in-flight requests finish within the grace period (their
+activities are flushed to the store and they are answered), then close the ports, the pipeline, the
+store and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import grpc.aio
+
+from collector.config import Settings
+from collector.doors.auth import AuthenticatingHandler, Authenticator
+from collector.doors.http import HttpServer, parse_origins
+from collector.doors.requestid import RequestIdHandler
+from collector.doors.service import ActivityService
+from collector.doors.web import server_ssl_context
+from collector.process.control import ControlServer
+from collector.process.health import HealthMonitor
+from collector.process.metrics import Metrics, MetricsServer
+from collector.tenants import TenantStore
+from workers.commit.deadletters import DeadLetterStore
+from workers.commit.pipeline import Pipeline
+from workers.commit.spool import Spool
+from workers.enrichment import useragent
+from workers.enrichment.catalog import CatalogStore
+from workers.enrichment.enricher import Enricher
+from workers.enrichment.identity import IdentityStore
+from workers.priority import ThreadPriority
+from workers.storage.clickhouse import ClickHouseStore, StoreError
+from workers.storage.connector import StoreConnector
+from workers.storage.postgres import Postgres
+
+log = logging.getLogger(__name__)
+
+
+class CollectorServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.postgres: Postgres | None = None
+        self.store: ClickHouseStore | None = None
+        self.connector: StoreConnector | None = None
+        self.pipeline: Pipeline | None = None
+        self.enricher: Enricher | None = None
+        self.service: ActivityService | None = None
+        self.control: ControlServer | None = None
+        self.health: HealthMonitor | None = None
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.http: HttpServer | None = None
+        self.authenticator: Authenticator | None = None
+        self.created_key: str | None = None
+        """The key of the default tenant, when this start created it (there was no tenant): shown once."""
+        self.priority = ThreadPriority(settings.background_niceness)
+        self._grpc: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self._stopped = asyncio.Event()
+        self._shutdown_started = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.postgres = Postgres(settings.postgres_dsn, settings.data_dir)
+        await self.postgres.start()
+        self.store = await asyncio.to_thread(
+            ClickHouseStore,
+            settings.effective_clickhouse_dsn,
+            settings.clickhouse_database,
+            connections=settings.pipeline.insert_workers + 1,
+            cluster=settings.cluster,
+            connect=False,
+        )
+        self.connector = StoreConnector(self.store)
+        if settings.spool and not self.store.is_embedded:
+            # Acknowledgements need only the spool: start without ClickHouse, connect behind.
+            await self.connector.start()
+        else:
+            # The embedded engine is in this process: it is there or broken. Without the spool, an
+            # acknowledgement is a commit in ClickHouse: a collector that cannot reach it has nothing
+            # to offer, and a wrong DSN or password is best found at deploy time.
+            try:
+                await self.connector.connect()
+            except StoreError as error:
+                if settings.spool:
+                    raise
+                raise StoreError(
+                    f"{error} (with spool off, acknowledgements need ClickHouse: start it first, or "
+                    "turn the spool on to start without it)",
+                    transient=error.transient,
+                    code=error.code,
+                ) from error
+        spool = None
+        if settings.spool:
+            spool = Spool(
+                settings.spool_dir,
+                capacity_bytes=settings.pipeline.spool_capacity_bytes,
+                segment_bytes=settings.pipeline.spool_segment_bytes,
+            )
+        await asyncio.to_thread(useragent.prepare)
+        self.enricher = Enricher(
+            CatalogStore(self.postgres.pool) if settings.enrichment else None,
+            IdentityStore(self.postgres.pool) if settings.enrichment else None,
+            cache_size=settings.enrichment_cache_size,
+            ttl_s=settings.enrichment_cache_ttl_s,
+            timeout_s=settings.enrichment_timeout_ms / 1000,
+        )
+        self.pipeline = Pipeline(
+            settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool), self.enricher
+        )
+        self.pipeline.store_ready = self.connector.ready
+        await self.pipeline.start()
+        self.service = ActivityService(settings, self.pipeline)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.control = ControlServer(settings.control_socket, self.store.query, self.store.insert_rows)
+        await self.control.start()
+
+        # The transport admits a little more than max_request_bytes so that an oversized request
+        # reaches the handler and gets INVALID_ARGUMENT naming the limit rather than a transport error.
+        max_message = settings.limits.max_request_bytes + 64 * 1024
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", settings.limits.max_concurrent_streams),
+                # Without BDP probing, gRPC reads ahead of the handlers at most grpc.http2.lookahead_bytes
+                # (64 KiB) per stream, besides the message a handler is reading. With it, the read-ahead
+                # grows with the connection's throughput, and overload shows up as memory.
+                ("grpc.http2.bdp_probe", 0),
+            ]
+        )
+        handler = self.service.rpc_handler()
+        if settings.auth:
+            tenants = TenantStore(self.postgres.pool)
+            self.created_key = await tenants.bootstrap(settings.default_tenant)
+            self.authenticator = Authenticator(
+                tenants,
+                ttl_s=settings.auth_cache_ttl_s,
+                max_entries=settings.auth_cache_size,
+                retry_delay_s=settings.pipeline.retry_delay_ms / 1000,
+            )
+            handler = AuthenticatingHandler(handler, self.authenticator)
+        handler = RequestIdHandler(handler)
+        self._grpc.add_generic_rpc_handlers((handler,))
+        self.health = HealthMonitor(
+            self.store,
+            self.pipeline,
+            settings.health_interval_s,
+            settings.limits.max_request_bytes,
+            connector=self.connector,
+        )
+        self.health.register(self._grpc)
+        self.metrics = Metrics(settings, self.service, self.pipeline, self.health, self.connector)
+        if settings.metrics_listen:
+            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
+            await self.metrics_server.start()
+        if settings.http_listen:
+            self.http = HttpServer(
+                settings.http_listen,
+                self.service,
+                parse_origins(settings.http_cors_origins),
+                # JSON takes more room than protobuf; the request's own size is checked after parsing.
+                max_body_bytes=4 * settings.limits.max_request_bytes,
+                ssl_context=(
+                    server_ssl_context(settings.tls_cert_file, settings.tls_key_file)
+                    if settings.tls_cert_file
+                    else None
+                ),
+                authenticator=self.authenticator,
+            )
+            await self.http.start()
+        tls = settings.tls
+        if tls is None:
+            self.port = self._grpc.add_insecure_port(settings.listen)
+        else:
+            certificate_chain, private_key = tls
+            credentials = grpc.ssl_server_credentials([(private_key, certificate_chain)])
+            self.port = self._grpc.add_secure_port(settings.listen, credentials)
+        if not self.port:
+            raise RuntimeError(f"listen: cannot bind {settings.listen}")
+        await self._grpc.start()
+        await self.health.start()
+        self.priority.start()
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("signal received, shutting down", extra={"signal": signal.Signals(sig).name})
+        asyncio.get_running_loop().create_task(self.shutdown())
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        if self._shutdown_started:
+            await self._stopped.wait()
+            return
+        self._shutdown_started = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        try:
+            if self.health is not None:
+                # Probes see NOT_SERVING from the first moment, so that load balancers stop sending.
+                await self.health.begin_shutdown()
+            if self.service is not None:
+                # Refuse new requests with UNAVAILABLE (retryable) while the port is still open, and let
+                # the ones in flight be answered; only then close the port.
+                self.service.begin_drain()
+                await self.service.wait_idle(grace)
+                # Clients answered just now may send again at once: give those requests a moment to
+                # reach the handler and get UNAVAILABLE rather than be cut off by the closing port.
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                await self.service.wait_idle(max(0.0, deadline - loop.time()))
+            if self.health is not None:
+                await self.health.shutdown()
+            if self._grpc is not None:
+                await self._grpc.stop(max(0.0, deadline - loop.time()))
+            if self.http is not None:
+                await self.http.shutdown()
+            if self.pipeline is not None:
+                await self.pipeline.shutdown(timeout=max(0.0, deadline - loop.time()))
+            if self.control is not None:
+                await self.control.shutdown()
+            if self.metrics_server is not None:
+                await self.metrics_server.shutdown()
+            if self.connector is not None:
+                await self.connector.shutdown()
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+            if self.postgres is not None:
+                await self.postgres.shutdown()
+            self.priority.shutdown()
+        finally:
+            self._stopped.set()

@@ -1,0 +1,1333 @@
+/*
+ * core._fastpath: a conservative C filter over raw request bytes.
+ *
+ * `check` walks a serialized TrackActivities / StreamActivities / TrackActivity request on the wire and
+ * sorts its activities into three groups:
+ *
+ *   fast  - certainly valid under core.validation AND already in the canonical form that
+ *           workers.rows would produce (action, locale, device type, currency unchanged by the
+ *           normalisers; no unknown fields; no repeated singular field; map entries with one key and
+ *           one value; minimal varints). Their bytes can be framed as rows as they are.
+ *   slow  - everything else; the Python path (upb parse, validate_activities, encode_rows) decides
+ *           and writes every rejection message.
+ *   dups  - the duplicate-id rule: ids that are syntactically valid UUIDs take part, compared as
+ *           128-bit values (so case-insensitively); the first occurrence wins whatever its validity;
+ *           every later occurrence is a duplicate, decided before any other check.
+ *
+ * An activity whose bytes upb would refuse to parse (malformed wire data inside it, or a known string
+ * field that is not valid UTF-8) is slow and its id takes no part in the duplicate rule: the Python
+ * path (core.wire.salvage_batch) sees such an activity as empty, without an id. Constructs for
+ * which this module does not know for certain whether upb parses them (groups, wire types 6 and 7,
+ * field number 0, tags longer than 5 bytes, lengths longer than 5 bytes, 10-byte varints that overflow
+ * 64 bits) raise ValueError for the whole request, as broken top-level framing does: the caller then
+ * takes the Python path for the whole request.
+ *
+ * `frame` turns the fast activities into ProtobufList rows: 0x0a, varint(row length), the activity
+ * bytes, an id field when the activity has none (a UUID v4 made from caller-supplied random bytes),
+ * and the batch suffix. Whether an activity has an id is read from its bytes (a top-level field 1 of
+ * wire type 2 with a non-empty value); the triples of `fast` carry plain indexes.
+ *
+ * `keys` reads, from the same fast activities, the strings enrichment looks up (target type and id, the
+ * user's ids, the user agent), so that enrichment never parses an activity the filter vouched for.
+ *
+ * C99 and the CPython C API only.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCAN_OK 0
+#define SCAN_BROKEN 1    /* upb certainly fails to parse the activity */
+#define SCAN_UNCERTAIN 2 /* not known whether upb parses it: the whole request goes to Python */
+
+/* Keys of a map compared for duplicates; a longer map is left to the Python path. */
+#define MAP_KEYS_MAX 64
+
+#define NANOS_PER_SECOND INT64_C(1000000000)
+
+typedef struct {
+    int64_t max_activity_bytes;
+    int64_t max_id_chars;
+    int64_t max_name_chars;
+    int64_t max_text_chars;
+    int64_t max_map_entries;
+    int64_t max_segments;
+    int64_t max_future_ns;
+    int64_t received_ns;
+    int64_t skew_ns;
+    const uint8_t *currencies; /* bitmap over 26^3 upper-case three-letter codes */
+} ctx_t;
+
+typedef struct {
+    uint32_t num;
+    uint32_t wt;
+    uint64_t val;        /* wire type 0 */
+    const uint8_t *data; /* wire types 1, 2, 5 */
+    size_t len;
+} field_t;
+
+typedef struct {
+    int64_t n;
+    const uint8_t *key[MAP_KEYS_MAX];
+    size_t klen[MAP_KEYS_MAX];
+} map_t;
+
+/* Per-activity outcome of the scan. */
+typedef struct {
+    uint32_t start;
+    uint32_t end;
+    uint8_t kind;    /* K_FAST, K_SLOW, K_DUP */
+    uint8_t missing; /* fast and without an id */
+} act_t;
+
+enum { K_FAST = 0, K_SLOW = 1, K_DUP = 2 };
+
+/* Random keys of the duplicate-id hash, drawn at import so that crafted ids cannot force collisions. */
+static uint64_t hash_keys[5];
+
+/* Bytes of the canonical name form [a-z][a-z0-9_.:]* after the first: 1 if allowed. */
+static uint8_t name_tail[256];
+
+/* -- wire format ------------------------------------------------------------------------------- */
+
+/* A varint at *pp: returns its length (1..10) and stores its value modulo 2^64, 0 if the input ends
+ * inside it, -1 if it runs past 10 bytes. */
+static inline int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out)
+{
+    const uint8_t *p = *pp;
+    ptrdiff_t avail = end - p;
+    uint64_t v = 0;
+    int i;
+    for (i = 0; i < 10; i++) {
+        uint8_t b;
+        if (i >= avail)
+            return 0;
+        b = p[i];
+        v |= (uint64_t)(b & 0x7f) << (7 * i);
+        if (!(b & 0x80)) {
+            *out = v;
+            *pp = p + i + 1;
+            return i + 1;
+        }
+    }
+    return -1;
+}
+
+/* The next field at *pp (< end). Encodings that parse but are not minimal set *slow. */
+static inline int next_field(const uint8_t **pp, const uint8_t *end, field_t *f, int *slow)
+{
+    const uint8_t *p = *pp;
+    uint64_t tag, len;
+    int n;
+
+    if (*p < 0x80) {
+        tag = *p++;
+    } else {
+        n = read_varint(&p, end, &tag);
+        if (n == 0)
+            return SCAN_BROKEN;
+        if (n < 0 || n > 5 || tag > UINT32_MAX)
+            return SCAN_UNCERTAIN;
+        if (p[-1] == 0)
+            *slow = 1;
+    }
+    f->num = (uint32_t)(tag >> 3);
+    f->wt = (uint32_t)(tag & 7);
+    if (f->num == 0)
+        return SCAN_UNCERTAIN;
+    switch (f->wt) {
+    case 0:
+        if (p < end && *p < 0x80) {
+            f->val = *p++;
+            break;
+        }
+        n = read_varint(&p, end, &f->val);
+        if (n <= 0)
+            return SCAN_BROKEN; /* truncated, or longer than 10 bytes */
+        if (n == 10 && p[-1] > 1)
+            return SCAN_UNCERTAIN; /* overflows 64 bits */
+        if (n > 1 && p[-1] == 0)
+            *slow = 1;
+        break;
+    case 1:
+        if (end - p < 8)
+            return SCAN_BROKEN;
+        f->data = p;
+        f->len = 8;
+        p += 8;
+        break;
+    case 5:
+        if (end - p < 4)
+            return SCAN_BROKEN;
+        f->data = p;
+        f->len = 4;
+        p += 4;
+        break;
+    case 2:
+        if (p < end && *p < 0x80) {
+            len = *p++;
+        } else {
+            n = read_varint(&p, end, &len);
+            if (n == 0)
+                return SCAN_BROKEN;
+            if (n < 0 || n > 5)
+                return SCAN_UNCERTAIN;
+            if (p[-1] == 0)
+                *slow = 1;
+        }
+        if (len > (uint64_t)(end - p))
+            return SCAN_BROKEN;
+        f->data = p;
+        f->len = (size_t)len;
+        p += (size_t)len;
+        break;
+    default:
+        return SCAN_UNCERTAIN; /* groups, 6, 7 */
+    }
+    *pp = p;
+    return SCAN_OK;
+}
+
+/* -- text ---------------------------------------------------------------------------------------- */
+
+/* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF, nothing truncated): the number
+ * of code points, or -1. */
+static int64_t utf8_chars(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    int64_t extra = 0;
+    while (i < n) {
+        uint8_t c, c1;
+        if (n - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!(w & UINT64_C(0x8080808080808080))) {
+                i += 8;
+                continue;
+            }
+        }
+        c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c < 0xC2)
+            return -1;
+        if (c < 0xE0) {
+            if (n - i < 2 || (s[i + 1] & 0xC0) != 0x80)
+                return -1;
+            i += 2;
+            extra += 1;
+            continue;
+        }
+        if (c < 0xF0) {
+            if (n - i < 3)
+                return -1;
+            c1 = s[i + 1];
+            if (c == 0xE0) {
+                if (c1 < 0xA0 || c1 > 0xBF)
+                    return -1;
+            } else if (c == 0xED) {
+                if (c1 < 0x80 || c1 > 0x9F)
+                    return -1;
+            } else if ((c1 & 0xC0) != 0x80) {
+                return -1;
+            }
+            if ((s[i + 2] & 0xC0) != 0x80)
+                return -1;
+            i += 3;
+            extra += 2;
+            continue;
+        }
+        if (c < 0xF5) {
+            if (n - i < 4)
+                return -1;
+            c1 = s[i + 1];
+            if (c == 0xF0) {
+                if (c1 < 0x90 || c1 > 0xBF)
+                    return -1;
+            } else if (c == 0xF4) {
+                if (c1 < 0x80 || c1 > 0x8F)
+                    return -1;
+            } else if ((c1 & 0xC0) != 0x80) {
+                return -1;
+            }
+            if ((s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80)
+                return -1;
+            i += 4;
+            extra += 3;
+            continue;
+        }
+        return -1;
+    }
+    return (int64_t)n - extra;
+}
+
+/* A known string field: SCAN_BROKEN if it is not UTF-8; slow unless it has lo..hi code points. */
+static inline int str_field(const field_t *f, int64_t lo, int64_t hi, int *slow)
+{
+    int64_t chars = utf8_chars(f->data, f->len);
+    if (chars < 0)
+        return SCAN_BROKEN;
+    if (chars < lo || chars > hi)
+        *slow = 1;
+    return SCAN_OK;
+}
+
+/* [a-z][a-z0-9_.:]* : the form normalize_action and normalize_device_type leave unchanged. */
+static inline int is_canonical_name(const uint8_t *s, size_t n)
+{
+    size_t i;
+    if (n == 0 || s[0] < 'a' || s[0] > 'z')
+        return 0;
+    for (i = 1; i < n; i++)
+        if (!name_tail[s[i]])
+            return 0;
+    return 1;
+}
+
+static inline int is_upper_ascii(uint8_t c)
+{
+    return c >= 'A' && c <= 'Z';
+}
+
+static inline int is_lower_ascii(uint8_t c)
+{
+    return c >= 'a' && c <= 'z';
+}
+
+/* [a-z]{2,3}, then optionally -Xxxx (script), then optionally -XX (region): the forms
+ * normalize_locale leaves unchanged (en, en-US, zh-Hant, zh-Hant-TW). */
+static int is_canonical_locale(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && is_lower_ascii(s[i]))
+        i++;
+    if (i < 2 || i > 3)
+        return 0;
+    if (i == n)
+        return 1;
+    if (s[i] != '-')
+        return 0;
+    i++;
+    if (n - i >= 4 && is_upper_ascii(s[i]) && is_lower_ascii(s[i + 1]) && is_lower_ascii(s[i + 2]) &&
+        is_lower_ascii(s[i + 3]) && (n - i == 4 || s[i + 4] == '-')) {
+        i += 4;
+        if (i == n)
+            return 1;
+        i++;
+    }
+    return n - i == 2 && is_upper_ascii(s[i]) && is_upper_ascii(s[i + 1]);
+}
+
+static inline int hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* 8-4-4-4-12 hex digits, either case: 1 and the 128-bit value, or 0. */
+static int parse_uuid(const uint8_t *s, size_t n, uint64_t *hi, uint64_t *lo)
+{
+    uint64_t h = 0, l = 0;
+    int digits = 0;
+    size_t i;
+    if (n != 36)
+        return 0;
+    for (i = 0; i < 36; i++) {
+        int v;
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return 0;
+            continue;
+        }
+        v = hexval(s[i]);
+        if (v < 0)
+            return 0;
+        if (digits < 16)
+            h = h << 4 | (uint64_t)v;
+        else
+            l = l << 4 | (uint64_t)v;
+        digits++;
+    }
+    *hi = h;
+    *lo = l;
+    return 1;
+}
+
+static inline int add_overflows(int64_t a, int64_t b, int64_t *out)
+{
+    if ((b > 0 && a > INT64_MAX - b) || (b < 0 && a < INT64_MIN - b))
+        return 1;
+    *out = a + b;
+    return 0;
+}
+
+/* -- messages ------------------------------------------------------------------------------------ */
+
+/* One entry of a map<string, string>: key = 1, value = 2. */
+static int scan_map_entry(const ctx_t *c, const field_t *e, map_t *m, int *slow)
+{
+    const uint8_t *p = e->data, *end = e->data + e->len;
+    const uint8_t *key = NULL;
+    size_t klen = 0;
+    unsigned seen = 0;
+    int64_t i;
+    field_t f;
+    int r;
+
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.wt != 2 || (f.num != 1 && f.num != 2)) {
+            *slow = 1; /* unknown field, or a known one with another wire type (unknown to upb) */
+            continue;
+        }
+        if (seen & (1u << f.num))
+            *slow = 1;
+        seen |= 1u << f.num;
+        if (f.num == 1) {
+            if ((r = str_field(&f, 1, c->max_name_chars, slow)) != SCAN_OK)
+                return r;
+            key = f.data;
+            klen = f.len;
+        } else if ((r = str_field(&f, 0, c->max_text_chars, slow)) != SCAN_OK) {
+            return r;
+        }
+    }
+    m->n++;
+    /* Both key and value on the wire: upb writes both back, so ByteSize() stays within the raw size. */
+    if (seen != 6u)
+        *slow = 1;
+    if (*slow)
+        return SCAN_OK;
+    if (m->n > c->max_map_entries || m->n > MAP_KEYS_MAX) {
+        *slow = 1;
+        return SCAN_OK;
+    }
+    for (i = 0; i < m->n - 1; i++) {
+        if (m->klen[i] == klen && memcmp(m->key[i], key, klen) == 0) {
+            *slow = 1; /* a repeated key: the Python map keeps the last one */
+            return SCAN_OK;
+        }
+    }
+    m->key[m->n - 1] = key;
+    m->klen[m->n - 1] = klen;
+    return SCAN_OK;
+}
+
+static int scan_target(const ctx_t *c, const field_t *t, int *slow)
+{
+    const uint8_t *p = t->data, *end = t->data + t->len;
+    unsigned seen = 0;
+    map_t attrs;
+    field_t f;
+    int r;
+
+    attrs.n = 0;
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.wt != 2 || f.num > 3) {
+            *slow = 1;
+            continue;
+        }
+        if (f.num != 3) {
+            if (seen & (1u << f.num))
+                *slow = 1;
+            seen |= 1u << f.num;
+        }
+        switch (f.num) {
+        case 1:
+            r = str_field(&f, 1, c->max_name_chars, slow);
+            break;
+        case 2:
+            r = str_field(&f, 1, c->max_id_chars, slow);
+            break;
+        default:
+            r = scan_map_entry(c, &f, &attrs, slow);
+            break;
+        }
+        if (r != SCAN_OK)
+            return r;
+    }
+    if ((seen & 6u) != 6u)
+        *slow = 1; /* type or id missing */
+    return SCAN_OK;
+}
+
+static int scan_user(const ctx_t *c, const field_t *u, int *slow)
+{
+    const uint8_t *p = u->data, *end = u->data + u->len;
+    unsigned seen = 0;
+    int any_id = 0;
+    map_t identities;
+    field_t f;
+    int r;
+
+    identities.n = 0;
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.wt != 2 || f.num > 4) {
+            *slow = 1;
+            continue;
+        }
+        if (f.num != 4) {
+            if (seen & (1u << f.num))
+                *slow = 1;
+            seen |= 1u << f.num;
+            r = str_field(&f, 0, c->max_id_chars, slow);
+            if (f.len)
+                any_id = 1;
+        } else {
+            r = scan_map_entry(c, &f, &identities, slow);
+        }
+        if (r != SCAN_OK)
+            return r;
+    }
+    if (!any_id)
+        *slow = 1;
+    return SCAN_OK;
+}
+
+static int scan_metadata(const ctx_t *c, const field_t *md, int *slow)
+{
+    const uint8_t *p = md->data, *end = md->data + md->len;
+    unsigned seen = 0;
+    int has_price = 0;
+    size_t currency_len = 0;
+    map_t custom;
+    field_t f;
+    int r;
+
+    custom.n = 0;
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.num > 11 || f.wt != ((f.num == 3 || f.num == 4) ? 0u : 2u)) {
+            *slow = 1;
+            continue;
+        }
+        if (f.num != 11) {
+            if (seen & (1u << f.num))
+                *slow = 1;
+            seen |= 1u << f.num;
+        }
+        r = SCAN_OK;
+        switch (f.num) {
+        case 1: /* locale */
+            if (!is_canonical_locale(f.data, f.len) || (int64_t)f.len > c->max_name_chars) {
+                if (f.len)
+                    *slow = 1;
+                r = str_field(&f, 0, c->max_name_chars, slow);
+            }
+            break;
+        case 2: /* device_type */
+            if (f.len && (!is_canonical_name(f.data, f.len) || (int64_t)f.len > c->max_name_chars)) {
+                *slow = 1;
+                r = str_field(&f, 0, 0, slow);
+            }
+            break;
+        case 3: /* quantity: > 0 as an int64 */
+            if (f.val == 0 || f.val > (uint64_t)INT64_MAX)
+                *slow = 1;
+            break;
+        case 4: /* price: >= 0 as an int64, and a currency */
+            if (f.val > (uint64_t)INT64_MAX)
+                *slow = 1;
+            has_price = 1;
+            break;
+        case 5: /* currency: empty or a code of the list, upper case */
+            currency_len = f.len;
+            if (f.len == 0)
+                break;
+            if (f.len == 3 && f.data[0] >= 'A' && f.data[0] <= 'Z' && f.data[1] >= 'A' &&
+                f.data[1] <= 'Z' && f.data[2] >= 'A' && f.data[2] <= 'Z') {
+                unsigned code = (unsigned)(f.data[0] - 'A') * 676u + (unsigned)(f.data[1] - 'A') * 26u +
+                                (unsigned)(f.data[2] - 'A');
+                if (c->currencies[code >> 3] & (1u << (code & 7)))
+                    break;
+            }
+            *slow = 1;
+            r = str_field(&f, 0, 0, slow);
+            break;
+        case 6: /* order_id */
+            r = str_field(&f, 0, c->max_id_chars, slow);
+            break;
+        case 7: /* page_url */
+        case 8: /* referrer */
+        case 9: /* user_agent */
+        case 10: /* query */
+            r = str_field(&f, 0, c->max_text_chars, slow);
+            break;
+        default: /* 11: custom */
+            r = scan_map_entry(c, &f, &custom, slow);
+            break;
+        }
+        if (r != SCAN_OK)
+            return r;
+    }
+    if (has_price && currency_len == 0)
+        *slow = 1;
+    return SCAN_OK;
+}
+
+/* google.protobuf.Timestamp: seconds = 1 (int64), nanos = 2 (int32). */
+static int scan_timestamp(const ctx_t *c, const field_t *t, int *slow)
+{
+    const uint8_t *p = t->data, *end = t->data + t->len;
+    unsigned seen = 0;
+    uint64_t seconds = 0, nanos = 0;
+    int64_t at, ahead;
+    field_t f;
+    int r;
+
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.wt != 0 || f.num > 2) {
+            *slow = 1;
+            continue;
+        }
+        if (seen & (1u << f.num))
+            *slow = 1;
+        seen |= 1u << f.num;
+        if (f.num == 1)
+            seconds = f.val;
+        else
+            nanos = f.val;
+    }
+    if (*slow)
+        return SCAN_OK;
+    if (seconds == 0 || seconds > (uint64_t)(INT64_MAX / NANOS_PER_SECOND) ||
+        nanos >= (uint64_t)NANOS_PER_SECOND) {
+        *slow = 1; /* not after 1970, bad nanos, or too far ahead for any sensible limit */
+        return SCAN_OK;
+    }
+    /* ahead = seconds * 1e9 + nanos + skew - received, every step checked for overflow */
+    if (add_overflows((int64_t)seconds * NANOS_PER_SECOND, (int64_t)nanos, &at) ||
+        add_overflows(at, c->skew_ns, &ahead) || c->received_ns == INT64_MIN ||
+        add_overflows(ahead, -c->received_ns, &ahead) || ahead > c->max_future_ns)
+        *slow = 1;
+    return SCAN_OK;
+}
+
+/* The id of an activity as upb reads it: the last field 1 of wire type 2. */
+typedef struct {
+    int present;  /* a field 1 of wire type 2 is on the wire */
+    int uuid;     /* ... and its last occurrence is a UUID, of value hi:lo */
+    uint64_t hi, lo;
+} act_id_t;
+
+static int scan_activity(const ctx_t *c, const uint8_t *p, const uint8_t *end, int *slow, act_id_t *id)
+{
+    unsigned seen = 0;
+    int64_t segments = 0;
+    field_t f;
+    int r;
+
+    id->present = 0;
+    id->uuid = 0;
+    if (end - p > c->max_activity_bytes)
+        *slow = 1;
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.wt != 2 || f.num > 8) {
+            *slow = 1;
+            continue;
+        }
+        if (f.num != 7) {
+            if (seen & (1u << f.num))
+                *slow = 1;
+            seen |= 1u << f.num;
+        }
+        r = SCAN_OK;
+        switch (f.num) {
+        case 1: /* id: a UUID; an empty id field on the wire is left to Python */
+            id->present = 1;
+            id->uuid = parse_uuid(f.data, f.len, &id->hi, &id->lo);
+            if (!id->uuid) {
+                *slow = 1;
+                r = str_field(&f, 0, 0, slow);
+            }
+            break;
+        case 2: /* action */
+            if (!is_canonical_name(f.data, f.len) || (int64_t)f.len > c->max_name_chars) {
+                *slow = 1;
+                r = str_field(&f, 0, 0, slow);
+            }
+            break;
+        case 3:
+            r = scan_target(c, &f, slow);
+            break;
+        case 4:
+            r = scan_user(c, &f, slow);
+            break;
+        case 5: /* source_id */
+            r = str_field(&f, 0, c->max_id_chars, slow);
+            break;
+        case 6:
+            r = scan_metadata(c, &f, slow);
+            break;
+        case 7: /* segments */
+            segments++;
+            r = str_field(&f, 1, c->max_name_chars, slow);
+            break;
+        default: /* 8: occurred_at */
+            r = scan_timestamp(c, &f, slow);
+            break;
+        }
+        if (r != SCAN_OK)
+            return r;
+    }
+    if ((seen & 0x1cu) != 0x1cu) /* action, target, user */
+        *slow = 1;
+    if (segments > c->max_segments)
+        *slow = 1;
+    return SCAN_OK;
+}
+
+/* -- check --------------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t hi, lo;
+    uint32_t used;
+} slot_t;
+
+static inline uint64_t uuid_hash(uint64_t hi, uint64_t lo)
+{
+    /* multiply-add-shift over 32-bit pieces, with random keys: universal, so no crafted collisions */
+    return hash_keys[0] * (hi >> 32) + hash_keys[1] * (hi & 0xffffffffu) + hash_keys[2] * (lo >> 32) +
+           hash_keys[3] * (lo & 0xffffffffu) + hash_keys[4];
+}
+
+static int get_limit(PyObject *limits, Py_ssize_t i, int64_t *out)
+{
+    PyObject *item = PyTuple_GET_ITEM(limits, i);
+    long long v;
+    int overflow = 0;
+    if (!PyLong_Check(item)) {
+        PyErr_Format(PyExc_TypeError, "limits[%zd] must be an int", i);
+        return -1;
+    }
+    v = PyLong_AsLongLongAndOverflow(item, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    /* Out-of-range limits are clamped toward the stricter side: the filter stays conservative. */
+    if (overflow > 0)
+        v = LLONG_MAX;
+    else if (overflow < 0)
+        v = LLONG_MIN;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The currency lookup of the last call, rebuilt only when the codes change. Every call holds the GIL
+ * from start to end, so the cache needs no lock. */
+static uint8_t currency_bitmap[(26 * 26 * 26 + 7) / 8];
+static char *currency_codes;
+static Py_ssize_t currency_codes_len = -1;
+
+static int load_currencies(const char *cur, Py_ssize_t len)
+{
+    uint8_t bitmap[sizeof currency_bitmap];
+    char *copy;
+    Py_ssize_t i;
+
+    if (len == currency_codes_len && memcmp(cur, currency_codes, (size_t)len) == 0)
+        return 0;
+    if (len % 3) {
+        PyErr_SetString(PyExc_ValueError, "currencies must be a concatenation of three-letter codes");
+        return -1;
+    }
+    memset(bitmap, 0, sizeof bitmap);
+    for (i = 0; i < len; i += 3) {
+        unsigned code;
+        if (cur[i] < 'A' || cur[i] > 'Z' || cur[i + 1] < 'A' || cur[i + 1] > 'Z' || cur[i + 2] < 'A' ||
+            cur[i + 2] > 'Z') {
+            PyErr_SetString(PyExc_ValueError, "currencies must hold upper-case letters A-Z only");
+            return -1;
+        }
+        code = (unsigned)(cur[i] - 'A') * 676u + (unsigned)(cur[i + 1] - 'A') * 26u + (unsigned)(cur[i + 2] - 'A');
+        bitmap[code >> 3] |= (uint8_t)(1u << (code & 7));
+    }
+    copy = (char *)PyMem_Malloc(len ? (size_t)len : 1);
+    if (!copy) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, cur, (size_t)len);
+    PyMem_Free(currency_codes);
+    currency_codes = copy;
+    currency_codes_len = len;
+    memcpy(currency_bitmap, bitmap, sizeof bitmap);
+    return 0;
+}
+
+PyDoc_STRVAR(check_doc,
+             "check(raw, activities_field, limits, currencies, received_ns, skew_ns)\n"
+             "    -> (fast, slow, dups, missing_ids, count)\n\n"
+             "Sort the activities of the serialized request `raw` (field `activities_field`) into those\n"
+             "certainly valid and canonical (`fast`: packed little-endian uint32 triples index, start,\n"
+             "end of the activity bytes in raw), those for the Python path (`slow`: list of (index,\n"
+             "start, end)) and duplicate ids (`dups`: list of indexes). `limits` is (max_activity_bytes,\n"
+             "max_id_chars, max_name_chars, max_text_chars, max_map_entries, max_segments,\n"
+             "max_future_ns); `currencies` the concatenated upper-case ISO 4217 codes. `missing_ids` is\n"
+             "the number of fast activities without an id, `count` the number of activities.\n"
+             "ValueError: broken top-level framing, or wire constructs this filter leaves to Python.");
+
+static PyObject *fp_check(PyObject *self, PyObject *args)
+{
+    PyObject *raw_obj, *limits;
+    const char *cur;
+    Py_ssize_t cur_len;
+    int afield;
+    long long received_ns, skew_ns;
+    ctx_t c;
+    const uint8_t *raw, *p, *end;
+    size_t raw_len;
+    act_t *acts = NULL;
+    size_t count = 0, cap = 0, nfast = 0, missing = 0, k;
+    slot_t *table = NULL;
+    size_t tsize;
+    PyObject *fast = NULL, *slow = NULL, *dups = NULL, *result = NULL;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!iO!y#LL:check", &PyBytes_Type, &raw_obj, &afield, &PyTuple_Type, &limits,
+                          &cur, &cur_len, &received_ns, &skew_ns))
+        return NULL;
+    if (afield < 1 || afield > 536870911) {
+        PyErr_SetString(PyExc_ValueError, "activities_field must be a field number (1 to 2^29-1)");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(limits) != 7) {
+        PyErr_SetString(PyExc_ValueError, "limits must be a tuple of 7 ints");
+        return NULL;
+    }
+    if (get_limit(limits, 0, &c.max_activity_bytes) || get_limit(limits, 1, &c.max_id_chars) ||
+        get_limit(limits, 2, &c.max_name_chars) || get_limit(limits, 3, &c.max_text_chars) ||
+        get_limit(limits, 4, &c.max_map_entries) || get_limit(limits, 5, &c.max_segments) ||
+        get_limit(limits, 6, &c.max_future_ns))
+        return NULL;
+    c.received_ns = (int64_t)received_ns;
+    c.skew_ns = (int64_t)skew_ns;
+
+    if (load_currencies(cur, cur_len) < 0)
+        return NULL;
+    c.currencies = currency_bitmap;
+
+    raw = (const uint8_t *)PyBytes_AS_STRING(raw_obj);
+    raw_len = (size_t)PyBytes_GET_SIZE(raw_obj);
+    if (raw_len > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "request larger than 4 GiB");
+        return NULL;
+    }
+
+    /* Pass 1: the top-level framing; every activity's span. */
+    p = raw;
+    end = raw + raw_len;
+    while (p < end) {
+        field_t f;
+        int ignored = 0;
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK) {
+            PyErr_SetString(PyExc_ValueError, "the request's top-level framing is broken");
+            goto done;
+        }
+        if (f.num != (uint32_t)afield)
+            continue;
+        if (f.wt != 2) {
+            PyErr_SetString(PyExc_ValueError, "the activities field has a wire type other than 2");
+            goto done;
+        }
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            act_t *n = (act_t *)realloc(acts, ncap * sizeof *acts);
+            if (!n) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            acts = n;
+            cap = ncap;
+        }
+        acts[count].start = (uint32_t)(f.data - raw);
+        acts[count].end = (uint32_t)(f.data - raw + f.len);
+        count++;
+    }
+
+    /* Pass 2: every activity, and the duplicate-id rule. */
+    for (tsize = 16; tsize < 2 * count; tsize *= 2)
+        ;
+    table = (slot_t *)calloc(tsize, sizeof *table);
+    if (!table) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    {
+        int bits = 0;
+        while (((size_t)1 << bits) < tsize)
+            bits++;
+        for (k = 0; k < count; k++) {
+            act_t *a = &acts[k];
+            int is_slow = 0, r;
+            act_id_t id;
+            r = scan_activity(&c, raw + a->start, raw + a->end, &is_slow, &id);
+            if (r == SCAN_UNCERTAIN) {
+                PyErr_Format(PyExc_ValueError,
+                             "activity %zu holds wire data that only the Python parser can judge", k);
+                goto done;
+            }
+            a->missing = 0;
+            a->kind = (r == SCAN_OK && !is_slow) ? K_FAST : K_SLOW;
+            /* ids of activities that upb parses, and that are UUIDs, take part in the duplicate rule */
+            if (r == SCAN_OK && id.uuid) {
+                uint64_t hi = id.hi, lo = id.lo;
+                size_t h = (size_t)(uuid_hash(hi, lo) >> (64 - bits));
+                for (;;) {
+                    slot_t *s = &table[h];
+                    if (!s->used) {
+                        s->used = 1;
+                        s->hi = hi;
+                        s->lo = lo;
+                        break;
+                    }
+                    if (s->hi == hi && s->lo == lo) {
+                        a->kind = K_DUP;
+                        break;
+                    }
+                    h = (h + 1) & (tsize - 1);
+                }
+            }
+            if (a->kind == K_FAST) {
+                nfast++;
+                if (!id.present) {
+                    a->missing = 1;
+                    missing++;
+                }
+            }
+        }
+    }
+
+    /* Results. */
+    fast = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nfast * 12));
+    slow = PyList_New(0);
+    dups = PyList_New(0);
+    if (!fast || !slow || !dups)
+        goto done;
+    {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(fast);
+        for (k = 0; k < count; k++) {
+            act_t *a = &acts[k];
+            if (a->kind == K_FAST) {
+                put_u32(out, (uint32_t)k);
+                put_u32(out + 4, a->start);
+                put_u32(out + 8, a->end);
+                out += 12;
+            } else if (a->kind == K_SLOW) {
+                PyObject *t = Py_BuildValue("(nII)", (Py_ssize_t)k, (unsigned int)a->start, (unsigned int)a->end);
+                if (!t || PyList_Append(slow, t) < 0) {
+                    Py_XDECREF(t);
+                    goto done;
+                }
+                Py_DECREF(t);
+            } else {
+                PyObject *n = PyLong_FromSize_t(k);
+                if (!n || PyList_Append(dups, n) < 0) {
+                    Py_XDECREF(n);
+                    goto done;
+                }
+                Py_DECREF(n);
+            }
+        }
+    }
+    result = Py_BuildValue("(OOOnn)", fast, slow, dups, (Py_ssize_t)missing, (Py_ssize_t)count);
+
+done:
+    Py_XDECREF(fast);
+    Py_XDECREF(slow);
+    Py_XDECREF(dups);
+    free(table);
+    free(acts);
+    return result;
+}
+
+/* -- frame --------------------------------------------------------------------------------------- */
+
+/* 1 if the activity bytes hold a non-empty top-level field 1 (wire type 2), 0 if not, -1 if they do
+ * not parse. */
+static int has_id(const uint8_t *p, const uint8_t *end)
+{
+    int found = 0, ignored = 0;
+    field_t f;
+    while (p < end) {
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK)
+            return -1;
+        if (f.num == 1 && f.wt == 2 && f.len > 0)
+            found = 1;
+    }
+    return found;
+}
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* 36-character lower-case text of a UUID v4 made from 16 random bytes. */
+static void uuid4_text(const uint8_t *random, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[16];
+    int i, j = 0;
+    memcpy(b, random, 16);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    for (i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[j++] = '-';
+        out[j++] = hex[b[i] >> 4];
+        out[j++] = hex[b[i] & 15];
+    }
+}
+
+/* The number of (index, start, end) triples in `fast`, or -1 with ValueError when it is not a whole
+ * number of them. */
+static Py_ssize_t triple_count(const Py_buffer *fast)
+{
+    if (fast->len % 12) {
+        PyErr_SetString(PyExc_ValueError, "fast must be packed (index, start, end) uint32 triples");
+        return -1;
+    }
+    return fast->len / 12;
+}
+
+/* The span of triple k, checked to lie within raw: 0, or -1 with ValueError. */
+static int triple_span(const uint8_t *fp, size_t k, Py_ssize_t raw_len, uint32_t *start, uint32_t *end)
+{
+    *start = get_u32(fp + 12 * k + 4);
+    *end = get_u32(fp + 12 * k + 8);
+    if (*start > *end || *end > (size_t)raw_len) {
+        PyErr_Format(PyExc_ValueError, "triple %zu: span %u..%u outside raw", k, *start, *end);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(frame_doc,
+             "frame(raw, fast, suffix, random, extras=None) -> (rows, assigned_ids)\n\n"
+             "ProtobufList rows of the activities that `fast` (from check) names in `raw`: 0x0a,\n"
+             "varint(row length), the activity bytes, an id field (0x0a 0x24 + a UUID v4 made from the\n"
+             "next 16 bytes of `random`) when the activity has no id, then `suffix`. Whether an activity\n"
+             "has an id is read from its bytes; `extras`, a list of bytes with one item per triple, adds\n"
+             "each activity's own fields after the suffix. `assigned_ids` maps index -> assigned id.\n"
+             "ValueError: a malformed triple, or fewer than 16 random bytes per activity without id.");
+
+static PyObject *fp_frame(PyObject *self, PyObject *args)
+{
+    Py_buffer raw, fast, suffix, rnd;
+    PyObject *rows = NULL, *assigned = NULL, *result = NULL, *extras = NULL;
+    uint8_t *flags = NULL;
+    size_t n, k, total = 0, missing = 0;
+    const uint8_t *rawp, *fp;
+    Py_ssize_t triples;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*|O:frame", &raw, &fast, &suffix, &rnd, &extras))
+        return NULL;
+    rawp = (const uint8_t *)raw.buf;
+    fp = (const uint8_t *)fast.buf;
+    if ((triples = triple_count(&fast)) < 0)
+        goto done;
+    n = (size_t)triples;
+    if (extras == Py_None)
+        extras = NULL;
+    if (extras && (!PyList_Check(extras) || (size_t)PyList_GET_SIZE(extras) != n)) {
+        PyErr_SetString(PyExc_ValueError, "extras must be a list of bytes, one per triple");
+        goto done;
+    }
+    flags = (uint8_t *)malloc(n ? n : 1);
+    if (!flags) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (k = 0; k < n; k++) {
+        uint32_t start, end;
+        size_t row;
+        int h;
+        if (triple_span(fp, k, raw.len, &start, &end) < 0)
+            goto done;
+        h = has_id(rawp + start, rawp + end);
+        if (h < 0) {
+            PyErr_Format(PyExc_ValueError, "triple %zu: the span is not a protobuf message", k);
+            goto done;
+        }
+        flags[k] = (uint8_t)!h;
+        missing += (size_t)!h;
+        row = (size_t)(end - start) + (h ? 0 : 38) + (size_t)suffix.len;
+        if (extras) {
+            PyObject *x = PyList_GET_ITEM(extras, (Py_ssize_t)k);
+            if (!PyBytes_Check(x)) {
+                PyErr_Format(PyExc_ValueError, "extras[%zu] is not bytes", k);
+                goto done;
+            }
+            row += (size_t)PyBytes_GET_SIZE(x);
+        }
+        total += 1 + varint_size(row) + row;
+    }
+    if ((size_t)rnd.len / 16 < missing) {
+        PyErr_Format(PyExc_ValueError, "random has %zd bytes; %zu activities without id need %zu", rnd.len,
+                     missing, missing * 16);
+        goto done;
+    }
+    rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    assigned = PyDict_New();
+    if (!rows || !assigned)
+        goto done;
+    {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(rows);
+        const uint8_t *random = (const uint8_t *)rnd.buf;
+        for (k = 0; k < n; k++) {
+            uint32_t index = get_u32(fp + 12 * k), start = get_u32(fp + 12 * k + 4),
+                     end = get_u32(fp + 12 * k + 8);
+            size_t len = end - start;
+            const char *extra = NULL;
+            size_t extra_len = 0;
+            if (extras) {
+                PyObject *x = PyList_GET_ITEM(extras, (Py_ssize_t)k);
+                extra = PyBytes_AS_STRING(x);
+                extra_len = (size_t)PyBytes_GET_SIZE(x);
+            }
+            *out++ = 0x0a;
+            out = put_varint(out, (uint64_t)(len + (flags[k] ? 38 : 0) + (size_t)suffix.len + extra_len));
+            memcpy(out, rawp + start, len);
+            out += len;
+            if (flags[k]) {
+                PyObject *key, *text;
+                int err;
+                *out++ = 0x0a;
+                *out++ = 0x24;
+                uuid4_text(random, (char *)out);
+                random += 16;
+                text = PyUnicode_FromStringAndSize((const char *)out, 36);
+                out += 36;
+                key = PyLong_FromUnsignedLong(index);
+                err = !text || !key || PyDict_SetItem(assigned, key, text) < 0;
+                Py_XDECREF(text);
+                Py_XDECREF(key);
+                if (err)
+                    goto done;
+            }
+            memcpy(out, suffix.buf, (size_t)suffix.len);
+            out += suffix.len;
+            if (extra_len) {
+                memcpy(out, extra, extra_len);
+                out += extra_len;
+            }
+        }
+    }
+    result = PyTuple_Pack(2, rows, assigned);
+
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(assigned);
+    free(flags);
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&fast);
+    PyBuffer_Release(&suffix);
+    PyBuffer_Release(&rnd);
+    return result;
+}
+
+/* -- keys ---------------------------------------------------------------------------------------- */
+
+/* Fields of an activity that enrichment looks up, as (message path, field) pairs: target.type,
+ * target.id, user.user_id, user.anonymous_id, user.session_id, metadata.user_agent. */
+enum { KEY_TARGET_TYPE, KEY_TARGET_ID, KEY_USER_ID, KEY_ANONYMOUS_ID, KEY_SESSION_ID, KEY_USER_AGENT, NKEYS };
+
+static void find_keys(const uint8_t *p, const uint8_t *end, const uint8_t **data, size_t *len)
+{
+    field_t f, g;
+    int ignored = 0;
+    while (p < end) {
+        const uint8_t *q, *qend;
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK)
+            return;
+        if (f.wt != 2 || (f.num != 3 && f.num != 4 && f.num != 6))
+            continue;
+        q = f.data;
+        qend = f.data + f.len;
+        while (q < qend) {
+            int slot = -1;
+            if (next_field(&q, qend, &g, &ignored) != SCAN_OK)
+                break;
+            if (g.wt != 2)
+                continue;
+            if (f.num == 3)
+                slot = g.num == 1 ? KEY_TARGET_TYPE : g.num == 2 ? KEY_TARGET_ID : -1;
+            else if (f.num == 4)
+                slot = g.num == 3   ? KEY_USER_ID
+                       : g.num == 2 ? KEY_ANONYMOUS_ID
+                       : g.num == 1 ? KEY_SESSION_ID
+                                    : -1;
+            else
+                slot = g.num == 9 ? KEY_USER_AGENT : -1;
+            if (slot >= 0) {
+                data[slot] = g.data;
+                len[slot] = g.len;
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(keys_doc,
+             "keys(raw, fast) -> list of (target_type, target_id, user_id, anonymous_id, session_id,\n"
+             "    user_agent)\n\n"
+             "The strings enrichment looks up, for each activity that `fast` (from check) names in `raw`,\n"
+             "in the order of `fast`; '' for a field the activity does not carry. The activities must be\n"
+             "ones check vouched for (valid UTF-8 in every string).");
+
+static PyObject *fp_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer raw, fast;
+    PyObject *out = NULL, *empty = NULL;
+    size_t n, k;
+    const uint8_t *rawp, *fp;
+    Py_ssize_t triples;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*:keys", &raw, &fast))
+        return NULL;
+    rawp = (const uint8_t *)raw.buf;
+    fp = (const uint8_t *)fast.buf;
+    if ((triples = triple_count(&fast)) < 0)
+        goto done;
+    n = (size_t)triples;
+    empty = PyUnicode_FromStringAndSize("", 0);
+    out = PyList_New((Py_ssize_t)n);
+    if (!empty || !out)
+        goto fail;
+    for (k = 0; k < n; k++) {
+        uint32_t start, end;
+        const uint8_t *data[NKEYS] = {0};
+        size_t len[NKEYS] = {0};
+        PyObject *t;
+        int i;
+        if (triple_span(fp, k, raw.len, &start, &end) < 0)
+            goto fail;
+        find_keys(rawp + start, rawp + end, data, len);
+        t = PyTuple_New(NKEYS);
+        if (!t)
+            goto fail;
+        PyList_SET_ITEM(out, (Py_ssize_t)k, t);
+        for (i = 0; i < NKEYS; i++) {
+            PyObject *v;
+            if (len[i]) {
+                v = PyUnicode_DecodeUTF8((const char *)data[i], (Py_ssize_t)len[i], "strict");
+                if (!v)
+                    goto fail;
+            } else {
+                Py_INCREF(empty);
+                v = empty;
+            }
+            PyTuple_SET_ITEM(t, i, v);
+        }
+    }
+    goto done;
+
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(empty);
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&fast);
+    return out;
+}
+
+/* -- module -------------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"check", fp_check, METH_VARARGS, check_doc},
+    {"frame", fp_frame, METH_VARARGS, frame_doc},
+    {"keys", fp_keys, METH_VARARGS, keys_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "core._fastpath",
+    "C fast path over raw request bytes: check() sorts activities, frame() builds ProtobufList rows.",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    PyObject *os, *bytes;
+    const char *s;
+    int i;
+
+    name_tail['_'] = name_tail['.'] = name_tail[':'] = 1;
+    for (i = 'a'; i <= 'z'; i++)
+        name_tail[i] = 1;
+    for (i = '0'; i <= '9'; i++)
+        name_tail[i] = 1;
+
+    os = PyImport_ImportModule("os");
+    if (!os)
+        return NULL;
+    bytes = PyObject_CallMethod(os, "urandom", "i", (int)sizeof hash_keys);
+    Py_DECREF(os);
+    if (!bytes)
+        return NULL;
+    if (!PyBytes_Check(bytes) || PyBytes_GET_SIZE(bytes) != (Py_ssize_t)sizeof hash_keys) {
+        Py_DECREF(bytes);
+        PyErr_SetString(PyExc_RuntimeError, "os.urandom returned an unexpected value");
+        return NULL;
+    }
+    s = PyBytes_AS_STRING(bytes);
+    memcpy(hash_keys, s, sizeof hash_keys);
+    Py_DECREF(bytes);
+    return PyModule_Create(&module);
+}

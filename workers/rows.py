@@ -1,0 +1,219 @@
+"""Enrichment: turns a validated batch into rows ready for ClickHouse.
+
+Per activity, the work is what cannot be shared: the id when the client sent none, the canonical forms
+of action, locale, currency and device type (memoised lookups, written back only when they differ),
+and one serialization. Everything that is the same for the whole batch (tenant, receive time, send
+time, clock skew) is encoded once and appended to every row; ClickHouse computes the skew-corrected
+`occurred_at` from it (see `workers.storage.schema`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from core.normalize import (
+    normalize_action,
+    normalize_currency,
+    normalize_device_type,
+    normalize_locale,
+)
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.storage.schema import CLOCK_SKEW_FIELD, RECEIVED_AT_FIELD, SENT_AT_FIELD, TENANT_FIELD
+
+_NS = 1_000_000_000
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer (or a negative int64, as 10 bytes)."""
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@functools.cache
+def field_key(field: int, wire_type: int) -> bytes:
+    """The key (tag) of a protobuf field (memoised: a schema has few)."""
+    return varint(field << 3 | wire_type)
+
+
+def bytes_field(field: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    size = len(data)
+    return field_key(field, 2) + (bytes((size,)) if size < 0x80 else varint(size)) + data
+
+
+def _timestamp_field(field: int, ns: int) -> bytes:
+    seconds, nanos = divmod(ns, _NS)
+    body = field_key(1, 0) + varint(seconds) + (field_key(2, 0) + varint(nanos) if nanos else b"")
+    return bytes_field(field, body)
+
+
+# Key of the envelope's repeated row field in FORMAT ProtobufList: field 1, length-delimited.
+_ROW_KEY = field_key(1, 2)
+# Row frame prefixes for the common short rows, looked up instead of computed.
+_SHORT_PREFIXES = [_ROW_KEY + varint(n) for n in range(16384)]
+
+
+def batch_suffix(tenant: str, received_ns: int, sent_ns: int | None, skew_ns: int) -> bytes:
+    """The fields the collector appends to every row of one batch."""
+    suffix = bytes_field(TENANT_FIELD, tenant.encode()) + _timestamp_field(RECEIVED_AT_FIELD, received_ns)
+    if sent_ns is not None:
+        suffix += _timestamp_field(SENT_AT_FIELD, sent_ns)
+    if skew_ns:
+        suffix += field_key(CLOCK_SKEW_FIELD, 0) + varint(skew_ns // 1_000_000)
+    return suffix
+
+
+@dataclass(slots=True)
+class EncodedRows:
+    """Framed rows of one batch: `pieces` joined are the rows' part of a ProtobufList envelope."""
+
+    pieces: list[bytes]
+    count: int
+    nbytes: int
+    assigned_ids: dict[int, str]
+
+
+def _normalize_metadata(m: pb.Metadata) -> None:
+    locale = m.locale
+    if locale:
+        canonical = normalize_locale(locale)
+        if canonical is not None and canonical != locale:
+            m.locale = canonical
+    currency = m.currency
+    if currency:
+        canonical = normalize_currency(currency)
+        if canonical is not None and canonical != currency:
+            m.currency = canonical
+    device_type = m.device_type
+    if device_type:
+        canonical = normalize_device_type(device_type)
+        if canonical is not None and canonical != device_type:
+            m.device_type = canonical
+
+
+@dataclass(slots=True)
+class FastSpans:
+    """Activities vouched for by the compiled validator: spans of `raw`, packed as `core.fastpath`
+    returns them, framed here without parsing."""
+
+    raw: bytes
+    spans: bytes
+    count: int
+    missing_ids: int
+
+
+def encode_rows(
+    items: Iterable[tuple[int, pb.Activity]],
+    tenant: str,
+    received_ns: int,
+    sent_ns: int | None,
+    skew_ns: int = 0,
+    fast: FastSpans | None = None,
+    item_extras: Mapping[int, bytes] | None = None,
+    fast_extras: list[bytes] | None = None,
+) -> EncodedRows:
+    """Enrich and frame validated activities as ProtobufList rows: parsed `items` (index, activity) and
+    the `fast` spans, if any. `item_extras` (by index) and `fast_extras` (in the spans' order) are each
+    activity's own fields from `workers.enrichment.enricher`, written after the batch's."""
+    suffix = batch_suffix(tenant, received_ns, sent_ns, skew_ns)
+    suffix_len = len(suffix)
+    prefixes = _SHORT_PREFIXES
+    short = len(prefixes) - suffix_len
+    pieces: list[bytes] = []
+    append = pieces.append
+    assigned: dict[int, str] = {}
+    nbytes = 0
+    count = 0
+    if fast is not None and fast.count:
+        framed, assigned = frame_fast(fast, suffix, fast_extras)
+        append(framed)
+        nbytes += len(framed)
+        count += fast.count
+    for index, a in items:
+        # Unknown fields would be re-emitted by SerializeToString and could collide with the fields
+        # the collector appends (tenant, receive time): a client must not be able to set those.
+        a.DiscardUnknownFields()
+        if not a.id:
+            a.id = assigned[index] = str(uuid.uuid4())
+        action = a.action
+        canonical = normalize_action(action)
+        if canonical != action and canonical is not None:
+            a.action = canonical
+        if a.HasField("metadata"):
+            _normalize_metadata(a.metadata)
+        body = a.SerializeToString()
+        extra = item_extras.get(index, b"") if item_extras else b""
+        size = len(body) + len(extra)
+        prefix = prefixes[size + suffix_len] if size < short else _ROW_KEY + varint(size + suffix_len)
+        append(prefix)
+        append(body)
+        append(suffix)
+        if extra:
+            append(extra)
+        nbytes += len(prefix) + size + suffix_len
+        count += 1
+    return EncodedRows(pieces, count, nbytes, assigned)
+
+
+def frame_fast(
+    fast: FastSpans, suffix: bytes, extras: list[bytes] | None = None
+) -> tuple[bytes, dict[int, str]]:
+    from core import fastpath
+
+    return fastpath.frame(fast.raw, fast.spans, suffix, os.urandom(16 * fast.missing_ids), extras)
+
+
+def envelope(chunks: Sequence[EncodedRows]) -> bytes:
+    """One ProtobufList message holding every row of `chunks`: its length, then the rows."""
+    total = sum(c.nbytes for c in chunks)
+    parts = [varint(total)]
+    for c in chunks:
+        parts += c.pieces
+    return b"".join(parts)
+
+
+def envelope_bytes(rows: Sequence[bytes]) -> bytes:
+    """One ProtobufList message from already framed rows."""
+    total = sum(len(r) for r in rows)
+    return b"".join([varint(total), *rows])
+
+
+class Envelope:
+    """One ProtobufList message as the pieces it is made of: its length, then runs of framed rows,
+    produced by `rows()` each time the envelope is iterated (again for a retried insert). An insert
+    into the embedded engine writes the pieces out one by one, so that a 100,000-row insert does not
+    hold its rows twice (the pieces and their join, about 60 MB each)."""
+
+    def __init__(self, nbytes: int, rows: Callable[[], Iterable[bytes]]) -> None:
+        self.nbytes = nbytes
+        self._rows = rows
+
+    @classmethod
+    def of(cls, chunks: Sequence[EncodedRows]) -> Envelope:
+        """The envelope of `chunks`, one piece per chunk (its pieces joined when it is produced)."""
+        return cls(sum(c.nbytes for c in chunks), lambda: (b"".join(c.pieces) for c in chunks))
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield varint(self.nbytes)
+        size = 0
+        for piece in self._rows():
+            size += len(piece)
+            yield piece
+        if size != self.nbytes:
+            # A message whose length prefix lies would be read by ClickHouse as other rows, or refused.
+            raise ValueError(f"the envelope's rows hold {size} bytes, not the {self.nbytes} announced")
+
+    def join(self) -> bytes:
+        return b"".join(self)
