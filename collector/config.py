@@ -5,8 +5,8 @@ Every setting has a documented default (see ``docs/configuration.md``); a bad va
 message that names the setting, and where it was set. Environment variables are named
 ``ACTIVITY_<SETTING>`` in upper case; an unknown ``ACTIVITY_*`` variable, or an unknown key in the file,
 is refused, so that a misspelt setting never goes unnoticed. The file (``--config FILE`` or
-``ACTIVITY_CONFIG``) holds the service settings at its top level and the grouped ones in ``[limits]``
-and ``[pipeline]`` tables, named as everywhere else.
+``ACTIVITY_CONFIG``) holds the service settings at its top level and the grouped ones in
+``[limits]``, ``[pipeline]`` and ``[processors]`` tables, named as everywhere else.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from core.dsn import mask_dsn
 from core.limits import ConfigError as ConfigError
 from core.limits import Limits
 from workers.commit.settings import PipelineSettings
+from workers.processors import ProcessorSettings
 from workers.storage.schema import DEFAULT_SHARDING_KEY, Cluster
 
 ENV_PREFIX = "ACTIVITY_"
@@ -130,6 +131,7 @@ class Settings:
     a probe query may take before the store counts as unreachable."""
     limits: Limits = field(default_factory=Limits)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    processors: ProcessorSettings = field(default_factory=ProcessorSettings)
 
     @property
     def effective_clickhouse_dsn(self) -> str:
@@ -249,6 +251,7 @@ class Settings:
             )
         self.limits.validate()
         self.pipeline.validate()
+        self.processors.validate()
         if self.pipeline.queue_capacity < self.limits.max_batch_activities:
             raise ConfigError(
                 "queue_capacity: must be at least max_batch_activities "
@@ -265,12 +268,20 @@ def parse_host_port(value: str, setting: str) -> tuple[str, int]:
     return host, int(port)
 
 
+GROUP_TYPES: dict[str, type[Any]] = {
+    "limits": Limits,
+    "pipeline": PipelineSettings,
+    "processors": ProcessorSettings,
+}
+"""The settings held in a table of their own in the file (`[limits]`, ...), by table name."""
+
+
 def _setting_names() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
     """Flat setting name -> (group attribute or None, field). Names are unique across groups."""
     names: dict[str, tuple[str | None, dataclasses.Field[Any]]] = {}
     for f in fields(Settings):
-        if f.name in ("limits", "pipeline"):
-            group_type = Limits if f.name == "limits" else PipelineSettings
+        group_type = GROUP_TYPES.get(f.name)
+        if group_type is not None:
             for sub in fields(group_type):
                 names[sub.name] = (f.name, sub)
         else:
@@ -281,7 +292,7 @@ def _setting_names() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
 SETTING_NAMES = _setting_names()
 
 
-GROUPS = ("limits", "pipeline")
+GROUPS = tuple(GROUP_TYPES)
 
 Source = Literal["default", "file", "env", "flag"]
 
@@ -471,9 +482,8 @@ def load_config(
             group, f = SETTING_NAMES[name]
             value = _convert(name, f, raw)
             (groups[group] if group else top)[name] = value
-        settings = Settings(
-            **top, limits=Limits(**groups["limits"]), pipeline=PipelineSettings(**groups["pipeline"])
-        ).validate()
+        grouped = {group: GROUP_TYPES[group](**values) for group, values in groups.items()}
+        settings = Settings(**top, **grouped).validate()
     except ConfigError as error:
         # The messages start with the setting's name; say where its value came from.
         origin = origins.get(str(error).partition(":")[0])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import operator
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +39,7 @@ from core.validation import (
 )
 from core.wire import WireError, describe_unparsable, salvage_batch
 from workers.commit.pipeline import Overloaded, Pipeline, Submission, Unavailable
+from workers.processors import ProcessorChain
 from workers.rows import FastSpans
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,11 @@ SERVICE_NAME = "activity.v1.ActivityService"
 # End-of-stream marker returned by ServicerContext.read(); missing from the type stubs.
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 _NS = 1_000_000_000
+# One fast span as `core.fastpath.check` packs it: index, start, end, little-endian.
+_SPAN = struct.Struct("<III")
+_first = operator.itemgetter(0)
+_index = operator.attrgetter("index")
+REFUSED_BY_PROCESSOR = pb.REJECTION_REASON_REFUSED_BY_PROCESSOR
 # Times are handled in int64 nanoseconds (they end in 2262); a client clock past this is broken.
 _MAX_SECONDS = 7_258_118_400  # 2200-01-01T00:00:00Z
 
@@ -99,10 +107,16 @@ class Evaluated:
     fast: FastSpans | None
     single_id: str = ""
     """TrackActivity: the id of its activity as sent ('' when none)."""
+    dropped: int = 0
+    """Activities a processor dropped: acknowledged, not stored (counted by the processor chain)."""
+
+    @property
+    def to_store(self) -> int:
+        return len(self.items) + (self.fast.count if self.fast is not None else 0)
 
     @property
     def accepted(self) -> int:
-        return len(self.items) + (self.fast.count if self.fast is not None else 0)
+        return self.to_store + self.dropped
 
 
 @dataclass
@@ -143,10 +157,13 @@ class ServiceStats:
 
 
 class ActivityService:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, processors: ProcessorChain | None = None
+    ) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.pipeline = pipeline
+        self.processors = processors if processors is not None else ProcessorChain()
         self.stats = ServiceStats()
         self._draining = asyncio.Event()
         self._active = 0
@@ -292,10 +309,13 @@ class ActivityService:
         # Set by collector.doors.auth from the call's API key; unset when auth is off.
         tenant = TENANT.get() or self.settings.default_tenant
         self.stats.received_by_tenant[tenant] += evaluated.count
+        if self.processors.active:
+            self._process(evaluated, tenant)
         if evaluated.rejections:
             self.stats.record_rejections(tenant, evaluated.rejections)
         accepted = evaluated.accepted
-        if not accepted:
+        if not evaluated.to_store:
+            self.stats.accepted_by_tenant[tenant] += accepted
             return {}
         future: asyncio.Future[dict[int, str]] = asyncio.get_running_loop().create_future()
         self.pipeline.submit(
@@ -312,6 +332,28 @@ class ActivityService:
         assigned = await future
         self.stats.accepted_by_tenant[tenant] += accepted
         return assigned
+
+    def _process(self, evaluated: Evaluated, tenant: str) -> None:
+        """The processor seam: every valid activity, parsed (the compiled path's spans too), through the
+        chain; what it refuses joins the rejections, what it drops leaves the request."""
+        items = evaluated.items
+        fast = evaluated.fast
+        if fast is not None and fast.count:
+            raw, spans = fast.raw, fast.spans
+            for k in range(fast.count):
+                index, start, end = _SPAN.unpack_from(spans, 12 * k)
+                items.append((index, pb.Activity.FromString(raw[start:end])))
+            items.sort(key=_first)
+            evaluated.fast = None
+        result = self.processors.run(tenant, items)
+        evaluated.items = result.kept
+        evaluated.dropped = result.dropped
+        if result.refused:
+            evaluated.rejections.extend(
+                Rejection(r.index, r.activity_id, REFUSED_BY_PROCESSOR, r.verdict.field, r.verdict.message)
+                for r in result.refused
+            )
+            evaluated.rejections.sort(key=_index)
 
     # -- error mapping -----------------------------------------------------------------------------
 

@@ -4,11 +4,11 @@ together.
 
 Start order is PostgreSQL (started when embedded; migrations run here), store (connected and migrated
 here; with the spool on and a ClickHouse server, in the background, so that the collector starts and
-spools while ClickHouse is away), pipeline, control channel, metrics endpoint, HTTP door, gRPC port;
-shutdown runs the other way round and is idempotent and safe without start: health turns NOT_SERVING,
-stop taking requests on both doors, let in-flight requests finish within the grace period (their
-activities are flushed to the store and they are answered), then close the ports, the pipeline, the
-store and PostgreSQL.
+spools while ClickHouse is away), processors, pipeline, control channel, metrics endpoint, HTTP door,
+gRPC port, health. Each stage is registered in `collector.process.lifecycle.Stages` once started.
+Shutdown is idempotent and safe without start (or after a failed start): health turns NOT_SERVING,
+both doors stop taking requests, in-flight requests finish within the grace period (their activities
+are flushed to the store and they are answered), then the started stages stop in reverse order.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collector.doors.service import ActivityService
 from collector.doors.web import server_ssl_context
 from collector.process.control import ControlServer
 from collector.process.health import HealthMonitor
+from collector.process.lifecycle import Stages
 from collector.process.metrics import Metrics, MetricsServer
 from collector.tenants import TenantStore
 from workers.commit.deadletters import DeadLetterStore
@@ -38,6 +39,7 @@ from workers.enrichment.catalog import CatalogStore
 from workers.enrichment.enricher import Enricher
 from workers.enrichment.identity import IdentityStore
 from workers.priority import ThreadPriority
+from workers.processors import ProcessorChain, build_processors
 from workers.storage.clickhouse import ClickHouseStore, StoreError
 from workers.storage.connector import StoreConnector
 from workers.storage.postgres import Postgres
@@ -53,6 +55,8 @@ class CollectorServer:
         self.connector: StoreConnector | None = None
         self.pipeline: Pipeline | None = None
         self.enricher: Enricher | None = None
+        self.processors: ProcessorChain | None = None
+        self.stages = Stages()
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
         self.health: HealthMonitor | None = None
@@ -71,9 +75,10 @@ class CollectorServer:
     async def start(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.postgres = Postgres(settings.postgres_dsn, settings.data_dir)
-        await self.postgres.start()
-        self.store = await asyncio.to_thread(
+        postgres = self.postgres = Postgres(settings.postgres_dsn, settings.data_dir)
+        await postgres.start()
+        self.stages.started("postgres", lambda _: postgres.shutdown())
+        store = self.store = await asyncio.to_thread(
             ClickHouseStore,
             settings.effective_clickhouse_dsn,
             settings.clickhouse_database,
@@ -81,7 +86,9 @@ class CollectorServer:
             cluster=settings.cluster,
             connect=False,
         )
-        self.connector = StoreConnector(self.store)
+        self.stages.started("store", lambda _: asyncio.to_thread(store.close))
+        connector = self.connector = StoreConnector(self.store)
+        self.stages.started("store connector", lambda _: connector.shutdown())
         if settings.spool and not self.store.is_embedded:
             # Acknowledgements need only the spool: start without ClickHouse, connect behind.
             await self.connector.start()
@@ -115,15 +122,22 @@ class CollectorServer:
             ttl_s=settings.enrichment_cache_ttl_s,
             timeout_s=settings.enrichment_timeout_ms / 1000,
         )
-        self.pipeline = Pipeline(
+        processors = self.processors = build_processors(settings.processors)
+        await processors.start()
+        self.stages.started("processors", processors.shutdown)
+        pipeline = self.pipeline = Pipeline(
             settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool), self.enricher
         )
-        self.pipeline.store_ready = self.connector.ready
-        await self.pipeline.start()
-        self.service = ActivityService(settings, self.pipeline)
+        pipeline.store_ready = self.connector.ready
+        await pipeline.start()
+        self.stages.started("pipeline", lambda left: pipeline.shutdown(timeout=left))
+        self.service = ActivityService(settings, pipeline, processors)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.control = ControlServer(settings.control_socket, self.store.query, self.store.insert_rows)
-        await self.control.start()
+        control = self.control = ControlServer(
+            settings.control_socket, self.store.query, self.store.insert_rows
+        )
+        await control.start()
+        self.stages.started("control socket", lambda _: control.shutdown())
 
         # The transport admits a little more than max_request_bytes so that an oversized request
         # reaches the handler and gets INVALID_ARGUMENT naming the limit rather than a transport error.
@@ -163,8 +177,9 @@ class CollectorServer:
         self.health.register(self._grpc)
         self.metrics = Metrics(settings, self.service, self.pipeline, self.health, self.connector)
         if settings.metrics_listen:
-            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
-            await self.metrics_server.start()
+            metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
+            await metrics_server.start()
+            self.stages.started("metrics endpoint", lambda _: metrics_server.shutdown())
         if settings.http_listen:
             self.http = HttpServer(
                 settings.http_listen,
@@ -179,7 +194,9 @@ class CollectorServer:
                 ),
                 authenticator=self.authenticator,
             )
-            await self.http.start()
+            http = self.http
+            await http.start()
+            self.stages.started("HTTP door", lambda _: http.shutdown())
         tls = settings.tls
         if tls is None:
             self.port = self._grpc.add_insecure_port(settings.listen)
@@ -189,9 +206,17 @@ class CollectorServer:
             self.port = self._grpc.add_secure_port(settings.listen, credentials)
         if not self.port:
             raise RuntimeError(f"listen: cannot bind {settings.listen}")
-        await self._grpc.start()
-        await self.health.start()
+        grpc_server = self._grpc
+        await grpc_server.start()
+        self.stages.started("gRPC port", grpc_server.stop)
+        health = self.health
+        await health.start()
+        self.stages.started("health", lambda _: health.shutdown())
         self.priority.start()
+        self.stages.started("thread priorities", self._stop_priority)
+
+    async def _stop_priority(self, _left: float) -> None:
+        self.priority.shutdown()
 
     @property
     def address(self) -> str:
@@ -231,24 +256,6 @@ class CollectorServer:
                 # reach the handler and get UNAVAILABLE rather than be cut off by the closing port.
                 await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
                 await self.service.wait_idle(max(0.0, deadline - loop.time()))
-            if self.health is not None:
-                await self.health.shutdown()
-            if self._grpc is not None:
-                await self._grpc.stop(max(0.0, deadline - loop.time()))
-            if self.http is not None:
-                await self.http.shutdown()
-            if self.pipeline is not None:
-                await self.pipeline.shutdown(timeout=max(0.0, deadline - loop.time()))
-            if self.control is not None:
-                await self.control.shutdown()
-            if self.metrics_server is not None:
-                await self.metrics_server.shutdown()
-            if self.connector is not None:
-                await self.connector.shutdown()
-            if self.store is not None:
-                await asyncio.to_thread(self.store.close)
-            if self.postgres is not None:
-                await self.postgres.shutdown()
-            self.priority.shutdown()
+            await self.stages.stop_all(deadline)
         finally:
             self._stopped.set()
