@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.cache import ExpiringCache
+from workers.enrichment.cache import ExpiringCache
 
 
 def test_entries_expire_ttl_after_they_are_set() -> None:

@@ -35,8 +35,8 @@ from cachetools import LRUCache
 
 from core.fastpath import EnrichmentKeys
 from core.proto.activity.v1 import activity_pb2 as pb
-from workers.cache import ExpiringCache
 from workers.enrichment import lookups
+from workers.enrichment.cache import ExpiringCache
 from workers.enrichment.identity import ANONYMOUS, SESSION, IdentityStore, LinkKey
 from workers.enrichment.useragent import UserAgentInfo, parse_user_agent
 from workers.rows import bytes_field, field_key, varint
