@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import timestamp_field, varint
 
 SERVICE = "activity.v1.ActivityService"
 METHOD_UNARY = f"/{SERVICE}/TrackActivity"
@@ -266,21 +267,6 @@ def build_templates(kind: str, batch_size: int, count: int, seed: int) -> list[T
     return templates
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _timestamp_field(number: int, ns: int) -> bytes:
-    seconds, nanos = divmod(ns, _NS)
-    body = b"\x08" + varint(seconds) + b"\x10" + varint(nanos)
-    return varint(number << 3 | 2) + varint(len(body)) + body
-
-
 class RequestFactory:
     """Fresh requests from templates: unique ids (a random per-factory prefix and a counter), the
     current `sent_at`, and for streams the `sequence`."""
@@ -316,7 +302,7 @@ class RequestFactory:
         self._counter = counter
         if sequence:
             buf += b"\x08" + varint(sequence)
-        buf += _timestamp_field(self._sent_at_field, time.time_ns())
+        buf += timestamp_field(self._sent_at_field, time.time_ns())
         return bytes(buf)
 
     def ids_of(self, request: bytes) -> list[str]:

@@ -1,6 +1,11 @@
-"""Salvage of requests that do not parse as a whole.
+"""The protobuf wire format by hand: the one place for writing and reading fields without a message
+class, and the salvage of requests that do not parse as a whole.
 
-A request whose bytes fail to parse (typically: a string field holding malformed UTF-8, which proto3
+Writing (`varint`, `field_key`, `bytes_field`, `timestamp_field`) is what row framing and enrichment
+append to a client's `Activity` bytes. Reading (`read_varint`, `iter_fields`, `payload`) splits bytes
+into fields. (The Python client, a distribution of its own, keeps its own two writers.)
+
+Salvage: a request whose bytes fail to parse (typically: a string field holding malformed UTF-8, which proto3
 forbids) would otherwise lose every activity in it. Here the request is split on the wire into its
 fields; each activity is parsed on its own, and the ones that fail become rejections naming the field
 at fault. Only used after a whole-request parse failed, so it favours clarity over speed.
@@ -8,6 +13,7 @@ at fault. Only used after a whole-request parse failed, so it favours clarity ov
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +26,50 @@ class WireError(ValueError):
     """The bytes are not protobuf wire format at all."""
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+_NS = 1_000_000_000
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer (or a negative int64, as 10 bytes)."""
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@functools.cache
+def field_key(field: int, wire_type: int) -> bytes:
+    """The key (tag) of a protobuf field (memoised: a schema has few)."""
+    return varint(field << 3 | wire_type)
+
+
+def bytes_field(field: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    size = len(data)
+    return field_key(field, 2) + (bytes((size,)) if size < 0x80 else varint(size)) + data
+
+
+def timestamp_field(field: int, ns: int) -> bytes:
+    """A google.protobuf.Timestamp field of `ns` nanoseconds since the epoch (nanos omitted when 0)."""
+    seconds, nanos = divmod(ns, _NS)
+    body = field_key(1, 0) + varint(seconds) + (field_key(2, 0) + varint(nanos) if nanos else b"")
+    return bytes_field(field, body)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it; WireError when truncated or overlong."""
     result = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -38,16 +87,16 @@ def iter_fields(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     pos = 0
     while pos < len(data):
         start = pos
-        key, pos = _read_varint(data, pos)
+        key, pos = read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise WireError("field number 0")
         if wire_type == 0:
-            _, pos = _read_varint(data, pos)
+            _, pos = read_varint(data, pos)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 2:
-            length, pos = _read_varint(data, pos)
+            length, pos = read_varint(data, pos)
             pos += length
         elif wire_type == 5:
             pos += 4
@@ -58,9 +107,10 @@ def iter_fields(data: bytes) -> Iterator[tuple[int, int, bytes]]:
         yield number, wire_type, data[start:pos]
 
 
-def _payload(encoded: bytes) -> bytes:
-    _, pos = _read_varint(encoded, 0)
-    _, pos = _read_varint(encoded, pos)
+def payload(encoded: bytes) -> bytes:
+    """The payload of one length-delimited field, given its whole encoding (key, length, payload)."""
+    _, pos = read_varint(encoded, 0)
+    _, pos = read_varint(encoded, pos)
     return encoded[pos:]
 
 
@@ -85,7 +135,7 @@ def find_bad_field(descriptor: Any, message_class: type[Message], data: bytes, p
         if wire_type == 2 and nested is not None and not nested.GetOptions().map_entry:
             sub_class = _message_classes.get(nested.full_name)
             if sub_class is not None:
-                return find_bad_field(nested, sub_class, _payload(encoded), path + ".")
+                return find_bad_field(nested, sub_class, payload(encoded), path + ".")
         return path
     return prefix.rstrip(".")
 
@@ -121,15 +171,15 @@ def salvage_batch(
     index = 0
     for number, _, encoded in iter_fields(data):
         if number == activities_field:
-            payload = _payload(encoded)
+            body = payload(encoded)
             activity = getattr(request, field.name).add() if repeated else getattr(request, field.name)
             try:
-                activity.MergeFromString(payload)
+                activity.MergeFromString(body)
             except DecodeError:
                 activity.Clear()
                 if not repeated:
                     activity.SetInParent()
-                broken[index] = describe_unparsable(payload)
+                broken[index] = describe_unparsable(body)
             if repeated:
                 index += 1
         else:

@@ -9,7 +9,6 @@ time, clock skew) is encoded once and appended to every row; ClickHouse computes
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,42 +21,8 @@ from core.normalize import (
     normalize_locale,
 )
 from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import bytes_field, field_key, timestamp_field, varint
 from workers.storage.schema import CLOCK_SKEW_FIELD, RECEIVED_AT_FIELD, SENT_AT_FIELD, TENANT_FIELD
-
-_NS = 1_000_000_000
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer (or a negative int64, as 10 bytes)."""
-    if value < 0:
-        value += 1 << 64
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-@functools.cache
-def field_key(field: int, wire_type: int) -> bytes:
-    """The key (tag) of a protobuf field (memoised: a schema has few)."""
-    return varint(field << 3 | wire_type)
-
-
-def bytes_field(field: int, data: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    size = len(data)
-    return field_key(field, 2) + (bytes((size,)) if size < 0x80 else varint(size)) + data
-
-
-def _timestamp_field(field: int, ns: int) -> bytes:
-    seconds, nanos = divmod(ns, _NS)
-    body = field_key(1, 0) + varint(seconds) + (field_key(2, 0) + varint(nanos) if nanos else b"")
-    return bytes_field(field, body)
-
 
 # Key of the envelope's repeated row field in FORMAT ProtobufList: field 1, length-delimited.
 _ROW_KEY = field_key(1, 2)
@@ -67,9 +32,9 @@ _SHORT_PREFIXES = [_ROW_KEY + varint(n) for n in range(16384)]
 
 def batch_suffix(tenant: str, received_ns: int, sent_ns: int | None, skew_ns: int) -> bytes:
     """The fields the collector appends to every row of one batch."""
-    suffix = bytes_field(TENANT_FIELD, tenant.encode()) + _timestamp_field(RECEIVED_AT_FIELD, received_ns)
+    suffix = bytes_field(TENANT_FIELD, tenant.encode()) + timestamp_field(RECEIVED_AT_FIELD, received_ns)
     if sent_ns is not None:
-        suffix += _timestamp_field(SENT_AT_FIELD, sent_ns)
+        suffix += timestamp_field(SENT_AT_FIELD, sent_ns)
     if skew_ns:
         suffix += field_key(CLOCK_SKEW_FIELD, 0) + varint(skew_ns // 1_000_000)
     return suffix

@@ -22,11 +22,11 @@ import ssl
 
 import grpc
 from aiohttp import web
-from google.protobuf import duration_pb2, json_format
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import json_format
 
 from collector.doors.auth import TENANT, Authenticator, AuthError, bearer_key
 from collector.doors.service import ActivityService, RequestFailed
+from collector.doors.trailers import retry_status
 from collector.doors.web import WebListener
 from collector.logs import REQUEST_ID, new_request_id
 from core.proto.activity.v1 import activity_pb2 as pb
@@ -45,12 +45,7 @@ HTTP_STATUS = {
 
 
 def _status_body(code: grpc.StatusCode, message: str, retry_delay_s: float | None) -> str:
-    status = status_pb2.Status(code=code.value[0], message=message)
-    if retry_delay_s is not None:
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(retry_delay_s * 1e9))
-        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    return json_format.MessageToJson(status, indent=None)
+    return json_format.MessageToJson(retry_status(code.value[0], message, retry_delay_s), indent=None)
 
 
 def parse_origins(value: str) -> frozenset[str]:

@@ -357,6 +357,12 @@ class ActivityService:
 
     # -- error mapping -----------------------------------------------------------------------------
 
+    def _failed(self, error: Exception) -> tuple[grpc.StatusCode, str, float | None]:
+        """A request failed as a whole: its status (code, message, retry delay), counted."""
+        code, message, delay = self._error_status(error)
+        self.stats.record_failure(code)
+        return code, message, delay
+
     def _error_status(self, error: Exception) -> tuple[grpc.StatusCode, str, float | None]:
         if isinstance(error, InvalidRequest):
             return grpc.StatusCode.INVALID_ARGUMENT, str(error), None
@@ -377,9 +383,7 @@ class ActivityService:
                 raise Unavailable("the collector is shutting down", self.pipeline.retry_delay_s)
             return await body(received_ns)
         except Exception as error:
-            code, message, delay = self._error_status(error)
-            self.stats.record_failure(code)
-            raise RequestFailed(code, message, delay) from None
+            raise RequestFailed(*self._failed(error)) from None
         finally:
             self._leave()
 
@@ -437,8 +441,7 @@ class ActivityService:
             sequence = evaluated.sequence
             assigned = await self._store(evaluated, received_ns)
         except Exception as error:
-            code, message, delay = self._error_status(error)
-            self.stats.record_failure(code)
+            code, message, delay = self._failed(error)
             if not sequence:
                 sequence = _stream_sequence(raw)
             status = pb.BatchStatus(code=code.value[0], message=message)

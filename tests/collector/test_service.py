@@ -17,7 +17,7 @@ from collector.doors.service import ONE
 from collector.process.server import CollectorServer
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from workers.rows import varint
+from core.wire import varint
 
 pytestmark = pytest.mark.timeout(60)
 

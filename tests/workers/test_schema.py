@@ -18,8 +18,8 @@ from grpc_tools import protoc
 from helpers import items, make_activity
 
 from core.proto.activity.v1 import activity_pb2 as pb
-from core.wire import iter_fields
-from workers.rows import batch_suffix, encode_rows, envelope, varint
+from core.wire import iter_fields, varint
+from workers.rows import batch_suffix, encode_rows, envelope
 from workers.storage import schema
 from workers.storage.schema import (
     CLOCK_SKEW_FIELD,
