@@ -33,8 +33,12 @@ ENV_PREFIX = "ACTIVITY_"
 CONFIG_ENV = "ACTIVITY_CONFIG"
 """The variable naming the configuration file, when no --config flag does."""
 
-# Variables read by the command-line client, or naming the file, rather than settings themselves.
-CLIENT_ENV = frozenset({"ACTIVITY_TARGET", "ACTIVITY_API_KEY", CONFIG_ENV})
+# Variables read by the command-line client, naming the file, or about the build (ACTIVITY_PURE_PYTHON
+# forces the Python paths, ACTIVITY_NO_COMPILER tells the tests no compiler was there) rather than
+# settings themselves.
+CLIENT_ENV = frozenset(
+    {"ACTIVITY_TARGET", "ACTIVITY_API_KEY", CONFIG_ENV, "ACTIVITY_PURE_PYTHON", "ACTIVITY_NO_COMPILER"}
+)
 
 SECRET: dict[str, Any] = {"secret": True}
 """Field metadata of settings that may carry a password: shown masked by `activity-collector config`."""

@@ -50,6 +50,77 @@
 
 #define NANOS_PER_SECOND INT64_C(1000000000)
 
+/* Field numbers of protos/activity/v1/activity.proto (and of the well-known types it uses) that this
+ * filter reads. Each message's fields are 1..*_MAX_FIELD, every one of them known here; a number past
+ * it is an unknown field (slow). tests/core/test_c_field_numbers.py checks every *_FIELD constant of
+ * this file against the descriptors: a number changed in the .proto fails there, not in production. */
+#define ACTIVITY_ID_FIELD 1
+#define ACTIVITY_ACTION_FIELD 2
+#define ACTIVITY_TARGET_FIELD 3
+#define ACTIVITY_USER_FIELD 4
+#define ACTIVITY_SOURCE_ID_FIELD 5
+#define ACTIVITY_METADATA_FIELD 6
+#define ACTIVITY_SEGMENTS_FIELD 7
+#define ACTIVITY_OCCURRED_AT_FIELD 8
+#define ACTIVITY_MAX_FIELD 8
+
+#define TARGET_TYPE_FIELD 1
+#define TARGET_ID_FIELD 2
+#define TARGET_ATTRIBUTES_FIELD 3
+#define TARGET_MAX_FIELD 3
+
+#define USER_SESSION_ID_FIELD 1
+#define USER_ANONYMOUS_ID_FIELD 2
+#define USER_USER_ID_FIELD 3
+#define USER_IDENTITIES_FIELD 4
+#define USER_MAX_FIELD 4
+
+#define METADATA_LOCALE_FIELD 1
+#define METADATA_DEVICE_TYPE_FIELD 2
+#define METADATA_QUANTITY_FIELD 3
+#define METADATA_PRICE_FIELD 4
+#define METADATA_CURRENCY_FIELD 5
+#define METADATA_ORDER_ID_FIELD 6
+#define METADATA_PAGE_URL_FIELD 7
+#define METADATA_REFERRER_FIELD 8
+#define METADATA_USER_AGENT_FIELD 9
+#define METADATA_QUERY_FIELD 10
+#define METADATA_CUSTOM_FIELD 11
+#define METADATA_MAX_FIELD 11
+
+/* An entry of every map<string, string> (Target.attributes, User.identities, Metadata.custom). */
+#define MAP_KEY_FIELD 1
+#define MAP_VALUE_FIELD 2
+#define MAP_MAX_FIELD 2
+
+/* google.protobuf.Timestamp */
+#define TIMESTAMP_SECONDS_FIELD 1
+#define TIMESTAMP_NANOS_FIELD 2
+#define TIMESTAMP_MAX_FIELD 2
+
+/* The envelope of FORMAT ProtobufList: its repeated row field (workers.rows frames the same). */
+#define ROWS_ENVELOPE_FIELD 1
+
+/* Fields are tracked in 32-bit `seen` masks, and `frame` writes one-byte keys. */
+#if ACTIVITY_MAX_FIELD > 31 || TARGET_MAX_FIELD > 31 || USER_MAX_FIELD > 31 || METADATA_MAX_FIELD > 31 || \
+    MAP_MAX_FIELD > 31 || TIMESTAMP_MAX_FIELD > 31
+#error "a *_MAX_FIELD past 31 does not fit the seen masks"
+#endif
+#if ACTIVITY_ID_FIELD > 15 || ROWS_ENVELOPE_FIELD > 15
+#error "frame writes the keys of ACTIVITY_ID_FIELD and ROWS_ENVELOPE_FIELD as one byte"
+#endif
+
+#define FIELD_BIT(num) (1u << (num))
+/* The fields an activity, a target and a map entry must carry (each once) to be fast. */
+#define ACTIVITY_REQUIRED_BITS \
+    (FIELD_BIT(ACTIVITY_ACTION_FIELD) | FIELD_BIT(ACTIVITY_TARGET_FIELD) | FIELD_BIT(ACTIVITY_USER_FIELD))
+#define TARGET_REQUIRED_BITS (FIELD_BIT(TARGET_TYPE_FIELD) | FIELD_BIT(TARGET_ID_FIELD))
+#define MAP_ENTRY_BITS (FIELD_BIT(MAP_KEY_FIELD) | FIELD_BIT(MAP_VALUE_FIELD))
+/* The one-byte key of a length-delimited field (wire type 2) numbered below 16. */
+#define LEN_KEY(num) ((uint8_t)((num) << 3 | 2))
+/* An id field that frame adds: its key, its length (36), and the 36 characters of a UUID. */
+#define ID_FIELD_BYTES 38
+
 typedef struct {
     int64_t max_activity_bytes;
     int64_t max_id_chars;
@@ -388,14 +459,14 @@ static int scan_map_entry(const ctx_t *c, const field_t *e, map_t *m, int *slow)
     while (p < end) {
         if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
             return r;
-        if (f.wt != 2 || (f.num != 1 && f.num != 2)) {
+        if (f.wt != 2 || (f.num != MAP_KEY_FIELD && f.num != MAP_VALUE_FIELD)) {
             *slow = 1; /* unknown field, or a known one with another wire type (unknown to upb) */
             continue;
         }
-        if (seen & (1u << f.num))
+        if (seen & FIELD_BIT(f.num))
             *slow = 1;
-        seen |= 1u << f.num;
-        if (f.num == 1) {
+        seen |= FIELD_BIT(f.num);
+        if (f.num == MAP_KEY_FIELD) {
             if ((r = str_field(&f, 1, c->max_name_chars, slow)) != SCAN_OK)
                 return r;
             key = f.data;
@@ -406,7 +477,7 @@ static int scan_map_entry(const ctx_t *c, const field_t *e, map_t *m, int *slow)
     }
     m->n++;
     /* Both key and value on the wire: upb writes both back, so ByteSize() stays within the raw size. */
-    if (seen != 6u)
+    if (seen != MAP_ENTRY_BITS)
         *slow = 1;
     if (*slow)
         return SCAN_OK;
@@ -437,30 +508,30 @@ static int scan_target(const ctx_t *c, const field_t *t, int *slow)
     while (p < end) {
         if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
             return r;
-        if (f.wt != 2 || f.num > 3) {
+        if (f.wt != 2 || f.num > TARGET_MAX_FIELD) {
             *slow = 1;
             continue;
         }
-        if (f.num != 3) {
-            if (seen & (1u << f.num))
+        if (f.num != TARGET_ATTRIBUTES_FIELD) {
+            if (seen & FIELD_BIT(f.num))
                 *slow = 1;
-            seen |= 1u << f.num;
+            seen |= FIELD_BIT(f.num);
         }
         switch (f.num) {
-        case 1:
+        case TARGET_TYPE_FIELD:
             r = str_field(&f, 1, c->max_name_chars, slow);
             break;
-        case 2:
+        case TARGET_ID_FIELD:
             r = str_field(&f, 1, c->max_id_chars, slow);
             break;
-        default:
+        default: /* TARGET_ATTRIBUTES_FIELD */
             r = scan_map_entry(c, &f, &attrs, slow);
             break;
         }
         if (r != SCAN_OK)
             return r;
     }
-    if ((seen & 6u) != 6u)
+    if ((seen & TARGET_REQUIRED_BITS) != TARGET_REQUIRED_BITS)
         *slow = 1; /* type or id missing */
     return SCAN_OK;
 }
@@ -478,14 +549,14 @@ static int scan_user(const ctx_t *c, const field_t *u, int *slow)
     while (p < end) {
         if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
             return r;
-        if (f.wt != 2 || f.num > 4) {
+        if (f.wt != 2 || f.num > USER_MAX_FIELD) {
             *slow = 1;
             continue;
         }
-        if (f.num != 4) {
-            if (seen & (1u << f.num))
+        if (f.num != USER_IDENTITIES_FIELD) { /* session_id, anonymous_id, user_id */
+            if (seen & FIELD_BIT(f.num))
                 *slow = 1;
-            seen |= 1u << f.num;
+            seen |= FIELD_BIT(f.num);
             r = str_field(&f, 0, c->max_id_chars, slow);
             if (f.len)
                 any_id = 1;
@@ -514,40 +585,41 @@ static int scan_metadata(const ctx_t *c, const field_t *md, int *slow)
     while (p < end) {
         if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
             return r;
-        if (f.num > 11 || f.wt != ((f.num == 3 || f.num == 4) ? 0u : 2u)) {
+        if (f.num > METADATA_MAX_FIELD ||
+            f.wt != ((f.num == METADATA_QUANTITY_FIELD || f.num == METADATA_PRICE_FIELD) ? 0u : 2u)) {
             *slow = 1;
             continue;
         }
-        if (f.num != 11) {
-            if (seen & (1u << f.num))
+        if (f.num != METADATA_CUSTOM_FIELD) {
+            if (seen & FIELD_BIT(f.num))
                 *slow = 1;
-            seen |= 1u << f.num;
+            seen |= FIELD_BIT(f.num);
         }
         r = SCAN_OK;
         switch (f.num) {
-        case 1: /* locale */
+        case METADATA_LOCALE_FIELD:
             if (!is_canonical_locale(f.data, f.len) || (int64_t)f.len > c->max_name_chars) {
                 if (f.len)
                     *slow = 1;
                 r = str_field(&f, 0, c->max_name_chars, slow);
             }
             break;
-        case 2: /* device_type */
+        case METADATA_DEVICE_TYPE_FIELD:
             if (f.len && (!is_canonical_name(f.data, f.len) || (int64_t)f.len > c->max_name_chars)) {
                 *slow = 1;
                 r = str_field(&f, 0, 0, slow);
             }
             break;
-        case 3: /* quantity: > 0 as an int64 */
+        case METADATA_QUANTITY_FIELD:
             if (f.val == 0 || f.val > (uint64_t)INT64_MAX)
                 *slow = 1;
             break;
-        case 4: /* price: >= 0 as an int64, and a currency */
+        case METADATA_PRICE_FIELD:
             if (f.val > (uint64_t)INT64_MAX)
                 *slow = 1;
             has_price = 1;
             break;
-        case 5: /* currency: empty or a code of the list, upper case */
+        case METADATA_CURRENCY_FIELD:
             currency_len = f.len;
             if (f.len == 0)
                 break;
@@ -561,16 +633,16 @@ static int scan_metadata(const ctx_t *c, const field_t *md, int *slow)
             *slow = 1;
             r = str_field(&f, 0, 0, slow);
             break;
-        case 6: /* order_id */
+        case METADATA_ORDER_ID_FIELD:
             r = str_field(&f, 0, c->max_id_chars, slow);
             break;
-        case 7: /* page_url */
-        case 8: /* referrer */
-        case 9: /* user_agent */
-        case 10: /* query */
+        case METADATA_PAGE_URL_FIELD:
+        case METADATA_REFERRER_FIELD:
+        case METADATA_USER_AGENT_FIELD:
+        case METADATA_QUERY_FIELD:
             r = str_field(&f, 0, c->max_text_chars, slow);
             break;
-        default: /* 11: custom */
+        default: /* METADATA_CUSTOM_FIELD */
             r = scan_map_entry(c, &f, &custom, slow);
             break;
         }
@@ -595,14 +667,14 @@ static int scan_timestamp(const ctx_t *c, const field_t *t, int *slow)
     while (p < end) {
         if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
             return r;
-        if (f.wt != 0 || f.num > 2) {
+        if (f.wt != 0 || f.num > TIMESTAMP_MAX_FIELD) {
             *slow = 1;
             continue;
         }
-        if (seen & (1u << f.num))
+        if (seen & FIELD_BIT(f.num))
             *slow = 1;
-        seen |= 1u << f.num;
-        if (f.num == 1)
+        seen |= FIELD_BIT(f.num);
+        if (f.num == TIMESTAMP_SECONDS_FIELD)
             seconds = f.val;
         else
             nanos = f.val;
@@ -643,18 +715,18 @@ static int scan_activity(const ctx_t *c, const uint8_t *p, const uint8_t *end, i
     while (p < end) {
         if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
             return r;
-        if (f.wt != 2 || f.num > 8) {
+        if (f.wt != 2 || f.num > ACTIVITY_MAX_FIELD) {
             *slow = 1;
             continue;
         }
-        if (f.num != 7) {
-            if (seen & (1u << f.num))
+        if (f.num != ACTIVITY_SEGMENTS_FIELD) {
+            if (seen & FIELD_BIT(f.num))
                 *slow = 1;
-            seen |= 1u << f.num;
+            seen |= FIELD_BIT(f.num);
         }
         r = SCAN_OK;
         switch (f.num) {
-        case 1: /* id: a UUID; an empty id field on the wire is left to Python */
+        case ACTIVITY_ID_FIELD: /* a UUID; an empty id field on the wire is left to Python */
             id->present = 1;
             id->uuid = parse_uuid(f.data, f.len, &id->hi, &id->lo);
             if (!id->uuid) {
@@ -662,36 +734,36 @@ static int scan_activity(const ctx_t *c, const uint8_t *p, const uint8_t *end, i
                 r = str_field(&f, 0, 0, slow);
             }
             break;
-        case 2: /* action */
+        case ACTIVITY_ACTION_FIELD:
             if (!is_canonical_name(f.data, f.len) || (int64_t)f.len > c->max_name_chars) {
                 *slow = 1;
                 r = str_field(&f, 0, 0, slow);
             }
             break;
-        case 3:
+        case ACTIVITY_TARGET_FIELD:
             r = scan_target(c, &f, slow);
             break;
-        case 4:
+        case ACTIVITY_USER_FIELD:
             r = scan_user(c, &f, slow);
             break;
-        case 5: /* source_id */
+        case ACTIVITY_SOURCE_ID_FIELD:
             r = str_field(&f, 0, c->max_id_chars, slow);
             break;
-        case 6:
+        case ACTIVITY_METADATA_FIELD:
             r = scan_metadata(c, &f, slow);
             break;
-        case 7: /* segments */
+        case ACTIVITY_SEGMENTS_FIELD:
             segments++;
             r = str_field(&f, 1, c->max_name_chars, slow);
             break;
-        default: /* 8: occurred_at */
+        default: /* ACTIVITY_OCCURRED_AT_FIELD */
             r = scan_timestamp(c, &f, slow);
             break;
         }
         if (r != SCAN_OK)
             return r;
     }
-    if ((seen & 0x1cu) != 0x1cu) /* action, target, user */
+    if ((seen & ACTIVITY_REQUIRED_BITS) != ACTIVITY_REQUIRED_BITS) /* action, target, user */
         *slow = 1;
     if (segments > c->max_segments)
         *slow = 1;
@@ -985,7 +1057,7 @@ static int has_id(const uint8_t *p, const uint8_t *end)
     while (p < end) {
         if (next_field(&p, end, &f, &ignored) != SCAN_OK)
             return -1;
-        if (f.num == 1 && f.wt == 2 && f.len > 0)
+        if (f.num == ACTIVITY_ID_FIELD && f.wt == 2 && f.len > 0)
             found = 1;
     }
     return found;
@@ -1101,7 +1173,7 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
         }
         flags[k] = (uint8_t)!h;
         missing += (size_t)!h;
-        row = (size_t)(end - start) + (h ? 0 : 38) + (size_t)suffix.len;
+        row = (size_t)(end - start) + (h ? 0 : ID_FIELD_BYTES) + (size_t)suffix.len;
         if (extras) {
             PyObject *x = PyList_GET_ITEM(extras, (Py_ssize_t)k);
             if (!PyBytes_Check(x)) {
@@ -1135,15 +1207,16 @@ static PyObject *fp_frame(PyObject *self, PyObject *args)
                 extra = PyBytes_AS_STRING(x);
                 extra_len = (size_t)PyBytes_GET_SIZE(x);
             }
-            *out++ = 0x0a;
-            out = put_varint(out, (uint64_t)(len + (flags[k] ? 38 : 0) + (size_t)suffix.len + extra_len));
+            *out++ = LEN_KEY(ROWS_ENVELOPE_FIELD);
+            out = put_varint(out,
+                             (uint64_t)(len + (flags[k] ? ID_FIELD_BYTES : 0) + (size_t)suffix.len + extra_len));
             memcpy(out, rawp + start, len);
             out += len;
             if (flags[k]) {
                 PyObject *key, *text;
                 int err;
-                *out++ = 0x0a;
-                *out++ = 0x24;
+                *out++ = LEN_KEY(ACTIVITY_ID_FIELD);
+                *out++ = ID_FIELD_BYTES - 2;
                 uuid4_text(random, (char *)out);
                 random += 16;
                 text = PyUnicode_FromStringAndSize((const char *)out, 36);
@@ -1190,7 +1263,8 @@ static void find_keys(const uint8_t *p, const uint8_t *end, const uint8_t **data
         const uint8_t *q, *qend;
         if (next_field(&p, end, &f, &ignored) != SCAN_OK)
             return;
-        if (f.wt != 2 || (f.num != 3 && f.num != 4 && f.num != 6))
+        if (f.wt != 2 ||
+            (f.num != ACTIVITY_TARGET_FIELD && f.num != ACTIVITY_USER_FIELD && f.num != ACTIVITY_METADATA_FIELD))
             continue;
         q = f.data;
         qend = f.data + f.len;
@@ -1200,15 +1274,17 @@ static void find_keys(const uint8_t *p, const uint8_t *end, const uint8_t **data
                 break;
             if (g.wt != 2)
                 continue;
-            if (f.num == 3)
-                slot = g.num == 1 ? KEY_TARGET_TYPE : g.num == 2 ? KEY_TARGET_ID : -1;
-            else if (f.num == 4)
-                slot = g.num == 3   ? KEY_USER_ID
-                       : g.num == 2 ? KEY_ANONYMOUS_ID
-                       : g.num == 1 ? KEY_SESSION_ID
-                                    : -1;
+            if (f.num == ACTIVITY_TARGET_FIELD)
+                slot = g.num == TARGET_TYPE_FIELD ? KEY_TARGET_TYPE
+                       : g.num == TARGET_ID_FIELD ? KEY_TARGET_ID
+                                                  : -1;
+            else if (f.num == ACTIVITY_USER_FIELD)
+                slot = g.num == USER_USER_ID_FIELD        ? KEY_USER_ID
+                       : g.num == USER_ANONYMOUS_ID_FIELD ? KEY_ANONYMOUS_ID
+                       : g.num == USER_SESSION_ID_FIELD   ? KEY_SESSION_ID
+                                                          : -1;
             else
-                slot = g.num == 9 ? KEY_USER_AGENT : -1;
+                slot = g.num == METADATA_USER_AGENT_FIELD ? KEY_USER_AGENT : -1;
             if (slot >= 0) {
                 data[slot] = g.data;
                 len[slot] = g.len;

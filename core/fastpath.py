@@ -5,11 +5,14 @@
 enrichment would change nothing but the id) stay as byte spans of the request and are framed as rows
 by a memory copy; every other activity goes to the Python path, which stays the reference and writes
 every rejection. The compiled module is optional: without a C compiler at install time the package
-installs without it and `available` is False; the Python path then handles every activity.
+installs without it and `available` is False; the Python path then handles every activity. The
+environment variable `ACTIVITY_PURE_PYTHON=1`, read once at import, makes a process behave as if the
+module were absent (it is then not even loaded), here and in `workers.enrichment.lookups`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
@@ -17,10 +20,16 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from core.limits import Limits
 from core.normalize import CURRENCIES
 
-try:
-    from core import _fastpath  # type: ignore[attr-defined]
-except ImportError:  # built without a C compiler
-    _fastpath = None
+PURE_PYTHON_ENV = "ACTIVITY_PURE_PYTHON"
+pure_python = os.environ.get(PURE_PYTHON_ENV, "").strip() not in ("", "0")
+"""Set (to anything but empty or 0): the compiled modules are not used, as if they were not built."""
+
+_fastpath: Any = None
+if not pure_python:
+    try:
+        from core import _fastpath  # type: ignore[attr-defined,no-redef]
+    except ImportError:  # built without a C compiler
+        _fastpath = None
 
 available = _fastpath is not None
 

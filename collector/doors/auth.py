@@ -15,6 +15,9 @@ each batch it sends, through the same cache, so that revocation also ends long-l
 When PostgreSQL cannot answer (down, slow past `LOOKUP_TIMEOUT_S`), a key accepted before keeps being
 accepted (counted as `stale`): ingestion of tenants already seen goes on. A key the collector has not
 seen cannot be decided: UNAVAILABLE, with a retry delay.
+
+Every check ends in one of `OUTCOMES`, counted in `AuthStats.outcomes` where it is decided (one dict
+update per call); `/metrics` reads them at scrape time (`activity_collector_auth_checks_total`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import collections
 import contextvars
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -55,6 +59,18 @@ class AuthError(Exception):
         self.retry_delay_s = retry_delay_s
 
 
+ACCEPTED = "accepted"
+STALE = "stale"
+UNAUTHENTICATED = "unauthenticated"
+PERMISSION_DENIED = "permission_denied"
+UNAVAILABLE = "unavailable"
+OUTCOMES = (ACCEPTED, STALE, UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE)
+"""What a check ends in, exactly one per check: accepted; stale (accepted on a past decision because
+PostgreSQL could not be asked); unauthenticated (a missing or unknown key); permission_denied (a
+revoked key, a disabled tenant); unavailable (PostgreSQL could not be asked, and the key was not
+accepted before)."""
+
+
 @dataclass
 class AuthStats:
     """Counters since start, in calls (and stream batches)."""
@@ -62,11 +78,35 @@ class AuthStats:
     checks: int = 0
     cache_hits: int = 0
     lookups: int = 0
-    unauthenticated: int = 0
-    permission_denied: int = 0
-    unavailable: int = 0
-    stale: int = 0
-    """Keys accepted on a past decision because PostgreSQL could not be asked."""
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Checks by (outcome, tenant): the key's tenant where it has one (accepted, stale,
+    permission_denied), '' where it has none (missing, unknown, not decided), so that made-up keys add
+    no tenant."""
+
+    def count(self, outcome: str) -> int:
+        """Checks that ended in `outcome`, every tenant's."""
+        return sum(n for (o, _), n in self.outcomes.items() if o == outcome)
+
+    @property
+    def accepted(self) -> int:
+        return self.count(ACCEPTED)
+
+    @property
+    def unauthenticated(self) -> int:
+        return self.count(UNAUTHENTICATED)
+
+    @property
+    def permission_denied(self) -> int:
+        return self.count(PERMISSION_DENIED)
+
+    @property
+    def unavailable(self) -> int:
+        return self.count(UNAVAILABLE)
+
+    @property
+    def stale(self) -> int:
+        """Keys accepted on a past decision because PostgreSQL could not be asked."""
+        return self.count(STALE)
 
 
 @dataclass(frozen=True)
@@ -113,7 +153,7 @@ class Authenticator:
         """The tenant of `key`, or AuthError."""
         self.stats.checks += 1
         if key is None:
-            self.stats.unauthenticated += 1
+            self.stats.outcomes[(UNAUTHENTICATED, "")] += 1
             raise AuthError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing API key: send the metadata `authorization: Bearer <key>`",
@@ -128,9 +168,9 @@ class Authenticator:
             check = await self._lookup(digest, key)
         except POSTGRES_ERRORS as error:
             if entry is not None and entry.check.outcome == "ok" and entry.check.tenant is not None:
-                self.stats.stale += 1
+                self.stats.outcomes[(STALE, entry.check.tenant)] += 1
                 return entry.check.tenant
-            self.stats.unavailable += 1
+            self.stats.outcomes[(UNAVAILABLE, "")] += 1
             log.warning("API key check failed", extra={"error": str(error) or type(error).__name__})
             raise AuthError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -165,14 +205,15 @@ class Authenticator:
 
     def _decide(self, check: KeyCheck) -> str:
         if check.outcome == "ok" and check.tenant is not None:
+            self.stats.outcomes[(ACCEPTED, check.tenant)] += 1
             return check.tenant
         if check.outcome == "revoked":
-            self.stats.permission_denied += 1
+            self.stats.outcomes[(PERMISSION_DENIED, check.tenant or "")] += 1
             raise AuthError(grpc.StatusCode.PERMISSION_DENIED, "the API key is revoked")
         if check.outcome == "disabled":
-            self.stats.permission_denied += 1
+            self.stats.outcomes[(PERMISSION_DENIED, check.tenant or "")] += 1
             raise AuthError(grpc.StatusCode.PERMISSION_DENIED, f"tenant {check.tenant} is disabled")
-        self.stats.unauthenticated += 1
+        self.stats.outcomes[(UNAUTHENTICATED, "")] += 1
         raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
 
 

@@ -1,10 +1,10 @@
 """Metrics in the Prometheus text format, served at `/metrics` on `metrics_listen`.
 
-Most values are read at scrape time from the counters the service and the pipeline keep anyway
-(`ServiceStats`, `PipelineStats`, `Pipeline.pending`) by a custom collector, so a request pays nothing
-for metrics. The two histograms (insert rows and insert duration) are observed once per insert. The
-HTTP listener runs on the collector's event loop, where the counters are written, so a scrape reads a
-consistent set of values and no lock is needed. What to alert on: `docs/operations.md`.
+Most values are read at scrape time from the counters the service, the pipeline and authentication
+keep anyway (`ServiceStats`, `PipelineStats`, `Pipeline.pending`, `AuthStats`) by a custom collector, so
+a request pays nothing for metrics. The two histograms (insert rows and insert duration) are observed
+once per insert. The HTTP listener runs on the collector's event loop, where the counters are written,
+so a scrape reads a consistent set of values and no lock is needed. What to alert on: `docs/operations.md`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from collector.config import Settings
+from collector.doors.auth import UNAUTHENTICATED, UNAVAILABLE, Authenticator
 from collector.doors.service import ActivityService
 from collector.doors.web import WebListener
 from collector.process.health import HealthMonitor
@@ -53,7 +54,7 @@ def _version() -> str:
 
 
 class StatsCollector(Collector):
-    """Reads the service's and the pipeline's counters at scrape time."""
+    """Reads the service's, the pipeline's and authentication's counters at scrape time."""
 
     def __init__(
         self,
@@ -62,12 +63,14 @@ class StatsCollector(Collector):
         pipeline: Pipeline,
         health: HealthMonitor | None,
         connector: StoreConnector | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.capacity = settings.pipeline.queue_capacity
         self.service = service
         self.pipeline = pipeline
         self.health = health
         self.connector = connector
+        self.authenticator = authenticator
 
     def collect(self) -> Iterable[Metric]:
         s = self.service.stats
@@ -153,6 +156,7 @@ class StatsCollector(Collector):
             "(tenant '' when their rows do not say).",
             p.dead_letters_by_tenant,
         )
+        yield from self._auth()
         yield from self._enrichment()
         spool = self.pipeline.spool
         if spool is not None:
@@ -196,6 +200,23 @@ class StatsCollector(Collector):
                 "1 while gRPC health is SERVING (the store, or the spool, takes activities), 0 while not.",
                 value=1 if self.health.serving else 0,
             )
+
+    def _auth(self) -> Iterable[Metric]:
+        if self.authenticator is None:
+            return
+        checks = CounterMetricFamily(
+            PREFIX + "_auth_checks",
+            "API key checks (calls and stream batches) by outcome: accepted, stale (accepted on a past "
+            "decision: PostgreSQL did not answer), unauthenticated (missing or unknown key), "
+            "permission_denied (revoked key, disabled tenant), unavailable (PostgreSQL did not answer); "
+            "tenant where the key has one, else ''.",
+            labels=["outcome", "tenant"],
+        )
+        # The refusals without a tenant are there from the start, so that rate() sees their first one.
+        counts = {(UNAUTHENTICATED, ""): 0, (UNAVAILABLE, ""): 0, **self.authenticator.stats.outcomes}
+        for (outcome, tenant), n in sorted(counts.items()):
+            checks.add_metric([outcome, tenant], n)
+        yield checks
 
     def _enrichment(self) -> Iterable[Metric]:
         enricher = self.pipeline.enricher
@@ -267,9 +288,10 @@ class Metrics:
         pipeline: Pipeline,
         health: HealthMonitor | None,
         connector: StoreConnector | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(StatsCollector(settings, service, pipeline, health, connector))
+        self.registry.register(StatsCollector(settings, service, pipeline, health, connector, authenticator))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.insert_rows = Histogram(

@@ -175,7 +175,9 @@ class CollectorServer:
             connector=self.connector,
         )
         self.health.register(self._grpc)
-        self.metrics = Metrics(settings, self.service, self.pipeline, self.health, self.connector)
+        self.metrics = Metrics(
+            settings, self.service, self.pipeline, self.health, self.connector, authenticator=self.authenticator
+        )
         if settings.metrics_listen:
             metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await metrics_server.start()

@@ -17,7 +17,14 @@ import pytest
 from activity_client.trailers import retry_delay_from_trailer
 from helpers import bearer, make_activity
 
-from collector.doors.auth import Authenticator
+from collector.doors.auth import (
+    ACCEPTED,
+    PERMISSION_DENIED,
+    STALE,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    Authenticator,
+)
 from collector.process.server import CollectorServer
 from collector.tenants import TenantStore, new_key
 from core.proto.activity.v1 import activity_pb2 as pb
@@ -110,6 +117,12 @@ async def test_every_key_state(authed: tuple[CollectorServer, TenantStore, str])
     assert server.authenticator is not None
     stats = server.authenticator.stats
     assert stats.unauthenticated >= 5 and stats.permission_denied >= 2 and stats.cache_hits > 0
+    # Each check is counted once, with the tenant where the key has one (what /metrics exports).
+    assert stats.checks == sum(stats.outcomes.values())
+    assert stats.outcomes[(PERMISSION_DENIED, "shop-a")] >= 1  # the revoked key
+    assert stats.outcomes[(PERMISSION_DENIED, "default")] >= 1  # the disabled tenant
+    assert stats.outcomes[(ACCEPTED, "shop-a")] >= 1 and stats.outcomes[(ACCEPTED, "default")] >= 2
+    assert {tenant for outcome, tenant in stats.outcomes if outcome == UNAUTHENTICATED} == {""}
 
 
 def with_tenant_field(activity: pb.Activity, tenant: str) -> bytes:
@@ -118,7 +131,7 @@ def with_tenant_field(activity: pb.Activity, tenant: str) -> bytes:
 
 
 def framed(field: int, body: bytes) -> bytes:
-    from workers.rows import varint
+    from core.wire import varint
 
     return varint(field << 3 | 2) + varint(len(body)) + body
 
@@ -248,6 +261,8 @@ async def test_when_postgresql_stops_known_keys_keep_working_and_unknown_ones_wa
             assert unknown.code() == grpc.StatusCode.UNAVAILABLE
             assert retry_delay_from_trailer(unknown.trailing_metadata()) == pytest.approx(0.5)
         assert server.authenticator is not None and server.authenticator.stats.stale >= 3
+        outcomes = server.authenticator.stats.outcomes
+        assert outcomes[(STALE, "default")] >= 3 and outcomes[(UNAVAILABLE, "")] == 1
         assert tenants_of(server) == ["default"] * 4
     finally:
         await server.shutdown(grace=1)

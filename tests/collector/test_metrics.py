@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from helpers import make_activity
+from helpers import bearer, make_activity
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.process.server import CollectorServer
-from collector.tenants import TenantStore
+from collector.tenants import TenantStore, new_key
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
@@ -215,3 +215,74 @@ async def test_activity_counts_are_per_tenant(start_server: Any) -> None:
         assert value(samples, "activities_received_total", tenant=tenant) == count
         assert value(samples, "activities_accepted_total", tenant=tenant) == count - 1
         assert value(samples, "activities_rejected_total", tenant=tenant, reason="missing_field") == 1
+
+
+def auth_checks(samples: Samples) -> dict[tuple[str, str], float]:
+    """activity_collector_auth_checks_total by (outcome, tenant): every series there is."""
+    found: dict[tuple[str, str], float] = {}
+    for (name, labels), n in samples.items():
+        if name == "activity_collector_auth_checks_total":
+            by_name = dict(labels)
+            assert set(by_name) == {"outcome", "tenant"}, by_name
+            found[(by_name["outcome"], by_name["tenant"])] = n
+    return found
+
+
+async def test_auth_outcomes_are_counted_by_outcome_and_tenant(start_server: Any) -> None:
+    server: CollectorServer = await start_server(auth=True)
+    assert server.postgres is not None and server.created_key is not None
+    assert server.authenticator is not None
+    good = server.created_key
+    tenants = TenantStore(server.postgres.pool)
+    await tenants.create_tenant("shop-r")
+    revoked, _ = await tenants.create_key("shop-r")
+    await tenants.revoke_key(revoked)
+
+    # The refusals without a tenant are exported from the start, at 0.
+    assert auth_checks(await scrape(server)) == {("unauthenticated", ""): 0, ("unavailable", ""): 0}, (
+        "the server's /metrics has no auth outcomes: CollectorServer must hand its Authenticator to "
+        "Metrics (collector/process/server.py)"
+    )
+
+    one = pb.TrackActivityRequest(activity=make_activity(1))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+
+        async def refused(metadata: Any) -> grpc.StatusCode:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.TrackActivity(one, metadata=metadata)
+            return failed.value.code()
+
+        assert await refused(None) == grpc.StatusCode.UNAUTHENTICATED  # no key
+        assert auth_checks(await scrape(server)) == {("unauthenticated", ""): 1, ("unavailable", ""): 0}
+
+        unknown = new_key()[0]  # well formed, but no tenant has it
+        for _ in range(2):  # the second answer comes from the cache
+            assert await refused(bearer(unknown)) == grpc.StatusCode.UNAUTHENTICATED
+        assert await refused(bearer("nonsense")) == grpc.StatusCode.UNAUTHENTICATED
+        assert auth_checks(await scrape(server)) == {("unauthenticated", ""): 4, ("unavailable", ""): 0}
+
+        assert await refused(bearer(revoked)) == grpc.StatusCode.PERMISSION_DENIED
+        for n in range(3):
+            answer = await stub.TrackActivity(
+                pb.TrackActivityRequest(activity=make_activity(10 + n)), metadata=bearer(good)
+            )
+            assert answer.accepted_count == 1
+        # A stream's key is checked when it opens and again for each batch: three checks.
+        call = stub.StreamActivities(metadata=bearer(good))
+        for sequence in (1, 2):
+            await call.write(
+                pb.StreamActivitiesRequest(sequence=sequence, activities=[make_activity(20 + sequence)])
+            )
+        await call.done_writing()
+        assert [a.accepted_count async for a in call] == [1, 1]
+
+    assert auth_checks(await scrape(server)) == {
+        ("accepted", "default"): 6,
+        ("permission_denied", "shop-r"): 1,
+        ("unauthenticated", ""): 4,
+        ("unavailable", ""): 0,
+    }
+    stats = server.authenticator.stats
+    assert stats.checks == 11 == sum(stats.outcomes.values())
+    assert (stats.accepted, stats.unauthenticated, stats.permission_denied) == (6, 4, 1)

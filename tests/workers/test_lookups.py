@@ -11,20 +11,20 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_compiled import compiled_module
 
 from core import fastpath
 from workers.enrichment import lookups
 
-try:
-    from workers.enrichment import _lookups as compiled  # type: ignore[attr-defined]
-except ImportError:  # no C compiler at install time: the reference runs alone, and is tested below
-    compiled = None
+COMPILED = "workers.enrichment._lookups"
 
-# Skipped only where no C compiler built the module; test_the_compiled_module_is_built_whenever_the_fast_
-# path_is fails when it should have been built, so a broken build cannot hide behind the skip.
-needs_compiled = pytest.mark.skipif(
-    compiled is None, reason="workers.enrichment._lookups was not built: no C compiler at install time"
-)
+
+@pytest.fixture(scope="module")
+def compiled() -> Any:
+    """The compiled module. Not built: its tests fail (a broken build), or are skipped where
+    ACTIVITY_NO_COMPILER=1 (tests/test_compiled.py); the reference's tests run either way."""
+    return compiled_module(COMPILED)
+
 
 MISSING = object()
 
@@ -35,14 +35,19 @@ key_tuples = st.tuples(
 )
 
 
-def test_the_compiled_module_is_built_whenever_the_fast_path_is() -> None:
-    # Both are optional extensions of the same build: one built without the other is a broken build.
+def test_the_compiled_module_is_used_whenever_the_fast_path_is() -> None:
+    # Both are optional extensions of the same build, switched off together by ACTIVITY_PURE_PYTHON.
     assert lookups.compiled == fastpath.available
-    if compiled is not None:
-        assert lookups.lookup is compiled.lookup
+    if lookups.compiled:
+        assert lookups.lookup is compiled_module(COMPILED).lookup
+    else:
+        assert (lookups.lookup, lookups.stitch, lookups.join) == (
+            lookups.lookup_py,
+            lookups.stitch_py,
+            lookups.join_py,
+        )
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     keys=st.lists(key_tuples, max_size=40),
@@ -57,6 +62,7 @@ def test_lookup_agrees_with_the_reference(
     entries: dict[tuple[str, ...], bytes],
     expires: list[float],
     prefix: str | None,
+    compiled: Any,
 ) -> None:
     columns = (0, 1)
     table: dict[Any, Any] = entries if prefix else {k[1:]: v for k, v in entries.items()}
@@ -73,7 +79,6 @@ def test_lookup_agrees_with_the_reference(
     )
 
 
-@needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(
     keys=st.lists(key_tuples, max_size=40),
@@ -81,7 +86,7 @@ def test_lookup_agrees_with_the_reference(
     sessions=st.dictionaries(ids.filter(bool), users.filter(bool)),
 )
 def test_stitch_agrees_with_the_reference(
-    keys: list[tuple[str, ...]], anonymous: dict[str, str], sessions: dict[str, str]
+    keys: list[tuple[str, ...]], anonymous: dict[str, str], sessions: dict[str, str], compiled: Any
 ) -> None:
     a1, s1, a2, s2 = dict(anonymous), dict(sessions), dict(anonymous), dict(sessions)
     assert compiled.stitch(keys, a1, s1, "anon", "session") == lookups.stitch_py(
@@ -90,7 +95,6 @@ def test_stitch_agrees_with_the_reference(
     assert (a1, s1) == (a2, s2)
 
 
-@needs_compiled
 @settings(max_examples=200, deadline=None)
 @given(
     rows=st.lists(
@@ -100,15 +104,15 @@ def test_stitch_agrees_with_the_reference(
         max_size=30,
     )
 )
-def test_join_agrees_with_the_reference(rows: list[tuple[Any, Any, str]]) -> None:
+def test_join_agrees_with_the_reference(rows: list[tuple[Any, Any, str]], compiled: Any) -> None:
     columns = tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [])
     tables = (None, None, {"u1": b"<u1>", "u2": b"<u2>"})
     assert compiled.join(columns, tables) == lookups.join_py(columns, tables)
 
 
-@pytest.mark.parametrize("impl", [pytest.param("compiled", marks=needs_compiled), "reference"])
+@pytest.mark.parametrize("impl", ["compiled", "reference"])
 def test_lookup_reports_each_absent_key_once_with_its_positions(impl: str) -> None:
-    lookup = compiled.lookup if impl == "compiled" else lookups.lookup_py
+    lookup = compiled_module(COMPILED).lookup if impl == "compiled" else lookups.lookup_py
     keys = [("product", "1"), ("product", "2"), ("product", "1"), ("page", "home")]
     table = {("t", "product", "2"): (10.0, b"two"), ("t", "page", "home"): (3.0, b"stale")}
     values, misses = lookup(table, keys, (0, 1), "t", 5.0, MISSING)
@@ -116,9 +120,9 @@ def test_lookup_reports_each_absent_key_once_with_its_positions(impl: str) -> No
     assert misses == {("t", "product", "1"): [0, 2], ("t", "page", "home"): [3]}
 
 
-@pytest.mark.parametrize("impl", [pytest.param("compiled", marks=needs_compiled), "reference"])
+@pytest.mark.parametrize("impl", ["compiled", "reference"])
 def test_stitch_follows_the_batch_order(impl: str) -> None:
-    stitch = compiled.stitch if impl == "compiled" else lookups.stitch_py
+    stitch = compiled_module(COMPILED).stitch if impl == "compiled" else lookups.stitch_py
     keys = [
         ("product", "1", "", "anon-1", "s-1", ""),  # before the login: the link known before, if any
         ("product", "1", "alice", "anon-1", "s-1", ""),  # login: links anon-1 and s-1 to alice
@@ -137,9 +141,9 @@ def test_stitch_follows_the_batch_order(impl: str) -> None:
     assert anonymous == {"anon-1": "bob"} and sessions == {"s-1": "alice"}
 
 
-@pytest.mark.parametrize("impl", [pytest.param("compiled", marks=needs_compiled), "reference"])
+@pytest.mark.parametrize("impl", ["compiled", "reference"])
 def test_join_concatenates_and_skips_what_is_not_bytes(impl: str) -> None:
-    join = compiled.join if impl == "compiled" else lookups.join_py
+    join = compiled_module(COMPILED).join if impl == "compiled" else lookups.join_py
     out = join(
         ([b"ua", b"", b"ua"], [b"T", None, MISSING], ["u1", "", "nobody"]), (None, None, {"u1": b"<u1>"})
     )
@@ -148,8 +152,7 @@ def test_join_concatenates_and_skips_what_is_not_bytes(impl: str) -> None:
         join(([b""], []), (None, None))
 
 
-@needs_compiled
-def test_the_compiled_functions_refuse_bad_arguments_instead_of_crashing() -> None:
+def test_the_compiled_functions_refuse_bad_arguments_instead_of_crashing(compiled: Any) -> None:
     with pytest.raises(TypeError):
         compiled.lookup({}, ["not a tuple"], (0,), None, None, None)
     with pytest.raises(IndexError):

@@ -5,7 +5,8 @@ Enrichment decides once per distinct value of a batch (`workers.enrichment.enric
 apply the decisions to each activity. They are the reference implementations: the optional C module
 `workers.enrichment._lookups` (built with the package when a C compiler is present) does the same about ten
 times faster, and `tests/workers/test_lookups.py` checks both agree on random batches. `lookup`,
-`stitch` and `join` below are the compiled ones when available.
+`stitch` and `join` below are the compiled ones when available, unless `ACTIVITY_PURE_PYTHON=1`
+(`core.fastpath.pure_python`, read once at import) says to run as if the module were not built.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-try:
-    from workers.enrichment import _lookups  # type: ignore[attr-defined]
-except ImportError:  # built without a C compiler
-    _lookups = None
+from core.fastpath import pure_python
+
+_lookups: Any = None
+if not pure_python:
+    try:
+        from workers.enrichment import _lookups  # type: ignore[attr-defined,no-redef]
+    except ImportError:  # built without a C compiler
+        _lookups = None
 
 compiled = _lookups is not None
 
