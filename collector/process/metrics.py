@@ -157,6 +157,7 @@ class StatsCollector(Collector):
             p.dead_letters_by_tenant,
         )
         yield from self._auth()
+        yield from self._processors()
         yield from self._enrichment()
         spool = self.pipeline.spool
         if spool is not None:
@@ -200,6 +201,20 @@ class StatsCollector(Collector):
                 "1 while gRPC health is SERVING (the store, or the spool, takes activities), 0 while not.",
                 value=1 if self.health.serving else 0,
             )
+
+    def _processors(self) -> Iterable[Metric]:
+        chain = self.service.processors
+        family = CounterMetricFamily(
+            PREFIX + "_processor_activities",
+            "Activities a processor rejected, dropped (acknowledged, not stored) or flagged (stored), by "
+            "processor and reason (the rule, e.g. the action pattern).",
+            labels=["processor", "reason", "outcome"],
+        )
+        s = chain.stats
+        for outcome, counts in (("rejected", s.rejected), ("dropped", s.dropped), ("flagged", s.flagged)):
+            for (processor, reason), n in sorted(counts.items()):
+                family.add_metric([processor, reason, outcome], n)
+        yield family
 
     def _auth(self) -> Iterable[Metric]:
         if self.authenticator is None:

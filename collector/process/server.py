@@ -176,7 +176,12 @@ class CollectorServer:
         )
         self.health.register(self._grpc)
         self.metrics = Metrics(
-            settings, self.service, self.pipeline, self.health, self.connector, authenticator=self.authenticator
+            settings,
+            self.service,
+            self.pipeline,
+            self.health,
+            self.connector,
+            authenticator=self.authenticator,
         )
         if settings.metrics_listen:
             metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)

@@ -3,13 +3,16 @@ not stored, both counted; activities the compiled path vouched for go through it
 
 from __future__ import annotations
 
+import asyncio
 import time
+import urllib.request
 from typing import Any
 
 import grpc.aio
 import pytest
 from conftest import StartServer
 from helpers import make_activity
+from prometheus_client.parser import text_string_to_metric_families
 
 from collector.process.server import CollectorServer
 from core import fastpath
@@ -17,6 +20,18 @@ from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def metric(server: CollectorServer, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics, 0 when absent."""
+    assert server.metrics_server is not None
+    with urllib.request.urlopen(server.metrics_server.url, timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "activity_collector_" + name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def rows(server: CollectorServer, sql: str) -> list[str]:
@@ -57,6 +72,12 @@ async def test_rejected_and_dropped_activities_are_answered_counted_and_not_stor
     assert server.processors is not None
     assert server.processors.stats.dropped == {("action_filter", "debug"): 3}
     assert server.processors.stats.rejected == {("action_filter", "test_*"): 1}
+    dropped = {"processor": "action_filter", "reason": "debug", "outcome": "dropped"}
+    rejected = {"processor": "action_filter", "reason": "test_*", "outcome": "rejected"}
+    assert await asyncio.to_thread(metric, server, "processor_activities_total", **dropped) == 3
+    assert await asyncio.to_thread(metric, server, "processor_activities_total", **rejected) == 1
+    by_reason = {"tenant": "default", "reason": "refused_by_processor"}
+    assert await asyncio.to_thread(metric, server, "activities_rejected_total", **by_reason) == 1
 
 
 async def test_without_processors_the_seam_is_off(server: CollectorServer, stub: Any) -> None:
