@@ -12,11 +12,16 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from collector.cli.admin import CommandError, _postgres, _run
+from collector.cli.common import (
+    CommandError,
+    Configuration,
+    Subparsers,
+    open_postgres,
+    postgres_command_flags,
+    run_async,
+)
 from collector.config import Settings
 from collector.tenants import check_name
 from workers.enrichment.catalog import FORMATS, CatalogFileError, CatalogStore, LineError, parse_catalog
@@ -25,9 +30,9 @@ MAX_LISTED = 50
 """Refused lines listed one by one; the rest are counted."""
 
 
-def add_parser(sub: Any, flags: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
-    """The `catalog` subcommand and its actions; `flags` adds --config, --data-dir and --postgres-dsn."""
-    parser: argparse.ArgumentParser = sub.add_parser(
+def add_parser(subparsers: Subparsers) -> None:
+    """The `catalog` subcommand and its actions."""
+    parser = subparsers.add_parser(
         "catalog", help="import and read the catalogue of targets that enrichment attaches to activities"
     )
     actions = parser.add_subparsers(dest="action", required=True)
@@ -52,8 +57,12 @@ def add_parser(sub: Any, flags: Callable[[argparse.ArgumentParser], None]) -> ar
     count = actions.add_parser("count", help="print how many targets a tenant's catalogue holds")
     count.add_argument("--tenant", help=tenant_help)
     for action in (importing, show, count):
-        flags(action)
-    return parser
+        postgres_command_flags(action)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Configuration) -> int:
+    return run_catalog(config.settings, args)
 
 
 def refused_lines(file: str, errors: list[LineError], limit: int = MAX_LISTED) -> list[str]:
@@ -85,7 +94,7 @@ async def import_file(settings: Settings, path: Path, fmt: str | None, tenant: s
     except CatalogFileError as error:
         print(f"activity-collector catalog: {error}", file=sys.stderr)
         return 2
-    async with _postgres(settings) as postgres:
+    async with open_postgres(settings) as postgres:
         store = CatalogStore(postgres.pool)
         await _known_tenant(store, tenant, settings)
         imported = await store.upsert(tenant, entries)
@@ -98,7 +107,7 @@ async def import_file(settings: Settings, path: Path, fmt: str | None, tenant: s
 
 
 async def show_target(settings: Settings, tenant: str, target_type: str, target_id: str) -> int:
-    async with _postgres(settings) as postgres:
+    async with open_postgres(settings) as postgres:
         stored = await CatalogStore(postgres.pool).get(tenant, target_type, target_id)
     if stored is None:
         raise CommandError(f"no target {target_type} {target_id} in the catalogue of tenant {tenant}")
@@ -120,7 +129,7 @@ async def show_target(settings: Settings, tenant: str, target_type: str, target_
 
 
 async def count_targets(settings: Settings, tenant: str) -> int:
-    async with _postgres(settings) as postgres:
+    async with open_postgres(settings) as postgres:
         print(await CatalogStore(postgres.pool).count(tenant))
     return 0
 
@@ -136,4 +145,4 @@ def run_catalog(settings: Settings, args: argparse.Namespace) -> int:
             return await count_targets(settings, tenant)
         raise AssertionError(f"unhandled action {args.action}")
 
-    return _run("catalog", body)
+    return run_async("catalog", body)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.cli.common import FORMATS, Configuration, Subparsers, query_clickhouse, store_flags
 from collector.config import Settings
 from core.normalize import normalize_action
 from workers.storage.analytics_schema import (
@@ -325,16 +326,16 @@ def build_request(args: argparse.Namespace, today: dt.date | None = None) -> Req
     )
 
 
-def add_parser(
-    sub: Any, store_flags: Callable[[argparse.ArgumentParser], None], formats: list[str]
-) -> argparse.ArgumentParser:
-    """The `report` subcommand's flags."""
+def add_parser(subparsers: Subparsers) -> None:
+    """The `report` subcommand and its flags."""
     names = "; ".join(f"{r.name}: {r.help}" for r in REPORTS.values())
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = subparsers.add_parser(
         "report", help="print an analytics report", description=f"Reports: {names}."
     )
     parser.add_argument("report", choices=list(REPORTS), metavar="NAME", help=", ".join(REPORTS))
-    parser.add_argument("--format", choices=formats, default="table", help="output format (default table)")
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default="table", help="output format (default table)"
+    )
     parser.add_argument(
         "--from", dest="since", metavar="DAY", help="first UTC day, YYYY-MM-DD (default: 29 days before --to)"
     )
@@ -361,23 +362,29 @@ def add_parser(
         "--chart", type=Path, metavar="FILE.png", help="also draw the report as a PNG picture"
     )
     store_flags(parser)
-    return parser
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Configuration) -> int:
+    return run_report(config.settings, args, FORMATS[args.format])
 
 
 def run_report(settings: Settings, args: argparse.Namespace, fmt: str) -> int:
     """Print the report in ClickHouse format `fmt`; 0 on success, 1 when the store fails, 2 for bad
-    arguments."""
-    from collector.cli.sql import execute
+    arguments (a --chart file that cannot be written among them)."""
     from workers.storage.clickhouse import StoreError
 
     try:
         request = build_request(args)
         report = REPORTS[request.name]
         sql = report.sql(request)
-        result = execute(settings, sql, fmt)
+        result = query_clickhouse(settings, sql, fmt)
         if args.chart is not None and report.chart is not None:
-            rows = [json.loads(line) for line in execute(settings, sql, "JSONEachRow").splitlines()]
-            report.chart(request, rows, args.chart)
+            rows = [json.loads(line) for line in query_clickhouse(settings, sql, "JSONEachRow").splitlines()]
+            try:
+                report.chart(request, rows, args.chart)
+            except OSError as error:
+                raise ReportError(f"--chart: cannot write {args.chart}: {error.strerror or error}") from None
     except ReportError as error:
         print(f"activity-collector report: {error}", file=sys.stderr)
         return 2

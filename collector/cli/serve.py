@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
 import sys
 
-from collector import logs
+from collector.cli.common import Configuration, Subparsers, serve_flags
 from collector.config import Settings
-from collector.process import heap
-from collector.process.server import CollectorServer
-from core.dsn import mask_dsn
-from workers.storage.clickhouse import StoreError
-from workers.storage.postgres import PostgresError
 
 log = logging.getLogger("collector")
 
 
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="run the gRPC service")
+    serve_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Configuration) -> int:
+    return asyncio.run(serve(config.settings))
+
+
 async def serve(settings: Settings) -> int:
+    # Imported here: every other command would pay for the whole service at start.
+    from collector import logs
+    from collector.process import heap
+    from collector.process.server import CollectorServer
+    from core.dsn import mask_dsn
+    from workers.storage.clickhouse import StoreError
+    from workers.storage.postgres import PostgresError
+
     logs.configure(settings.log_level)
     server = CollectorServer(settings)
     try:

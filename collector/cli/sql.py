@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from collector.cli.common import FORMATS, Configuration, Subparsers, query_clickhouse, store_flags
 from collector.config import Settings
-from collector.process.control import ControlUnavailable, query_via_control
-from workers.storage.clickhouse import ClickHouseStore, StoreError
 
 
-def execute(settings: Settings, query: str, fmt: str) -> bytes:
-    """Result bytes of `query` in ClickHouse format `fmt`. With the embedded engine, a server running on
-    the same data directory answers; without one, the engine is opened here."""
-    dsn = settings.effective_clickhouse_dsn
-    if dsn.startswith("chdb:"):
-        try:
-            return query_via_control(settings.control_socket, query, fmt)
-        except ControlUnavailable:
-            pass
-        if not (settings.data_dir / "clickhouse").exists():
-            raise StoreError(
-                f"no data in {settings.data_dir.resolve()}: start `activity-collector serve` there first, "
-                "or pass --data-dir",
-                transient=False,
-            )
-    store = ClickHouseStore(dsn, settings.clickhouse_database, connections=1, cluster=settings.cluster)
-    try:
-        return store.query(query, fmt)
-    finally:
-        store.close()
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
+    parser.add_argument("query", help="the SQL statement")
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default="table", help="output format (default table)"
+    )
+    store_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Configuration) -> int:
+    return run_sql(config.settings, args.query, FORMATS[args.format])
 
 
 def run_sql(settings: Settings, query: str, fmt: str) -> int:
+    from workers.storage.clickhouse import StoreError
+
     try:
-        result = execute(settings, query, fmt)
+        result = query_clickhouse(settings, query, fmt)
     except StoreError as error:
         print(f"activity-collector sql: {error}", file=sys.stderr)
         return 1

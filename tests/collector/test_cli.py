@@ -299,3 +299,69 @@ def test_the_first_session_with_a_catalogue_gets_enriched_rows(served) -> None: 
             "resolved_user_id": "u-123",
         },
     ]
+
+
+def test_every_command_registers_its_parser_and_its_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    from collector.cli.main import COMMANDS, build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert commands is not None
+    assert list(commands) == [
+        "serve",
+        "config",
+        "send",
+        "health",
+        "sql",
+        "report",
+        "schema",
+        "migrate",
+        "dead-letters",
+        "tenants",
+        "keys",
+        "catalog",
+    ]
+    assert len(COMMANDS) == len(commands)
+    for name, command in commands.items():
+        assert callable(command.get_default("run")), name
+        with pytest.raises(SystemExit) as ended:
+            parser.parse_args([name, "--help"])
+        assert ended.value.code == 0
+    assert "usage: activity-collector send" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["send", "missing.jsonl"], 2, "activity-collector send: cannot read missing.jsonl: No such file"),
+        (["send", str(SAMPLE), "--batch-size", "0"], 2, "--batch-size and --attempts must be greater"),
+        (["send", str(SAMPLE), "--timeout", "0"], 2, "--timeout must be a number of seconds above zero"),
+        (["send", str(SAMPLE), "--ca-cert", "missing.pem"], 2, "--ca-cert: cannot read missing.pem"),
+        (["health", "--ca-file", "missing.pem"], 2, "activity-collector health: --ca-file: cannot read"),
+        (["sql", "--data-dir", str(SAMPLE), "SELECT 1"], 1, "activity-collector sql: "),
+        (["dead-letters"], 2, "the following arguments are required: action"),
+        (["nonsense"], 2, "invalid choice: 'nonsense'"),
+    ],
+)
+def test_a_mistake_gives_a_message_and_an_exit_status_never_a_traceback(
+    args: list[str], code: int, message: str
+) -> None:
+    result = cli(*args)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_send_to_a_server_that_never_answers_gives_up_after_timeout() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        result = cli(
+            "send", str(SAMPLE), "--target", f"127.0.0.1:{port}", "--timeout", "1", "--attempts", "2"
+        )
+    assert result.returncode == 2
+    assert "lines 1-5: not stored: DEADLINE_EXCEEDED: Deadline Exceeded" in result.stderr
+    assert "accepted 0, rejected 0, unparsed 0, not stored 5" in result.stdout
+    assert time.monotonic() - started < 30

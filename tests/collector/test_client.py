@@ -15,9 +15,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import grpc.aio
 import pytest
-from activity_client.client import AsyncClient, BufferFull, Client, ClientClosed
+from activity_client.client import AsyncClient, BatchResult, BufferFull, Client, ClientClosed
 from helpers import make_activity
 
 from collector.process.server import CollectorServer
@@ -115,6 +116,61 @@ async def test_rejections_are_counted_and_reported_with_their_activity(server: C
         assert (client.stats.accepted, client.stats.rejected) == (1, 1)
     assert seen == [(bad, "target.id", pb.REJECTION_REASON_MISSING_FIELD)]
     assert stored(server) == [[good]]
+
+
+async def test_on_batch_tells_what_became_of_every_batch_by_the_numbers_of_its_activities(
+    server: CollectorServer,
+) -> None:
+    results: list[BatchResult] = []
+    async with AsyncClient(
+        server.address, batch_size=2, flush_interval=30, on_batch=results.append
+    ) as client:
+        for n in range(5):
+            if n == 3:
+                await client.track(action="view", target={"type": "product"}, user={"anonymous_id": "a"})
+            else:
+                await client.track(**view(n))
+    assert [(r.first, r.size, r.accepted, r.failed) for r in results] == [
+        (0, 2, 2, False),
+        (2, 2, 1, False),
+        (4, 1, 1, False),
+    ]
+    # A rejection's index counts from the batch's first activity: number 3 is the second of the second.
+    [rejection] = results[1].rejections
+    assert (rejection.index, rejection.field) == (1, "target.id")
+    assert [list(r.positions) for r in results] == [[0, 1], [2, 3], [4]]
+
+
+async def test_max_attempts_bounds_the_sends_of_a_batch() -> None:
+    results: list[BatchResult] = []
+    client = Client(
+        f"127.0.0.1:{closed_port()}",
+        flush_interval=0.01,
+        max_attempts=3,
+        retry_timeout=3600,
+        on_batch=results.append,
+    )
+    client.track(**view(1))
+    started = time.monotonic()
+    assert await asyncio.to_thread(client.flush, 20)
+    assert time.monotonic() - started < 10
+    await asyncio.to_thread(client.close)
+    assert (client.stats.failed, client.stats.resends) == (1, 2)
+    [result] = results
+    assert (result.first, result.size, result.accepted, result.failed) == (0, 1, 0, True)
+    assert result.code == grpc.StatusCode.UNAVAILABLE and result.error
+
+
+async def test_on_batch_hears_of_what_close_gave_up() -> None:
+    results: list[BatchResult] = []
+    client = stuck_client(on_batch=results.append)
+    await asyncio.to_thread(client.close, 0.2)
+    # The batch being resent when close gave up, then the three still in the buffer.
+    assert [(r.first, r.size, r.code, r.error) for r in results] == [
+        (0, 1, None, "the client was closed before the batch was stored"),
+        (1, 3, None, "the client was closed before they were sent"),
+    ]
+    assert client.stats.failed == client.stats.tracked == 4
 
 
 async def test_resends_after_resource_exhausted_and_stores_once(start_server: Any) -> None:
@@ -264,6 +320,8 @@ async def test_buffered_activities_are_sent_at_interpreter_exit(server: Collecto
 def test_bad_options_are_refused_naming_the_option() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         Client(batch_size=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        Client(max_attempts=0)
     with pytest.raises(ValueError, match="when_full"):
         Client(when_full="wait")  # type: ignore[arg-type]
     client = Client(f"127.0.0.1:{closed_port()}")

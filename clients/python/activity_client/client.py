@@ -17,8 +17,13 @@ at a time: batches are stored in the order they were tracked, and a batch is res
 goes. A batch the server asks to be resent (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`, the stream breaking)
 goes again after the server's `retry_delay` (`BatchStatus.retry_delay` or `RetryInfo`), or after an
 exponential backoff with jitter when the server named none, with the same ids, so that a resend never
-counts an activity twice. After `retry_timeout` seconds of resending, or at once when the server refuses
-the batch as a whole for good (`INVALID_ARGUMENT`, ...), its activities are counted as failed.
+counts an activity twice. After `retry_timeout` seconds of resending (or `max_attempts` sends), or at
+once when the server refuses the batch as a whole for good (`INVALID_ARGUMENT`, ...), its activities are
+counted as failed.
+
+`on_rejection` hears of each activity the server rejected; `on_batch` of what became of every batch
+(`BatchResult`: where it starts among the tracked activities, how many were accepted, the rejections,
+and why it failed, if it did), so a caller can tell which of its activities were not stored.
 
 When the buffer is full, `when_full` decides: "block" waits up to `block_timeout` seconds for room, then
 raises `BufferFull`; "drop" drops the activity and counts it; "raise" raises `BufferFull` at once.
@@ -57,7 +62,17 @@ import grpc
 from activity_client.proto.activity.v1 import activity_pb2 as pb
 from activity_client.trailers import retry_delay_from_trailer
 
-__all__ = ["AsyncClient", "BufferFull", "Client", "ClientClosed", "ClientStats", "WhenFull"]
+__all__ = [
+    "AsyncClient",
+    "BatchHandler",
+    "BatchResult",
+    "BufferFull",
+    "Client",
+    "ClientClosed",
+    "ClientStats",
+    "RejectionHandler",
+    "WhenFull",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +94,7 @@ STREAM_RESEND = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 INITIAL_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 10.0
 
@@ -114,6 +129,44 @@ class ClientStats:
     """Batches sent again."""
     buffered: int
     """Waiting in the buffer now."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What became of one batch, given to `on_batch` once the batch is settled (answered, or given up).
+
+    Activities are numbered in the order the buffer took them (`stats.tracked` of them; dropped ones get
+    no number), from 0; a batch holds the `size` activities numbered `first` on. Every tracked activity is
+    in exactly one result, and results come in that order.
+    """
+
+    first: int
+    """The number of the batch's first activity: how many were tracked before it."""
+    size: int
+    """How many activities the batch holds."""
+    accepted: int
+    """How many the server stored."""
+    rejections: tuple[pb.Rejection, ...] = ()
+    """The server's rejections; the `index` of each counts from `first`."""
+    code: grpc.StatusCode | None = None
+    """When the batch failed, the gRPC status of its last try; None when it was answered, or when it
+    failed for no gRPC status (the stream ended, the client was closed)."""
+    error: str | None = None
+    """Why the batch failed: the message of its last try (the server's, or the client's own when the
+    stream ended or the client was closed); None when it was answered. A failed batch's `size`
+    activities all count as failed."""
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def positions(self) -> range:
+        """The numbers of the batch's activities."""
+        return range(self.first, self.first + self.size)
+
+
+BatchHandler = Callable[[BatchResult], None]
 
 
 def _varint(value: int) -> bytes:
@@ -160,12 +213,22 @@ def _positive(name: str, value: float) -> None:
 @dataclass
 class _Retry:
     delay_s: float | None
-    reason: str
+    code: grpc.StatusCode | None
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code.name}: {self.message}" if self.code is not None else self.message
 
 
 @dataclass
 class _Fail:
-    reason: str
+    code: grpc.StatusCode | None
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code.name}: {self.message}" if self.code is not None else self.message
 
 
 class _Core:
@@ -182,12 +245,14 @@ class _Core:
         when_full: WhenFull,
         block_timeout: float,
         retry_timeout: float,
+        max_attempts: int | None,
         request_timeout: float,
         exit_timeout: float,
         credentials: grpc.ChannelCredentials | None,
         metadata: Sequence[tuple[str, str]],
         channel_options: Sequence[tuple[str, Any]],
         on_rejection: RejectionHandler | None,
+        on_batch: BatchHandler | None,
     ) -> None:
         for name, number in (
             ("batch_size", batch_size),
@@ -202,6 +267,8 @@ class _Core:
             _positive(name, number)
         if when_full not in ("block", "drop", "raise"):
             raise ValueError(f"when_full: must be 'block', 'drop' or 'raise', got {when_full!r}")
+        if max_attempts is not None and (isinstance(max_attempts, bool) or not max_attempts >= 1):
+            raise ValueError(f"max_attempts: must be None or at least 1, got {max_attempts!r}")
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_batch_bytes = max_batch_bytes
@@ -209,10 +276,12 @@ class _Core:
         self.when_full = when_full
         self.block_timeout = block_timeout
         self.retry_timeout = retry_timeout
+        self.max_attempts = max_attempts
         self.request_timeout = request_timeout
         self.exit_timeout = exit_timeout
         self.metadata = tuple(metadata)
         self.on_rejection = on_rejection
+        self.on_batch = on_batch
 
         self._lock = threading.Lock()
         self._has_data = threading.Condition(self._lock)
@@ -365,13 +434,18 @@ class _Core:
             self._thread.join(5.0)
         with self._lock:
             left = len(self._items)
+            # The buffer holds the activities numbered from the count taken off it.
+            numbered_from = self._taken
             self._items.clear()
-            if left:
+        if left:
+            log.warning("client closed with activities not sent", extra={"activities": left})
+            self._report_batch(
+                BatchResult(numbered_from, left, 0, error="the client was closed before they were sent")
+            )
+            with self._lock:
                 self._failed += left
                 self._settled += left
                 self._settled_cv.notify_all()
-        if left:
-            log.warning("client closed with activities not sent", extra={"activities": left})
         if first:
             self._channel.close()
 
@@ -383,17 +457,18 @@ class _Core:
     def _run(self) -> None:
         try:
             while True:
-                batch = self._take()
-                if batch is None:
+                taken = self._take()
+                if taken is None:
                     return
-                self._deliver(batch)
+                self._deliver(*taken)
         except Exception:
             log.exception("the client's sender stopped on an unexpected error")
         finally:
             self._end_stream()
 
-    def _take(self) -> list[bytes] | None:
-        """The next batch, once it is due; None when the client is closed and the buffer is empty."""
+    def _take(self) -> tuple[int, list[bytes]] | None:
+        """The next batch and the number of its first activity, once it is due; None when the client is
+        closed and the buffer is empty."""
         with self._lock:
             while True:
                 if self._abort.is_set():
@@ -418,10 +493,11 @@ class _Core:
                 self._items.popleft()
                 batch.append(data)
                 size += len(data) + 6
+            first = self._taken
             self._taken += len(batch)
             self._has_space.notify_all()
             self._wake_async_waiters()
-            return batch
+            return first, batch
 
     def _settle(self, batch: list[bytes], accepted: int, rejected: int, failed: int) -> None:
         with self._lock:
@@ -431,7 +507,7 @@ class _Core:
             self._settled += len(batch)
             self._settled_cv.notify_all()
 
-    def _deliver(self, batch: list[bytes]) -> None:
+    def _deliver(self, first: int, batch: list[bytes]) -> None:
         body = b"".join(b"\x12" + _varint(len(data)) + data for data in batch)
         started = time.monotonic()
         attempt = 0
@@ -443,18 +519,24 @@ class _Core:
                     self._batches += 1
                 if status.code == 0:
                     self._report_rejections(batch, outcome)
+                    result = BatchResult(first, len(batch), outcome.accepted_count, tuple(outcome.rejections))
+                    self._report_batch(result)
                     self._settle(batch, outcome.accepted_count, len(outcome.rejections), 0)
                     return
-                reason = f"{_CODE_NAMES.get(status.code, str(status.code))}: {status.message}"
+                code = _CODES.get(status.code)
+                message = status.message if code is not None else f"{status.code}: {status.message}"
                 if status.code not in RESEND_CODES:
-                    self._give_up(batch, reason)
+                    self._give_up(first, batch, _Fail(code, message))
                     return
                 delay = status.retry_delay.ToNanoseconds() / 1e9 if status.HasField("retry_delay") else None
-                outcome = _Retry(delay or None, reason)
+                outcome = _Retry(delay or None, code, message)
             if isinstance(outcome, _Fail):
-                self._give_up(batch, outcome.reason)
+                self._give_up(first, batch, outcome)
                 return
             attempt += 1
+            if self.max_attempts is not None and attempt >= self.max_attempts:
+                self._give_up(first, batch, outcome, f"still failing after {attempt} attempts: ")
+                return
             if outcome.delay_s is not None:
                 # Honour the server's delay; a little jitter keeps many clients from coming back at once.
                 delay_s = outcome.delay_s * random.uniform(1.0, 1.2)
@@ -463,21 +545,31 @@ class _Core:
                     MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2 ** (attempt - 1)
                 )
             if time.monotonic() + delay_s - started > self.retry_timeout:
-                self._give_up(batch, f"still failing after {self.retry_timeout}s: {outcome.reason}")
+                self._give_up(first, batch, outcome, f"still failing after {self.retry_timeout}s: ")
                 return
             log.info(
                 "resending a batch",
                 extra={"activities": len(batch), "delay_s": delay_s, "error": outcome.reason},
             )
             if self._abort.wait(delay_s):
-                self._give_up(batch, "the client was closed before the batch was stored")
+                closed = _Fail(None, "the client was closed before the batch was stored")
+                self._give_up(first, batch, closed)
                 return
             with self._lock:
                 self._resends += 1
 
-    def _give_up(self, batch: list[bytes], reason: str) -> None:
-        log.warning("activities not stored", extra={"activities": len(batch), "error": reason})
+    def _give_up(self, first: int, batch: list[bytes], why: _Retry | _Fail, prefix: str = "") -> None:
+        log.warning("activities not stored", extra={"activities": len(batch), "error": prefix + why.reason})
+        self._report_batch(BatchResult(first, len(batch), 0, code=why.code, error=why.message))
         self._settle(batch, 0, 0, len(batch))
+
+    def _report_batch(self, result: BatchResult) -> None:
+        if self.on_batch is None:
+            return
+        try:
+            self.on_batch(result)
+        except Exception:
+            log.exception("on_batch raised")
 
     def _report_rejections(self, batch: list[bytes], response: pb.StreamActivitiesResponse) -> None:
         for rejection in response.rejections:
@@ -506,26 +598,33 @@ class _Core:
         call = self._call
         assert self._requests is not None
         self._requests.put(raw)
-        watchdog = threading.Timer(self.request_timeout, call.cancel)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            call.cancel()
+
+        watchdog = threading.Timer(self.request_timeout, expire)
         watchdog.daemon = True
         watchdog.start()
         try:
             response: pb.StreamActivitiesResponse = next(call)
         except StopIteration:
             self._end_stream()
-            return _Retry(None, "the server ended the stream")
+            return _Retry(None, None, "the server ended the stream")
         except grpc.RpcError as error:
             self._end_stream()
-            code = error.code()
-            reason = f"{code.name}: {error.details()}"
+            # Cancelled by the watchdog: the answer took longer than request_timeout.
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired.is_set() else error.code()
+            details = "Deadline Exceeded" if expired.is_set() else str(error.details())
             if code in STREAM_RESEND:
-                return _Retry(retry_delay_from_trailer(error.trailing_metadata()), reason)
-            return _Fail(reason)
+                return _Retry(retry_delay_from_trailer(error.trailing_metadata()), code, details)
+            return _Fail(code, details)
         finally:
             watchdog.cancel()
         if response.sequence != self._sequence:
             self._end_stream()
-            return _Retry(None, f"answer for batch {response.sequence}, expected {self._sequence}")
+            return _Retry(None, None, f"answer for batch {response.sequence}, expected {self._sequence}")
         return response
 
     def _end_stream(self) -> None:
@@ -566,6 +665,8 @@ class _ClientBase:
         channel_options: Sequence[tuple[str, Any]] = (),
         on_rejection: RejectionHandler | None = None,
         api_key: str | None = None,
+        max_attempts: int | None = None,
+        on_batch: BatchHandler | None = None,
     ) -> None:
         """Connect to the collector at `target` (HOST:PORT). Every number must be greater than zero.
 
@@ -573,13 +674,17 @@ class _ClientBase:
         fill. max_batch_bytes: most serialized bytes per batch (keep it under the server's
         max_request_bytes). buffer_size: most activities waiting to be sent. when_full and
         block_timeout: what `track()` does when the buffer is full. retry_timeout: how long, in
-        seconds, a batch is resent before its activities count as failed. request_timeout: longest
-        wait for the answer to one batch. exit_timeout: how long sending may take at interpreter exit
+        seconds, a batch is resent before its activities count as failed. max_attempts: how many times,
+        at most, a batch is sent (the first time included) before its activities count as failed;
+        None: as often as retry_timeout allows. request_timeout: longest wait for the answer to one
+        batch. exit_timeout: how long sending may take at interpreter exit
         for a client not closed. credentials: TLS credentials (`grpc.ssl_channel_credentials()`);
         None: plain text. metadata: headers sent with the stream. channel_options: gRPC channel
         options. on_rejection: called on the sender thread with each activity the server rejected and
-        its `Rejection`. api_key: the tenant's API key, sent as `authorization: Bearer <key>`;
-        None: the environment variable ACTIVITY_API_KEY, if set.
+        its `Rejection`. on_batch: called with the `BatchResult` of every batch once it is settled,
+        before `flush()` or `close()` returns for it: on the sender thread, or, for activities still
+        buffered when `close()` gives up, on the thread that closes. api_key: the tenant's API key,
+        sent as `authorization: Bearer <key>`; None: the environment variable ACTIVITY_API_KEY, if set.
         """
         key = api_key if api_key is not None else os.environ.get("ACTIVITY_API_KEY")
         if key:
@@ -593,12 +698,14 @@ class _ClientBase:
             when_full=when_full,
             block_timeout=block_timeout,
             retry_timeout=retry_timeout,
+            max_attempts=max_attempts,
             request_timeout=request_timeout,
             exit_timeout=exit_timeout,
             credentials=credentials,
             metadata=metadata,
             channel_options=channel_options,
             on_rejection=on_rejection,
+            on_batch=on_batch,
         )
 
     @property

@@ -1,76 +1,64 @@
-"""Operator commands on PostgreSQL: `migrate`, `dead-letters list|show|replay|purge`,
-`tenants create|list|disable|enable` and `keys create|list|revoke`.
+"""`activity-collector dead-letters list|show|replay|purge`: the activities ClickHouse refused for their
+data, kept in PostgreSQL.
 
-Each command opens its own connection pool and works whether or not `serve` runs. On the embedded
+Each action opens its own connection pool and works whether or not `serve` runs. On the embedded
 PostgreSQL it joins the server that `serve` runs on the same data directory, or starts it for the
-command's duration when none runs. `dead-letters replay` inserts into ClickHouse directly, or, on the
-embedded engine held by a running server, through that server's control socket.
+command's duration when none runs. `replay` inserts into ClickHouse directly, or, on the embedded engine
+held by a running server, through that server's control socket.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
-
+from collector.cli.common import (
+    CommandError,
+    Configuration,
+    Subparsers,
+    open_postgres,
+    run_async,
+    store_flags,
+    when,
+)
 from collector.config import Settings
-from collector.process.control import ControlUnavailable, insert_via_control
-from collector.tenants import TenantError, TenantStore
-from core.proto.activity.v1 import activity_pb2 as pb
-from core.wire import WireError
-from workers.commit.deadletters import DeadLetterStore, StoredLetter, split_rows
-from workers.rows import envelope_bytes
-from workers.storage.clickhouse import ClickHouseStore, StoreError
-from workers.storage.postgres import POSTGRES_ERRORS, Postgres, PostgresError, latest_version
+
+if TYPE_CHECKING:
+    from workers.commit.deadletters import DeadLetterStore, StoredLetter
+    from workers.storage.clickhouse import ClickHouseStore
 
 
-class CommandError(Exception):
-    """The command cannot do what it was asked; the message says why."""
+def add_parser(subparsers: Subparsers) -> None:
+    letters = subparsers.add_parser(
+        "dead-letters", help="list, show, replay and purge the activities ClickHouse refused"
+    )
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list the dead letters waiting (with --all, replayed ones too)")
+    listing.add_argument("--all", action="store_true", help="include the letters already replayed")
+    listing.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    show = actions.add_parser("show", help="a dead letter's error and activities")
+    show.add_argument("id", type=int)
+    replay = actions.add_parser(
+        "replay", help="insert dead letters into ClickHouse again (idempotent); failures are kept"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the letter to replay")
+    which.add_argument("--all", action="store_true", help="every letter waiting")
+    purge = actions.add_parser("purge", help="delete dead letters")
+    gone = purge.add_mutually_exclusive_group(required=True)
+    gone.add_argument("id", type=int, nargs="?", help="the letter to delete")
+    gone.add_argument("--replayed", action="store_true", help="every letter already replayed")
+    gone.add_argument("--all", action="store_true", help="every letter, replayed or not")
+    for action in (listing, show, replay, purge):
+        store_flags(action)
+    letters.set_defaults(run=run)
 
 
-def _postgres(settings: Settings) -> Postgres:
-    if not settings.postgres_dsn and not settings.postgres_dir.exists():
-        raise CommandError(
-            f"no data in {settings.data_dir.resolve()}: start `activity-collector serve` there first, "
-            "or pass --data-dir or --postgres-dsn"
-        )
-    return Postgres(settings.postgres_dsn, settings.data_dir, pool_size=2)
-
-
-def _run(command: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    try:
-        return asyncio.run(body())
-    except (CommandError, PostgresError, TenantError) as error:
-        print(f"activity-collector {command}: {error}", file=sys.stderr)
-        return 1
-    except POSTGRES_ERRORS as error:
-        print(f"activity-collector {command}: PostgreSQL failed: {error}", file=sys.stderr)
-        return 1
-
-
-# -- migrate ---------------------------------------------------------------------------------------
-
-
-def run_migrate(settings: Settings) -> int:
-    async def body() -> int:
-        async with Postgres(settings.postgres_dsn, settings.data_dir, pool_size=1) as postgres:
-            applied = postgres.applied
-        if applied:
-            versions = ", ".join(map(str, applied))
-            print(f"applied PostgreSQL migrations {versions}; schema version {latest_version()}")
-        else:
-            print(f"PostgreSQL schema up to date (version {latest_version()})")
-        return 0
-
-    return _run("migrate", body)
-
-
-# -- dead letters ----------------------------------------------------------------------------------
+def run(args: argparse.Namespace, config: Configuration) -> int:
+    return run_dead_letters(config.settings, args)
 
 
 class ClickHouseWriter:
@@ -82,6 +70,9 @@ class ClickHouseWriter:
         self._store: ClickHouseStore | None = None
 
     def insert(self, payload: bytes, rows: int, token: str) -> None:
+        from collector.process.control import ControlUnavailable, insert_via_control
+        from workers.storage.clickhouse import ClickHouseStore, StoreError
+
         settings = self.settings
         dsn = settings.effective_clickhouse_dsn
         if self._store is None and dsn.startswith("chdb:"):
@@ -104,10 +95,6 @@ class ClickHouseWriter:
             self._store = None
 
 
-def _when(value: Any) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _summary(letter: StoredLetter) -> dict[str, Any]:
     return {
         "id": letter.id,
@@ -128,7 +115,7 @@ def print_table(letters: list[StoredLetter], out: TextIO) -> None:
     lines = [
         (
             str(x.id),
-            _when(x.created_at),
+            when(x.created_at),
             x.tenant or "",
             str(x.count),
             x.state,
@@ -146,6 +133,13 @@ def print_table(letters: list[StoredLetter], out: TextIO) -> None:
 
 def decode_rows(rows: bytes) -> list[str]:
     """Each framed row as an activity in the proto JSON mapping, or a line saying why it cannot be."""
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+
+    from core.proto.activity.v1 import activity_pb2 as pb
+    from core.wire import WireError
+    from workers.commit.deadletters import split_rows
+
     try:
         bodies = split_rows(rows)
     except WireError as error:
@@ -202,6 +196,9 @@ async def show_letter(store: DeadLetterStore, letter_id: int) -> int:
 
 async def replay_letter(store: DeadLetterStore, writer: ClickHouseWriter, letter: StoredLetter) -> bool:
     """Insert one letter's rows into ClickHouse and mark it replayed; False when ClickHouse refuses."""
+    from workers.rows import envelope_bytes
+    from workers.storage.clickhouse import StoreError
+
     payload = envelope_bytes([letter.rows])
     try:
         await asyncio.to_thread(writer.insert, payload, letter.count, letter.replay_token)
@@ -221,8 +218,8 @@ async def replay(store: DeadLetterStore, settings: Settings, letter_id: int | No
         if letter is None:
             raise CommandError(f"no dead letter {letter_id}")
         if letter.replayed_at is not None:
-            when = letter.replayed_at.isoformat()
-            print(f"dead letter {letter.id}: already replayed at {when}; nothing to do")
+            replayed_at = letter.replayed_at.isoformat()
+            print(f"dead letter {letter.id}: already replayed at {replayed_at}; nothing to do")
             return 0
         letters = [letter]
     else:
@@ -256,9 +253,11 @@ async def purge(store: DeadLetterStore, letter_id: int | None, everything: bool,
     return 0
 
 
-def run_dead_letters(settings: Settings, args: Any) -> int:
+def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.commit.deadletters import DeadLetterStore
+
     async def body() -> int:
-        async with _postgres(settings) as postgres:
+        async with open_postgres(settings) as postgres:
             store = DeadLetterStore(postgres.pool)
             action = args.action
             if action == "list":
@@ -271,72 +270,4 @@ def run_dead_letters(settings: Settings, args: Any) -> int:
                 return await purge(store, args.id, args.all, args.replayed)
             raise AssertionError(f"unhandled action {action}")
 
-    return _run("dead-letters", body)
-
-
-# -- tenants and keys ------------------------------------------------------------------------------
-
-
-def _rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    for line in (header, *lines):
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
-
-
-async def tenants_command(store: TenantStore, settings: Settings, args: Any) -> int:
-    within = f"within auth_cache_ttl_s ({settings.auth_cache_ttl_s:g} s here) on every running collector"
-    if args.action == "create":
-        tenant = await store.create_tenant(args.name)
-        hint = f"activity-collector keys create --tenant {tenant.name}"
-        print(f"created tenant {tenant.name}; give it a key: {hint}")
-    elif args.action == "list":
-        tenants = await store.list_tenants()
-        if not tenants:
-            print("no tenants")
-        else:
-            _rows(
-                ("tenant", "state", "active keys", "created (UTC)"),
-                [(t.name, t.state, str(t.active_keys), _when(t.created_at)) for t in tenants],
-            )
-    elif args.action in ("disable", "enable"):
-        await store.set_disabled(args.name, args.action == "disable")
-        if args.action == "disable":
-            print(f"disabled tenant {args.name}: its keys are refused {within}")
-        else:
-            print(f"enabled tenant {args.name}: its active keys are accepted {within}")
-    return 0
-
-
-async def keys_command(store: TenantStore, settings: Settings, args: Any) -> int:
-    if args.action == "create":
-        key, stored = await store.create_key(args.tenant)
-        print(f"created API key {stored.key_id} of tenant {stored.tenant}; the key is shown this once:")
-        print(key)
-    elif args.action == "list":
-        keys = await store.list_keys(args.tenant)
-        if not keys:
-            print("no API keys")
-        else:
-            _rows(
-                ("key id", "tenant", "state", "created (UTC)", "revoked (UTC)"),
-                [(k.key_id, k.tenant, k.state, _when(k.created_at), _when(k.revoked_at)) for k in keys],
-            )
-    elif args.action == "revoke":
-        revoked = await store.revoke_key(args.key)
-        print(
-            f"revoked API key {revoked.key_id} of tenant {revoked.tenant}: it is refused within "
-            f"auth_cache_ttl_s ({settings.auth_cache_ttl_s:g} s here) on every running collector"
-        )
-    return 0
-
-
-def run_tenants(settings: Settings, args: Any) -> int:
-    async def body() -> int:
-        async with _postgres(settings) as postgres:
-            store = TenantStore(postgres.pool)
-            if args.command == "tenants":
-                return await tenants_command(store, settings, args)
-            return await keys_command(store, settings, args)
-
-    return _run(args.command, body)
+    return run_async("dead-letters", body)
