@@ -33,13 +33,14 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache
 
+from core.backoff import backoff_delay
 from core.fastpath import EnrichmentKeys
 from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import bytes_field, field_key, varint
 from workers.enrichment import lookups
 from workers.enrichment.cache import ExpiringCache
 from workers.enrichment.identity import ANONYMOUS, SESSION, IdentityStore, LinkKey
 from workers.enrichment.useragent import UserAgentInfo, parse_user_agent
-from workers.rows import bytes_field, field_key, varint
 from workers.storage.postgres import POSTGRES_ERRORS
 from workers.storage.schema import (
     BROWSER_FIELD,
@@ -66,6 +67,7 @@ IDENTITY = "identity"
 MAX_PENDING_LINKS = 10_000
 """Links kept for a later write while PostgreSQL cannot take them; past it, the oldest are dropped
 (counted)."""
+_FIRST_BACKOFF_S = 0.5
 _MAX_BACKOFF_S = 30.0
 _LOOKUP_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError, *POSTGRES_ERRORS)
 _MISSING = object()
@@ -182,7 +184,9 @@ class Enricher:
 
     def _postgres_failed(self, what: str, error: BaseException) -> None:
         self._failures += 1
-        pause = min(_MAX_BACKOFF_S, 0.5 * 2 ** (self._failures - 1))
+        # At least half the ceiling (equal jitter): the pause is there to leave PostgreSQL alone for a
+        # while, which a draw near 0 would not do; the other half keeps collectors out of step.
+        pause = backoff_delay(self._failures, first_s=_FIRST_BACKOFF_S, max_s=_MAX_BACKOFF_S, jitter=0.5)
         self._resume_at = self._clock() + pause
         log.warning(
             "enrichment lookup failed; storing without it",

@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from core.backoff import backoff_delay
 from workers.storage.clickhouse import ClickHouseStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class StoreConnector:
             except StoreError as error:
                 failures += 1
                 # Full jitter: collectors that lost the same ClickHouse do not come back in step.
-                delay = random.uniform(0, min(self.max_delay_s, self.first_delay_s * 2 ** (failures - 1)))
+                delay = backoff_delay(failures, first_s=self.first_delay_s, max_s=self.max_delay_s)
                 log.log(
                     logging.WARNING if error.transient else logging.ERROR,
                     "store not reachable, connecting again",

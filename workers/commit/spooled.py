@@ -1,0 +1,326 @@
+"""The commit path with the spool: acknowledge once durable, drain into the store behind.
+
+    commit queue ──► spool writer ──► answer
+                          │ (append + one fsync per group)
+                          ▼
+                     spool segments ──► drainer ──► insert workers ──► store
+                                                          │ ✗ (data refused)
+                                                          ▼
+                                     one insert per record ──► refused records ──► dead letters
+
+The spool writer takes every encoded request waiting, appends a record for each and fsyncs once, then
+answers them. The drainer takes records in sequence order, once `drain_rows` rows wait or
+`drain_interval_ms` after the first, plans each insert in the spool's checkpoint (range and
+deduplication token) before sending it, and commits the range after. A restart first redoes the
+planned inserts with their tokens. An insert that the store refuses for its data is split: its records
+are inserted one by one, and those refused alone are written to the dead-letter store before the range
+is committed. See docs/delivery.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from core.backoff import backoff_delay
+from workers import priority
+from workers.commit.base import Encoded, Overloaded, PipelineStats, Settle, Unavailable
+from workers.commit.deadletters import DeadLetter, DeadLetterSink, rows_tenant
+from workers.commit.settings import PipelineSettings
+from workers.commit.spool import Planned, Spool, SpoolFull
+from workers.rows import Envelope, envelope_bytes
+from workers.storage.clickhouse import StoreError, classify
+from workers.storage.contract import RowSink
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_S = 0.1
+"""Ceiling of the wait before a spooled insert's first retry; it doubles with each retry, up to
+`MAX_RETRY_S`. The records are safe on disk: they are retried for as long as the collector runs."""
+MAX_RETRY_S = 5.0
+
+
+@dataclass
+class _Isolated:
+    """Outcome of inserting a refused range record by one record: the rows ClickHouse took, and the
+    records it refused on their own, still to be stored as dead letters."""
+
+    stored: int
+    letters: list[DeadLetter]
+
+
+class SpooledCommit:
+    """`workers.commit.base.Commit` with a spool: spool writer, drainer, inserts, dead letters."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        store: RowSink,
+        spool: Spool,
+        dead_letters: DeadLetterSink | None,
+        requests: asyncio.Queue[Encoded],
+        stats: PipelineStats,
+        settle: Settle,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.spool = spool
+        self.dead_letters = dead_letters
+        self.stats = stats
+        self.on_insert: Callable[[int, float], None] | None = None
+        self.store_ready: asyncio.Event | None = None
+        """Set once the store is connected (None: it is already). The drainer waits for it; set it
+        before `start()`."""
+        self.retry_delay_s = settings.retry_delay_ms / 1000
+        self._commit = requests
+        self._settle = settle
+        # Records durable and not yet handed to an insert, in sequence order.
+        self._ready: collections.deque[tuple[int, int]] = collections.deque()
+        self._ready_event = asyncio.Event()
+        self._ready_rows = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inserts: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.insert_workers)
+        self._executor: ThreadPoolExecutor | None = None
+        self._spool_executor: ThreadPoolExecutor | None = None
+        self._accepting = False
+
+    async def start(self) -> None:
+        self._accepting = True
+        self._executor = ThreadPoolExecutor(self.settings.insert_workers, thread_name_prefix="insert")
+        # The spool writer acknowledges: it is on the request path (workers.priority).
+        self._spool_executor = ThreadPoolExecutor(
+            1, thread_name_prefix="spool", initializer=priority.keep_current_thread
+        )
+        await asyncio.get_running_loop().run_in_executor(self._spool_executor, self.spool.open)
+        planned = self.spool.planned()
+        covered = {s for p in planned for s in range(p.first, p.last + 1)}
+        counts = self.spool.pending_counts()
+        self._ready.extend((seq, counts[seq]) for seq in sorted(counts) if seq not in covered)
+        self._ready_rows = sum(count for _, count in self._ready)
+        self._tasks.append(asyncio.create_task(self._spool_writer(), name="spool-writer"))
+        self._tasks.append(asyncio.create_task(self._drainer(planned), name="drainer"))
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self, deadline: float) -> None:
+        # What is spooled is safe either way; draining it now spares the next start the replay
+        # (not worth waiting for while the store is not even connected).
+        loop = asyncio.get_running_loop()
+        store_connected = self.store_ready is None or self.store_ready.is_set()
+        while store_connected and (self._ready or self._inserts) and loop.time() < deadline:  # noqa: ASYNC110 (two sources, bounded)
+            await asyncio.sleep(0.02)
+        if self._ready or self._inserts:
+            log.warning("stopping with spooled activities not yet in ClickHouse; the next start sends them")
+
+    def cancel(self) -> list[asyncio.Task[None]]:
+        tasks = [*self._tasks, *self._inserts]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._spool_executor is not None:
+            self._spool_executor.shutdown(wait=True, cancel_futures=True)
+        self.spool.close()
+
+    async def _spool_writer(self) -> None:
+        """Append every encoded request waiting, fsync once for all of them, then acknowledge them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            chunks = [await self._commit.get()]
+            while not self._commit.empty():
+                chunks.append(self._commit.get_nowait())
+            entries = [(c.rows.count, b"".join(c.rows.pieces)) for c in chunks]
+            try:
+                sequences = await loop.run_in_executor(self._spool_executor, self._append_durably, entries)
+            except SpoolFull as full:
+                for c in chunks:
+                    self.stats.refused_by_tenant[c.tenant] += c.rows.count
+                refusal = Overloaded(str(full), self.retry_delay_s)
+                for c in chunks:
+                    self._settle(c.rows.count, c.tenant, c.future, refusal)
+                continue
+            except OSError as error:
+                log.error("spool write failed", extra={"error": str(error)})
+                failure = Unavailable(f"the spool cannot be written: {error}", self.retry_delay_s)
+                for c in chunks:
+                    self._settle(c.rows.count, c.tenant, c.future, failure)
+                continue
+            for c, sequence in zip(chunks, sequences, strict=True):
+                self._ready.append((sequence, c.rows.count))
+                self._ready_rows += c.rows.count
+                self._settle(c.rows.count, c.tenant, c.future, None, c.rows.assigned_ids)
+            self._ready_event.set()
+
+    def _append_durably(self, entries: list[tuple[int, bytes]]) -> list[int]:
+        sequences = self.spool.append(entries)
+        self.spool.sync()
+        return sequences
+
+    async def _drainer(self, redo: list[Planned]) -> None:
+        """Insert spooled records in sequence order; first the inserts planned before the last stop."""
+        if self.store_ready is not None and not self.store_ready.is_set():
+            log.info("spooling until the store is connected")
+            await self.store_ready.wait()
+        for planned in redo:
+            await self._slots.acquire()
+            self._spawn(self._drain_insert(planned))
+        loop = asyncio.get_running_loop()
+        linger = self.settings.drain_interval_ms / 1000
+        max_rows = self.settings.insert_max_rows
+        enough = min(max_rows, self.settings.drain_rows)
+        while True:
+            await self._slots.acquire()
+            try:
+                while not self._ready:
+                    self._ready_event.clear()
+                    await self._ready_event.wait()
+                deadline = loop.time() + linger
+                while self._accepting and self._ready_rows < enough:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._ready_event.clear()
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await self._ready_event.wait()
+                    except TimeoutError:
+                        break
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            first, rows = self._ready.popleft()
+            last = first
+            while self._ready and rows < max_rows and self._ready[0][0] == last + 1:
+                last, count = self._ready.popleft()
+                rows += count
+            self._ready_rows -= rows
+            self._spawn(self._drain_insert(Planned(first, last, f"spool-{first}-{last}-{uuid.uuid4().hex}")))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._inserts.add(task)
+        task.add_done_callback(self._inserts.discard)
+
+    async def _drain_insert(self, planned: Planned) -> None:
+        """Insert one planned range until it is in ClickHouse. The records are safe on disk, so any
+        failure but bad data is retried, with capped backoff, for as long as the collector runs; when
+        ClickHouse blames the data, the records are inserted one by one and those it refuses alone go
+        to the dead-letter store; the range is committed once they are stored there."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        isolate = False
+        isolated: _Isolated | None = None
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    if isolate:
+                        if isolated is None:
+                            isolated = await loop.run_in_executor(
+                                self._executor, self._isolate_failure, planned
+                            )
+                        rows = await self._keep_dead_letters(planned, isolated)
+                    else:
+                        rows = await loop.run_in_executor(self._executor, self._insert_planned, planned)
+                except Exception as raw:
+                    error = classify(raw)
+                    log.warning(
+                        "spooled insert failed",
+                        extra={
+                            "first": planned.first,
+                            "last": planned.last,
+                            "attempt": attempt + 1,
+                            "transient": error.transient,
+                            "error": str(error),
+                        },
+                    )
+                    if error.data and not isolate:
+                        self.stats.insert_failures += 1
+                        isolate = True
+                        continue
+                    self.stats.insert_retries += 1
+                    attempt += 1
+                    await asyncio.sleep(backoff_delay(attempt, first_s=FIRST_RETRY_S, max_s=MAX_RETRY_S))
+                    continue
+                self.stats.record_insert(rows)
+                if self.on_insert is not None:
+                    self.on_insert(rows, time.perf_counter() - started)
+                return
+        finally:
+            self._slots.release()
+
+    def _insert_planned(self, planned: Planned) -> int:
+        spool = self.spool
+        spool.plan(planned)
+        spooled = spool.spooled(planned.first, planned.last)
+        if spooled.sequences:
+            # The records are read back while the insert is written out, one at a time.
+            payload = Envelope(spooled.nbytes, lambda: (r.rows for r in spool.records(spooled.sequences)))
+            self.store.insert_rows(payload, spooled.rows, token=planned.token)
+        spool.commit(planned)
+        return spooled.rows
+
+    def _isolate_failure(self, planned: Planned) -> _Isolated:
+        """Insert the records of a range ClickHouse refused one by one; return the rows stored and the
+        records refused alone for their data. Each record's insert has a token of its own, derived from
+        the range's: doing this again (after a crash, or a failed dead-letter write) stores nothing twice."""
+        isolated = _Isolated(0, [])
+        for record in self.spool.read_range(planned.first, planned.last):
+            token = f"{planned.token}-{record.sequence}"
+            try:
+                self.store.insert_rows(envelope_bytes([record.rows]), record.count, token=token)
+            except Exception as raw:
+                failure = classify(raw)
+                if not failure.data:
+                    raise
+                letter = DeadLetter(
+                    token, record.count, record.rows, str(failure), failure.code, rows_tenant(record.rows)
+                )
+                isolated.letters.append(letter)
+            else:
+                isolated.stored += record.count
+        return isolated
+
+    async def _keep_dead_letters(self, planned: Planned, isolated: _Isolated) -> int:
+        """Store the refused records as dead letters, then commit the range: until they are stored,
+        they stay in the spool. Returns the rows ClickHouse took.
+
+        The write runs here, on the event loop, rather than on the insert thread that found the
+        records: the asyncpg pool belongs to the loop, and an insert thread blocked on
+        run_coroutine_threadsafe would hold an insert slot and its ClickHouse connection while
+        PostgreSQL is slow, and wait for ever if the loop stopped first (at shutdown)."""
+        if isolated.letters:
+            try:
+                if self.dead_letters is None:
+                    raise StoreError("no dead-letter store to keep refused records in", transient=False)
+                added = await self.dead_letters.add(isolated.letters)
+            except StoreError:
+                self.stats.dead_letter_failures += 1
+                raise
+            if added:  # the letters are written in one transaction: all of them are new, or none
+                for letter in isolated.letters:
+                    self.stats.dead_letters_by_tenant[letter.tenant or ""] += letter.count
+            for letter in isolated.letters:
+                log.error(
+                    "activities dead-lettered",
+                    extra={
+                        "source": letter.source,
+                        "rows": letter.count,
+                        "tenant": letter.tenant,
+                        "error": letter.error,
+                    },
+                )
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.spool.commit, planned)
+        return isolated.stored
