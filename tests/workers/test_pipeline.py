@@ -182,3 +182,36 @@ async def test_spooled_rows_are_inserted_once_drain_rows_wait_or_the_interval_ha
         assert stored(store) == 35
     finally:
         await pipeline.shutdown(timeout=5)
+
+
+class WatchedSpool(Spool):
+    """The real spool, noting at each commit what the pipeline had counted as committed by then."""
+
+    pipeline: Pipeline | None = None
+    counted_at_commit: list[int]
+
+    def commit(self, planned: Any) -> None:
+        assert self.pipeline is not None
+        self.counted_at_commit.append(self.pipeline.stats.committed)
+        super().commit(planned)
+
+
+async def test_spooled_rows_are_counted_before_the_spool_lets_them_go(
+    store: ClickHouseStore, tmp_path: Path
+) -> None:
+    # A scrape between the two must never see the spool's depth drop ahead of the committed rows.
+    spool = WatchedSpool(tmp_path / "spool", capacity_bytes=10_000_000)
+    spool.counted_at_commit = []
+    pipeline = Pipeline(PipelineSettings(drain_interval_ms=50, drain_rows=10), store, spool)
+    spool.pipeline = pipeline
+    await pipeline.start()
+    try:
+        for batch in range(3):
+            sub = submission([make_activity(10 * batch + n) for n in range(10)])
+            pipeline.submit(sub)
+            await sub.future
+            await wait_for(lambda b=batch: pipeline.stats.inserts == b + 1, "the batch to be inserted")
+        assert spool.counted_at_commit == [10, 20, 30]
+        assert stored(store) == 30
+    finally:
+        await pipeline.shutdown(timeout=5)

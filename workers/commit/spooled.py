@@ -222,6 +222,9 @@ class SpooledCommit:
         attempt = 0
         isolate = False
         isolated: _Isolated | None = None
+        # Counted once the rows are in ClickHouse and before the spool lets go of them, so that the
+        # spool's gauge never drops ahead of the committed rows (a scrape in between saw neither).
+        counted = False
         try:
             while True:
                 started = time.perf_counter()
@@ -234,6 +237,12 @@ class SpooledCommit:
                         rows = await self._keep_dead_letters(planned, isolated)
                     else:
                         rows = await loop.run_in_executor(self._executor, self._insert_planned, planned)
+                    if not counted:
+                        counted = True
+                        self.stats.record_insert(rows)
+                        if self.on_insert is not None:
+                            self.on_insert(rows, time.perf_counter() - started)
+                    await loop.run_in_executor(self._executor, self.spool.commit, planned)
                 except Exception as raw:
                     error = classify(raw)
                     log.warning(
@@ -254,9 +263,6 @@ class SpooledCommit:
                     attempt += 1
                     await asyncio.sleep(backoff_delay(attempt, first_s=FIRST_RETRY_S, max_s=MAX_RETRY_S))
                     continue
-                self.stats.record_insert(rows)
-                if self.on_insert is not None:
-                    self.on_insert(rows, time.perf_counter() - started)
                 return
         finally:
             self._slots.release()
@@ -269,7 +275,6 @@ class SpooledCommit:
             # The records are read back while the insert is written out, one at a time.
             payload = Envelope(spooled.nbytes, lambda: (r.rows for r in spool.records(spooled.sequences)))
             self.store.insert_rows(payload, spooled.rows, token=planned.token)
-        spool.commit(planned)
         return spooled.rows
 
     def _isolate_failure(self, planned: Planned) -> _Isolated:
@@ -294,8 +299,8 @@ class SpooledCommit:
         return isolated
 
     async def _keep_dead_letters(self, planned: Planned, isolated: _Isolated) -> int:
-        """Store the refused records as dead letters, then commit the range: until they are stored,
-        they stay in the spool. Returns the rows ClickHouse took.
+        """Store the refused records as dead letters; the caller then commits the range: until they are
+        stored, they stay in the spool. Returns the rows ClickHouse took.
 
         The write runs here, on the event loop, rather than on the insert thread that found the
         records: the asyncpg pool belongs to the loop, and an insert thread blocked on
@@ -322,5 +327,4 @@ class SpooledCommit:
                         "error": letter.error,
                     },
                 )
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.spool.commit, planned)
         return isolated.stored
