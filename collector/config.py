@@ -111,8 +111,8 @@ class Settings:
     from identity links (and record new links). Off: those columns stay empty and PostgreSQL is never
     asked. User agents are parsed either way."""
     enrichment_cache_size: int = 100_000
-    """Most entries of each enrichment cache (user agents, targets, identity links), least recently used
-    dropped first."""
+    """Most entries of each enrichment cache (user agents, targets, identity links), the one set longest
+    ago dropped first."""
     enrichment_cache_ttl_s: float = 60.0
     """How long a looked-up target or identity link (found or not) is reused before PostgreSQL is asked
     again: a catalogue import, or a link recorded by another collector, shows within this time."""

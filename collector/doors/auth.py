@@ -23,7 +23,6 @@ update per call); `/metrics` reads them at scrape time (`activity_collector_auth
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import logging
 import time
@@ -38,6 +37,7 @@ import grpc.aio
 from collector.doors.handlers import WrappingHandler
 from collector.doors.trailers import status_trailer
 from collector.tenants import KeyCheck, TenantStore, key_digest
+from core.cache import ExpiringCache
 from workers.storage.postgres import POSTGRES_ERRORS
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,6 @@ class AuthStats:
         return self.count(STALE)
 
 
-@dataclass(frozen=True)
-class _Entry:
-    check: KeyCheck
-    expires: float
-
-
 def bearer_key(metadata: Iterable[Any] | None) -> str | None:
     """The key of an `authorization: Bearer <key>` entry, None when there is none."""
     for item in metadata or ():
@@ -146,7 +140,7 @@ class Authenticator:
         self.retry_delay_s = retry_delay_s
         self.stats = AuthStats()
         self._clock = clock
-        self._cache: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
+        self._cache: ExpiringCache[bytes, KeyCheck] = ExpiringCache(max_entries, ttl_s)
         self._lookups: dict[bytes, asyncio.Future[KeyCheck]] = {}
 
     async def tenant_of(self, key: str | None) -> str:
@@ -159,17 +153,18 @@ class Authenticator:
                 "missing API key: send the metadata `authorization: Bearer <key>`",
             )
         digest = key_digest(key)
-        entry = self._cache.get(digest)
-        if entry is not None and entry.expires > self._clock():
+        cached = self._cache.get(digest, self._clock(), None)
+        if cached is not None:
             self.stats.cache_hits += 1
-            self._cache.move_to_end(digest)
-            return self._decide(entry.check)
+            return self._decide(cached)
         try:
             check = await self._lookup(digest, key)
         except POSTGRES_ERRORS as error:
-            if entry is not None and entry.check.outcome == "ok" and entry.check.tenant is not None:
-                self.stats.outcomes[(STALE, entry.check.tenant)] += 1
-                return entry.check.tenant
+            # PostgreSQL does not answer: a key accepted before keeps working on that decision.
+            past = self._cache.peek(digest)
+            if past is not None and past[1].outcome == "ok" and past[1].tenant is not None:
+                self.stats.outcomes[(STALE, past[1].tenant)] += 1
+                return past[1].tenant
             self.stats.outcomes[(UNAVAILABLE, "")] += 1
             log.warning("API key check failed", extra={"error": str(error) or type(error).__name__})
             raise AuthError(
@@ -198,10 +193,7 @@ class Authenticator:
         return await asyncio.shield(pending)
 
     def _remember(self, digest: bytes, check: KeyCheck) -> None:
-        self._cache[digest] = _Entry(check, self._clock() + self.ttl_s)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
+        self._cache.set(digest, check, self._clock())
 
     def _decide(self, check: KeyCheck) -> str:
         if check.outcome == "ok" and check.tenant is not None:

@@ -25,20 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cachetools import LRUCache
-
 from core.backoff import backoff_delay
+from core.cache import ExpiringCache
 from core.fastpath import EnrichmentKeys
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import bytes_field, field_key, varint
 from workers.enrichment import lookups
-from workers.enrichment.cache import ExpiringCache
 from workers.enrichment.identity import ANONYMOUS, SESSION, IdentityStore, LinkKey
 from workers.enrichment.useragent import UserAgentInfo, parse_user_agent
 from workers.storage.postgres import POSTGRES_ERRORS
@@ -161,7 +160,8 @@ class Enricher:
         self.timeout_s = timeout_s
         self.stats = EnrichmentStats()
         self._clock = clock
-        self._user_agents: LRUCache[str, bytes] = LRUCache(cache_size)
+        # Parsed user agents do not go stale: they leave only when the cache is full.
+        self._user_agents: ExpiringCache[str, bytes] = ExpiringCache(cache_size, math.inf)
         self._targets: ExpiringCache[tuple[str, str, str], bytes | None] = ExpiringCache(cache_size, ttl_s)
         """(tenant, type, id) -> row fields; None when the catalogue has no such target."""
         self._links: ExpiringCache[tuple[str, str, str], str] = ExpiringCache(cache_size, ttl_s)
@@ -211,7 +211,9 @@ class Enricher:
         target_values: list[Any] = [None] * len(keys)
         target_misses: dict[Any, list[int]] = {}
         if self.catalog is not None and self._catalogued.get(tenant, now, None) is not False:
-            target_values, target_misses = self._targets.lookup(keys, (0, 1), tenant, now, _MISSING)
+            target_values, target_misses = lookups.lookup(
+                self._targets.entries, keys, (0, 1), tenant, now, _MISSING
+            )
         anonymous, sessions, link_misses = self._cached_links(tenant, keys, now)
         if target_misses or link_misses:
             await self._lookups(
@@ -238,7 +240,7 @@ class Enricher:
         cache = self._user_agents
         out: dict[str, bytes] = {}
         for ua in distinct:
-            fields = cache.get(ua)
+            fields = cache.get(ua, 0.0, None)
             if fields is None:
                 try:
                     fields = user_agent_fields(parse_user_agent(ua))
@@ -246,7 +248,7 @@ class Enricher:
                     log.warning("user agent not parsed", extra={"error": repr(error)})
                     fields = b""
                 self.stats.user_agents_parsed += 1
-                cache[ua] = fields
+                cache.set(ua, fields, 0.0)
             out[ua] = fields
         return out
 
@@ -265,7 +267,7 @@ class Enricher:
             (SESSION, sessions, {k[4] for k in keys if k[4] and not k[2]}),
         ):
             ids = [(kind, key) for key in wanted]
-            users, absent = self._links.lookup(ids, (0, 1), tenant, now, None)
+            users, absent = lookups.lookup(self._links.entries, ids, (0, 1), tenant, now, None)
             known.update((link[1], user) for link, user in zip(ids, users, strict=True) if user)
             misses.extend((kind, key) for _, kind, key in absent)
         return anonymous, sessions, misses
@@ -376,7 +378,7 @@ class Enricher:
         if self.identity is None:
             return resolved
         cache = self._links
-        cached, _ = cache.lookup(changes, (0, 1), tenant, now, None)
+        cached, _ = lookups.lookup(cache.entries, changes, (0, 1), tenant, now, None)
         for (kind, key, user), known in zip(changes, cached, strict=True):
             if known != user:
                 cache.set((tenant, kind, key), user, now)

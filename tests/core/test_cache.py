@@ -1,10 +1,12 @@
-"""The enrichment caches' bounded, expiring map."""
+"""core.cache: the one cache kind, a bounded, expiring map."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from workers.enrichment.cache import ExpiringCache
+from core.cache import ExpiringCache
 
 
 def test_entries_expire_ttl_after_they_are_set() -> None:
@@ -31,3 +33,17 @@ def test_the_oldest_set_entry_goes_first_when_full() -> None:
 def test_a_cache_holds_something() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         ExpiringCache(0, ttl_s=1)
+
+
+def test_an_expired_entry_can_still_be_peeked_and_an_endless_one_never_expires() -> None:
+    cache: ExpiringCache[str, int] = ExpiringCache(10, ttl_s=5)
+    cache.set("a", 1, now=100)
+    assert cache.get("a", 200, None) is None
+    assert cache.peek("a") == (105, 1)
+    assert cache.peek("b") is None
+    endless: ExpiringCache[str, int] = ExpiringCache(2, ttl_s=math.inf)
+    endless.set("x", 1, now=0.0)
+    assert endless.get("x", 1e18, None) == 1
+    endless.set("y", 2, now=0.0)
+    endless.set("z", 3, now=0.0)
+    assert endless.get("x", 0.0, None) is None and list(endless.entries) == ["y", "z"]
