@@ -157,7 +157,7 @@ def make_settings(
             "auth": False,
             # Servers started in the test process would lower the priority of its threads for good
             # (niceness cannot be lowered back without privileges), for every later test; the serving
-            # subprocesses of tests/collector/test_priority.py and the others keep the default.
+            # subprocesses of tests/e2e/test_priority.py and the others keep the default.
             "background_niceness": 0,
         }
         values.update(overrides)

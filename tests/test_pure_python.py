@@ -29,9 +29,9 @@ COMPILED_MODULES = ("core._fastpath", "workers.enrichment._lookups")
 
 # The tests the subprocess runs; they pass on either path. The one test below checks which path a
 # request takes, and wants the compiled one.
-SUITE = ("tests/collector/test_validation.py", "tests/collector/test_service.py")
+SUITE = ("tests/core/test_validation.py", "tests/collector/doors/test_service.py")
 ABOUT_THE_COMPILED_PATH = (
-    "tests/collector/test_service.py::test_track_activity_answers_alike_on_the_compiled_and_the_python_path",
+    "tests/collector/doors/test_service.py::test_track_activity_answers_alike_on_the_compiled_and_the_python_path",
 )
 
 # Runs pytest in this process and then says which implementations it used.

@@ -4,7 +4,7 @@ each activity's fields.
 Enrichment decides once per distinct value of a batch (`workers.enrichment.enricher`); these three functions
 apply the decisions to each activity. They are the reference implementations: the optional C module
 `workers.enrichment._lookups` (built with the package when a C compiler is present) does the same about ten
-times faster, and `tests/workers/test_lookups.py` checks both agree on random batches. `lookup`,
+times faster, and `tests/workers/enrichment/test_lookups.py` checks both agree on random batches. `lookup`,
 `stitch` and `join` below are the compiled ones when available, unless `ACTIVITY_PURE_PYTHON=1`
 (`core.fastpath.pure_python`, read once at import) says to run as if the module were not built.
 """

@@ -365,7 +365,7 @@ async def test_an_import_larger_than_one_statement(store: CatalogStore) -> None:
 
 
 def test_the_files_shown_in_the_docs_parse_whole(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     text = (root / "docs" / "enrichment.md").read_text()
     for heading, name in (("### JSON Lines", "doc.jsonl"), ("### CSV", "doc.csv")):
         block = text.split(heading, 1)[1].split("```\n", 2)[1]

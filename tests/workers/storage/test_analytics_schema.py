@@ -45,7 +45,7 @@ from workers.storage.schema import SINGLE_NODE
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NS = 1_000_000_000
 WHOLE_RANGE = {"tenant_id": "", "since": "2026-09-01 00:00:00", "until": "2026-12-01 00:00:00"}
 

@@ -340,7 +340,7 @@ def test_report_without_data_says_so(capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 def test_every_report_is_documented() -> None:
-    text = (Path(__file__).resolve().parents[2] / "docs" / "analytics.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "docs" / "analytics.md").read_text()
     for name in REPORTS:
         assert f"activity-collector report {name}" in text, name
 

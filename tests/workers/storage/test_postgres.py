@@ -26,7 +26,7 @@ from workers.storage.postgres import (
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Neither is idempotent: applied twice, or by two collectors at once, they fail.
 SLOW = (

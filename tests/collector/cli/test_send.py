@@ -23,7 +23,7 @@ from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / "examples" / "activities.jsonl"
 
 
@@ -63,7 +63,8 @@ def line(**fields: Any) -> str:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, as tests/collector/test_tls.py makes it."""
+    """A self-signed certificate for localhost and 127.0.0.1, made as tests/collector/doors/test_tls.py
+    makes it."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("making a test certificate needs the openssl command")

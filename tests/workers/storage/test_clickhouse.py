@@ -17,7 +17,7 @@ from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_migrations_are_recorded_and_applied_once(store: ClickHouseStore, database: str) -> None:

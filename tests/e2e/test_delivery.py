@@ -323,7 +323,7 @@ async def test_dead_letters_wait_in_the_spool_while_postgresql_refuses_them(
 # No ClickHouse server runs on these machines (the embedded engine is in-process), so a store that is
 # unreachable and then answers within one run of a server cannot be staged here: the outage is a closed
 # port, and the store comes back as the embedded engine, at the next start on the same data directory.
-# tests/workers/test_connector.py covers a store that becomes usable within one run.
+# tests/workers/storage/test_connector.py covers a store that becomes usable within one run.
 
 
 def closed_port() -> int:

@@ -18,7 +18,7 @@ from collector.config import SETTING_NAMES
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / "examples" / "activities.jsonl"
 
 

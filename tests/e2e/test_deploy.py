@@ -24,7 +24,7 @@ from collector.config import load_settings
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dockerfile() -> list[tuple[str, str]]:
