@@ -8,6 +8,7 @@ never from the event loop.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -34,6 +35,7 @@ _TRANSIENT_CODES = frozenset(
         210,  # NETWORK_ERROR
         241,  # MEMORY_LIMIT_EXCEEDED
         242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE: the server's disk is full; it passes once space is freed
         252,  # TOO_MANY_PARTS
         319,  # UNKNOWN_STATUS_OF_INSERT
         425,  # SYSTEM_ERROR
@@ -103,7 +105,10 @@ def classify(error: Exception) -> StoreError:
     elif isinstance(error, DatabaseError):
         transient = code in _TRANSIENT_CODES
     else:
-        transient = isinstance(error, (ConnectionError, TimeoutError))
+        # A full local disk (the embedded engine's) passes once space is freed, like a lost connection.
+        transient = isinstance(error, (ConnectionError, TimeoutError)) or (
+            isinstance(error, OSError) and error.errno == errno.ENOSPC
+        )
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     code = code if isinstance(code, int) else None
     return StoreError(message, transient=transient, code=code, data=code in _DATA_CODES)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 from helpers import items, make_activity
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.rows import Envelope, encode_rows, envelope
-from workers.storage.clickhouse import ClickHouseStore, StoreError
+from workers.storage.clickhouse import ClickHouseStore, StoreError, classify
 from workers.storage.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
 from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS
 
@@ -194,3 +196,13 @@ def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, data
     with store._client() as client:
         assert apply_migrations(client, database) == [4]
     assert store.query(columns, "TabSeparated") == fresh
+
+
+def test_a_full_disk_is_a_transient_error() -> None:
+    # Inserts can succeed again once space is freed: retried, never dead-lettered.
+    no_space = OSError(errno.ENOSPC, "No space left on device")
+    assert classify(no_space).transient is True
+    full = DatabaseError("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space")
+    full.code = 243  # type: ignore[attr-defined]
+    assert classify(full).transient is True and classify(full).data is False
+    assert classify(OSError(errno.EACCES, "Permission denied")).transient is False
