@@ -106,6 +106,13 @@ class Settings:
     revocation takes effect on every collector within this time."""
     auth_cache_size: int = 10_000
     """Most API keys whose checks are cached, least recently used dropped first."""
+    quota_rate: float = 0.0
+    """Default quota of every tenant, in activities per second (a tenant's own, `activity-collector
+    quotas set`, replaces it): a request past it is refused with RESOURCE_EXHAUSTED and a retry delay.
+    0: no quota."""
+    quota_burst: float = 0.0
+    """Most activities a tenant may send at once under the default quota (the bucket's size); 0: one
+    second of quota_rate."""
     enrichment: bool = True
     """Enrich activities from PostgreSQL: catalogue columns from the tenant's targets, resolved_user_id
     from identity links (and record new links). Off: those columns stay empty and PostgreSQL is never
@@ -226,6 +233,9 @@ class Settings:
             raise ConfigError(f"auth_cache_ttl_s: must be greater than zero, got {self.auth_cache_ttl_s}")
         if self.auth_cache_size <= 0:
             raise ConfigError(f"auth_cache_size: must be greater than zero, got {self.auth_cache_size}")
+        for name in ("quota_rate", "quota_burst"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"{name}: must be a finite number, zero or more, got {getattr(self, name)}")
         if self.enrichment_cache_size <= 0:
             raise ConfigError(
                 f"enrichment_cache_size: must be greater than zero, got {self.enrichment_cache_size}"

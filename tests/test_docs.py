@@ -31,3 +31,20 @@ def test_the_configuration_files_shown_in_the_docs_are_valid(tmp_path: Path) -> 
         path = tmp_path / f"{n}.toml"
         path.write_text(block)
         load_settings(environ={}, config_file=path)
+
+
+def test_every_command_the_readme_runs_exists() -> None:
+    from collector.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert commands is not None
+    readme = (ROOT / "README.md").read_text()
+    shown = {line.split()[2] for line in readme.splitlines() if line.startswith("$ activity-collector ")}
+    assert shown and shown <= set(commands), shown - set(commands)
+
+
+def test_the_http_example_sends_the_api_key() -> None:
+    text = (ROOT / "docs" / "http.md").read_text()
+    curl = text.split("$ curl ", 1)[1].split("\n{", 1)[0]
+    assert '-H "Authorization: Bearer $ACTIVITY_API_KEY"' in curl

@@ -134,7 +134,14 @@ def test_the_service_gives_the_same_answers_on_the_pure_python_paths() -> None:
     args = [*SUITE, "-q", "-p", "no:cacheprovider"]
     for node in ABOUT_THE_COMPILED_PATH:
         args += ["--deselect", node]
-    done = run_python(RUN, *args, env=environment("1"), timeout=200)
+    env = environment("1")
+    # A pytest session makes its temporary root owner-only as it starts: on this session's root, that
+    # would cut this session's embedded PostgreSQL (a user of its own) off from its data directory. The
+    # nested session gets a root of its own beside it (short: unix socket paths are short).
+    nested = Path(os.environ["PYTEST_DEBUG_TEMPROOT"]) / "n"
+    nested.mkdir(exist_ok=True)
+    env["PYTEST_DEBUG_TEMPROOT"] = str(nested)
+    done = run_python(RUN, *args, env=env, timeout=200)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("PURE-PYTHON-REPORT ")]

@@ -22,7 +22,13 @@ from core.normalize import (
 )
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import bytes_field, field_key, timestamp_field, varint
-from workers.storage.schema import CLOCK_SKEW_FIELD, RECEIVED_AT_FIELD, SENT_AT_FIELD, TENANT_FIELD
+from workers.storage.schema import (
+    CLOCK_SKEW_FIELD,
+    PLAN_VIOLATIONS_FIELD,
+    RECEIVED_AT_FIELD,
+    SENT_AT_FIELD,
+    TENANT_FIELD,
+)
 
 # Key of the envelope's repeated row field in FORMAT ProtobufList: field 1, length-delimited.
 _ROW_KEY = field_key(1, 2)
@@ -88,10 +94,12 @@ def encode_rows(
     fast: FastSpans | None = None,
     item_extras: Mapping[int, bytes] | None = None,
     fast_extras: list[bytes] | None = None,
+    flags: Mapping[int, Sequence[str]] | None = None,
 ) -> EncodedRows:
     """Enrich and frame validated activities as ProtobufList rows: parsed `items` (index, activity) and
     the `fast` spans, if any. `item_extras` (by index) and `fast_extras` (in the spans' order) are each
-    activity's own fields from `workers.enrichment.enricher`, written after the batch's."""
+    activity's own fields from `workers.enrichment.enricher`, written after the batch's; `flags` (by
+    index, parsed activities only) the tracking-plan rules each broke (`plan_violations`)."""
     suffix = batch_suffix(tenant, received_ns, sent_ns, skew_ns)
     suffix_len = len(suffix)
     prefixes = _SHORT_PREFIXES
@@ -120,6 +128,10 @@ def encode_rows(
             _normalize_metadata(a.metadata)
         body = a.SerializeToString()
         extra = item_extras.get(index, b"") if item_extras else b""
+        if flags:
+            rules = flags.get(index)
+            if rules:
+                extra += flag_fields(rules)
         size = len(body) + len(extra)
         prefix = prefixes[size + suffix_len] if size < short else _ROW_KEY + varint(size + suffix_len)
         append(prefix)
@@ -130,6 +142,11 @@ def encode_rows(
         nbytes += len(prefix) + size + suffix_len
         count += 1
     return EncodedRows(pieces, count, nbytes, assigned)
+
+
+def flag_fields(rules: Sequence[str]) -> bytes:
+    """The `plan_violations` fields of one row."""
+    return b"".join(bytes_field(PLAN_VIOLATIONS_FIELD, rule.encode()) for rule in rules)
 
 
 def frame_fast(

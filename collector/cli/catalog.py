@@ -98,12 +98,28 @@ async def import_file(settings: Settings, path: Path, fmt: str | None, tenant: s
         store = CatalogStore(postgres.pool)
         await _known_tenant(store, tenant, settings)
         imported = await store.upsert(tenant, entries)
+    if imported:
+        await asyncio.to_thread(tell_running_server, settings, tenant)
     for line in refused_lines(str(path), errors):
         print(line, file=sys.stderr)
     print(
         f"imported {_plural(imported, 'target')} for tenant {tenant}; {_plural(len(errors), 'line')} refused"
     )
     return 1 if errors else 0
+
+
+def tell_running_server(settings: Settings, tenant: str) -> bool:
+    """Have the collector serving this data directory, if one does, drop what its enrichment caches
+    hold of `tenant`'s catalogue: the activities it takes next see the import. Other collectors (on
+    other machines) hear of it from PostgreSQL (`CatalogStore.upsert` notifies them). Whether a
+    collector was told."""
+    from collector.process.control import ControlUnavailable, catalog_changed_via_control
+
+    try:
+        catalog_changed_via_control(settings.control_socket, tenant)
+    except (ControlUnavailable, OSError, ValueError):
+        return False
+    return True
 
 
 async def show_target(settings: Settings, tenant: str, target_type: str, target_id: str) -> int:

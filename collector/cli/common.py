@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -146,7 +146,7 @@ def serve_flags(parser: argparse.ArgumentParser) -> None:
     store_flags(parser)
 
 
-def print_rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+def print_rows(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> None:
     """A table: columns as wide as their widest cell, two spaces apart."""
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     for line in (header, *lines):

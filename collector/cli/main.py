@@ -1,5 +1,5 @@
 """`activity-collector`: serve, config, send, health, sql, report, schema, migrate, dead-letters, tenants,
-keys, catalog.
+keys, catalog, plans, rejections, quotas.
 
 Each command is a module of this package whose `add_parser(subparsers)` registers its parser and sets its
 handler (`set_defaults(run=...)`); what they share is in `collector.cli.common`. Here: the top parser,
@@ -18,6 +18,9 @@ from collector.cli import (
     healthcheck,
     keys,
     migrate,
+    plans,
+    quotas,
+    rejections,
     report,
     schema,
     send,
@@ -42,7 +45,21 @@ COMMANDS = (
     tenants,
     keys,
     catalog,
+    plans,
+    rejections,
+    quotas,
 )
+
+
+def version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("activity-collector")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Collects user activities over gRPC and stores them in ClickHouse.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     subparsers: Subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)

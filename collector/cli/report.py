@@ -5,7 +5,8 @@ Each report is one SQL statement over the aggregates and views of `workers.stora
 ClickHouse output format. `--chart FILE.png` draws the time series or the funnel as well.
 
 Dates are UTC days; `--from` and `--to` are both included. The default range is the 30 days that end
-today.
+today. A range without activities prints no report but says so, with the days the stored activities
+span (exit status 3), rather than a month of zeros or nothing at all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from workers.storage.analytics_schema import (
 )
 
 DEFAULT_DAYS = 30
+NOTHING_IN_RANGE = 3
+"""The exit status of a report over a range without activities."""
+EXIT_STATUSES = """exit status: 0 the report was printed; 1 the store failed; 2 bad arguments; 3 no
+activities in the range (the message says which days the stored activities span)."""
 DEFAULT_WINDOW_S = 24 * 3600
 FUNNEL_BY = ("day", "device_type", "segment")
 
@@ -210,6 +215,31 @@ GROUP BY day
 ORDER BY day {r.day_fill()}"""
 
 
+def coverage_sql(r: Request) -> str:
+    """How many hourly aggregate rows fall in the range, and the first and last day of any (cheap: the
+    aggregate, never the activities)."""
+    return f"""SELECT
+  countIf(hour >= toDateTime({quote(r.since)}, 'UTC') AND hour < toDateTime({quote(r.until)}, 'UTC')),
+  count(), toDate(min(hour)), toDate(max(hour))
+FROM activity_stats_hourly
+WHERE {r.tenant_filter()}"""
+
+
+def empty_range(r: Request, coverage: str) -> str | None:
+    """Why the report over `r` would be empty, from `coverage_sql`'s answer (TabSeparated); None when
+    the range has activities."""
+    in_range, stored, first, last = coverage.strip().split("\t")
+    if int(in_range):
+        return None
+    of = f" of tenant {r.tenant}" if r.tenant else ""
+    if not int(stored):
+        return f"no activities{of} are stored yet: nothing to report"
+    return (
+        f"no activities{of} from {r.first_day} to {r.last_day}; the stored activities span {first} to "
+        f"{last} - use --from/--to"
+    )
+
+
 @dataclass(frozen=True)
 class Report:
     name: str
@@ -330,7 +360,7 @@ def add_parser(subparsers: Subparsers) -> None:
     """The `report` subcommand and its flags."""
     names = "; ".join(f"{r.name}: {r.help}" for r in REPORTS.values())
     parser = subparsers.add_parser(
-        "report", help="print an analytics report", description=f"Reports: {names}."
+        "report", help="print an analytics report", description=f"Reports: {names}.", epilog=EXIT_STATUSES
     )
     parser.add_argument("report", choices=list(REPORTS), metavar="NAME", help=", ".join(REPORTS))
     parser.add_argument(
@@ -371,13 +401,19 @@ def run(args: argparse.Namespace, config: Configuration) -> int:
 
 def run_report(settings: Settings, args: argparse.Namespace, fmt: str) -> int:
     """Print the report in ClickHouse format `fmt`; 0 on success, 1 when the store fails, 2 for bad
-    arguments (a --chart file that cannot be written among them)."""
+    arguments (a --chart file that cannot be written among them), 3 when the range has no activities
+    (said on stderr)."""
     from workers.storage.clickhouse import StoreError
 
     try:
         request = build_request(args)
         report = REPORTS[request.name]
         sql = report.sql(request)
+        coverage = query_clickhouse(settings, coverage_sql(request), "TabSeparated").decode()
+        empty = empty_range(request, coverage)
+        if empty is not None:
+            print(f"activity-collector report: {empty}", file=sys.stderr)
+            return NOTHING_IN_RANGE
         result = query_clickhouse(settings, sql, fmt)
         if args.chart is not None and report.chart is not None:
             rows = [json.loads(line) for line in query_clickhouse(settings, sql, "JSONEachRow").splitlines()]

@@ -23,6 +23,18 @@ def run(args: argparse.Namespace, config: Configuration) -> int:
     return asyncio.run(serve(config.settings))
 
 
+def show_created_key(key: str | None, tenant: str) -> None:
+    """The key the first start created, printed once (there is no other way to see it)."""
+    if key is None:
+        return
+    print(
+        f"no tenant yet: created tenant {tenant} and its API key, shown this once "
+        "(`activity-collector send` reads it from ACTIVITY_API_KEY or --api-key):",
+        flush=True,
+    )
+    print(key, flush=True)
+
+
 async def serve(settings: Settings) -> int:
     # Imported here: every other command would pay for the whole service at start.
     from collector import logs
@@ -38,17 +50,19 @@ async def serve(settings: Settings) -> int:
         await server.start()
     except (StoreError, PostgresError, RuntimeError, OSError) as error:
         await server.shutdown(grace=0)
+        # The key was created before the start failed (a port taken, say): it is shown now or never.
+        show_created_key(server.created_key, settings.default_tenant)
+        if str(error).startswith("Failed to bind to address"):
+            # gRPC's words, which point at GRPC_VERBOSITY: say which setting and what to do instead.
+            error = RuntimeError(
+                f"listen: cannot bind {settings.listen}: the address is taken (another collector?) or not "
+                "this machine's; pass another --listen"
+            )
         print(f"activity-collector: cannot start: {error}", file=sys.stderr)
         return 1
     server.install_signal_handlers()
     frozen = heap.freeze_startup_objects()
-    if server.created_key is not None:
-        print(
-            f"no tenant yet: created tenant {settings.default_tenant} and its API key, shown this once "
-            "(`activity-collector send` reads it from ACTIVITY_API_KEY or --api-key):",
-            flush=True,
-        )
-        print(server.created_key, flush=True)
+    show_created_key(server.created_key, settings.default_tenant)
     store = (
         mask_dsn(settings.clickhouse_dsn)
         if settings.clickhouse_dsn

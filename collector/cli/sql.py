@@ -3,24 +3,55 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from collector.cli.common import FORMATS, Configuration, Subparsers, query_clickhouse, store_flags
 from collector.config import Settings
 
+_OWN_FORMAT = re.compile(r"\s+FORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.IGNORECASE)
+_TRAILING_SEMICOLONS = re.compile(r"[\s;]+$")
+
+
+class FormatClash(ValueError):
+    """The query names an output format and --format another."""
+
 
 def add_parser(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("sql", help="run ClickHouse SQL against the store and print the result")
-    parser.add_argument("query", help="the SQL statement")
-    parser.add_argument(
-        "--format", choices=sorted(FORMATS), default="table", help="output format (default table)"
+    parser = subparsers.add_parser(
+        "sql",
+        help="run ClickHouse SQL against the store and print the result",
+        description="A query ending in its own FORMAT clause (SELECT 1 FORMAT JSON) is printed in that "
+        "format; otherwise in --format.",
     )
+    parser.add_argument("query", help="the SQL statement")
+    parser.add_argument("--format", choices=sorted(FORMATS), help="output format (default table)")
     store_flags(parser)
     parser.set_defaults(run=run)
 
 
+def split_format(query: str, flag: str | None) -> tuple[str, str]:
+    """The query without its trailing FORMAT clause (and semicolons), and the ClickHouse format to ask
+    for: the query's own, else --format's (`flag`), else the table. Raises FormatClash when the query
+    and --format name different formats."""
+    match = _OWN_FORMAT.search(query)
+    if match is None:
+        return _TRAILING_SEMICOLONS.sub("", query), FORMATS[flag or "table"]
+    own = match[1]
+    if flag is not None and FORMATS[flag].lower() != own.lower():
+        raise FormatClash(
+            f"the query ends in FORMAT {own} and --format {flag} asks for {FORMATS[flag]}: drop one of them"
+        )
+    return query[: match.start()], own
+
+
 def run(args: argparse.Namespace, config: Configuration) -> int:
-    return run_sql(config.settings, args.query, FORMATS[args.format])
+    try:
+        query, fmt = split_format(args.query, args.format)
+    except FormatClash as error:
+        print(f"activity-collector sql: {error}", file=sys.stderr)
+        return 2
+    return run_sql(config.settings, query, fmt)
 
 
 def run_sql(settings: Settings, query: str, fmt: str) -> int:

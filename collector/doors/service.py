@@ -40,6 +40,8 @@ from core.validation import (
 from core.wire import WireError, describe_unparsable, salvage_batch
 from workers.commit.pipeline import Overloaded, Pipeline, Submission, Unavailable
 from workers.processors import ProcessorChain
+from workers.processors.quota import QuotaExceeded, Quotas
+from workers.processors.rejections import RejectionRecorder
 from workers.rows import FastSpans
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,6 @@ _NS = 1_000_000_000
 _SPAN = struct.Struct("<III")
 _first = operator.itemgetter(0)
 _index = operator.attrgetter("index")
-REFUSED_BY_PROCESSOR = pb.REJECTION_REASON_REFUSED_BY_PROCESSOR
 # Times are handled in int64 nanoseconds (they end in 2262); a client clock past this is broken.
 _MAX_SECONDS = 7_258_118_400  # 2200-01-01T00:00:00Z
 
@@ -109,6 +110,13 @@ class Evaluated:
     """TrackActivity: the id of its activity as sent ('' when none)."""
     dropped: int = 0
     """Activities a processor dropped: acknowledged, not stored (counted by the processor chain)."""
+    flags: dict[int, tuple[str, ...]] | None = None
+    """The rules each activity a processor flagged broke, by index (stored in `plan_violations`)."""
+    payloads: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    """The rejected activities' bytes as sent, by index, for the rejections kept (filled on rejection
+    only: nothing on the happy path)."""
+    rules: dict[int, str] | None = None
+    """The processor rule behind each refusal, by index."""
 
     @property
     def to_store(self) -> int:
@@ -158,12 +166,21 @@ class ServiceStats:
 
 class ActivityService:
     def __init__(
-        self, settings: Settings, pipeline: Pipeline, processors: ProcessorChain | None = None
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        processors: ProcessorChain | None = None,
+        rejections: RejectionRecorder | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.pipeline = pipeline
         self.processors = processors if processors is not None else ProcessorChain()
+        self.rejections = rejections
+        """Where rejected activities are kept (None: they are not)."""
+        self.quotas = quotas
+        """Each tenant's activities per second (None: no quotas)."""
         self.stats = ServiceStats()
         self._draining = asyncio.Event()
         self._active = 0
@@ -258,7 +275,14 @@ class ActivityService:
         sequence = request.sequence if kind is STREAM else 0
         items = [(i, activities[i]) for i in valid]
         single_id = "" if kind.repeated else activities[0].id
-        return Evaluated(sequence, sent_ns, skew_ns, len(activities), items, rejections, None, single_id)
+        evaluated = Evaluated(sequence, sent_ns, skew_ns, len(activities), items, rejections, None, single_id)
+        if rejections and self.rejections is not None:
+            # Activities that did not parse alone are kept empty: their bytes are not at hand here.
+            evaluated.payloads = {
+                r.index: b"" if unparsed and r.index in unparsed else activities[r.index].SerializeToString()
+                for r in rejections
+            }
+        return evaluated
 
     def _evaluate_fast(self, raw: bytes, kind: RequestKind, received_ns: int) -> Evaluated | None:
         """The compiled path; None when it cannot take the request (the Python path then does)."""
@@ -285,6 +309,7 @@ class ActivityService:
         self._check_count(count)
         items: list[tuple[int, pb.Activity]] = []
         rejections: list[Rejection] = []
+        payloads: dict[int, bytes] = {}
         for index, start, end in slow:
             payload = raw[start:end]
             try:
@@ -292,27 +317,39 @@ class ActivityService:
             except DecodeError:
                 field, message = describe_unparsable(payload)
                 rejections.append(Rejection(index, "", INVALID_VALUE, field, message))
+                payloads[index] = payload
                 continue
             try:
                 check_activity(activity, self.limits, received_ns, skew_ns)
             except InvalidActivity as error:
                 rejections.append(Rejection(index, activity.id, error.reason, error.field, error.message))
+                payloads[index] = payload
             else:
                 items.append((index, activity))
         sequence = header.sequence if kind is STREAM else 0
         single_id = "" if kind.repeated else header.activity.id
         fast = FastSpans(raw, spans, len(spans) // 12, missing_ids)
-        return Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, single_id)
+        evaluated = Evaluated(sequence, sent_ns, skew_ns, count, items, rejections, fast, single_id)
+        evaluated.payloads = payloads
+        return evaluated
 
     async def _store(self, evaluated: Evaluated, received_ns: int) -> dict[int, str]:
         """Hand the valid activities to the pipeline and wait until they are committed."""
         # Set by collector.doors.auth from the call's API key; unset when auth is off.
         tenant = TENANT.get() or self.settings.default_tenant
+        if self.quotas is not None:
+            # Refused as a whole (RESOURCE_EXHAUSTED, retry delay) when over the tenant's quota.
+            self.quotas.take(tenant, evaluated.count)
         self.stats.received_by_tenant[tenant] += evaluated.count
-        if self.processors.active:
+        processors = self.processors
+        if processors.active and processors.applies(tenant):
             self._process(evaluated, tenant)
         if evaluated.rejections:
             self.stats.record_rejections(tenant, evaluated.rejections)
+            if self.rejections is not None:
+                self.rejections.record(
+                    tenant, received_ns, evaluated.rejections, evaluated.payloads, evaluated.rules
+                )
         accepted = evaluated.accepted
         if not evaluated.to_store:
             self.stats.accepted_by_tenant[tenant] += accepted
@@ -327,6 +364,7 @@ class ActivityService:
                 evaluated.skew_ns,
                 future,
                 evaluated.fast,
+                evaluated.flags,
             )
         )
         assigned = await future
@@ -334,8 +372,9 @@ class ActivityService:
         return assigned
 
     def _process(self, evaluated: Evaluated, tenant: str) -> None:
-        """The processor seam: every valid activity, parsed (the compiled path's spans too), through the
-        chain; what it refuses joins the rejections, what it drops leaves the request."""
+        """The processor seam, for a tenant some processor judges: every valid activity, parsed (the
+        compiled path's spans too), through the chain; what it refuses joins the rejections, what it
+        drops leaves the request, what it flags carries its rules to its row."""
         items = evaluated.items
         fast = evaluated.fast
         if fast is not None and fast.count:
@@ -348,9 +387,16 @@ class ActivityService:
         result = self.processors.run(tenant, items)
         evaluated.items = result.kept
         evaluated.dropped = result.dropped
+        if result.flags:
+            evaluated.flags = result.flags
         if result.refused:
+            if self.rejections is not None:
+                by_index = dict(items)
+                evaluated.rules = {r.index: r.verdict.reason for r in result.refused}
+                for r in result.refused:
+                    evaluated.payloads[r.index] = by_index[r.index].SerializeToString()
             evaluated.rejections.extend(
-                Rejection(r.index, r.activity_id, REFUSED_BY_PROCESSOR, r.verdict.field, r.verdict.message)
+                Rejection(r.index, r.activity_id, r.verdict.rejection, r.verdict.field, r.verdict.message)
                 for r in result.refused
             )
             evaluated.rejections.sort(key=_index)
@@ -366,7 +412,7 @@ class ActivityService:
     def _error_status(self, error: Exception) -> tuple[grpc.StatusCode, str, float | None]:
         if isinstance(error, InvalidRequest):
             return grpc.StatusCode.INVALID_ARGUMENT, str(error), None
-        if isinstance(error, Overloaded):
+        if isinstance(error, Overloaded | QuotaExceeded):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), error.retry_delay_s
         if isinstance(error, Unavailable):
             return grpc.StatusCode.UNAVAILABLE, str(error), error.retry_delay_s

@@ -12,12 +12,22 @@ One request per connection, a JSON line:
   of N rows, inserted with that deduplication token (null: none): the answer is a JSON line
   `{"ok": true}` or `{"ok": false, "error": ..., "code": ..., "transient": ..., "data": ...}` (the
   store's error and its classification).
+- `{"op": "catalog-changed", "tenant": ...}`: the catalogue of that tenant (null: of every tenant)
+  changed; the server drops what its enrichment caches hold of it, so that the next activities see the
+  import at once. The answer is `{"ok": true, "dropped": N}`.
+- `{"op": "info"}`: `{"ok": true, "pid": ..., "listen": "HOST:PORT"}`, the server's process and gRPC
+  address (`send --wait` asks it, to know whether the server it sent to is this one).
+
+`serve` also holds `serve.pid` in the data directory, locked (`DataDirLock`) while it runs: a second
+`serve` on the same directory is refused naming the first one's process id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -34,6 +44,9 @@ _MAX_REQUEST = 1024 * 1024
 _MAX_INSERT = 1 << 30
 
 Insert = Callable[[bytes, int, str | None], None]
+CatalogChanged = Callable[[str | None], int]
+"""Drops the enrichment caches of a tenant's catalogue (every tenant's for None); how many entries."""
+PID_FILE = "serve.pid"
 
 
 def _failure(error: StoreError) -> bytes:
@@ -51,10 +64,20 @@ class ControlServer:
     """Serves SQL and inserts over a Unix socket. `query` and `insert` block; they run on a worker
     thread. Without `insert`, insert requests are refused."""
 
-    def __init__(self, path: Path, query: Callable[[str, str], bytes], insert: Insert | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        query: Callable[[str, str], bytes],
+        insert: Insert | None = None,
+        *,
+        catalog_changed: CatalogChanged | None = None,
+        info: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.path = path
         self._query = query
         self._insert = insert
+        self._catalog_changed = catalog_changed
+        self._info = info
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -71,8 +94,22 @@ class ControlServer:
         try:
             line = await reader.readline()
             request = json.loads(line)
-            if request.get("op", "query") == "insert":
+            op = request.get("op", "query")
+            if op == "insert":
                 await self._handle_insert(request, reader, writer)
+                return
+            if op == "info":
+                answer = {"ok": True, "pid": os.getpid(), **(self._info() if self._info else {})}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+                return
+            if op == "catalog-changed":
+                tenant = request.get("tenant")
+                dropped = 0
+                if self._catalog_changed is not None:
+                    dropped = self._catalog_changed(None if tenant is None else str(tenant))
+                writer.write(json.dumps({"ok": True, "dropped": dropped}).encode() + b"\n")
+                await writer.drain()
                 return
             sql, fmt = str(request["sql"]), str(request["format"])
             try:
@@ -178,3 +215,76 @@ def insert_via_control(
                 code=code if isinstance(code, int) else None,
                 data=bool(answer.get("data")),
             )
+
+
+def _ask(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One JSON request, one JSON line answered; ControlUnavailable when no server answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            raise ControlUnavailable(str(error)) from error
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        with conn.makefile("rb") as stream:
+            answer = json.loads(stream.readline() or b'{"ok": false}')
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        reason = answer.get("error") if isinstance(answer, dict) else None
+        raise ControlUnavailable(str(reason or "the server closed the connection"))
+    return answer
+
+
+def catalog_changed_via_control(path: Path, tenant: str | None, timeout: float = 10.0) -> int:
+    """Tell the server holding `path`'s data directory that `tenant`'s catalogue changed (every
+    tenant's: None), so that it drops its cached view of it: how many cache entries it dropped. Raises
+    ControlUnavailable when no server listens there."""
+    return int(_ask(path, {"op": "catalog-changed", "tenant": tenant}, timeout).get("dropped", 0))
+
+
+def info_via_control(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """The process id and gRPC address of the server holding `path`'s data directory. Raises
+    ControlUnavailable when no server listens there."""
+    return _ask(path, {"op": "info"}, timeout)
+
+
+class DataDirBusy(RuntimeError):
+    """Another collector serves the data directory; the message names it."""
+
+
+class DataDirLock:
+    """`serve.pid` in a data directory: the process id of the collector serving it, locked (flock)
+    while it runs. The lock goes with the process, however it ends, so a stale file never blocks a
+    start; the embedded ClickHouse engine would otherwise refuse a second process with a bare
+    "Error initializing EmbeddedServer"."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / PID_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write this process's id; DataDirBusy when another process holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise DataDirBusy(
+                f"another collector{who} is serving the data directory {self.data_dir.resolve()}: "
+                "stop it first, or pass another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(fd)

@@ -19,6 +19,13 @@ Without the spool, an unreachable store means NOT_SERVING at once: nothing can b
 the spool on, activities are acknowledged once on local disk, so the collector stays SERVING while the
 store is away and turns NOT_SERVING only when the spool is full as well (it has no room left for one
 more request of `max_request_bytes`).
+
+The spool's own disk is watched apart from the store: while its free space is under the reserve
+(`spool_min_free_bytes`, plus room for one more request) or writes to it fail, nothing can be
+acknowledged, so the collector is NOT_SERVING whatever the store does, and `spool_error` says why
+("the spool's disk is full: ... bytes free at ..."). That is never reported as the store being down:
+a checkpoint that cannot be written is not an insert that failed. When inserts do fail, `last_error`
+carries the store's own error (a full disk of ClickHouse's says so).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from grpc_reflection.v1alpha import reflection
 
 from collector.doors.service import SERVICE_NAME
 from workers.commit.pipeline import Pipeline
+from workers.commit.spooled import SpooledCommit
 from workers.storage.connector import StoreConnector
 from workers.storage.contract import QueryEngine
 
@@ -94,6 +102,8 @@ class HealthMonitor:
         self.store_up = self._store_connected
         self.serving = True
         self.last_error = ""
+        self.spool_error = ""
+        """What is wrong with the spool's disk (full, or failing), or "" while it is fine."""
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Future[bytes] | None = None
         self._shutting_down = False
@@ -108,6 +118,7 @@ class HealthMonitor:
     async def start(self) -> None:
         if self._task is not None or self._shutting_down:
             return
+        self.spool_error = self._spool_problem()
         self.serving = self._serving(self.store_up)
         await self._publish(self.serving)
         self._task = asyncio.create_task(self._run(), name="health")
@@ -119,17 +130,51 @@ class HealthMonitor:
 
     @property
     def spool_full(self) -> bool:
-        """Whether the spool (when on) has no room left for one more full request."""
+        """Whether the spool (when on) has no room left for one more full request: by its capacity, or
+        by its disk's reserve."""
         spool = self.pipeline.spool
-        return spool is not None and spool.size_bytes + self.request_bytes >= spool.capacity_bytes
+        if spool is None:
+            return False
+        return spool.size_bytes + self.request_bytes >= spool.capacity_bytes or self._disk_short()
+
+    def _disk_short(self) -> bool:
+        """Whether the spool's disk has less free than its reserve plus one more full request."""
+        spool = self.pipeline.spool
+        if spool is None:
+            return False
+        try:
+            return spool.free_bytes() - self.request_bytes < spool.reserve_bytes
+        except OSError:
+            return True
+
+    def _spool_problem(self) -> str:
+        spool = self.pipeline.spool
+        return "" if spool is None else spool.disk_problem(self.request_bytes)
+
+    @property
+    def spool_writable(self) -> bool:
+        """Whether the spool's disk takes records: above its reserve, and its last write did not fail."""
+        spool = self.pipeline.spool
+        return spool is None or not (self._disk_short() or "write" in spool.stats.errors)
 
     @property
     def _store_connected(self) -> bool:
         return self.connector is None or self.connector.ready.is_set()
 
     def _serving(self, store_up: bool) -> bool:
-        # With the spool, acknowledgements need only the local disk until the spool is full.
+        # With the spool, acknowledgements need only the local disk until the spool is full; and
+        # nothing at all is acknowledged while that disk takes no records.
+        if not self.spool_writable:
+            return False
         return store_up or (self.pipeline.spool is not None and not self.spool_full)
+
+    def _insert_error(self) -> str:
+        commit = self.pipeline.commit
+        if isinstance(commit, SpooledCommit) and commit.last_insert_error:
+            if commit.store_disk_full:
+                return f"ClickHouse's disk is full: inserts are failing: {commit.last_insert_error}"
+            return f"inserts are failing: {commit.last_insert_error}"
+        return "inserts are failing"
 
     async def _run(self) -> None:
         stats = self.pipeline.stats
@@ -141,7 +186,7 @@ class HealthMonitor:
             elif stats.inserts > inserts:
                 up, error = True, ""
             elif stats.insert_failures > failures or stats.insert_retries > retries:
-                up, error = False, "inserts are failing"
+                up, error = False, self._insert_error()
             else:
                 up, error = await self._run_probe()
             inserts, failures, retries = stats.inserts, stats.insert_failures, stats.insert_retries
@@ -151,12 +196,19 @@ class HealthMonitor:
                 else:
                     log.warning("store unreachable", extra={"error": error})
             self.store_up, self.last_error = up, error
+            spool_error = self._spool_problem()
+            if spool_error != self.spool_error:
+                if spool_error:
+                    log.warning("spool disk problem", extra={"error": spool_error})
+                else:
+                    log.info("spool disk fine again")
+            self.spool_error = spool_error
             serving = self._serving(up)
             if serving != self.serving:
                 if serving:
                     log.info("health SERVING")
                 else:
-                    log.warning("health NOT_SERVING", extra={"error": error})
+                    log.warning("health NOT_SERVING", extra={"error": spool_error or error})
             self.serving = serving
             await self._publish(serving)
 

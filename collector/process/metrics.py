@@ -29,6 +29,7 @@ from collector.process.health import HealthMonitor
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.pipeline import Pipeline
 from workers.enrichment.enricher import CATALOG, IDENTITY, MAX_PENDING_LINKS
+from workers.processors import TrackingPlans
 from workers.storage.connector import StoreConnector
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class StatsCollector(Collector):
         )
         yield from self._auth()
         yield from self._processors()
+        yield from self._plans_and_rejections()
         yield from self._enrichment()
         spool = self.pipeline.spool
         if spool is not None:
@@ -179,6 +181,7 @@ class StatsCollector(Collector):
                 "Spool records found damaged on replay and skipped.",
                 value=spool.stats.corrupt_records,
             )
+            yield from self._spool_disk()
         if self.connector is not None:
             yield GaugeMetricFamily(
                 PREFIX + "_store_ready",
@@ -202,6 +205,45 @@ class StatsCollector(Collector):
                 value=1 if self.health.serving else 0,
             )
 
+    def _spool_disk(self) -> Iterable[Metric]:
+        """The spool's file system: its free space against the reserve, and failures of its disk."""
+        spool = self.pipeline.spool
+        if spool is None:
+            return
+        try:
+            free: int | None = spool.free_bytes()
+        except OSError:
+            free = None
+        if free is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_disk_free_bytes",
+                "Bytes free on the spool's file system. Under spool_min_free_bytes, activities are refused "
+                "(RESOURCE_EXHAUSTED) and health is NOT_SERVING.",
+                value=free,
+            )
+        yield GaugeMetricFamily(
+            PREFIX + "_spool_min_free_bytes",
+            "Space the spool keeps free on its file system (spool_min_free_bytes).",
+            value=spool.reserve_bytes,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_spool_disk_failures",
+            "Operations on the spool's disk that failed: segment writes and fsyncs, reads, checkpoint "
+            "writes (not ClickHouse).",
+            value=spool.stats.disk_failures,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "_spool_disk_refusals",
+            "Appends to the spool refused because its disk's free space was under spool_min_free_bytes.",
+            value=spool.stats.disk_refusals,
+        )
+        if self.health is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_spool_disk_ok",
+                "1 while the spool's disk is above its reserve and works, 0 while it is full or failing.",
+                value=0 if self.health.spool_error else 1,
+            )
+
     def _processors(self) -> Iterable[Metric]:
         chain = self.service.processors
         family = CounterMetricFamily(
@@ -215,6 +257,55 @@ class StatsCollector(Collector):
             for (processor, reason), n in sorted(counts.items()):
                 family.add_metric([processor, reason, outcome], n)
         yield family
+
+    def _plans_and_rejections(self) -> Iterable[Metric]:
+        """Tracking plans in force, and the rejected activities kept (workers/processors/)."""
+        service = self.service
+        plans = next((p for p in service.processors.processors if isinstance(p, TrackingPlans)), None)
+        if plans is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "_tracking_plans",
+                "Tenants with a tracking plan in force on this collector.",
+                value=len(plans.plans),
+            )
+        quotas = service.quotas
+        if quotas is not None:
+            refused = CounterMetricFamily(
+                PREFIX + "_quota_refused_activities",
+                "Activities refused (RESOURCE_EXHAUSTED, with a retry delay) because their tenant was over "
+                "its quota (quota_rate, or its own: activity-collector quotas set), by tenant.",
+                labels=["tenant"],
+            )
+            for tenant, n in sorted(quotas.stats.refused.items()):
+                refused.add_metric([tenant], n)
+            yield refused
+            requests = CounterMetricFamily(
+                PREFIX + "_quota_refused_requests",
+                "Requests (and stream batches) refused over their tenant's quota, by tenant.",
+                labels=["tenant"],
+            )
+            for tenant, n in sorted(quotas.stats.refused_requests.items()):
+                requests.add_metric([tenant], n)
+            yield requests
+        recorder = service.rejections
+        if recorder is None:
+            return
+        kept = CounterMetricFamily(
+            PREFIX + "_rejections_kept",
+            "Rejected activities by what became of their record in rejected_activities: kept (written), "
+            "over_cap (past rejections_per_tenant_minute: counted only), lost (queue full or write failed).",
+            labels=["tenant", "outcome"],
+        )
+        r = recorder.stats
+        for outcome, counts in (("kept", r.kept), ("over_cap", r.over_cap), ("lost", r.lost)):
+            for tenant, n in sorted(counts.items()):
+                kept.add_metric([tenant, outcome], n)
+        yield kept
+        yield GaugeMetricFamily(
+            PREFIX + "_rejections_queued",
+            "Rejected activities waiting to be written to rejected_activities.",
+            value=recorder.queued,
+        )
 
     def _auth(self) -> Iterable[Metric]:
         if self.authenticator is None:

@@ -26,7 +26,7 @@ from collector.doors.http import HttpServer, parse_origins
 from collector.doors.requestid import RequestIdHandler
 from collector.doors.service import ActivityService
 from collector.doors.web import server_ssl_context
-from collector.process.control import ControlServer
+from collector.process.control import ControlServer, DataDirLock
 from collector.process.health import HealthMonitor
 from collector.process.lifecycle import Stages
 from collector.process.metrics import Metrics, MetricsServer
@@ -35,11 +35,14 @@ from workers.commit.deadletters import DeadLetterStore
 from workers.commit.pipeline import Pipeline
 from workers.commit.spool import Spool
 from workers.enrichment import useragent
-from workers.enrichment.catalog import CatalogStore
+from workers.enrichment.catalog import CatalogStore, CatalogWatcher
 from workers.enrichment.enricher import Enricher
 from workers.enrichment.identity import IdentityStore
 from workers.priority import ThreadPriority
-from workers.processors import ProcessorChain, build_processors
+from workers.processors import ProcessorChain, TrackingPlans, build_processors
+from workers.processors.plan_store import PlanRefresher, PlanStore
+from workers.processors.quota import Quotas, default_quota
+from workers.processors.rejections import RejectionRecorder
 from workers.storage.clickhouse import ClickHouseStore, StoreError
 from workers.storage.connector import StoreConnector
 from workers.storage.postgres import Postgres
@@ -56,6 +59,10 @@ class CollectorServer:
         self.pipeline: Pipeline | None = None
         self.enricher: Enricher | None = None
         self.processors: ProcessorChain | None = None
+        self.plans: TrackingPlans | None = None
+        self.plan_refresher: PlanRefresher | None = None
+        self.rejections: RejectionRecorder | None = None
+        self.quotas: Quotas | None = None
         self.stages = Stages()
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
@@ -75,7 +82,12 @@ class CollectorServer:
     async def start(self) -> None:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        postgres = self.postgres = Postgres(settings.postgres_dsn, settings.data_dir)
+        # First: a second collector on this directory is refused by name, before any store is opened.
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+        self.stages.started("data directory lock", lambda _: asyncio.to_thread(lock.release))
+        # One connection more than the default: the catalogue watcher holds one to listen.
+        postgres = self.postgres = Postgres(settings.postgres_dsn, settings.data_dir, pool_size=5)
         await postgres.start()
         self.stages.started("postgres", lambda _: postgres.shutdown())
         store = self.store = await asyncio.to_thread(
@@ -122,19 +134,45 @@ class CollectorServer:
             ttl_s=settings.enrichment_cache_ttl_s,
             timeout_s=settings.enrichment_timeout_ms / 1000,
         )
-        processors = self.processors = build_processors(settings.processors)
+        if settings.enrichment:
+            # Imports made anywhere drop the enrichment caches of their tenant's catalogue at once.
+            watcher = CatalogWatcher(self.postgres.pool, self.enricher.forget_catalog)
+            await watcher.start()
+            self.stages.started("catalog watcher", watcher.shutdown)
+        if settings.processors.plans:
+            self.plans = TrackingPlans()
+        self.quotas = Quotas(default_quota(settings.quota_rate, settings.quota_burst))
+        refresher = self.plan_refresher = PlanRefresher(
+            PlanStore(self.postgres.pool), self.plans, settings.processors.plan_refresh_s, self.quotas
+        )
+        await refresher.start()
+        self.stages.started("tracking plans and quotas", refresher.shutdown)
+        processors = self.processors = build_processors(settings.processors, self.plans)
         await processors.start()
         self.stages.started("processors", processors.shutdown)
+        if settings.processors.rejections_store:
+            rejections = self.rejections = RejectionRecorder(
+                self.store,
+                settings.processors.rejections_per_tenant_minute,
+                settings.processors.rejections_ttl_days,
+                settings.cluster,
+            )
+            await rejections.start()
+            self.stages.started("rejections kept", lambda left: rejections.shutdown(min(left, 2.0)))
         pipeline = self.pipeline = Pipeline(
             settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool), self.enricher
         )
         pipeline.store_ready = self.connector.ready
         await pipeline.start()
         self.stages.started("pipeline", lambda left: pipeline.shutdown(timeout=left))
-        self.service = ActivityService(settings, pipeline, processors)
+        self.service = ActivityService(settings, pipeline, processors, self.rejections, self.quotas)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         control = self.control = ControlServer(
-            settings.control_socket, self.store.query, self.store.insert_rows
+            settings.control_socket,
+            self.store.query,
+            self.store.insert_rows,
+            catalog_changed=self.enricher.forget_catalog,
+            info=lambda: {"listen": self.address},
         )
         await control.start()
         self.stages.started("control socket", lambda _: control.shutdown())

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +94,69 @@ async def test_node_example_tracks_activities(node_example: Path, server: Collec
     ]
     # The ids the script chose are the ones stored.
     assert set(summary["sent_ids"][:2]) <= {row[0] for row in got}
+
+
+def readme_python_snippet() -> str:
+    """The Python client snippet of the README (section "Clients")."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Clients\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def http_curl_example() -> list[str]:
+    """The curl command of docs/http.md, as argv (after the key is exported as shown)."""
+    text = (ROOT / "docs" / "http.md").read_text()
+    block = text.split("$ curl ", 1)[1].split("\n{", 1)[0]
+    return ["curl", *shlex.split(block.replace("\\\n", " "))]
+
+
+async def test_the_readme_python_snippet_says_why_without_a_key(start_server: Any) -> None:
+    server: CollectorServer = await start_server(auth=True)
+    assert server.created_key is not None
+    snippet = readme_python_snippet().replace("127.0.0.1:50051", server.address)
+    env = {k: v for k, v in os.environ.items() if k != "ACTIVITY_API_KEY"}
+    code, out, err = await run_env(sys.executable, "-c", snippet, env=env, cwd=ROOT)
+    assert code == 0, err
+    reason, accepted = out.splitlines()
+    assert reason.startswith("1 activities not stored: UNAUTHENTICATED: missing API key")
+    assert accepted == "accepted 0"
+    env["ACTIVITY_API_KEY"] = server.created_key
+    code, out, err = await run_env(sys.executable, "-c", snippet, env=env, cwd=ROOT)
+    assert code == 0, err
+    assert out.splitlines() == ["accepted 1"]
+
+
+async def test_the_http_curl_example_is_accepted_with_the_key(start_server: Any) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    server: CollectorServer = await start_server(auth=True)
+    assert server.created_key is not None and server.http is not None
+    url = server.http.url
+    argv = [arg.replace("http://127.0.0.1:8080/v1/activities", url) for arg in http_curl_example()]
+    env = {**os.environ, "ACTIVITY_API_KEY": server.created_key}
+    # The shell would expand $ACTIVITY_API_KEY: so does this.
+    argv = [arg.replace("$ACTIVITY_API_KEY", server.created_key) for arg in argv]
+    code, out, err = await run_env(*argv, env=env, cwd=ROOT)
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer.get("acceptedCount") == 1, answer
+    assert answer["rejections"][0]["field"] == "target.id"
+    header = next(n for n, arg in enumerate(argv) if arg.startswith("Authorization: Bearer "))
+    assert argv[header - 1] == "-H"
+    without = argv[: header - 1] + argv[header + 1 :]
+    code, out, _ = await run_env(*without, "-w", "\n%{http_code}", env=env, cwd=ROOT)
+    assert out.splitlines()[-1] == "401"
+
+
+async def run_env(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from core import fastpath
@@ -105,6 +105,8 @@ class Submission:
     """Correction applied to occurred_at: receive time minus sent_at, or 0 within the tolerance."""
     future: asyncio.Future[dict[int, str]]
     fast: FastSpans | None = None
+    flags: Mapping[int, Sequence[str]] | None = None
+    """Rules of the tenant's tracking plan each flagged parsed activity broke, by index."""
 
     @property
     def count(self) -> int:
@@ -224,6 +226,7 @@ class Pipeline:
                         sub.fast,
                         item_extras,
                         fast_extras,
+                        sub.flags,
                     )
                 except Exception as error:
                     log.exception("encoding failed", extra={"error": repr(error)})

@@ -40,6 +40,11 @@ class PipelineSettings:
     RESOURCE_EXHAUSTED."""
     spool_segment_bytes: int = 64 * 1024 * 1024
     """With the spool on: size at which a spool segment file is closed and a new one started."""
+    spool_min_free_bytes: int = 2 * 64 * 1024 * 1024
+    """With the spool on: space kept free on the spool's file system (twice the default
+    spool_segment_bytes). An activity that would leave less is refused with RESOURCE_EXHAUSTED before
+    anything is written, so that the disk never fills under the spool, and ClickHouse or PostgreSQL on
+    the same disk keep room to work; accepted again once there is room."""
     retry_delay_ms: float = 500.0
     """The delay suggested to callers in RESOURCE_EXHAUSTED and UNAVAILABLE answers."""
 

@@ -15,6 +15,11 @@ deduplication token) before sending it, and commits the range after. A restart f
 planned inserts with their tokens. An insert that the store refuses for its data is split: its records
 are inserted one by one, and those refused alone are written to the dead-letter store before the range
 is committed. See docs/delivery.md.
+
+A failure of the spool's own disk is told apart from the store's: a spool refusing for its disk's
+reserve answers RESOURCE_EXHAUSTED (as a full spool does), a write that fails for a full disk too, and
+the drainer retries a failed checkpoint write or read quickly (at most `SPOOL_RETRY_MAX_S` apart),
+without counting it as a failed insert, so that draining resumes within a second of space coming back.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from workers import priority
 from workers.commit.base import Encoded, Overloaded, PipelineStats, Settle, Unavailable
 from workers.commit.deadletters import DeadLetter, DeadLetterSink, rows_tenant
 from workers.commit.settings import PipelineSettings
-from workers.commit.spool import Planned, Spool, SpoolFull
+from workers.commit.spool import DISK_FULL_ERRNOS, Planned, Spool, SpoolError, SpoolFull
 from workers.rows import Envelope, envelope_bytes
 from workers.storage.clickhouse import StoreError, classify
 from workers.storage.contract import RowSink
@@ -45,6 +50,35 @@ FIRST_RETRY_S = 0.1
 """Ceiling of the wait before a spooled insert's first retry; it doubles with each retry, up to
 `MAX_RETRY_S`. The records are safe on disk: they are retried for as long as the collector runs."""
 MAX_RETRY_S = 5.0
+SPOOL_RETRY_MAX_S = 1.0
+"""Ceiling of the wait between retries of a drain step that failed on the spool's own disk (the
+checkpoint, a read): short, so that draining resumes within a second of the disk coming back."""
+
+NOT_ENOUGH_SPACE = 243
+"""ClickHouse's error code for a full disk."""
+
+
+def spool_failure(error: BaseException | None) -> SpoolError | None:
+    """The spool's disk failure behind `error` (itself, or what it was raised from), if there is one:
+    a record read back while an insert is written out fails inside the store's call."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SpoolError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` says that a disk is full (the store's, or the spool's): it passes once space is
+    freed."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    if getattr(error, "code", None) == NOT_ENOUGH_SPACE:
+        return True
+    text = str(error)
+    return "No space left on device" in text or "NOT_ENOUGH_SPACE" in text or "Disk quota exceeded" in text
 
 
 @dataclass
@@ -79,6 +113,12 @@ class SpooledCommit:
         """Set once the store is connected (None: it is already). The drainer waits for it; set it
         before `start()`."""
         self.retry_delay_s = settings.retry_delay_ms / 1000
+        if spool.min_free_bytes is None:
+            spool.min_free_bytes = settings.spool_min_free_bytes
+        self.last_insert_error = ""
+        """Why the last insert failed, while none has succeeded since: "" when inserts work."""
+        self.store_disk_full = False
+        """Whether the last insert failed because the store's disk is full."""
         self._commit = requests
         self._settle = settle
         # Records durable and not yet handed to an insert, in sequence order.
@@ -152,8 +192,15 @@ class SpooledCommit:
                     self._settle(c.rows.count, c.tenant, c.future, refusal)
                 continue
             except OSError as error:
-                log.error("spool write failed", extra={"error": str(error)})
-                failure = Unavailable(f"the spool cannot be written: {error}", self.retry_delay_s)
+                failure: Exception
+                if error.errno in DISK_FULL_ERRNOS:
+                    # The reserve did not keep the disk from filling (another writer took the space):
+                    # nothing was written, and the caller may try again later, as with a full spool.
+                    for c in chunks:
+                        self.stats.refused_by_tenant[c.tenant] += c.rows.count
+                    failure = Overloaded(f"the spool's disk is full: {error.strerror}", self.retry_delay_s)
+                else:
+                    failure = Unavailable(f"the spool cannot be written: {error}", self.retry_delay_s)
                 for c in chunks:
                     self._settle(c.rows.count, c.tenant, c.future, failure)
                 continue
@@ -165,7 +212,12 @@ class SpooledCommit:
 
     def _append_durably(self, entries: list[tuple[int, bytes]]) -> list[int]:
         sequences = self.spool.append(entries)
-        self.spool.sync()
+        try:
+            self.spool.sync()
+        except OSError:
+            # Not durable, so not acknowledged: forget them, so that nothing waits for them.
+            self.spool.abandon(sequences)
+            raise
         return sequences
 
     async def _drainer(self, redo: list[Planned]) -> None:
@@ -217,9 +269,12 @@ class SpooledCommit:
         """Insert one planned range until it is in ClickHouse. The records are safe on disk, so any
         failure but bad data is retried, with capped backoff, for as long as the collector runs; when
         ClickHouse blames the data, the records are inserted one by one and those it refuses alone go
-        to the dead-letter store; the range is committed once they are stored there."""
+        to the dead-letter store; the range is committed once they are stored there. A failure of the
+        spool's own disk (the checkpoint, a read) is retried at most `SPOOL_RETRY_MAX_S` apart, and not
+        counted against the store; once the rows are in, only the checkpoint is written again."""
         loop = asyncio.get_running_loop()
         attempt = 0
+        spool_attempt = 0
         isolate = False
         isolated: _Isolated | None = None
         # Counted once the rows are in ClickHouse and before the spool lets go of them, so that the
@@ -229,6 +284,10 @@ class SpooledCommit:
             while True:
                 started = time.perf_counter()
                 try:
+                    if counted:
+                        # The rows are in and the range committed in memory: its checkpoint is owed.
+                        await loop.run_in_executor(self._executor, self.spool.save)
+                        return
                     if isolate:
                         if isolated is None:
                             isolated = await loop.run_in_executor(
@@ -237,21 +296,41 @@ class SpooledCommit:
                         rows = await self._keep_dead_letters(planned, isolated)
                     else:
                         rows = await loop.run_in_executor(self._executor, self._insert_planned, planned)
-                    if not counted:
-                        counted = True
-                        self.stats.record_insert(rows)
-                        if self.on_insert is not None:
-                            self.on_insert(rows, time.perf_counter() - started)
+                    counted = True
+                    self.stats.record_insert(rows)
+                    if self.on_insert is not None:
+                        self.on_insert(rows, time.perf_counter() - started)
+                    self.last_insert_error, self.store_disk_full = "", False
                     await loop.run_in_executor(self._executor, self.spool.commit, planned)
                 except Exception as raw:
+                    failure = spool_failure(raw)
+                    if failure is not None:
+                        spool_attempt += 1
+                        log.warning(
+                            "spool disk failing: draining waits for it",
+                            extra={
+                                "first": planned.first,
+                                "last": planned.last,
+                                "attempt": spool_attempt,
+                                "transient": failure.transient,
+                                "error": str(failure),
+                                "directory": str(self.spool.directory),
+                            },
+                        )
+                        delay = backoff_delay(spool_attempt, first_s=FIRST_RETRY_S, max_s=SPOOL_RETRY_MAX_S)
+                        await asyncio.sleep(delay)
+                        continue
                     error = classify(raw)
+                    full = disk_full(raw) or disk_full(error)
+                    self.last_insert_error, self.store_disk_full = str(error), full
                     log.warning(
                         "spooled insert failed",
                         extra={
                             "first": planned.first,
                             "last": planned.last,
                             "attempt": attempt + 1,
-                            "transient": error.transient,
+                            "transient": error.transient or full,
+                            "disk_full": full,
                             "error": str(error),
                         },
                     )

@@ -8,14 +8,21 @@ its target, and a bad line is reported and skipped while the good ones are impor
 
 Entries are held to the limits of the activities they describe (`collector.config.Limits`): a target
 type or id that no activity could carry is refused rather than stored for nothing.
+
+An import notifies PostgreSQL's channel `activity_catalog` with its tenant, on commit; each collector
+listens there (`CatalogWatcher`) and drops what its enrichment caches hold of that tenant's catalogue,
+so that every collector of a cluster sees an import at once rather than after `enrichment_cache_ttl_s`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import datetime
 import io
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +33,10 @@ import asyncpg
 
 from core.limits import Limits
 from core.normalize import normalize_currency
+from workers.storage.postgres import POSTGRES_ERRORS
+
+log = logging.getLogger(__name__)
+_LISTEN_ERRORS: tuple[type[BaseException], ...] = (*POSTGRES_ERRORS, OSError)
 
 FORMATS = ("jsonl", "csv")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -44,6 +55,8 @@ ATTRIBUTE_COLUMN = "attributes."
 CATEGORY_SEPARATOR = ">"
 UPSERT_CHUNK = 1000
 """Entries per INSERT statement of an import."""
+CHANNEL = "activity_catalog"
+"""The PostgreSQL notification channel of catalogue imports; the payload is the tenant."""
 
 _MAX_BIGINT = 2**63 - 1
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -444,6 +457,8 @@ class CatalogStore:
                     [info.currency for _, info in chunk],
                     [json.dumps(dict(info.attributes)) for _, info in chunk],
                 )
+            # Delivered on commit, to every collector listening (CatalogWatcher).
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, tenant)
         return len(items)
 
     async def lookup(self, tenant: str, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TargetInfo]:
@@ -479,3 +494,74 @@ class CatalogStore:
     async def count(self, tenant: str) -> int:
         """How many targets `tenant`'s catalogue holds."""
         return int(await self.pool.fetchval("SELECT count(*) FROM targets WHERE tenant_id = $1", tenant))
+
+
+class CatalogWatcher:
+    """Listens on `CHANNEL` on one connection of `pool` and calls `changed(tenant)` for every import,
+    made by any process on this PostgreSQL. Off the request path: the notifications arrive on the
+    connection's own reads. When the connection is lost, notifications may be missed meanwhile: once
+    listening again (tried every `retry_s`), it calls `changed(None)`, every tenant."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, changed: Callable[[str | None], object], *, retry_s: float = 5.0
+    ) -> None:
+        self.pool = pool
+        self.changed = changed
+        self.retry_s = retry_s
+        self.listening = asyncio.Event()
+        self.backend_pid: int | None = None
+        """The PostgreSQL process of the listening connection, while it listens."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="catalog watcher")
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.changed(str(payload) if payload else None)
+
+    async def _run(self) -> None:
+        listened = False
+        failing = False
+        while True:
+            lost = asyncio.Event()
+
+            def terminated(_conn: object) -> None:
+                lost.set()  # noqa: B023 (this iteration's connection, this iteration's event)
+
+            try:
+                async with self.pool.acquire() as conn:
+                    conn.add_termination_listener(terminated)
+                    await conn.add_listener(CHANNEL, self._heard)
+                    try:
+                        if listened:
+                            self.changed(None)
+                        if failing:
+                            log.info("listening for catalogue imports again")
+                        listened, failing = True, False
+                        self.backend_pid = conn.get_server_pid()
+                        self.listening.set()
+                        await lost.wait()
+                    finally:
+                        self.listening.clear()
+                        self.backend_pid = None
+                        if not conn.is_closed():
+                            conn.remove_termination_listener(terminated)
+                            with contextlib.suppress(*_LISTEN_ERRORS):
+                                await conn.remove_listener(CHANNEL, self._heard)
+            except _LISTEN_ERRORS as error:
+                if not failing:  # once per outage, not once per try
+                    log.warning(
+                        "not listening for catalogue imports; retrying (meanwhile an import shows after "
+                        "enrichment_cache_ttl_s)",
+                        extra={"error": str(error) or type(error).__name__, "retry_s": self.retry_s},
+                    )
+                failing = True
+            await asyncio.sleep(self.retry_s)
+
+    async def shutdown(self, _left: float = 0.0) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -172,6 +172,22 @@ class Enricher:
         self._failures = 0
         self._resume_at = 0.0
 
+    def forget_catalog(self, tenant: str | None = None) -> int:
+        """Drop what the caches know of `tenant`'s catalogue (every tenant's when None): whether it has
+        one, and its targets, found or not. The next batch asks PostgreSQL again, so that an import is
+        seen at once rather than after `enrichment_cache_ttl_s`. Returns how many entries were dropped."""
+        if tenant is None:
+            dropped = len(self._catalogued) + len(self._targets)
+            self._catalogued.entries.clear()
+            self._targets.entries.clear()
+            return dropped
+        dropped = int(self._catalogued.entries.pop(tenant, None) is not None)
+        targets = self._targets.entries
+        stale = [key for key in targets if key[0] == tenant]
+        for key in stale:
+            del targets[key]
+        return dropped + len(stale)
+
     @property
     def pending_links(self) -> int:
         """Identity links seen and not yet written to PostgreSQL."""

@@ -12,27 +12,36 @@ from workers.processors.base import (
     Refusal,
     Verdict,
 )
+from workers.processors.plan import Plan, PlanError, TrackingPlans, load_document, parse_plan
 from workers.processors.settings import ProcessorSettings
 
 __all__ = [
     "Action",
     "ActionFilter",
     "ChainResult",
+    "Plan",
+    "PlanError",
     "Processor",
     "ProcessorChain",
     "ProcessorSettings",
     "ProcessorStats",
     "Refusal",
+    "TrackingPlans",
     "Verdict",
     "build_processors",
+    "load_document",
+    "parse_plan",
 ]
 
 
-def build_processors(settings: ProcessorSettings) -> ProcessorChain:
-    """The chain the settings describe, in its fixed order."""
+def build_processors(settings: ProcessorSettings, plans: TrackingPlans | None = None) -> ProcessorChain:
+    """The chain the settings describe, in its fixed order: `action_filter`, then `plan` (the tenants'
+    tracking plans, when given: kept current by `workers.processors.plan_store.PlanRefresher`)."""
     processors: list[Processor] = []
     reject = parse_patterns("reject_actions", settings.reject_actions)
     drop = parse_patterns("drop_actions", settings.drop_actions)
     if reject or drop:
         processors.append(ActionFilter(reject, drop))
+    if plans is not None:
+        processors.append(plans)
     return ProcessorChain(processors)

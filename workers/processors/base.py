@@ -3,12 +3,15 @@
 A processor looks at one valid activity of one tenant and keeps it (returns None), or returns a
 `Verdict`: reject it (the caller gets a `Rejection` for it, with the processor's reason), drop it
 (the caller sees it accepted, it is not stored; counted per processor and reason, for operators), or
-flag it (stored as usual; counted per processor and reason). The first processor that rejects or
+flag it (stored, with the rules it broke in its row's `plan_violations`; counted per processor and
+rule). The first processor that rejects or
 drops an activity decides; the others do not see it. Processors are synchronous and cheap: they run on
 the event loop, inside the request, on parsed activities, in the order the configuration lists them.
 
 Adding a processor touches neither the doors nor storage: implement `Processor`, build it in
-`workers.processors.build_processors` from its settings.
+`workers.processors.build_processors` from its settings. A processor that judges some tenants only
+(the tracking plans) also implements `Scoped`, so that the doors keep the other tenants' requests on
+the compiled path, unparsed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.proto.activity.v1 import activity_pb2 as pb
+
+REFUSED_BY_PROCESSOR = pb.REJECTION_REASON_REFUSED_BY_PROCESSOR
 
 
 class Action(enum.Enum):
@@ -37,18 +42,27 @@ class Verdict:
     reason: str
     field: str = ""
     message: str = ""
+    rejection: int = REFUSED_BY_PROCESSOR
+    """The caller's `RejectionReason` when rejected."""
+    rules: tuple[str, ...] = ()
+    """Flagged: every rule the activity broke (stored in its row's `plan_violations`, each counted);
+    empty means `reason` alone."""
 
     @classmethod
-    def reject(cls, reason: str, field: str, message: str) -> Verdict:
-        return cls(Action.REJECT, reason, field, message)
+    def reject(cls, reason: str, field: str, message: str, rejection: int = REFUSED_BY_PROCESSOR) -> Verdict:
+        return cls(Action.REJECT, reason, field, message, rejection)
 
     @classmethod
     def drop(cls, reason: str) -> Verdict:
         return cls(Action.DROP, reason)
 
     @classmethod
-    def flag(cls, reason: str) -> Verdict:
-        return cls(Action.FLAG, reason)
+    def flag(cls, reason: str, rules: tuple[str, ...] = ()) -> Verdict:
+        return cls(Action.FLAG, reason, rules=rules)
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.rules or (self.reason,)
 
 
 class Processor(Protocol):
@@ -86,6 +100,32 @@ class ChainResult:
     kept: list[tuple[int, pb.Activity]]
     refused: list[Refusal]
     dropped: int
+    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """The rules each flagged kept activity broke, by its index in the request."""
+
+
+class Scoped(Processor, Protocol):
+    """A processor that judges some tenants only (the `plan` processor: tenants with a plan). A
+    processor without these methods judges every tenant's activities."""
+
+    @property
+    def active(self) -> bool:
+        """Whether the processor may judge any activity at all now (no plan at all: no)."""
+        ...
+
+    def applies(self, tenant: str) -> bool:
+        """Whether the processor judges `tenant`'s activities; when no processor does, the doors keep
+        that tenant's requests on the compiled path, unparsed."""
+        ...
+
+
+def _active(processor: Processor) -> bool:
+    return bool(getattr(processor, "active", True))
+
+
+def _applies(processor: Processor, tenant: str) -> bool:
+    applies = getattr(processor, "applies", None)
+    return True if applies is None else bool(applies(tenant))
 
 
 class ProcessorChain:
@@ -99,7 +139,12 @@ class ProcessorChain:
 
     @property
     def active(self) -> bool:
-        return bool(self.processors)
+        """Some processor may judge some activity; False: the doors skip the seam."""
+        return any(_active(p) for p in self.processors)
+
+    def applies(self, tenant: str) -> bool:
+        """Some processor judges `tenant`'s activities (so that the doors must parse them)."""
+        return any(_applies(p, tenant) for p in self.processors)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -114,17 +159,22 @@ class ProcessorChain:
     def run(self, tenant: str, items: Iterable[tuple[int, pb.Activity]]) -> ChainResult:
         kept: list[tuple[int, pb.Activity]] = []
         refused: list[Refusal] = []
+        flags: dict[int, tuple[str, ...]] = {}
         dropped = 0
         stats = self.stats
+        processors = [p for p in self.processors if _applies(p, tenant)]
         for index, activity in items:
             outcome = None
-            for processor in self.processors:
+            flagged: tuple[str, ...] = ()
+            for processor in processors:
                 verdict = processor.process(tenant, activity)
                 if verdict is None:
                     continue
                 key = (processor.name, verdict.reason)
                 if verdict.action is Action.FLAG:
-                    stats.flagged[key] += 1
+                    for rule in verdict.flags:
+                        stats.flagged[(processor.name, rule)] += 1
+                    flagged += verdict.flags
                     continue
                 outcome = (processor.name, verdict)
                 if verdict.action is Action.REJECT:
@@ -134,8 +184,10 @@ class ProcessorChain:
                 break
             if outcome is None:
                 kept.append((index, activity))
+                if flagged:
+                    flags[index] = flagged
             elif outcome[1].action is Action.REJECT:
                 refused.append(Refusal(index, activity.id, outcome[0], outcome[1]))
             else:
                 dropped += 1
-        return ChainResult(kept, refused, dropped)
+        return ChainResult(kept, refused, dropped, flags)

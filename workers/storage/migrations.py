@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.storage.analytics_schema import analytics_statements
-from workers.storage.schema import SINGLE_NODE, Cluster, activities_statements, enrichment_statements
+from workers.storage.schema import (
+    SINGLE_NODE,
+    Cluster,
+    activities_statements,
+    enrichment_statements,
+    plan_violations_statements,
+    rejections_statements,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # files cost more than writing the rows (on ext4, 150-220 ms of system time per insert, most of it
     # in the kernel's inode allocation).
     Migration(5, "compact insert parts", lambda db, cluster: [_compact_parts(db, cluster)]),
+    # Tracking plans (workers/processors/plan.py): the rules a flagged activity broke.
+    Migration(6, "plan violations", plan_violations_statements),
+    # Failed events kept (workers/processors/rejections.py): rejected activities, with a TTL.
+    Migration(7, "rejected activities", rejections_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

@@ -179,6 +179,46 @@ MIGRATIONS: tuple[Migration, ...] = (
         COMMENT ON COLUMN identity_links.kind IS 'Which id key is: anonymous (User.anonymous_id) or session.';
         """,
     ),
+    Migration(
+        4,
+        "tracking plans",
+        """
+        CREATE TABLE tracking_plans (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id text NOT NULL CHECK (tenant_id <> ''),
+            version integer NOT NULL CHECK (version > 0),
+            plan jsonb CHECK (plan IS NULL OR jsonb_typeof(plan) = 'object'),
+            source text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (tenant_id, version)
+        );
+        COMMENT ON TABLE tracking_plans IS
+            'Every version of each tenant''s tracking plan (activity-collector plans apply); the highest'
+            ' version of a tenant is in force. Collectors poll max(id) to see changes.';
+        COMMENT ON COLUMN tracking_plans.tenant_id IS
+            'Tenant name, as in the tenant_id column of ClickHouse rows.';
+        COMMENT ON COLUMN tracking_plans.version IS 'Version of the tenant''s plan: 1, 2, ... as applied.';
+        COMMENT ON COLUMN tracking_plans.plan IS
+            'The plan document (docs/plans.md), checked when applied; NULL: the plan was removed.';
+        COMMENT ON COLUMN tracking_plans.source IS 'Where the plan came from: the file name given to apply.';
+        """,
+    ),
+    Migration(
+        5,
+        "tenant quotas",
+        """
+        CREATE TABLE tenant_quotas (
+            tenant_id text PRIMARY KEY CHECK (tenant_id <> ''),
+            rate double precision NOT NULL CHECK (rate >= 0),
+            burst double precision NOT NULL CHECK (burst >= 0),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE tenant_quotas IS
+            'Tenants'' own quotas (activity-collector quotas set), in place of quota_rate and quota_burst.';
+        COMMENT ON COLUMN tenant_quotas.rate IS 'Activities per second; 0: no quota.';
+        COMMENT ON COLUMN tenant_quotas.burst IS 'Most activities at once (the bucket''s size).';
+        """,
+    ),
 )
 
 

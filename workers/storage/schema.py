@@ -45,6 +45,8 @@ TARGET_LIST_PRICE_FIELD = 1014
 TARGET_LIST_CURRENCY_FIELD = 1015
 TARGET_CATALOG_ATTRIBUTES_FIELD = 1016
 RESOLVED_USER_ID_FIELD = 1017
+# Processors, per activity: the rules of the tenant's tracking plan it broke, when flagged.
+PLAN_VIOLATIONS_FIELD = 1018
 
 _EXTRA_FIELDS = f"""  string tenant_id = {TENANT_FIELD};
   Timestamp received_at = {RECEIVED_AT_FIELD};
@@ -63,6 +65,7 @@ _EXTRA_FIELDS = f"""  string tenant_id = {TENANT_FIELD};
   string catalog_currency = {TARGET_LIST_CURRENCY_FIELD};
   map<string, string> catalog_attributes = {TARGET_CATALOG_ATTRIBUTES_FIELD};
   string resolved_user_id = {RESOLVED_USER_ID_FIELD};
+  repeated string plan_violations = {PLAN_VIOLATIONS_FIELD};
 """
 
 _SCALARS = {
@@ -277,6 +280,12 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column("segments", "Array(LowCardinality(String))", "Segments the user belonged to."),
     Column(
+        "plan_violations",
+        "Array(String)",
+        "Rules of the tenant's tracking plan the activity broke, when the plan flags rather than rejects "
+        "(required:metadata.order_id, unknown_action, ...); empty when it conforms or has no plan.",
+    ),
+    Column(
         "received_at",
         TIME,
         "When the collector received the request (server clock).",
@@ -465,3 +474,54 @@ def enrichment_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list
         f"ALTER TABLE `{database}`.`{table}`{cluster.on_cluster}\n  " + ",\n  ".join(actions)
         for table in tables
     ]
+
+
+def plan_violations_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Bring an `activities` table of schema version 5 to `plan_violations` (a no-op on a table created
+    by this release); on a cluster the local and the Distributed table alike."""
+    column = next(c for c in COLUMNS if c.name == "plan_violations")
+    tables = [cluster.local("activities")] + (["activities"] if cluster.enabled else [])
+    return [
+        f"ALTER TABLE `{database}`.`{table}`{cluster.on_cluster}\n"
+        f"  ADD COLUMN IF NOT EXISTS {_column_ddl(column)} AFTER `segments`"
+        for table in tables
+    ]
+
+
+REJECTIONS_TABLE = "rejected_activities"
+REJECTIONS_TTL_DAYS = 7
+"""How long rejected activities are kept unless `rejections_ttl_days` says otherwise (set at start)."""
+
+
+def rejections_ttl(days: int) -> str:
+    return f"toDateTime(rejected_at) + toIntervalDay({int(days)})"
+
+
+def rejections_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """The failed events kept for operators (`workers.processors.rejections`): every activity rejected
+    by validation or a processor, its bytes as sent, for a few days (a TTL), never the caller's key."""
+    table = cluster.local(REJECTIONS_TABLE)
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}`{cluster.on_cluster} (\n"
+        "  `id` UUID COMMENT 'Id of this record (activity-collector rejections show ID).',\n"
+        "  `tenant_id` LowCardinality(String) COMMENT 'Tenant whose request held the activity.',\n"
+        f"  `rejected_at` {TIME} COMMENT 'When the collector received the request (server clock).',\n"
+        "  `reason` LowCardinality(String) COMMENT 'RejectionReason, lower case without its prefix: "
+        "missing_field, invalid_value, plan_violation, ...',\n"
+        "  `field` String COMMENT 'The field at fault, as answered to the caller.',\n"
+        "  `rule` LowCardinality(String) COMMENT 'For processors: the rule (tracking plan rule, action "
+        "pattern); empty for validation.',\n"
+        "  `message` String COMMENT 'The message answered to the caller.',\n"
+        "  `activity_id` String COMMENT 'The activity id as sent; empty when none or unreadable.',\n"
+        "  `payload` String COMMENT 'The activity as sent: activity.v1.Activity bytes, cut at 64 KiB.',\n"
+        "  `payload_bytes` UInt32 COMMENT 'Size of the activity as sent, before any cut.'\n"
+        f")\nENGINE = {cluster.engine('MergeTree') if cluster.enabled else 'MergeTree()'}\n"
+        "PARTITION BY toDate(rejected_at)\n"
+        "ORDER BY (tenant_id, rejected_at, id)\n"
+        f"TTL {rejections_ttl(REJECTIONS_TTL_DAYS)}\n"
+        "COMMENT 'Activities the collector rejected, kept for a few days (TTL) within a cap per tenant "
+        "and minute; see docs/plans.md.'"
+    ]
+    if cluster.enabled:
+        statements.append(cluster.distributed(database, REJECTIONS_TABLE, "cityHash64(tenant_id)"))
+    return statements

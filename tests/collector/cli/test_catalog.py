@@ -155,3 +155,72 @@ async def test_the_example_catalogues_import_whole(
     code, out, _ = await run(capsys, "catalog", "show", "product", "sku-1001", *pg)
     assert code == 0
     assert json.loads(out)["currency"] == "EUR" and json.loads(out)["list_price"] == 1999
+
+
+async def test_an_import_is_heard_by_every_collector_listening_on_postgres(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A collector elsewhere (its own pool on the same PostgreSQL) hears of an import at once, and
+    drops that tenant's catalogue caches."""
+    from workers.enrichment.catalog import CatalogStore, CatalogWatcher
+    from workers.enrichment.enricher import Enricher
+    from workers.storage.postgres import Postgres
+
+    async with Postgres(pg_dsn, tmp_path) as postgres:
+        enricher = Enricher(CatalogStore(postgres.pool), None)
+        # What a collector that saw activities before the import caches: "no catalogue", no target.
+        enricher._catalogued.set("default", False, 0.0)
+        enricher._targets.set(("default", "product", "sku-1"), None, 0.0)
+        enricher._targets.set(("other", "product", "sku-1"), None, 0.0)
+        heard: list[str | None] = []
+        told = asyncio.Event()
+
+        def changed(tenant: str | None) -> int:
+            heard.append(tenant)
+            told.set()
+            return enricher.forget_catalog(tenant)
+
+        watcher = CatalogWatcher(postgres.pool, changed)
+        await watcher.start()
+        try:
+            await asyncio.wait_for(watcher.listening.wait(), 10)
+            path = write_jsonl(tmp_path / "c.jsonl", {"target_type": "product", "target_id": "sku-1"})
+            code, _, err = await run(capsys, "catalog", "import", str(path), "--postgres-dsn", pg_dsn)
+            assert code == 0, err
+            await asyncio.wait_for(told.wait(), 5)
+        finally:
+            await watcher.shutdown()
+    assert heard == ["default"]
+    assert enricher._catalogued.peek("default") is None
+    assert list(enricher._targets.entries) == [("other", "product", "sku-1")]
+
+
+async def test_a_watcher_that_lost_its_connection_forgets_every_tenant_once_listening_again(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Imports made while nobody listened were not heard: back, the watcher drops every tenant's."""
+    from workers.enrichment.catalog import CatalogWatcher
+    from workers.storage.postgres import Postgres
+
+    async with Postgres(pg_dsn, tmp_path) as postgres:
+        heard: list[str | None] = []
+        told = asyncio.Event()
+
+        def changed(tenant: str | None) -> int:
+            heard.append(tenant)
+            told.set()
+            return 0
+
+        watcher = CatalogWatcher(postgres.pool, changed, retry_s=0.05)
+        await watcher.start()
+        try:
+            await asyncio.wait_for(watcher.listening.wait(), 10)
+            pid = watcher.backend_pid
+            assert pid is not None
+            assert await postgres.pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await asyncio.wait_for(told.wait(), 10)
+            await asyncio.wait_for(watcher.listening.wait(), 10)
+            assert watcher.backend_pid not in (None, pid)
+        finally:
+            await watcher.shutdown()
+    assert heard == [None]

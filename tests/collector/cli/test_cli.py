@@ -260,47 +260,6 @@ def test_a_bad_config_file_stops_serve_naming_the_setting_and_the_file(tmp_path:
     assert "bad-unknown-key.toml" in unknown.stderr
 
 
-def test_the_first_session_with_a_catalogue_gets_enriched_rows(served) -> None:  # type: ignore[no-untyped-def]
-    """The README's first session, with the example catalogue imported first: the rows carry what the
-    user agent, the catalogue and the login say."""
-    _, target, data, key = served
-    imported = cli("catalog", "import", str(ROOT / "examples" / "catalog.jsonl"), "--data-dir", str(data))
-    assert imported.returncode == 0, imported.stderr
-    sent = cli("send", str(SAMPLE), "--target", target, env={"ACTIVITY_API_KEY": key})
-    assert "accepted 3, rejected 2" in sent.stdout
-    later = (
-        '{"action": "view", "target": {"type": "product", "id": "sku-2001"}, '
-        '"user": {"anonymousId": "anon-7f3a"}}\n'
-    )
-    assert "accepted 1" in cli("send", "-", "--target", target, "--api-key", key, stdin=later).stdout
-    query = (
-        "SELECT action, target_name, target_brand, device_type, os, resolved_user_id FROM activities "
-        "ORDER BY occurred_at"
-    )
-    for _ in range(100):
-        rows = cli("sql", "--data-dir", str(data), "--format", "json", query)
-        got = [json.loads(line) for line in rows.stdout.splitlines()]
-        if len(got) == 4:
-            break
-        time.sleep(0.1)
-    shoe = {"target_name": "Trail running shoe", "target_brand": "Fox & Hare"}
-    assert got == [
-        # Sent before the login in the same request: nobody known yet.
-        {"action": "view", **shoe, "device_type": "mobile", "os": "iOS", "resolved_user_id": ""},
-        {"action": "add_to_cart", **shoe, "device_type": "", "os": "", "resolved_user_id": ""},
-        {"action": "purchase", **shoe, "device_type": "", "os": "", "resolved_user_id": "u-123"},
-        # The anonymous visitor, later: the person who bought.
-        {
-            "action": "view",
-            "target_name": "Merino running socks",
-            "target_brand": "Fox & Hare",
-            "device_type": "",
-            "os": "",
-            "resolved_user_id": "u-123",
-        },
-    ]
-
-
 def test_every_command_registers_its_parser_and_its_handler(capsys: pytest.CaptureFixture[str]) -> None:
     from collector.cli.main import COMMANDS, build_parser
 
@@ -320,6 +279,9 @@ def test_every_command_registers_its_parser_and_its_handler(capsys: pytest.Captu
         "tenants",
         "keys",
         "catalog",
+        "plans",
+        "rejections",
+        "quotas",
     ]
     assert len(COMMANDS) == len(commands)
     for name, command in commands.items():
@@ -333,7 +295,7 @@ def test_every_command_registers_its_parser_and_its_handler(capsys: pytest.Captu
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["send", "missing.jsonl"], 2, "activity-collector send: cannot read missing.jsonl: No such file"),
+        (["send", "missing.jsonl"], 3, "activity-collector send: cannot read missing.jsonl: no such file"),
         (["send", str(SAMPLE), "--batch-size", "0"], 2, "--batch-size and --attempts must be greater"),
         (["send", str(SAMPLE), "--timeout", "0"], 2, "--timeout must be a number of seconds above zero"),
         (["send", str(SAMPLE), "--ca-cert", "missing.pem"], 2, "--ca-cert: cannot read missing.pem"),

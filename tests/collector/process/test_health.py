@@ -181,3 +181,35 @@ async def test_with_the_spool_it_serves_while_the_store_is_away_until_the_spool_
             server.store.command("RENAME TABLE activities_away TO activities")
         # The store is back: the spool drains into it, and the collector serves again.
         await wait_for_status(health, SERVING, timeout=20)
+
+
+async def test_a_full_spool_disk_is_named_as_such_not_as_the_store(start_server: Any) -> None:
+    server: CollectorServer = await start_server(
+        spool=True, health_interval_s=0.1, spool_min_free_bytes=10**6
+    )
+    assert server.health is not None and server.pipeline is not None
+    spool = server.pipeline.spool
+    assert spool is not None
+    free = [10**9]
+    spool.free_bytes = lambda: free[0]  # type: ignore[method-assign]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        stub = pb_grpc.ActivityServiceStub(channel)
+        request = pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(10)])
+        assert (await stub.TrackActivities(request)).accepted_count == 10
+
+        free[0] = 900_000  # under the reserve
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(20)]))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "spool_min_free_bytes" in (refused.value.details() or "")
+        await wait_for_status(health, NOT_SERVING)
+        assert server.health.spool_error.startswith("the spool's disk is full: 900000 bytes free at ")
+        assert str(spool.directory) in server.health.spool_error
+        # The store is fine, and said to be.
+        assert server.health.store_up and server.health.last_error == ""
+
+        free[0] = 10**9
+        await wait_for_status(health, SERVING)
+        assert server.health.spool_error == ""
+        assert (await stub.TrackActivities(request)).accepted_count == 10

@@ -286,3 +286,34 @@ async def test_auth_outcomes_are_counted_by_outcome_and_tenant(start_server: Any
     stats = server.authenticator.stats
     assert stats.checks == 11 == sum(stats.outcomes.values())
     assert (stats.accepted, stats.unauthenticated, stats.permission_denied) == (6, 4, 1)
+
+
+async def test_the_spool_disk_free_space_and_its_reserve_are_gauges(start_server: Any) -> None:
+    server: CollectorServer = await start_server(
+        spool=True, health_interval_s=0.1, spool_min_free_bytes=10**6
+    )
+    assert server.pipeline is not None and server.pipeline.spool is not None
+    spool = server.pipeline.spool
+    samples = await scrape(server)
+    assert value(samples, "spool_disk_free_bytes") > 10**6
+    assert value(samples, "spool_min_free_bytes") == 10**6
+    assert value(samples, "spool_disk_ok") == 1
+    assert value(samples, "spool_disk_failures_total") == 0
+
+    spool.free_bytes = lambda: 123_456  # type: ignore[method-assign]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(4)])
+            )
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    deadline = time.monotonic() + 10
+    while value(samples := await scrape(server), "spool_disk_ok") != 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert value(samples, "spool_disk_free_bytes") == 123_456
+    assert value(samples, "spool_disk_refusals_total") == 1
+    assert value(samples, "activities_refused_total", tenant="default") == 4
+    assert value(samples, "serving") == 0
+    assert value(samples, "store_up") == 1

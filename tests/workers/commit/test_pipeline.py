@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -213,5 +214,77 @@ async def test_spooled_rows_are_counted_before_the_spool_lets_them_go(
             await wait_for(lambda b=batch: pipeline.stats.inserts == b + 1, "the batch to be inserted")
         assert spool.counted_at_commit == [10, 20, 30]
         assert stored(store) == 30
+    finally:
+        await pipeline.shutdown(timeout=5)
+
+
+class FullDiskCheckpoint:
+    """Stands in for a spool's checkpoint writer: its writes fail with ENOSPC while `full`, and the
+    `skip` first writes of a failing spell go through (to fail a commit after its plan)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.real = spool._checkpoint.write
+        self.full = False
+        self.skip = 0
+        self.failed = 0
+        spool._checkpoint.write = self.write  # type: ignore[method-assign]
+
+    def write(self, state: dict[str, object]) -> None:
+        if self.full and self.skip:
+            self.skip -= 1
+        elif self.full:
+            self.failed += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.real(state)
+
+
+@pytest.mark.parametrize("failing", ["plan", "commit"])
+async def test_a_checkpoint_that_cannot_be_written_holds_the_drain_not_the_store(
+    store: ClickHouseStore, tmp_path: Path, failing: str
+) -> None:
+    spool = Spool(tmp_path / "spool", capacity_bytes=10_000_000, min_free_bytes=0)
+    pipeline = Pipeline(PipelineSettings(drain_interval_ms=20, drain_rows=10), store, spool)
+    await pipeline.start()
+    checkpoint = FullDiskCheckpoint(spool)
+    try:
+        checkpoint.full, checkpoint.skip = True, (1 if failing == "commit" else 0)
+        sub = submission([make_activity(n) for n in range(10)])
+        pipeline.submit(sub)
+        await sub.future  # acknowledged: the records are written, only the checkpoint fails
+        await wait_for(lambda: checkpoint.failed >= 3, "the checkpoint's write to fail again and again")
+        # Not the store's failure: no insert counted as failed or retried.
+        assert (pipeline.stats.insert_retries, pipeline.stats.insert_failures) == (0, 0)
+        assert "checkpoint" in spool.stats.errors
+        assert stored(store) == (10 if failing == "commit" else 0)
+        checkpoint.full = False
+        started = time.monotonic()
+        await wait_for(lambda: spool.committed == 1 and not spool.stats.errors, "the drain to resume", 5)
+        assert time.monotonic() - started < 1.5  # retried at most SPOOL_RETRY_MAX_S apart
+        assert stored(store) == 10
+        assert (pipeline.stats.inserts, pipeline.stats.committed) == (1, 10)
+    finally:
+        await pipeline.shutdown(timeout=5)
+    again = Spool(tmp_path / "spool", capacity_bytes=10_000_000)
+    again.open()
+    assert (again.pending_counts(), again.planned(), again.committed) == ({}, [], 1)
+    again.close()
+
+
+async def test_a_spool_disk_under_its_reserve_refuses_as_overloaded(
+    store: ClickHouseStore, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", capacity_bytes=10_000_000)
+    # A reserve larger than any disk: every request is refused before anything is written.
+    pipeline = Pipeline(PipelineSettings(spool_min_free_bytes=2**62, retry_delay_ms=250), store, spool)
+    await pipeline.start()
+    try:
+        assert spool.min_free_bytes == 2**62  # taken from the settings
+        sub = submission([make_activity(n) for n in range(3)])
+        pipeline.submit(sub)
+        with pytest.raises(Overloaded, match=r"spool's disk is full: .* \(spool_min_free_bytes\)") as refused:
+            await sub.future
+        assert refused.value.retry_delay_s == 0.25
+        assert pipeline.stats.refused == 3 and pipeline.pending == 0
+        assert spool.size_bytes == 0 and spool.stats.disk_refusals == 1
     finally:
         await pipeline.shutdown(timeout=5)

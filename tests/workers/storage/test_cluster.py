@@ -62,7 +62,13 @@ def test_the_cluster_schema_is_the_single_node_schema_plus_distributed_tables() 
     assert rest[:1] + rest[2:] == single[:1] + single[2:]
     # One Distributed table per table that holds rows, in front of its local table, by the plain name.
     names = {re.search(r"`db`\.`(\w+)`", s)[1] for s in distributed}  # type: ignore[index]
-    assert names == {"activities", "activity_stats_hourly", "target_stats_daily", "source_stats_daily"}
+    assert names == {
+        "activities",
+        "activity_stats_hourly",
+        "target_stats_daily",
+        "source_stats_daily",
+        "rejected_activities",
+    }
     for statement in distributed:
         table = re.search(r"`db`\.`(\w+)`", statement)[1]  # type: ignore[index]
         assert f"AS `db`.`{table}_local`" in statement
@@ -82,6 +88,7 @@ def test_every_statement_carries_on_cluster_and_every_table_is_replicated() -> N
         if engine:
             assert engine[1] in {
                 "Distributed",
+                "ReplicatedMergeTree",
                 "ReplicatedReplacingMergeTree",
                 "ReplicatedAggregatingMergeTree",
             }

@@ -55,6 +55,8 @@ ENRICHMENT_FIELDS = {
     "catalog_currency": (schema.TARGET_LIST_CURRENCY_FIELD, FieldDescriptor.TYPE_STRING),
     "catalog_attributes": (schema.TARGET_CATALOG_ATTRIBUTES_FIELD, FieldDescriptor.TYPE_MESSAGE),
     "resolved_user_id": (schema.RESOLVED_USER_ID_FIELD, FieldDescriptor.TYPE_STRING),
+    # Not enrichment: the rules of the tenant's tracking plan a flagged activity broke.
+    "plan_violations": (schema.PLAN_VIOLATIONS_FIELD, FieldDescriptor.TYPE_STRING),
 }
 
 
@@ -142,7 +144,7 @@ def test_row_schema_adds_the_batch_fields(row_descriptor: Descriptor) -> None:
 
 
 def test_row_schema_adds_the_enrichment_fields(row_descriptor: Descriptor) -> None:
-    repeated = {"catalog_category_path", "catalog_attributes"}
+    repeated = {"catalog_category_path", "catalog_attributes", "plan_violations"}
     for name, (number, type_) in ENRICHMENT_FIELDS.items():
         f = row_descriptor.fields_by_name[name]
         assert (f.number, f.type, f.is_repeated) == (number, type_, name in repeated), name
@@ -364,6 +366,20 @@ def test_rows_carry_the_batch_fields(row_class: type[Message]) -> None:
         assert (row.received_at.seconds, row.received_at.nanos) == divmod(RECEIVED_NS, NS)
         assert (row.sent_at.seconds, row.sent_at.nanos) == divmod(SENT_NS, NS)
         assert row.clock_skew_ms == -3_600_000
+
+
+def test_rows_carry_the_plan_rules_a_flagged_activity_broke(row_class: type[Message]) -> None:
+    flags = {1: ("required:metadata.order_id", "unknown_action")}
+    extras = {0: b"", 1: b""}
+    rows = encode_rows(
+        items([make_activity(0), make_activity(1)]), "t", RECEIVED_NS, None, item_extras=extras, flags=flags
+    )
+    parsed: list[Any] = [row_class.FromString(data) for data in _rows(envelope([rows]))]
+    assert [list(row.plan_violations) for row in parsed] == [
+        [],
+        ["required:metadata.order_id", "unknown_action"],
+    ]
+    assert parsed[1].tenant_id == "t"
 
 
 def test_rows_without_sent_at_or_skew_leave_those_fields_unset(row_class: type[Message]) -> None:

@@ -20,6 +20,7 @@ class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_REASON_TOO_LARGE: _ClassVar[RejectionReason]
     REJECTION_REASON_DUPLICATE_ID: _ClassVar[RejectionReason]
     REJECTION_REASON_REFUSED_BY_PROCESSOR: _ClassVar[RejectionReason]
+    REJECTION_REASON_PLAN_VIOLATION: _ClassVar[RejectionReason]
 REJECTION_REASON_UNSPECIFIED: RejectionReason
 REJECTION_REASON_MISSING_FIELD: RejectionReason
 REJECTION_REASON_INVALID_VALUE: RejectionReason
@@ -27,6 +28,7 @@ REJECTION_REASON_OUT_OF_RANGE: RejectionReason
 REJECTION_REASON_TOO_LARGE: RejectionReason
 REJECTION_REASON_DUPLICATE_ID: RejectionReason
 REJECTION_REASON_REFUSED_BY_PROCESSOR: RejectionReason
+REJECTION_REASON_PLAN_VIOLATION: RejectionReason
 
 class Activity(_message.Message):
     __slots__ = ("id", "action", "target", "user", "source_id", "metadata", "segments", "occurred_at")

@@ -1,0 +1,38 @@
+"""`activity-collector quotas set|list|clear` against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from collector.cli.main import main
+
+
+async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def test_set_list_and_clear(
+    postgres_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ("--postgres-dsn", postgres_dsn, "--data-dir", str(tmp_path))
+    code, out, _ = await run(capsys, "quotas", "set", "--tenant", "shop", "--rate", "100", *flags)
+    assert code == 0 and "100/s, burst 100" in out
+    code, out, _ = await run(
+        capsys, "quotas", "set", "--tenant", "lab", "--rate", "5", "--burst", "50", *flags
+    )
+    assert code == 0
+    code, out, _ = await run(capsys, "quotas", "list", *flags)
+    assert [line.split() for line in out.splitlines()[1:]] == [
+        ["(default)", "0", "1"],
+        ["lab", "5", "50"],
+        ["shop", "100", "100"],
+    ]
+    code, out, _ = await run(capsys, "quotas", "clear", "--tenant", "shop", *flags)
+    assert code == 0 and "default quota" in out
+    code, _, err = await run(capsys, "quotas", "clear", "--tenant", "shop", *flags)
+    assert code == 1 and "no quota of its own" in err
