@@ -43,7 +43,7 @@ DISK = 12 * 1024 * 1024
 RESERVE = 3 * 1024 * 1024
 CALLERS = 8
 BATCH = 100
-RUNS = 6
+RUNS = 20
 
 
 def mount(options: str) -> subprocess.CompletedProcess[str]:
