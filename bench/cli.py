@@ -24,6 +24,7 @@ from bench import profile
 from bench.report import FIGURES, NOISY_CORES, STORAGE_FIGURES, aggregate, compare, render
 from bench.runner import (
     COLLECTORS,
+    PLAN_TARGETS,
     ROOT,
     SCENARIOS,
     TARGETS,
@@ -35,9 +36,14 @@ from bench.runner import (
     source_digest,
     wait_until_idle,
 )
+from bench.tracking_plan import RULES_PER_ACTION
 
 FIGURE_KEYS = [f.key for f in FIGURES]
-SPOOL_CHOICES = {"on": ("collector",), "off": ("collector-nospool",), "both": tuple(COLLECTORS)}
+SPOOL_CHOICES = {
+    "on": ("collector",),
+    "off": ("collector-nospool",),
+    "both": ("collector", "collector-nospool"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="run the collector with its durable spool on (target `collector`), off "
         "(`collector-nospool`: acknowledged once committed to ClickHouse), or both (default)",
+    )
+    parser.add_argument(
+        "--with-plan",
+        action="store_true",
+        help="also run the collector (spool on) with a tracking plan of ten rules per action applied to the "
+        "load generator's tenant (target `collector-plan`), reported against `collector`",
+    )
+    parser.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="with --with-plan (implied): apply this plan file instead of the built-in ten-rule plan",
     )
     parser.add_argument("--no-storage", action="store_true", help="skip the direct-insert storage ceiling")
     parser.add_argument("--storage-rows", type=int, help="rows per storage-ceiling run (default 500000)")
@@ -135,13 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def choose_targets(spool: str, transport: bool, commit_baseline: bool = False) -> list[str]:
+def choose_targets(
+    spool: str, transport: bool, commit_baseline: bool = False, with_plan: bool = False
+) -> list[str]:
     """The servers each scenario runs against, in report order: the collector with its spool on, off
-    or both (`--spool`), then the no-op server unless `transport` is off, then the no-op server with
-    a group-commit hop when `commit_baseline` is on."""
+    or both (`--spool`), the collector with a tracking plan when `with_plan` is on, then the no-op
+    server unless `transport` is off, then the no-op server with a group-commit hop when
+    `commit_baseline` is on."""
     chosen = SPOOL_CHOICES[spool]
     wanted = {"transport": transport, "transport-commit": commit_baseline}
-    return [t for t in TARGETS if (t in chosen if t in COLLECTORS else wanted[t])]
+    wanted.update((t, with_plan) for t in PLAN_TARGETS)
+    return [t for t in TARGETS if wanted.get(t, t in chosen)]
+
+
+def plan_label(path: Path | None) -> str:
+    """How the report names the plan of `collector-plan`."""
+    return str(path) if path is not None else f"built-in, {RULES_PER_ACTION} rules per action"
+
+
+def check_plan_file(path: Path) -> None:
+    """Refuse, before any run, a plan file that `plans apply` would refuse."""
+    from workers.processors.plan import PlanError, load_document, parse_plan
+
+    try:
+        parse_plan(load_document(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise SystemExit(f"--plan: cannot read {path}: {error}") from None
+    except PlanError as error:
+        raise SystemExit(f"--plan {path}: {error}") from None
 
 
 def _server_env(pairs: list[str]) -> dict[str, str]:
@@ -207,9 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     server_env = _server_env(args.server_env)
     if "ACTIVITY_SPOOL" in server_env:
         raise SystemExit("--server-env spool=...: the spool is chosen with --spool on|off|both")
-    chosen = SPOOL_CHOICES[args.spool]
+    with_plan = args.with_plan or args.plan is not None
+    if with_plan and "collector" not in SPOOL_CHOICES[args.spool]:
+        raise SystemExit("--with-plan compares with the collector with its spool on: use --spool on or both")
+    if args.plan is not None:
+        check_plan_file(args.plan)
     targets = choose_targets(
-        args.spool, transport=not args.no_transport, commit_baseline=args.commit_baseline
+        args.spool,
+        transport=not args.no_transport,
+        commit_baseline=args.commit_baseline,
+        with_plan=with_plan,
     )
     opts = RunOptions(
         warmup_s=warmup,
@@ -221,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         server_log_level=args.server_log_level,
         wait_idle_s=args.wait_idle,
         rate=args.rate,
+        plan_file=args.plan.resolve() if args.plan is not None else None,
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Ctrl-C stops the runs and reports those done, even when started where SIGINT is ignored.
@@ -252,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 "storage_rows": storage_rows,
                 "insert_rows": args.insert_rows,
                 "rate": args.rate,
+                "plan": plan_label(args.plan) if with_plan else None,
                 "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
             },
             "scenarios": {
@@ -291,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(old_results, results))
 
         if args.profile is not None and "interrupted" not in results["errors"]:
-            run_profiles(names, list(chosen), opts)
+            run_profiles(names, [t for t in targets if t in COLLECTORS], opts)
     return 0 if results["ok"] else 1
 
 
@@ -389,6 +437,15 @@ def finish(results: dict[str, Any]) -> None:
                 ratios[f"{prefix}_vs_storage"] = coll / storage_ceiling
             if coll is not None and insert_ceiling:
                 ratios[f"{prefix}_vs_insert_only"] = coll / insert_ceiling
+        collector = scenario["targets"].get("collector", {}).get("summary", {})
+        for name in PLAN_TARGETS:
+            with_plan = scenario["targets"].get(name, {}).get("summary", {})
+            prefix = name.replace("-", "_")
+            for key, suffix in (("acked_per_s", ""), ("server_cpu_us_per_activity", "_cpu")):
+                plan_value = with_plan.get(key, {}).get("median")
+                base = collector.get(key, {}).get("median")
+                if plan_value is not None and base:
+                    ratios[f"{prefix}{suffix}_vs_collector"] = plan_value / base
         if medians.get("transport-commit") and medians.get("transport"):
             ratios["transport_commit_vs_transport"] = medians["transport-commit"] / medians["transport"]
         scenario["ratios"] = ratios

@@ -50,10 +50,17 @@ SUMMARY_KEYS = ("median", "min", "max")
 TARGET_LABELS = {
     "collector": "collector (serve, spool on)",
     "collector-nospool": "collector (serve, spool off)",
+    "collector-plan": "collector + tracking plan",
     "transport": "transport (no-op server)",
     "transport-commit": "no-op + group-commit hop",
 }
-SPOOL = {"collector": "on", "collector-nospool": "off"}
+SPOOL = {"collector": "on", "collector-nospool": "off", "collector-plan": "on+plan"}
+# How the ratio lines name each collector target.
+COLLECTOR_NAMES = {
+    "collector": "collector with the spool on",
+    "collector-nospool": "collector with the spool off",
+    "collector-plan": "collector with the tracking plan (spool on)",
+}
 NOISY_CORES = 0.15
 
 
@@ -204,7 +211,7 @@ def render(results: dict[str, Any]) -> str:
     out.append("ratios (medians):")
     for name, scenario in results["scenarios"].items():
         r = scenario.get("ratios", {})
-        for target, spool in SPOOL.items():
+        for target in SPOOL:
             prefix = target.replace("-", "_")
             parts = []
             if r.get(f"{prefix}_vs_transport") is not None:
@@ -216,12 +223,28 @@ def render(results: dict[str, Any]) -> str:
             if r.get(f"{prefix}_vs_insert_only") is not None:
                 parts.append(f"/ insert-only ceiling = {r[f'{prefix}_vs_insert_only']:.3f}")
             if parts:
-                out.append(f"  {name}, collector with the spool {spool}: " + ", ".join(parts))
+                out.append(f"  {name}, {COLLECTOR_NAMES[target]}: " + ", ".join(parts))
         if r.get("transport_commit_vs_transport") is not None:
             out.append(
                 f"  {name}, no-op server with a group-commit hop: / transport ceiling = "
                 f"{r['transport_commit_vs_transport']:.3f}"
             )
+    plan_lines = []
+    for name, scenario in results["scenarios"].items():
+        r = scenario.get("ratios", {})
+        if r.get("collector_plan_vs_collector") is None:
+            continue
+        line = f"  {name}: activities/s acknowledged {r['collector_plan_vs_collector']:.3f}"
+        if r.get("collector_plan_cpu_vs_collector") is not None:
+            line += f", server CPU per activity {r['collector_plan_cpu_vs_collector']:.3f}"
+        plan_lines.append(line)
+    if plan_lines:
+        out.append("")
+        out.append(
+            f"tracking plan ({config.get('plan') or 'applied'}): collector-plan / collector, medians "
+            "of the same run:"
+        )
+        out.extend(plan_lines)
     for error in results.get("errors", []):
         out.append(f"ERROR: {error}")
     out.append("")

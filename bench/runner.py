@@ -19,15 +19,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.loadgen import Spec
 from bench.procstat import MachineCpu, related_pids, status_kib
+from bench.tracking_plan import RULES_PER_ACTION, ten_rule_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (\S+:\d+)")
+METRICS_AT = re.compile(r"^metrics at (http://\S+)\s*$", re.MULTILINE)
+# The gauge of the tenants with a tracking plan in force on a collector.
+PLANS_IN_FORCE = re.compile(r"^activity_collector_tracking_plans(?:\{\})? (\S+)\s*$", re.MULTILINE)
 # The key a collector prints, alone on its line, when it creates the first tenant of a data directory.
 API_KEY = re.compile(r"^(ak_\w+)\s*$", re.MULTILINE)
 # Sent to the no-op server too, so that both servers get the same metadata.
@@ -78,7 +83,11 @@ SCENARIOS: dict[str, Scenario] = {
 COLLECTORS: dict[str, dict[str, str]] = {
     "collector": {"ACTIVITY_SPOOL": "true"},
     "collector-nospool": {"ACTIVITY_SPOOL": "false"},
+    "collector-plan": {"ACTIVITY_SPOOL": "true"},
 }
+# Collector targets whose run applies a tracking plan to the load generator's tenant (`--with-plan`):
+# after the server printed its key and before the load starts, and waited for until it is in force.
+PLAN_TARGETS = frozenset({"collector-plan"})
 # The baselines: `transport`, the no-op server; `transport-commit`, the same answering after an empty
 # group-commit hop (`bench/noop_server.py --group-commit`), the floor of any acknowledgement that waits
 # for an off-loop write in one asyncio process.
@@ -203,6 +212,17 @@ class ServerProcess:
             time.sleep(0.05)
         raise BenchError(f"server not listening after {timeout:.0f} s:\n{_tail(self.log_path)}")
 
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 30.0) -> re.Match[str] | None:
+        """The first match of `pattern` in the server's log, waiting up to `timeout` for it (lines printed
+        after "listening on" may not be there yet); None if it does not come."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = pattern.search(self.log_path.read_text(encoding="utf-8", errors="replace"))
+            exited = self.proc is not None and self.proc.poll() is not None
+            if match or exited or time.monotonic() >= deadline:
+                return match
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; the exit code (negative: killed by that signal)."""
         proc = self.proc
@@ -240,6 +260,8 @@ class RunOptions:
     wait_idle_s: float = 0.0
     rate: float = 0.0
     """Activities per second offered by the load generator; 0: closed loop."""
+    plan_file: Path | None = None
+    """The tracking plan the `PLAN_TARGETS` apply; None: `bench.tracking_plan.ten_rule_plan()`."""
 
 
 _serve_flags: dict[str, set[str]] = {}
@@ -369,6 +391,73 @@ def wait_for_rows(data_dir: Path, expected: int, env: dict[str, str], timeout: f
     return None
 
 
+def plans_in_force(metrics_text: str) -> int | None:
+    """The collector's `activity_collector_tracking_plans` gauge in a /metrics page; None if absent."""
+    match = PLANS_IN_FORCE.search(metrics_text)
+    return None if match is None else int(float(match.group(1)))
+
+
+def apply_plan(
+    server: ServerProcess, data_dir: Path, plan_file: Path | None, env: dict[str, str], timeout: float = 60.0
+) -> dict[str, Any]:
+    """Apply a tracking plan to the tenant the load generator sends as, through the running server's
+    PostgreSQL (`activity-collector plans apply --data-dir`, as an operator would), and wait until the
+    server has it in force (its /metrics gauge `activity_collector_tracking_plans`). What was applied
+    and how long it took to be in force."""
+    metrics = server.wait_for_line(METRICS_AT)
+    if metrics is None:
+        raise BenchError(
+            "--with-plan needs the collector's /metrics (to see the plan in force); "
+            f"no 'metrics at' line:\n{_tail(server.log_path)}"
+        )
+    url = metrics.group(1)
+    if plan_file is None:
+        plan_file = data_dir.parent / "tracking-plan.json"
+        plan_file.write_text(json.dumps(ten_rule_plan(), indent=1), encoding="utf-8")
+        which = f"built-in, {RULES_PER_ACTION} rules per action"
+    else:
+        which = str(plan_file)
+    tenant = env.get("ACTIVITY_DEFAULT_TENANT", "default")
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "collector.cli", "plans", "apply", "--tenant", tenant, str(plan_file),
+            "--data-dir", str(data_dir),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace").strip()
+        raise BenchError(f"plans apply failed with {done.returncode}: {output}")
+    applied = time.monotonic()
+    deadline = applied + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                count = plans_in_force(answer.read().decode(errors="replace"))
+        except OSError:
+            count = None
+        if count:
+            break
+        if time.monotonic() >= deadline:
+            raise BenchError(
+                f"the tracking plan applied to tenant {tenant} was not in force after {timeout:.0f} s "
+                f"(activity_collector_tracking_plans at {url}: {count})"
+            )
+        time.sleep(0.1)
+    return {
+        "plan": which,
+        "tenant": tenant,
+        "apply_s": round(applied - started, 2),
+        "in_force_after_s": round(time.monotonic() - applied, 2),
+    }
+
+
 def _start_profiler(pid: int, path: Path, seconds: float, native: bool) -> subprocess.Popen[bytes] | None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -401,6 +490,10 @@ def measure(
     profiler: subprocess.Popen[bytes] | None = None
     try:
         address = server.start()
+        plan = None
+        if target in PLAN_TARGETS:
+            # Before the load generator starts: none of this is in the measured window.
+            plan = apply_plan(server, workdir / "data", opts.plan_file, server_env)
         spec = Spec(
             target=address,
             kind=scenario.kind,
@@ -441,7 +534,10 @@ def measure(
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)
-        return summarize(scenario, target, load, rows, ids, peak_rss_kib, exit_code, committed_at)
+        record = summarize(scenario, target, load, rows, ids, peak_rss_kib, exit_code, committed_at)
+        if plan is not None:
+            record["plan"] = plan
+        return record
     finally:
         server.kill()
         stop_leftovers(workdir)

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -49,6 +50,22 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def hold_inserts(server: Any, monkeypatch: Any) -> threading.Event:
+    """Hold every insert of a started `server` (spool off) on its insert thread until the returned
+    event is set: what it admits stays pending for as long as a test needs, however slow the machine.
+    Set the event before the test ends (a held insert gives up waiting after a minute)."""
+    store = server.pipeline.commit.store
+    insert = store.insert_rows
+    release = threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        release.wait(60)
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(store, "insert_rows", held)
+    return release
 
 
 ROOT = Path(__file__).resolve().parents[1]

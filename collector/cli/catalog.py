@@ -51,8 +51,8 @@ def add_parser(subparsers: Subparsers) -> None:
         "--format", choices=FORMATS, help="the file's format (default: from its extension)"
     )
     show = actions.add_parser("show", help="print one target's catalogue entry as JSON")
-    show.add_argument("target_type", metavar="TYPE")
-    show.add_argument("target_id", metavar="ID")
+    show.add_argument("target_type", metavar="TYPE", help="the target's type, as activities send it")
+    show.add_argument("target_id", metavar="ID", help="the target's id, as activities send it (sku-1001)")
     show.add_argument("--tenant", help=tenant_help)
     count = actions.add_parser("count", help="print how many targets a tenant's catalogue holds")
     count.add_argument("--tenant", help=tenant_help)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import dataclasses
+import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from collector.config import LOG_LEVELS, EffectiveSettings, Settings, load_config
+from collector.config import ENV_PREFIX, LOG_LEVELS, SETTING_NAMES, EffectiveSettings, Settings, load_config
 
 if TYPE_CHECKING:
     from workers.storage.postgres import Postgres
@@ -55,21 +58,8 @@ class Configuration:
         """Every setting with where it came from."""
         if self._effective is None:
             args = self._args
-            overrides: dict[str, Any] = {
-                name: getattr(args, name, None)
-                for name in (
-                    "data_dir",
-                    "clickhouse_dsn",
-                    "clickhouse_database",
-                    "postgres_dsn",
-                    "listen",
-                    "metrics_listen",
-                    "http_listen",
-                    "tls_cert_file",
-                    "tls_key_file",
-                    "log_level",
-                )
-            }
+            # Every setting a command has a flag for (`serve` and `config` have one for each).
+            overrides: dict[str, Any] = {name: getattr(args, name, None) for name in SETTING_NAMES}
             self._effective = load_config(overrides, config_file=getattr(args, "config", None))
         return self._effective
 
@@ -85,23 +75,81 @@ Command = Callable[[argparse.Namespace, Configuration], int]
 # -- flags -----------------------------------------------------------------------------------------
 
 
+def setting_default(name: str) -> str:
+    """A setting's default as `--help` shows it."""
+    _, f = SETTING_NAMES[name]
+    if f.default is not dataclasses.MISSING:
+        value: Any = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:  # pragma: no cover - every setting has a default
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "" or value is None:
+        return "empty"
+    return str(value)
+
+
+def setting_help(name: str, text: str | None = None, default: str | None = None) -> str:
+    """The help of a setting's flag: what it is, then its variable and its default."""
+    shown = setting_default(name) if default is None else default
+    where = f"{ENV_PREFIX}{name.upper()}; default {shown}"
+    # argparse formats help with %: a literal percent sign must be doubled.
+    return (f"{text} ({where})" if text else where).replace("%", "%%")
+
+
+def setting_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    text: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """The flag `--<name>` of a setting, its value kept in `args.<name>` (None when not given), with
+    its variable and default in its help. `kwargs` go to `add_argument` (type, choices, metavar) and
+    may hold `default_shown`, the default as the help should say it."""
+    shown = kwargs.pop("default_shown", None)
+    parser.add_argument(
+        "--" + name.replace("_", "-"), dest=name, help=setting_help(name, text, shown), **kwargs
+    )
+
+
+def all_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every setting of `collector.config.SETTING_NAMES` the parser has none for yet: values
+    are converted and checked as those of the variables and the file are, with errors naming the flag."""
+    others = parser.add_argument_group(
+        "the other settings", "One flag per setting, named after it; what each does: docs/configuration.md."
+    )
+    for name in SETTING_NAMES:
+        option = "--" + name.replace("_", "-")
+        if option in parser._option_string_actions:
+            continue
+        _, f = SETTING_NAMES[name]
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        metavar = {"bool": "{true,false}", "int": "N", "float": "X", "Path": "PATH"}.get(kind, "VALUE")
+        setting_flag(others, name, metavar=metavar)
+
+
 def config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML configuration file; flags and ACTIVITY_* variables override it (ACTIVITY_CONFIG)",
+        help="TOML configuration file; flags and ACTIVITY_* variables override it (ACTIVITY_CONFIG; "
+        "default none)",
     )
 
 
 def data_dir_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="data directory (default ./data; ACTIVITY_DATA_DIR)")
+    setting_flag(parser, "data_dir", "data directory", type=Path, metavar="DIR", default_shown="./data")
 
 
 def postgres_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--postgres-dsn",
-        help="PostgreSQL DSN: postgresql://user:pass@host:5432/db "
-        "(default: embedded PostgreSQL under the data directory; ACTIVITY_POSTGRES_DSN)",
+    setting_flag(
+        parser,
+        "postgres_dsn",
+        "PostgreSQL DSN: postgresql://user:pass@host:5432/db",
+        metavar="DSN",
+        default_shown="embedded PostgreSQL under the data directory",
     )
 
 
@@ -116,34 +164,90 @@ def store_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of the commands that use ClickHouse (and PostgreSQL)."""
     config_flag(parser)
     data_dir_flag(parser)
-    parser.add_argument(
-        "--clickhouse-dsn",
-        help="ClickHouse DSN: http(s)://user:pass@host:8123 or chdb:///path "
-        "(default: embedded engine under the data directory; ACTIVITY_CLICKHOUSE_DSN)",
+    setting_flag(
+        parser,
+        "clickhouse_dsn",
+        "ClickHouse DSN: http(s)://user:pass@host:8123 or chdb:///path",
+        metavar="DSN",
+        default_shown="embedded engine under the data directory",
     )
-    parser.add_argument("--clickhouse-database", help="ClickHouse database (default activity)")
+    setting_flag(parser, "clickhouse_database", "ClickHouse database", metavar="NAME")
     postgres_flags(parser)
 
 
 def serve_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of `serve` (and of `config`, which prints what they make)."""
-    parser.add_argument("--listen", help="HOST:PORT of the gRPC service (default 127.0.0.1:50051)")
-    parser.add_argument(
-        "--tls-cert-file", help="PEM certificate chain: TLS on the gRPC port and the HTTP door"
+    """The flags of `serve` (and of `config`, which prints what they make): one for every setting."""
+    setting_flag(parser, "listen", "HOST:PORT of the gRPC service", metavar="HOST:PORT")
+    setting_flag(
+        parser,
+        "tls_cert_file",
+        "PEM certificate chain: TLS on the gRPC port and the HTTP door",
+        metavar="FILE",
     )
-    parser.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
-    parser.add_argument(
-        "--http-listen",
-        help="HOST:PORT of the HTTP/JSON door, POST /v1/activities (default 127.0.0.1:8080; empty: none)",
+    setting_flag(parser, "tls_key_file", "PEM private key of --tls-cert-file", metavar="FILE")
+    setting_flag(
+        parser,
+        "http_listen",
+        "HOST:PORT of the HTTP/JSON door, POST /v1/activities; empty: none",
+        metavar="HOST:PORT",
     )
-    parser.add_argument(
-        "--metrics-listen",
-        help="HOST:PORT of the Prometheus /metrics endpoint (default 127.0.0.1:9464; empty: none)",
+    setting_flag(
+        parser,
+        "metrics_listen",
+        "HOST:PORT of the Prometheus /metrics endpoint; empty: none",
+        metavar="HOST:PORT",
     )
-    parser.add_argument(
-        "--log-level", choices=LOG_LEVELS, help="least severe log events written (default info)"
-    )
+    setting_flag(parser, "log_level", "least severe log events written", choices=LOG_LEVELS)
     store_flags(parser)
+    all_setting_flags(parser)
+
+
+TABLE_FORMATS = ("table", "json", "csv")
+"""The output formats of the commands that list things (`tenants list`, `keys list`, ...)."""
+
+
+def table_format_flag(parser: argparse.ArgumentParser) -> None:
+    """--format of a command that prints a table: table, json (one object a line) or csv."""
+    parser.add_argument(
+        "--format",
+        choices=TABLE_FORMATS,
+        default="table",
+        help="output format: table, json (one object a line, keyed by column) or csv with a header "
+        "(default table)",
+    )
+
+
+def print_table(
+    header: tuple[str, ...], lines: Sequence[tuple[str, ...]], fmt: str = "table", empty: str = ""
+) -> None:
+    """Rows in a `TABLE_FORMATS` format. With no rows: `empty` as a table, nothing as json, the header
+    alone as csv."""
+    if fmt == "json":
+        for line in lines:
+            print(json.dumps(dict(zip(header, line, strict=True)), ensure_ascii=False))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(lines)
+    elif not lines and empty:
+        print(empty)
+    else:
+        print_rows(header, lines)
+
+
+def describe(parser: argparse.ArgumentParser) -> None:
+    """Give every command and subcommand under `parser` without a description one, from its one-line
+    help: `--help` of each then says what it does. A command that has exit statuses beyond 0 and 1
+    lists them itself (in its description or epilog)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            text = helps.get(name)
+            if not sub.description and text:
+                sub.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+            describe(sub)
 
 
 def print_rows(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> None:

@@ -4,7 +4,9 @@ from."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
 
 from collector.cli.common import Configuration, Subparsers, serve_flags
 from collector.config import SETTING_NAMES, EffectiveSettings
@@ -18,7 +20,10 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     serve_flags(parser)
     parser.add_argument(
-        "--format", choices=["table", "json"], default="table", help="output format (default table)"
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="output format: table, json (one document keyed by setting) or csv (default table)",
     )
     parser.set_defaults(run=run)
 
@@ -39,6 +44,15 @@ def print_config(effective: EffectiveSettings, output_format: str) -> int:
             for name in SETTING_NAMES
         }
         print(json.dumps(document, indent=2))
+        return 0
+    if output_format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("setting", "value", "source", "from"))
+        for name in SETTING_NAMES:
+            value = effective.shown(name)
+            shown = json.dumps(value) if isinstance(value, bool) else str(value)
+            origin = effective.origin(name)
+            writer.writerow((name, shown, origin.source, origin.where))
         return 0
     rows = [("setting", "value", "source")]
     for name in SETTING_NAMES:

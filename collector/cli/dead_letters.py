@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
@@ -22,6 +23,7 @@ from collector.cli.common import (
     open_postgres,
     run_async,
     store_flags,
+    table_format_flag,
     when,
 )
 from collector.config import Settings
@@ -38,9 +40,9 @@ def add_parser(subparsers: Subparsers) -> None:
     actions = letters.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list the dead letters waiting (with --all, replayed ones too)")
     listing.add_argument("--all", action="store_true", help="include the letters already replayed")
-    listing.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    table_format_flag(listing)
     show = actions.add_parser("show", help="a dead letter's error and activities")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=int, help="the letter's id (as `dead-letters list` shows it)")
     replay = actions.add_parser(
         "replay", help="insert dead letters into ClickHouse again (idempotent); failures are kept"
     )
@@ -93,6 +95,22 @@ class ClickHouseWriter:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _summary_fields() -> tuple[str, ...]:
+    """The keys of `_summary`, in order: the columns of `list --format csv`."""
+    return (
+        "id",
+        "created_at",
+        "tenant",
+        "rows",
+        "state",
+        "error_code",
+        "error",
+        "replay_attempts",
+        "replayed_at",
+        "last_replay_error",
+    )
 
 
 def _summary(letter: StoredLetter) -> dict[str, Any]:
@@ -161,6 +179,12 @@ async def list_letters(store: DeadLetterStore, include_replayed: bool, fmt: str)
     if fmt == "json":
         for letter in letters:
             print(json.dumps(_summary(letter)))
+        return 0
+    if fmt == "csv":
+        summaries = [_summary(letter) for letter in letters]
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(_summary_fields()), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(summaries)
         return 0
     if not letters:
         print(

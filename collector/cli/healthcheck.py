@@ -18,7 +18,11 @@ from collector.cli.common import CommandError, Configuration, Subparsers
 
 def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "health", help="ask a running server whether it is SERVING (exit 0) or not (1)"
+        "health",
+        help="ask a running server whether it is SERVING (exit 0) or not (1)",
+        description="Asks the gRPC health service of a running server (a container's health check, "
+        "a script's wait for start-up). Exit status: 0 SERVING; 1 NOT_SERVING, or no answer within "
+        "--timeout; 2 the command cannot run (an unreadable --ca-file).",
     )
     parser.add_argument(
         "--target",

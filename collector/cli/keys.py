@@ -14,8 +14,9 @@ from collector.cli.common import (
     Subparsers,
     open_postgres,
     postgres_command_flags,
-    print_rows,
+    print_table,
     run_async,
+    table_format_flag,
     when,
 )
 from collector.config import Settings
@@ -31,6 +32,7 @@ def add_parser(subparsers: Subparsers) -> None:
     create.add_argument("--tenant", required=True, help="the tenant the key writes for")
     listing = actions.add_parser("list", help="keys (ids, never secrets), their tenant and state")
     listing.add_argument("--tenant", help="only this tenant's keys")
+    table_format_flag(listing)
     revoke = actions.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("key", help="the key id (as `keys list` shows it) or the whole key")
     for action in (create, listing, revoke):
@@ -57,13 +59,12 @@ async def keys_command(store: TenantStore, settings: Settings, args: argparse.Na
         print(key)
     elif args.action == "list":
         keys = await store.list_keys(args.tenant)
-        if not keys:
-            print("no API keys")
-        else:
-            print_rows(
-                ("key id", "tenant", "state", "created (UTC)", "revoked (UTC)"),
-                [(k.key_id, k.tenant, k.state, when(k.created_at), when(k.revoked_at)) for k in keys],
-            )
+        print_table(
+            ("key id", "tenant", "state", "created (UTC)", "revoked (UTC)"),
+            [(k.key_id, k.tenant, k.state, when(k.created_at), when(k.revoked_at)) for k in keys],
+            args.format,
+            empty="no API keys",
+        )
     elif args.action == "revoke":
         revoked = await store.revoke_key(args.key)
         print(

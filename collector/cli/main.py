@@ -28,7 +28,7 @@ from collector.cli import (
     sql,
     tenants,
 )
-from collector.cli.common import PROG, Command, Configuration, Subparsers
+from collector.cli.common import PROG, Command, Configuration, Subparsers, describe
 from collector.config import ConfigError
 
 # In the order `--help` lists them.
@@ -66,11 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Collects user activities over gRPC and stores them in ClickHouse.",
+        epilog="Every command exits 0 when it did what it was asked, 1 when it could not, 2 on a bad "
+        "argument or a configuration error and 130 when interrupted; a command's --help lists its other "
+        "exit statuses.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     subparsers: Subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
+    describe(parser)
     return parser
 
 

@@ -11,7 +11,12 @@ from collector.config import Settings
 
 
 def add_parser(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("migrate", help="apply the PostgreSQL migrations this release lacks")
+    parser = subparsers.add_parser(
+        "migrate",
+        help="apply the PostgreSQL migrations this release lacks",
+        description="Applies, under an advisory lock, the PostgreSQL migrations not yet applied (serve "
+        "does it at start); on the embedded PostgreSQL it joins a running server's.",
+    )
     postgres_command_flags(parser)
     parser.set_defaults(run=run)
 

@@ -21,8 +21,9 @@ from collector.cli.common import (
     Subparsers,
     open_postgres,
     postgres_command_flags,
-    print_rows,
+    print_table,
     run_async,
+    table_format_flag,
     when,
 )
 
@@ -39,6 +40,7 @@ def add_parser(subparsers: Subparsers) -> None:
     show = actions.add_parser("show", help="the tenant's plan in force (or --version N)")
     show.add_argument("--version", type=int, help="a past version (plans history lists them)")
     history = actions.add_parser("history", help="every version of the tenant's plan")
+    table_format_flag(history)
     remove = actions.add_parser("remove", help="the tenant has no plan from now on (a version too)")
     check = actions.add_parser(
         "check", help="dry run: what a plan would do to a JSON Lines file of activities; nothing is sent"
@@ -103,21 +105,20 @@ def run(args: argparse.Namespace, config: Configuration) -> int:
                 print(json.dumps(found.document, indent=2, sort_keys=True))
             elif args.action == "history":
                 versions = await store.history(args.tenant)
-                if not versions:
-                    print(f"tenant {args.tenant} has never had a plan")
-                else:
-                    print_rows(
-                        ("version", "applied (UTC)", "actions", "source"),
-                        [
-                            (
-                                str(v.version),
-                                when(v.created_at),
-                                "removed" if v.document is None else str(len(v.document.get("actions", {}))),
-                                v.source,
-                            )
-                            for v in versions
-                        ],
-                    )
+                print_table(
+                    ("version", "applied (UTC)", "actions", "source"),
+                    [
+                        (
+                            str(v.version),
+                            when(v.created_at),
+                            "removed" if v.document is None else str(len(v.document.get("actions", {}))),
+                            v.source,
+                        )
+                        for v in versions
+                    ],
+                    args.format,
+                    empty=f"tenant {args.tenant} has never had a plan",
+                )
             else:
                 found = await store.get(args.tenant)
                 if found is None or found.document is None:

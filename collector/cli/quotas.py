@@ -14,8 +14,9 @@ from collector.cli.common import (
     Subparsers,
     open_postgres,
     postgres_command_flags,
-    print_rows,
+    print_table,
     run_async,
+    table_format_flag,
 )
 
 
@@ -23,14 +24,15 @@ def add_parser(subparsers: Subparsers) -> None:
     quotas = subparsers.add_parser("quotas", help="tenants' own quotas (activities/s): set, list, clear")
     actions = quotas.add_subparsers(dest="action", required=True)
     set_ = actions.add_parser("set", help="a tenant's own quota, in place of quota_rate and quota_burst")
-    set_.add_argument("--tenant", required=True)
+    set_.add_argument("--tenant", required=True, help="the tenant's name")
     set_.add_argument("--rate", type=float, required=True, help="activities per second; 0: no quota")
     set_.add_argument(
         "--burst", type=float, default=0.0, help="most activities at once (default: one second)"
     )
     listing = actions.add_parser("list", help="the tenants with a quota of their own, and the default")
+    table_format_flag(listing)
     clear = actions.add_parser("clear", help="a tenant gets the default quota again")
-    clear.add_argument("--tenant", required=True)
+    clear.add_argument("--tenant", required=True, help="the tenant's name")
     for action in (set_, listing, clear):
         postgres_command_flags(action)
     quotas.set_defaults(run=run)
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace, config: Configuration) -> int:
                 default = default_quota(settings.quota_rate, settings.quota_burst)
                 rows = [("(default)", f"{default.rate:g}", f"{default.burst:g}")]
                 rows += [(t, f"{q.rate:g}", f"{q.burst:g}") for t, q in (await store.all()).items()]
-                print_rows(("tenant", "activities/s (0: none)", "burst"), rows)
+                print_table(("tenant", "activities/s (0: none)", "burst"), rows, args.format)
         return 0
 
     return run_async("quotas", body)

@@ -40,7 +40,14 @@ from activity_client.client import BatchResult, BufferFull, Client
 from activity_client.proto.activity.v1 import activity_pb2 as pb
 from google.protobuf import json_format
 
-from collector.cli.common import CommandError, Configuration, Subparsers, config_flag, data_dir_flag
+from collector.cli.common import (
+    CommandError,
+    Configuration,
+    Subparsers,
+    config_flag,
+    data_dir_flag,
+    setting_flag,
+)
 
 # Refusals of the key: every further batch would be refused the same way.
 REFUSED_KEY = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -86,6 +93,9 @@ def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "send",
         help="send activities from a JSON Lines file to a running server",
+        description="Reads one Activity a line (the proto's JSON mapping; - for stdin), sends them in "
+        "batches through the Python client, resends the batches the server asks to be resent, and "
+        "lists each line it rejects. Also the way to backfill historical activities.",
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -136,10 +146,14 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     config_flag(parser)
     data_dir_flag(parser)
-    parser.add_argument(
-        "--clickhouse-dsn", help="--wait: the ClickHouse the server stores into (default: through --data-dir)"
+    setting_flag(
+        parser,
+        "clickhouse_dsn",
+        "--wait: the ClickHouse the server stores into",
+        metavar="DSN",
+        default_shown="through --data-dir",
     )
-    parser.add_argument("--clickhouse-database", help="--wait: its database (default activity)")
+    setting_flag(parser, "clickhouse_database", "--wait: its database", metavar="NAME")
     parser.set_defaults(run=run)
 
 

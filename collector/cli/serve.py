@@ -14,7 +14,16 @@ log = logging.getLogger("collector")
 
 
 def add_parser(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("serve", help="run the gRPC service")
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gRPC service",
+        description="Serves gRPC (with health and reflection), the HTTP/JSON door and the Prometheus "
+        "metrics, storing under the data directory unless ClickHouse and PostgreSQL servers are named. "
+        "Its first start creates the tenant default and prints its API key once. Every setting is a "
+        "flag here (flags win over ACTIVITY_* variables, which win over --config's file). SIGTERM or "
+        "Ctrl-C stops it gracefully. Exit status: 0 stopped; 1 could not start (a port taken, a store "
+        "unreachable); 2 a configuration error.",
+    )
     serve_flags(parser)
     parser.set_defaults(run=run)
 

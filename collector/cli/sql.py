@@ -22,7 +22,10 @@ def add_parser(subparsers: Subparsers) -> None:
         "sql",
         help="run ClickHouse SQL against the store and print the result",
         description="A query ending in its own FORMAT clause (SELECT 1 FORMAT JSON) is printed in that "
-        "format; otherwise in --format.",
+        "format; otherwise in --format. It runs against the configured store; on the embedded engine, "
+        "a server running on the same data directory answers it. Exit status: 0 printed; 1 the store "
+        "failed or refused the query; 2 the query's FORMAT and --format disagree, or a configuration "
+        "error.",
     )
     parser.add_argument("query", help="the SQL statement")
     parser.add_argument("--format", choices=sorted(FORMATS), help="output format (default table)")

@@ -14,11 +14,12 @@ from collector.cli.common import (
     Subparsers,
     open_postgres,
     postgres_command_flags,
-    print_rows,
+    print_table,
     run_async,
+    table_format_flag,
     when,
 )
-from collector.config import Settings
+from collector.config import TENANT_NAME_RULE, Settings
 
 if TYPE_CHECKING:
     from collector.tenants import TenantStore
@@ -28,12 +29,13 @@ def add_parser(subparsers: Subparsers) -> None:
     tenants = subparsers.add_parser("tenants", help="create, list, disable and enable tenants")
     actions = tenants.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new tenant (then: keys create --tenant NAME)")
-    create.add_argument("name")
+    create.add_argument("name", help=f"the tenant's name: {TENANT_NAME_RULE}")
     listing = actions.add_parser("list", help="every tenant, its state and active keys")
+    table_format_flag(listing)
     disable = actions.add_parser("disable", help="refuse every key of a tenant")
-    disable.add_argument("name")
+    disable.add_argument("name", help="the tenant's name")
     enable = actions.add_parser("enable", help="accept a disabled tenant's keys again")
-    enable.add_argument("name")
+    enable.add_argument("name", help="the tenant's name")
     for action in (create, listing, disable, enable):
         postgres_command_flags(action)
     tenants.set_defaults(run=run)
@@ -59,13 +61,12 @@ async def tenants_command(store: TenantStore, settings: Settings, args: argparse
         print(f"created tenant {tenant.name}; give it a key: {hint}")
     elif args.action == "list":
         tenants = await store.list_tenants()
-        if not tenants:
-            print("no tenants")
-        else:
-            print_rows(
-                ("tenant", "state", "active keys", "created (UTC)"),
-                [(t.name, t.state, str(t.active_keys), when(t.created_at)) for t in tenants],
-            )
+        print_table(
+            ("tenant", "state", "active keys", "created (UTC)"),
+            [(t.name, t.state, str(t.active_keys), when(t.created_at)) for t in tenants],
+            args.format,
+            empty="no tenants",
+        )
     elif args.action in ("disable", "enable"):
         await store.set_disabled(args.name, args.action == "disable")
         if args.action == "disable":

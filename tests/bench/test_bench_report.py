@@ -4,12 +4,18 @@ suite."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.cli import choose_targets, finish, main
 from bench.report import fmt, render
+from bench.runner import plans_in_force
+from bench.tracking_plan import RULES_PER_ACTION, count_rules, ten_rule_plan
+from bench.workload import ACTIONS, make_activities
+from workers.processors.plan import parse_plan
 
 
 def _run(acked: float, committed: float | None = None) -> dict[str, Any]:
@@ -116,3 +122,78 @@ def test_the_group_commit_baseline_is_chosen_on_request_and_gets_its_ratios() ->
     assert "no-op + group-commit hop" in report
     assert "/ no-op with a group-commit hop = 0.379" in report
     assert "batch-500, no-op server with a group-commit hop: / transport ceiling = 0.725" in report
+
+
+def test_the_tracking_plan_target_runs_only_on_request_and_gets_its_ratio_to_the_collector() -> None:
+    assert "collector-plan" not in choose_targets("both", transport=True)
+    assert choose_targets("both", transport=True, with_plan=True) == [
+        "collector",
+        "collector-nospool",
+        "collector-plan",
+        "transport",
+    ]
+    assert choose_targets("on", transport=False, with_plan=True) == ["collector", "collector-plan"]
+    with pytest.raises(SystemExit, match="--spool on or both"):
+        main(["--with-plan", "--spool", "off", "--quick"])
+
+    def run(acked: float, cpu: float) -> dict[str, Any]:
+        record = _run(acked)
+        record["figures"]["server_cpu_us_per_activity"] = cpu
+        return record
+
+    results = _results(
+        {
+            "collector": [run(100_000, 14.0), run(110_000, 13.0), run(90_000, 15.0)],
+            "collector-plan": [run(95_000, 15.0), run(85_000, 16.0), run(99_000, 14.5)],
+            "transport": [run(400_000, 2.0)],
+        }
+    )
+    results["config"]["plan"] = "built-in, 10 rules per action"
+    finish(results)
+    ratios = results["scenarios"]["batch-500"]["ratios"]
+    assert ratios["collector_plan_vs_collector"] == pytest.approx(95_000 / 100_000)
+    assert ratios["collector_plan_cpu_vs_collector"] == pytest.approx(15.0 / 14.0)
+    assert ratios["collector_plan_vs_transport"] == pytest.approx(95_000 / 400_000)
+    assert results["ok"]
+    report = render(results)
+    summary_rows = [line.split() for line in report.splitlines() if line.startswith("batch-500  ")]
+    assert [(row[1], row[2]) for row in summary_rows] == [("on", "100.0k"), ("on+plan", "95.0k")]
+    assert "collector + tracking plan" in report
+    assert "batch-500, collector with the tracking plan (spool on): / transport ceiling = 0.237" in report
+    assert "tracking plan (built-in, 10 rules per action): collector-plan / collector" in report
+    assert "  batch-500: activities/s acknowledged 0.950, server CPU per activity 1.071" in report
+
+
+def test_a_plan_file_the_collector_would_refuse_stops_the_benchmark_before_any_run(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps({"actions": {"view": {"required": ["metadata.nope"]}}}), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"--plan .*actions\.view\.required\[0\]"):
+        main(["--plan", str(bad), "--quick"])
+
+
+def test_the_built_in_plan_has_ten_rules_on_every_action_and_the_workload_satisfies_them() -> None:
+    document = ten_rule_plan()
+    plan = parse_plan(document)
+    assert set(plan.actions) == {action for action, _ in ACTIONS}
+    assert {count_rules(rules) for rules in document["actions"].values()} == {RULES_PER_ACTION} == {10}
+    activities = make_activities(5_000, seed=7)
+    # Every action, the old SDK's spellings and the rules on fields only some carry are exercised.
+    assert {a.action for a in activities} >= {"view", "purchase", "Add-To-Cart", "Remove From Cart"}
+    assert any(a.metadata.HasField("quantity") for a in activities)
+    assert [(a.action, plan.violations(a)) for a in activities if plan.violations(a)] == []
+    # And a plan it checks: an activity that breaks a rule is caught.
+    broken = activities[0]
+    broken.user.session_id = "not-hex"
+    assert [v.rule for v in plan.violations(broken)] == ["pattern:user.session_id"]
+
+
+def test_the_plans_in_force_are_read_from_the_collectors_metrics_page() -> None:
+    page = (
+        "# HELP activity_collector_tracking_plans Tenants with a tracking plan in force on this collector.\n"
+        "# TYPE activity_collector_tracking_plans gauge\n"
+        "activity_collector_tracking_plans 1.0\n"
+        "activity_collector_tracking_plans_other 7.0\n"
+    )
+    assert plans_in_force(page) == 1
+    assert plans_in_force(page.replace(" 1.0\n", " 0.0\n")) == 0
+    assert plans_in_force("activity_collector_up 1.0\n") is None

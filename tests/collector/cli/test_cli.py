@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -327,3 +330,121 @@ def test_send_to_a_server_that_never_answers_gives_up_after_timeout() -> None:
     assert "lines 1-5: not stored: DEADLINE_EXCEEDED: Deadline Exceeded" in result.stderr
     assert "accepted 0, rejected 0, unparsed 0, not stored 5" in result.stdout
     assert time.monotonic() - started < 30
+
+
+def _parsers() -> list[tuple[str, argparse.ArgumentParser, str | None]]:
+    """Every command and subcommand: (its words, its parser, its one-line help in its parent's list)."""
+    from collector.cli.main import build_parser
+
+    found: list[tuple[str, argparse.ArgumentParser, str | None]] = []
+
+    def walk(words: str, parser: argparse.ArgumentParser, line: str | None) -> None:
+        found.append((words, parser, line))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                lines = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, sub in action.choices.items():
+                    walk(f"{words} {name}".strip(), sub, lines.get(name))
+
+    walk("", build_parser(), "")
+    return found
+
+
+# The commands that exit with statuses other than 0 and 1 (beyond the 2 of a bad configuration).
+MORE_EXIT_STATUSES = {"serve", "send", "health", "sql", "report", "catalog import"}
+LISTS = {
+    "config",
+    "tenants list",
+    "keys list",
+    "quotas list",
+    "plans history",
+    "dead-letters list",
+    "rejections list",
+    "rejections report",
+    "report",
+}
+
+
+def test_every_command_and_argument_says_what_it_is() -> None:
+    parsers = _parsers()
+    assert len(parsers) > 40  # every subcommand of every command was walked
+    missing: list[str] = []
+    for words, parser, line in parsers:
+        if not line and words:
+            missing.append(f"{words}: no one-line help in its parent's list")
+        if not parser.description:
+            missing.append(f"{words}: no description")
+        text = f"{parser.description or ''} {parser.epilog or ''}".lower()
+        if words in MORE_EXIT_STATUSES and "exit status" not in text:
+            missing.append(f"{words}: its exit statuses are not listed")
+        for action in parser._actions:
+            skipped = (argparse._HelpAction, argparse._SubParsersAction, argparse._VersionAction)
+            if isinstance(action, skipped):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            if not action.help:
+                missing.append(f"{words} {name}: no help")
+            # A flag of a setting names its variable and its default.
+            if action.dest in SETTING_NAMES and action.option_strings:
+                variable = "ACTIVITY_" + action.dest.upper()
+                if variable not in (action.help or "") or "default" not in (action.help or ""):
+                    missing.append(f"{words} {name}: does not show {variable} and its default")
+        if words in LISTS:
+            formats = next((a.choices for a in parser._actions if "--format" in a.option_strings), None)
+            if formats is None or not {"table", "json", "csv"} <= set(formats):
+                missing.append(f"{words}: --format lacks table, json or csv: {formats}")
+    assert missing == []
+
+
+@pytest.mark.parametrize("command", ["serve", "config"])
+def test_every_setting_is_a_flag_with_its_variable_and_default(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector.cli.common import Configuration
+    from collector.cli.main import build_parser
+
+    [parser] = [p for words, p, _ in _parsers() if words == command]
+    flags = {a.dest: a for a in parser._actions if a.option_strings}
+    for name in SETTING_NAMES:
+        flag = flags.get(name)
+        assert flag is not None, f"{command} has no flag for {name}"
+        assert flag.option_strings == ["--" + name.replace("_", "-")]
+        assert f"ACTIVITY_{name.upper()}" in (flag.help or "") and "default " in (flag.help or "")
+    # The flags set the settings, converted and checked as variables are, and win over them.
+    args = build_parser().parse_args(
+        [command, "--queue-capacity", "20000", "--spool", "false", "--drop-actions", "debug_*"]
+    )
+    monkeypatch.setenv("ACTIVITY_QUEUE_CAPACITY", "30000")
+    effective = Configuration(args).effective
+    assert effective.settings.pipeline.queue_capacity == 20000
+    assert effective.settings.spool is False
+    assert str(effective.origin("queue_capacity")) == "set by --queue-capacity"
+    assert str(effective.origin("drop_actions")) == "set by --drop-actions"
+
+
+def test_a_bad_setting_flag_is_named() -> None:
+    result = cli("config", "--insert-workers", "many")
+    assert result.returncode == 2
+    assert "insert_workers: expected a int, got 'many' (set by --insert-workers)" in result.stderr
+
+
+def test_list_commands_print_json_and_csv() -> None:
+    from collector.cli.common import print_table
+
+    header, rows = ("tenant", "state"), [("default", "active"), ("shop, two", "disabled")]
+    outputs = {}
+    for fmt in ("table", "json", "csv"):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            print_table(header, rows, fmt, empty="no tenants")
+        outputs[fmt] = out.getvalue()
+    assert outputs["table"].splitlines()[0].split() == ["tenant", "state"]
+    assert [json.loads(line) for line in outputs["json"].splitlines()] == [
+        {"tenant": "default", "state": "active"},
+        {"tenant": "shop, two", "state": "disabled"},
+    ]
+    assert outputs["csv"].splitlines() == ["tenant,state", "default,active", '"shop, two",disabled']
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        print_table(header, [], "table", empty="no tenants")
+        print_table(header, [], "json", empty="no tenants")
+        print_table(header, [], "csv", empty="no tenants")
+    assert out.getvalue() == "no tenants\ntenant,state\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,19 @@ async def test_set_list_and_clear(
     assert code == 0 and "default quota" in out
     code, _, err = await run(capsys, "quotas", "clear", "--tenant", "shop", *flags)
     assert code == 1 and "no quota of its own" in err
+
+
+async def test_list_as_json_and_csv(
+    postgres_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ("--postgres-dsn", postgres_dsn, "--data-dir", str(tmp_path))
+    code, _, _ = await run(capsys, "quotas", "set", "--tenant", "shop", "--rate", "100", *flags)
+    assert code == 0
+    code, out, _ = await run(capsys, "quotas", "list", "--format", "json", *flags)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows[-1] == {"tenant": "shop", "activities/s (0: none)": "100", "burst": "100"}
+    code, out, _ = await run(capsys, "quotas", "list", "--format", "csv", *flags)
+    assert code == 0
+    assert out.splitlines()[0] == "tenant,activities/s (0: none),burst"
+    assert out.splitlines()[-1] == "shop,100,100"

@@ -12,7 +12,7 @@ import aiohttp
 import grpc.aio
 import pytest
 from google.protobuf import json_format
-from helpers import make_activity
+from helpers import hold_inserts, make_activity, wait_for
 
 from collector.process.server import CollectorServer
 from core.proto.activity.v1 import activity_pb2 as pb
@@ -111,24 +111,32 @@ async def test_whole_request_failures_carry_a_status_in_json(
         assert wrong_type.status == 415
 
 
-async def test_full_queue_is_429_with_retry_after(start_server: Any, http: aiohttp.ClientSession) -> None:
+async def test_full_queue_is_429_with_retry_after(
+    start_server: Any, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server: CollectorServer = await start_server(
         queue_capacity=100,
         max_batch_activities=100,
-        flush_interval_ms=1000,
         insert_workers=1,
         retry_delay_ms=1500,
     )
+    pipeline = server.pipeline
+    assert pipeline is not None
+    # The first batch fills the queue, and its insert is held until the second has been refused.
+    release = hold_inserts(server, monkeypatch)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.ActivityServiceStub(channel)
         first = asyncio.ensure_future(
             stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(100)]))
         )
-        await asyncio.sleep(0.3)
-        async with http.post(url(server), json=as_json([make_activity(500)])) as refused:
-            assert refused.status == 429
-            assert refused.headers["Retry-After"] == "2"
-            status = await refused.json()
+        try:
+            await wait_for(lambda: pipeline.pending == 100, "the first batch to fill the queue")
+            async with http.post(url(server), json=as_json([make_activity(500)])) as refused:
+                assert refused.status == 429
+                assert refused.headers["Retry-After"] == "2"
+                status = await refused.json()
+        finally:
+            release.set()
         await first
     assert status["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert status["details"] == [

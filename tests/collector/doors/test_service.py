@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 import pytest
 from activity_client.trailers import retry_delay_from_trailer
-from helpers import make_activity
+from helpers import hold_inserts, make_activity, wait_for
 
 from collector.doors.service import ONE
 from collector.process.server import CollectorServer
@@ -277,27 +277,33 @@ async def test_malformed_utf8_rejects_only_its_activity(
     assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_full_queue_answers_resource_exhausted_with_retry_delay(start_server: Any) -> None:
-    # The first batch fills the queue and lingers for a second before its insert.
+async def test_full_queue_answers_resource_exhausted_with_retry_delay(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first batch fills the queue, and its insert is held until the second has been refused.
     server = await start_server(
         queue_capacity=100,
         max_batch_activities=100,
-        flush_interval_ms=1000,
         insert_workers=1,
         retry_delay_ms=250,
     )
+    assert server.pipeline is not None
+    release = hold_inserts(server, monkeypatch)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.ActivityServiceStub(channel)
         first = asyncio.ensure_future(
             stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(100)]))
         )
-        await asyncio.sleep(0.3)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(500)))
+        try:
+            await wait_for(lambda: server.pipeline.pending == 100, "the first batch to fill the queue")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(500)))
+        finally:
+            release.set()
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert retry_delay_from_trailer(refused.value.trailing_metadata()) == pytest.approx(0.25)
         assert (await first).accepted_count == 100
-        assert server.pipeline is not None and server.pipeline.stats.refused == 1
+        assert server.pipeline.stats.refused == 1
         # Once committed, there is room again.
         later = await stub.TrackActivity(pb.TrackActivityRequest(activity=make_activity(501)))
         assert later.accepted_count == 1
@@ -352,7 +358,7 @@ async def test_shutdown_with_requests_in_flight_loses_nothing_acknowledged(start
 
     async with grpc.aio.insecure_channel(server.address) as channel:
         clients = [asyncio.create_task(client(n, channel)) for n in range(8)]
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: len(acknowledged) >= 100, "some requests to be answered before shutdown")
         await server.shutdown(grace=5.0)
         await asyncio.gather(*clients)
 

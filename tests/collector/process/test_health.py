@@ -121,11 +121,12 @@ async def test_shutdown_turns_not_serving_and_ends_watch_streams_quickly(start_s
         )
         assert await next_status(watch) == SERVING
         started = time.monotonic()
-        stopping = asyncio.create_task(server.shutdown(grace=10.0))
+        stopping = asyncio.create_task(server.shutdown(grace=60.0))
         assert await next_status(watch) == NOT_SERVING
         await stopping
-        # An open Watch does not hold the port open for the whole grace period.
-        assert time.monotonic() - started < 5.0
+        # An open Watch does not hold the port open for the whole grace period: the shutdown ends
+        # well before it (it takes well under a second on an idle machine).
+        assert time.monotonic() - started < 30.0
         async with asyncio.timeout(5):
             assert await watch.read() is grpc.aio.EOF
         assert await watch.code() == grpc.StatusCode.OK

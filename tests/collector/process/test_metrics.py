@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from helpers import bearer, make_activity
+from helpers import bearer, hold_inserts, make_activity, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.process.server import CollectorServer
@@ -98,22 +98,31 @@ async def test_metrics_move_as_traffic_flows(
     assert any(name == "process_resident_memory_bytes" for name, _ in after)
 
 
-async def test_full_queue_shows_in_queue_depth_and_refusals(start_server: Any) -> None:
+async def test_full_queue_shows_in_queue_depth_and_refusals(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server: CollectorServer = await start_server(
-        queue_capacity=100, max_batch_activities=100, flush_interval_ms=1000, insert_workers=1
+        queue_capacity=100, max_batch_activities=100, insert_workers=1
     )
+    pipeline = server.pipeline
+    assert pipeline is not None
+    # The first batch fills the queue, and its insert is held until the scrape has seen it there.
+    release = hold_inserts(server, monkeypatch)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.ActivityServiceStub(channel)
         first = asyncio.ensure_future(
             stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(100)]))
         )
-        await asyncio.sleep(0.3)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.TrackActivities(
-                pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(3)])
-            )
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        during = await scrape(server)
+        try:
+            await wait_for(lambda: pipeline.pending == 100, "the first batch to fill the queue")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.TrackActivities(
+                    pb.TrackActivitiesRequest(activities=[make_activity(n) for n in range(3)])
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            during = await scrape(server)
+        finally:
+            release.set()
         assert value(during, "queue_activities") == 100
         assert value(during, "activities_refused_total", tenant="default") == 3
         assert value(during, "requests_failed_total", code="RESOURCE_EXHAUSTED") == 1

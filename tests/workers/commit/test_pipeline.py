@@ -16,6 +16,7 @@ from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.pipeline import Overloaded, Pipeline, Submission, Unavailable
 from workers.commit.settings import PipelineSettings
 from workers.commit.spool import Spool
+from workers.commit.spooled import MAX_RETRY_S
 from workers.storage.clickhouse import ClickHouseStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -154,8 +155,9 @@ async def test_enrichment_writes_canonical_values_and_batch_fields(
 async def test_spooled_rows_are_inserted_once_drain_rows_wait_or_the_interval_has_passed(
     store: ClickHouseStore, tmp_path: Path
 ) -> None:
+    # drain_rows: with an interval far longer than the test waits, only the rows can start the insert.
     spool = Spool(tmp_path / "spool", capacity_bytes=10_000_000)
-    pipeline = Pipeline(PipelineSettings(drain_interval_ms=3000, drain_rows=30), store, spool)
+    pipeline = Pipeline(PipelineSettings(drain_interval_ms=120_000, drain_rows=30), store, spool)
     await pipeline.start()
     try:
         first = submission([make_activity(n) for n in range(20)])
@@ -165,21 +167,26 @@ async def test_spooled_rows_are_inserted_once_drain_rows_wait_or_the_interval_ha
         # 20 rows wait, fewer than drain_rows: no insert before the interval.
         assert stored(store) == 0 and pipeline.stats.inserts == 0
         second = submission([make_activity(100 + n) for n in range(10)])
-        started = time.monotonic()
         pipeline.submit(second)
         await second.future
-        # 30 rows wait: the insert goes without waiting for the rest of the interval.
-        await wait_for(lambda: pipeline.stats.inserts == 1, "the 30 rows to be inserted")
-        assert time.monotonic() - started < 1.5
+        # 30 rows wait: the insert goes without waiting for the rest of the interval (wait_for gives
+        # up after 20 s, well before the 120 s interval would have passed).
+        await wait_for(lambda: pipeline.stats.inserts == 1, "the 30 rows to be inserted", timeout=20)
         assert stored(store) == 30
+    finally:
+        await pipeline.shutdown(timeout=5)
 
+    # drain_interval_ms: 5 rows alone, far fewer than drain_rows, are inserted once the interval has passed.
+    spool = Spool(tmp_path / "spool-2", capacity_bytes=10_000_000)
+    pipeline = Pipeline(PipelineSettings(drain_interval_ms=1500, drain_rows=1000), store, spool)
+    await pipeline.start()
+    try:
         third = submission([make_activity(200 + n) for n in range(5)])
         started = time.monotonic()
         pipeline.submit(third)
         await third.future
-        # 5 rows alone: inserted once the interval has passed.
-        await wait_for(lambda: pipeline.stats.inserts == 2, "the last 5 rows to be inserted")
-        assert time.monotonic() - started >= 2.9
+        await wait_for(lambda: pipeline.stats.inserts == 1, "the last 5 rows to be inserted")
+        assert time.monotonic() - started >= 1.4
         assert stored(store) == 35
     finally:
         await pipeline.shutdown(timeout=5)
@@ -258,8 +265,10 @@ async def test_a_checkpoint_that_cannot_be_written_holds_the_drain_not_the_store
         assert stored(store) == (10 if failing == "commit" else 0)
         checkpoint.full = False
         started = time.monotonic()
-        await wait_for(lambda: spool.committed == 1 and not spool.stats.errors, "the drain to resume", 5)
-        assert time.monotonic() - started < 1.5  # retried at most SPOOL_RETRY_MAX_S apart
+        await wait_for(lambda: spool.committed == 1 and not spool.stats.errors, "the drain to resume")
+        # Retried at most SPOOL_RETRY_MAX_S (1 s) apart: resumed well before the store's ceiling of
+        # MAX_RETRY_S (5 s) between retries would have let it.
+        assert time.monotonic() - started < MAX_RETRY_S
         assert stored(store) == 10
         assert (pipeline.stats.inserts, pipeline.stats.committed) == (1, 10)
     finally:
