@@ -17,8 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from core.proto.activity.v1 import activity_pb2 as pb
+from core.wire import bytes_field
 from workers.rows import encode_rows, envelope
 from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.schema import RESOLVED_USER_ID_FIELD
 
 TENANT = "shop"
 OTHER_TENANT = "outlet"
@@ -56,10 +58,16 @@ class Event:
     currency: str = ""
     order_id: str = ""
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    resolved_user_id: str = ""
+    """The user identity stitching resolved this activity's visitor to ('' when none)."""
 
     @property
     def user_key(self) -> str:
         return self.user_id or self.anonymous_id or self.session_id
+
+    @property
+    def person(self) -> str:
+        return self.resolved_user_id or self.user_key
 
     @property
     def target(self) -> tuple[str, str]:
@@ -257,8 +265,15 @@ def insert(
         by_tenant[e.tenant].append(e)
     for tenant, tenant_events in by_tenant.items():
         for i in range(0, len(tenant_events), batch):
-            chunk = [e.activity() for e in tenant_events[i : i + batch]]
-            rows = encode_rows(list(enumerate(chunk)), tenant, received, None)
+            events_chunk = tenant_events[i : i + batch]
+            chunk = [e.activity() for e in events_chunk]
+            # What enrichment adds for a visitor it resolved, as the pipeline appends it.
+            resolved = {
+                n: bytes_field(RESOLVED_USER_ID_FIELD, e.resolved_user_id.encode())
+                for n, e in enumerate(events_chunk)
+                if e.resolved_user_id
+            }
+            rows = encode_rows(list(enumerate(chunk)), tenant, received, None, item_extras=resolved)
             store.insert_rows(envelope([rows]), len(chunk))
 
 
@@ -378,7 +393,7 @@ def funnel_level(times_by_step: Sequence[Sequence[int]], window_ms: int) -> int:
 def funnel(
     events: Iterable[Event], steps: Sequence[str], window_s: int, by: str = ""
 ) -> dict[str, list[int]]:
-    """Per dimension value: users at each step (level >= step)."""
+    """Per dimension value: persons at each step (level >= step)."""
     groups: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
     for e in events:
         if e.action not in steps:
@@ -392,7 +407,7 @@ def funnel(
         else:
             dims = [""]
         for d in dims:
-            groups[(e.tenant, d, e.user_key)].append(e)
+            groups[(e.tenant, d, e.person)].append(e)
     out: dict[str, list[int]] = {}
     for (_, dim, _), evs in groups.items():
         times = [[e.occurred_ms for e in evs if e.action == step] for step in steps]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.storage.analytics_schema import analytics_statements
+from workers.storage.analytics_schema import analytics_statements, funnel_by_person_statements
 from workers.storage.schema import (
     SINGLE_NODE,
     Cluster,
@@ -51,6 +51,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "plan violations", plan_violations_statements),
     # Failed events kept (workers/processors/rejections.py): rejected activities, with a TTL.
     Migration(7, "rejected activities", rejections_statements),
+    # Funnels count persons: a visitor who logs in between two steps is one person, not two user keys.
+    Migration(8, "funnel by person", funnel_by_person_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

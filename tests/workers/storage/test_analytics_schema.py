@@ -5,6 +5,7 @@ attribution."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -441,6 +442,46 @@ def test_funnel_view(
     assert got == expected
     assert any(counts[1] > 0 for counts in expected.values())
     assert sum(counts[0] for counts in expected.values()) > sum(counts[-1] for counts in expected.values())
+
+
+def test_the_funnel_counts_a_visitor_who_logged_in_as_one_person(store: ClickHouseStore) -> None:
+    start = shop.ms_of(dt.date(2026, 11, 2), 10 * 3600)
+
+    def event(action: str, n: int, anonymous: str, user: str = "", resolved: str = "") -> shop.Event:
+        return shop.Event(
+            shop.TENANT,
+            action,
+            "product",
+            "sku-1",
+            start + n * 60_000,
+            anonymous,
+            user,
+            f"s-{anonymous}",
+            "mobile",
+            (),
+            resolved_user_id=resolved,
+        )
+
+    events = [
+        # Viewed and added to the cart before logging in; enrichment resolved the visitor to u-1.
+        event("view", 0, "a-1", resolved="u-1"),
+        event("add_to_cart", 1, "a-1", resolved="u-1"),
+        event("purchase", 5, "a-1", user="u-1", resolved="u-1"),
+        # Another visitor, never resolved, who only looked.
+        event("view", 2, "b-1"),
+    ]
+    shop.insert(store, events)
+    steps = ["view", "add_to_cart", "purchase"]
+    call = FUNNEL.call({**WHOLE_RANGE, "steps": steps, "window_s": 86400, "by": ""})
+    got = [0, 0, 0]
+    for r in rows(store, f"SELECT level FROM {call}"):
+        for k in range(int(r["level"])):
+            got[k] += 1
+    expected = shop.funnel(events, steps, 86400)[""]
+    assert got == expected == [2, 1, 1]
+    # Counted by user key, the purchase would belong to another "user" than the view and the cart.
+    unresolved = [dataclasses.replace(e, resolved_user_id="") for e in events]
+    assert shop.funnel(unresolved, steps, 86400)[""] != expected
 
 
 @pytest.mark.parametrize("window_s", [86400, 300])
