@@ -55,7 +55,8 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20
 def hold_inserts(server: Any, monkeypatch: Any) -> threading.Event:
     """Hold every insert of a started `server` (spool off) on its insert thread until the returned
     event is set: what it admits stays pending for as long as a test needs, however slow the machine.
-    Set the event before the test ends (a held insert gives up waiting after a minute)."""
+    Set the event before the test ends (a held insert gives up waiting after a minute). Not a fake: the
+    real store still does every insert; only when it starts is held."""
     store = server.pipeline.commit.store
     insert = store.insert_rows
     release = threading.Event()

@@ -42,6 +42,12 @@ class ActionFilter:
         # Verdicts by action name: a platform sends few distinct actions.
         self._memo: dict[str, Verdict | None] = {}
 
+    active = True
+    """Configured with patterns: it may judge any activity."""
+
+    def applies(self, tenant: str) -> bool:
+        return True
+
     def process(self, tenant: str, activity: pb.Activity) -> Verdict | None:
         action = activity.action
         try:

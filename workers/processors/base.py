@@ -9,9 +9,9 @@ drops an activity decides; the others do not see it. Processors are synchronous 
 the event loop, inside the request, on parsed activities, in the order the configuration lists them.
 
 Adding a processor touches neither the doors nor storage: implement `Processor`, build it in
-`workers.processors.build_processors` from its settings. A processor that judges some tenants only
-(the tracking plans) also implements `Scoped`, so that the doors keep the other tenants' requests on
-the compiled path, unparsed.
+`workers.processors.build_processors` from its settings. A processor says which tenants it judges
+(`applies`; the tracking plans: tenants with a plan), so that the doors keep the other tenants'
+requests on the compiled path, unparsed.
 """
 
 from __future__ import annotations
@@ -70,6 +70,16 @@ class Processor(Protocol):
 
     name: str
 
+    @property
+    def active(self) -> bool:
+        """Whether the processor may judge any activity at all now (the plans with no plan: no)."""
+        ...
+
+    def applies(self, tenant: str) -> bool:
+        """Whether the processor judges `tenant`'s activities; when no processor does, the doors keep
+        that tenant's requests on the compiled path, unparsed."""
+        ...
+
     def process(self, tenant: str, activity: pb.Activity) -> Verdict | None:
         """Judge one valid activity of `tenant`; None keeps it unchanged. Must not raise for any
         valid activity: an exception here fails the request (UNAVAILABLE), not the activity."""
@@ -104,30 +114,6 @@ class ChainResult:
     """The rules each flagged kept activity broke, by its index in the request."""
 
 
-class Scoped(Processor, Protocol):
-    """A processor that judges some tenants only (the `plan` processor: tenants with a plan). A
-    processor without these methods judges every tenant's activities."""
-
-    @property
-    def active(self) -> bool:
-        """Whether the processor may judge any activity at all now (no plan at all: no)."""
-        ...
-
-    def applies(self, tenant: str) -> bool:
-        """Whether the processor judges `tenant`'s activities; when no processor does, the doors keep
-        that tenant's requests on the compiled path, unparsed."""
-        ...
-
-
-def _active(processor: Processor) -> bool:
-    return bool(getattr(processor, "active", True))
-
-
-def _applies(processor: Processor, tenant: str) -> bool:
-    applies = getattr(processor, "applies", None)
-    return True if applies is None else bool(applies(tenant))
-
-
 class ProcessorChain:
     """The configured processors, in order. With none, `active` is False and the doors skip the seam
     altogether (activities then keep the compiled path's byte spans, unparsed)."""
@@ -140,11 +126,11 @@ class ProcessorChain:
     @property
     def active(self) -> bool:
         """Some processor may judge some activity; False: the doors skip the seam."""
-        return any(_active(p) for p in self.processors)
+        return any(p.active for p in self.processors)
 
     def applies(self, tenant: str) -> bool:
         """Some processor judges `tenant`'s activities (so that the doors must parse them)."""
-        return any(_applies(p, tenant) for p in self.processors)
+        return any(p.applies(tenant) for p in self.processors)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -162,7 +148,7 @@ class ProcessorChain:
         flags: dict[int, tuple[str, ...]] = {}
         dropped = 0
         stats = self.stats
-        processors = [p for p in self.processors if _applies(p, tenant)]
+        processors = [p for p in self.processors if p.applies(tenant)]
         for index, activity in items:
             outcome = None
             flagged: tuple[str, ...] = ()

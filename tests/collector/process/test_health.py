@@ -192,6 +192,8 @@ async def test_a_full_spool_disk_is_named_as_such_not_as_the_store(start_server:
     spool = server.pipeline.spool
     assert spool is not None
     free = [10**9]
+    # A stand-in for the filesystem's free space (statvfs), named as such; a real full disk is
+    # tests/e2e/test_full_disk.py.
     spool.free_bytes = lambda: free[0]  # type: ignore[method-assign]
     async with grpc.aio.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -309,6 +309,8 @@ async def test_the_spool_disk_free_space_and_its_reserve_are_gauges(start_server
     assert value(samples, "spool_disk_ok") == 1
     assert value(samples, "spool_disk_failures_total") == 0
 
+    # A stand-in for the filesystem's free space (statvfs), named as such: the store and PostgreSQL stay
+    # real; a real full disk is tests/e2e/test_full_disk.py.
     spool.free_bytes = lambda: 123_456  # type: ignore[method-assign]
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.ActivityServiceStub(channel)

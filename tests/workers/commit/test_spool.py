@@ -267,6 +267,8 @@ def test_the_reserve_refuses_appends_before_any_write_and_takes_them_again(
 ) -> None:
     spool = opened(tmp_path, min_free_bytes=1000)
     free = [10_000]
+    # A stand-in for the filesystem's free space (statvfs), named as such: the real small disk is
+    # test_on_a_full_disk_the_spool_refuses_first_and_drains_without_new_space below.
     monkeypatch.setattr(spool, "free_bytes", lambda: free[0])
     assert spool.append([(1, b"x" * 100)]) == [1]
     assert spool.disk_problem() == ""
@@ -295,6 +297,8 @@ def test_a_write_that_fails_half_way_leaves_nothing_behind(
     real_write = os.write
     calls = [0]
 
+    # A fake disk, named as such: a real one cannot be made to cut a write at a chosen byte. The first
+    # write is real but cut in half; the next fails as a full disk does.
     def full_disk(fd: int, data: Any) -> int:
         calls[0] += 1
         if calls[0] == 1:

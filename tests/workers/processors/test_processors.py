@@ -24,6 +24,11 @@ class Recorder:
         self.verdicts = verdicts
         self.seen: list[str] = []
 
+    active = True
+
+    def applies(self, tenant: str) -> bool:
+        return True
+
     def process(self, tenant: str, activity: pb.Activity) -> Verdict | None:
         self.seen.append(f"{tenant}/{activity.action}")
         return self.verdicts.get(activity.action)
