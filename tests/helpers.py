@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from core.proto.activity.v1 import activity_pb2 as pb
 
@@ -151,3 +153,23 @@ class _Key(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor)
 def with_key(channel: grpc.Channel, key: str) -> grpc.Channel:
     """`channel`, sending `key` as the `authorization: Bearer` metadata of every call."""
     return grpc.intercept_channel(channel, _Key(key))
+
+
+def self_signed_certificate(where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, made by openssl in `where`."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        # Only on a machine without the command: the TLS tests cannot make their certificate there.
+        pytest.skip("making a test certificate needs the openssl command")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

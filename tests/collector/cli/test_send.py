@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import sys
 import threading
 import uuid
@@ -15,7 +13,7 @@ from typing import Any
 
 import grpc.aio
 import pytest
-from helpers import make_activity, wait_for
+from helpers import make_activity, self_signed_certificate, wait_for
 
 from collector.process.server import CollectorServer
 from core.proto.activity.v1 import activity_pb2 as pb
@@ -63,24 +61,7 @@ def line(**fields: Any) -> str:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, made as tests/collector/doors/test_tls.py
-    makes it."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("making a test certificate needs the openssl command")
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
-            *("-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 async def test_send_over_tls_trusting_a_ca_file(
