@@ -62,7 +62,8 @@
 #define ACTIVITY_METADATA_FIELD 6
 #define ACTIVITY_SEGMENTS_FIELD 7
 #define ACTIVITY_OCCURRED_AT_FIELD 8
-#define ACTIVITY_MAX_FIELD 8
+#define ACTIVITY_SOURCE_FIELD 9
+#define ACTIVITY_MAX_FIELD 9
 
 #define TARGET_TYPE_FIELD 1
 #define TARGET_ID_FIELD 2
@@ -88,6 +89,13 @@
 #define METADATA_CUSTOM_FIELD 11
 #define METADATA_MAX_FIELD 11
 
+#define SOURCE_TYPE_FIELD 1
+#define SOURCE_NAME_FIELD 2
+#define SOURCE_VARIANT_FIELD 3
+#define SOURCE_POSITION_FIELD 4
+#define SOURCE_RESULT_COUNT_FIELD 5
+#define SOURCE_MAX_FIELD 5
+
 /* An entry of every map<string, string> (Target.attributes, User.identities, Metadata.custom). */
 #define MAP_KEY_FIELD 1
 #define MAP_VALUE_FIELD 2
@@ -103,7 +111,7 @@
 
 /* Fields are tracked in 32-bit `seen` masks, and `frame` writes one-byte keys. */
 #if ACTIVITY_MAX_FIELD > 31 || TARGET_MAX_FIELD > 31 || USER_MAX_FIELD > 31 || METADATA_MAX_FIELD > 31 || \
-    MAP_MAX_FIELD > 31 || TIMESTAMP_MAX_FIELD > 31
+    MAP_MAX_FIELD > 31 || TIMESTAMP_MAX_FIELD > 31 || SOURCE_MAX_FIELD > 31
 #error "a *_MAX_FIELD past 31 does not fit the seen masks"
 #endif
 #if ACTIVITY_ID_FIELD > 15 || ROWS_ENVELOPE_FIELD > 15
@@ -654,6 +662,48 @@ static int scan_metadata(const ctx_t *c, const field_t *md, int *slow)
     return SCAN_OK;
 }
 
+/* Source: type, name and variant are strings; position and result_count are uint32 varints. */
+static int scan_source(const ctx_t *c, const field_t *s, int *slow)
+{
+    const uint8_t *p = s->data, *end = s->data + s->len;
+    unsigned seen = 0;
+    field_t f;
+    int r;
+
+    while (p < end) {
+        if ((r = next_field(&p, end, &f, slow)) != SCAN_OK)
+            return r;
+        if (f.num > SOURCE_MAX_FIELD ||
+            f.wt != ((f.num == SOURCE_POSITION_FIELD || f.num == SOURCE_RESULT_COUNT_FIELD) ? 0u : 2u)) {
+            *slow = 1;
+            continue;
+        }
+        if (seen & FIELD_BIT(f.num))
+            *slow = 1;
+        seen |= FIELD_BIT(f.num);
+        r = SCAN_OK;
+        switch (f.num) {
+        case SOURCE_TYPE_FIELD:
+            if (f.len && (!is_canonical_name(f.data, f.len) || (int64_t)f.len > c->max_name_chars)) {
+                *slow = 1;
+                r = str_field(&f, 0, 0, slow);
+            }
+            break;
+        case SOURCE_NAME_FIELD:
+        case SOURCE_VARIANT_FIELD:
+            r = str_field(&f, 0, c->max_name_chars, slow);
+            break;
+        default: /* SOURCE_POSITION_FIELD, SOURCE_RESULT_COUNT_FIELD */
+            if (f.val > UINT32_MAX)
+                *slow = 1; /* upb truncates it to 32 bits; Python writes the value back as it reads it */
+            break;
+        }
+        if (r != SCAN_OK)
+            return r;
+    }
+    return SCAN_OK;
+}
+
 /* google.protobuf.Timestamp: seconds = 1 (int64), nanos = 2 (int32). */
 static int scan_timestamp(const ctx_t *c, const field_t *t, int *slow)
 {
@@ -705,6 +755,7 @@ static int scan_activity(const ctx_t *c, const uint8_t *p, const uint8_t *end, i
 {
     unsigned seen = 0;
     int64_t segments = 0;
+    int has_source_id = 0;
     field_t f;
     int r;
 
@@ -747,7 +798,11 @@ static int scan_activity(const ctx_t *c, const uint8_t *p, const uint8_t *end, i
             r = scan_user(c, &f, slow);
             break;
         case ACTIVITY_SOURCE_ID_FIELD:
+            has_source_id = f.len > 0;
             r = str_field(&f, 0, c->max_id_chars, slow);
+            break;
+        case ACTIVITY_SOURCE_FIELD:
+            r = scan_source(c, &f, slow);
             break;
         case ACTIVITY_METADATA_FIELD:
             r = scan_metadata(c, &f, slow);
@@ -767,6 +822,8 @@ static int scan_activity(const ctx_t *c, const uint8_t *p, const uint8_t *end, i
         *slow = 1;
     if (segments > c->max_segments)
         *slow = 1;
+    if ((seen & FIELD_BIT(ACTIVITY_SOURCE_FIELD)) && !has_source_id)
+        *slow = 1; /* a source without the source_id it describes: Python rejects it */
     return SCAN_OK;
 }
 

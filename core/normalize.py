@@ -12,7 +12,15 @@ from collections.abc import Callable
 
 import pycountry
 
-WELL_KNOWN_ACTIONS = ("view", "click", "add_to_cart", "remove_from_cart", "purchase")
+WELL_KNOWN_ACTIONS = (
+    "view",
+    "click",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "impression",
+    "search",
+)
 
 _CACHE_LIMIT = 10_000
 
@@ -51,6 +59,11 @@ def normalize_action(value: str) -> str | None:
     """'Add-To-Cart', 'add to cart' and 'add_to_cart' are all 'add_to_cart'."""
     canonical = value.strip().lower().replace("-", "_").replace(" ", "_")
     return canonical if _ACTION_RE.fullmatch(canonical) else None
+
+
+def normalize_source_type(value: str) -> str | None:
+    """A response's kind (Source.type), an open set normalised like actions."""
+    return normalize_action(value)
 
 
 @_memoised

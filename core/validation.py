@@ -18,6 +18,7 @@ from core.normalize import (
     normalize_currency,
     normalize_device_type,
     normalize_locale,
+    normalize_source_type,
 )
 from core.proto.activity.v1 import activity_pb2 as pb
 
@@ -143,6 +144,28 @@ def _check_metadata(m: pb.Metadata, limits: Limits) -> None:
         _check_map("metadata.custom", m.custom, limits)
 
 
+def _check_source(s: pb.Source, source_id: str, limits: Limits) -> None:
+    if not source_id:
+        raise InvalidActivity(
+            "source", INVALID_VALUE, "source describes a response and is only valid together with source_id"
+        )
+    name_limit = limits.max_name_chars
+    source_type = s.type
+    if source_type:
+        if len(source_type) > name_limit:
+            raise _too_long("source.type", source_type, name_limit)
+        if normalize_source_type(source_type) is None:
+            raise InvalidActivity(
+                "source.type",
+                INVALID_VALUE,
+                "source.type must be a name of letters, digits, '_', '-', ' ', '.' or ':'",
+            )
+    if len(s.name) > name_limit:
+        raise _too_long("source.name", s.name, name_limit)
+    if len(s.variant) > name_limit:
+        raise _too_long("source.variant", s.variant, name_limit)
+
+
 def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: int) -> None:
     """Raise InvalidActivity for the first problem found in `a`."""
     size = a.ByteSize()
@@ -203,6 +226,8 @@ def check_activity(a: pb.Activity, limits: Limits, received_ns: int, skew_ns: in
     source_id = a.source_id
     if len(source_id) > id_limit:
         raise _too_long("source_id", source_id, id_limit)
+    if a.HasField("source"):
+        _check_source(a.source, source_id, limits)
 
     if a.HasField("metadata"):
         _check_metadata(a.metadata, limits)

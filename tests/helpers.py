@@ -30,7 +30,7 @@ def make_activity(n: int = 0, **fields: Any) -> pb.Activity:
         metadata=pb.Metadata(locale="en-US", device_type="mobile", page_url=f"https://shop.example/p/{n}"),
     )
     for name, value in fields.items():
-        if isinstance(value, (pb.Target, pb.User, pb.Metadata)):
+        if isinstance(value, (pb.Target, pb.User, pb.Metadata, pb.Source)):
             getattr(activity, name).CopyFrom(value)
         elif name == "segments":
             activity.segments[:] = value

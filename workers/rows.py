@@ -1,10 +1,10 @@
 """Enrichment: turns a validated batch into rows ready for ClickHouse.
 
 Per activity, the work is what cannot be shared: the id when the client sent none, the canonical forms
-of action, locale, currency and device type (memoised lookups, written back only when they differ),
-and one serialization. Everything that is the same for the whole batch (tenant, receive time, send
-time, clock skew) is encoded once and appended to every row; ClickHouse computes the skew-corrected
-`occurred_at` from it (see `workers.storage.schema`).
+of action, locale, currency, device type and source type (memoised lookups, written back only when
+they differ), and one serialization. Everything that is the same for the whole batch (tenant, receive
+time, send time, clock skew) is encoded once and appended to every row; ClickHouse computes the
+skew-corrected `occurred_at` from it (see `workers.storage.schema`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from core.normalize import (
     normalize_currency,
     normalize_device_type,
     normalize_locale,
+    normalize_source_type,
 )
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import bytes_field, field_key, timestamp_field, varint
@@ -126,6 +127,12 @@ def encode_rows(
             a.action = canonical
         if a.HasField("metadata"):
             _normalize_metadata(a.metadata)
+        if a.HasField("source"):
+            source_type = a.source.type
+            if source_type:
+                canonical = normalize_source_type(source_type)
+                if canonical is not None and canonical != source_type:
+                    a.source.type = canonical
         body = a.SerializeToString()
         extra = item_extras.get(index, b"") if item_extras else b""
         if flags:

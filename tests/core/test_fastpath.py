@@ -33,6 +33,7 @@ from core.normalize import (
     normalize_currency,
     normalize_device_type,
     normalize_locale,
+    normalize_source_type,
 )
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.validation import validate_activities
@@ -149,7 +150,8 @@ def is_canonical(a: pb.Activity) -> bool:
         ):
             if value and normalise(value) != value:
                 return False
-    return True
+    source_type = a.source.type if a.HasField("source") else ""
+    return not source_type or normalize_source_type(source_type) == source_type
 
 
 @dataclass
@@ -419,6 +421,20 @@ def _metadata(**fields: Any) -> pb.Metadata:
     return m
 
 
+def _sourced(empty: bool = False, **fields: Any) -> Callable[[pb.Activity], None]:
+    """Gives the activity a source_id and a Source (empty, or with `fields` over a full one)."""
+
+    def apply(a: pb.Activity) -> None:
+        a.source_id = "resp-1"
+        a.source.SetInParent()
+        if not empty:
+            a.source.CopyFrom(pb.Source(type="search", name="Site Search", variant="B", position=3))
+            for name, value in fields.items():
+                setattr(a.source, name, value)
+
+    return apply
+
+
 def _occurred(seconds: int, nanos: int = 0) -> Callable[[pb.Activity], None]:
     def apply(a: pb.Activity) -> None:
         a.occurred_at.seconds = seconds
@@ -460,6 +476,17 @@ CASES: list[tuple[str, Callable[[pb.Activity], Any], str]] = [
     ("user only session", lambda a: a.user.CopyFrom(pb.User(session_id="s")), FAST),
     ("user id too long", lambda a: setattr(a.user, "user_id", "u" * 129), SLOW),
     ("source id too long", lambda a: setattr(a, "source_id", "s" * 129), SLOW),
+    ("source", _sourced(type="recommendation", result_count=0), FAST),
+    ("source empty", _sourced(empty=True), FAST),
+    ("source type with dots", _sourced(type="rec.v2:x"), FAST),
+    ("source type uppercase", _sourced(type="Search"), SLOW),
+    ("source type with dash", _sourced(type="site-search"), SLOW),
+    ("source type invalid", _sourced(type="!"), SLOW),
+    ("source name at limit", _sourced(name="é" * 64), FAST),
+    ("source name too long", _sourced(name="é" * 65), SLOW),
+    ("source variant too long", _sourced(variant="v" * 65), SLOW),
+    ("source position max", _sourced(position=2**32 - 1), FAST),
+    ("source without source id", lambda a: a.source.CopyFrom(pb.Source(type="search")), SLOW),
     ("empty metadata", lambda a: a.metadata.Clear(), FAST),
     ("no metadata", lambda a: a.ClearField("metadata"), FAST),
     ("locale language only", lambda a: a.metadata.CopyFrom(_metadata(locale="fil")), FAST),
@@ -768,6 +795,8 @@ POOLS: dict[str, tuple[list[Any], list[Any]]] = {
             (2**63 - 1, 0),
         ],
     ),
+    "position": ([0, 1, 7, 2**32 - 1], []),
+    "result_count": ([None, 0, 12, 2**32 - 1], []),
     "target": ([True], [False]),
     "user": ([True], [False]),
     "entries": ([0, 1, 2, 3], [4, 5]),
@@ -780,6 +809,8 @@ PERTURBABLE = [
     "user.ids",
     "user.identities",
     "source_id",
+    "source.type",
+    "source.name",
     "order_id",
     "texts",
     "custom",
@@ -814,6 +845,10 @@ EXTRAS: list[tuple[bytes, str]] = [
     (ld(1, b"\xff" * 36), "broken"),
     (key(5, 2) + b"\x05ab", "broken"),
     (ld(6, b"\x18"), "broken"),
+    (ld(9, key(4, 0) + b"\x80\x80\x80\x80\x10"), "ok"),
+    (ld(9, key(5, 0) + b"\x05" + key(5, 0) + b"\x06"), "ok"),
+    (ld(9, ld(6, b"x")), "ok"),
+    (ld(9, ld(1, b"\xff")), "broken"),
     (key(9, 3) + key(9, 4), "uncertain"),
     (key(9, 6), "uncertain"),
 ]
@@ -876,6 +911,14 @@ def generated_activities(draw: st.DrawFn) -> Generated:
         a.user.identities.update(entries("user.identities"))
     if draw(st.booleans()):
         a.source_id = pick("ident", "source_id")
+    if draw(st.booleans()):
+        a.source.type = pick("action", "source.type") if draw(st.booleans()) else ""
+        a.source.name = pick("name", "source.name")
+        a.source.variant = pick("name", "source.name")
+        a.source.position = pick("position")
+        result_count = pick("result_count")
+        if result_count is not None:
+            a.source.result_count = result_count
     if draw(st.booleans()):
         m = a.metadata
         m.SetInParent()

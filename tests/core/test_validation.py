@@ -515,3 +515,40 @@ def test_rejections_convert_to_proto() -> None:
         message="metadata.price must not be negative",
     )
     assert r.to_proto() == proto
+
+
+# -- source ----------------------------------------------------------------------------------------
+
+
+def _sourced(**fields: Any) -> pb.Activity:
+    return make_activity(0, source_id="resp-1", source=pb.Source(**fields))
+
+
+def test_a_full_source_with_its_source_id_is_accepted() -> None:
+    assert accepted(_sourced(type="Site-Search", name="pdp similar", variant="B", position=3, result_count=0))
+
+
+def test_a_source_without_a_source_id_is_rejected_on_source() -> None:
+    activity = make_activity(0, source=pb.Source(type="search"))
+    r = assert_rejected(activity, "source", INVALID_VALUE)
+    assert "source_id" in r.message
+
+
+def test_an_empty_source_still_needs_its_source_id() -> None:
+    activity = make_activity(0)
+    activity.source.SetInParent()
+    assert_rejected(activity, "source", INVALID_VALUE)
+
+
+@pytest.mark.parametrize("source_type", ["search!", "9search", "a/b"])
+def test_a_source_type_without_canonical_form_is_rejected(source_type: str) -> None:
+    assert_rejected(_sourced(type=source_type), "source.type", INVALID_VALUE)
+
+
+@pytest.mark.parametrize("field", ["type", "name", "variant"])
+def test_source_names_over_the_name_limit_are_rejected(field: str) -> None:
+    assert accepted(_sourced(**{field: "a" * SMALL.max_name_chars}), SMALL)
+    r = assert_rejected(
+        _sourced(**{field: "a" * (SMALL.max_name_chars + 1)}), f"source.{field}", TOO_LARGE, SMALL
+    )
+    assert str(SMALL.max_name_chars) in r.message

@@ -112,7 +112,9 @@ def _compile_path(path: str) -> Getter:
 
 
 def _is_string_path(path: str) -> bool:
-    return not path.startswith(("metadata.quantity", "metadata.price"))
+    return not path.startswith(
+        ("metadata.quantity", "metadata.price", "source.position", "source.result_count")
+    )
 
 
 # -- the compiled plan -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from workers.storage.schema import (
     enrichment_statements,
     plan_violations_statements,
     rejections_statements,
+    source_statements,
 )
 
 
@@ -53,6 +54,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "rejected activities", rejections_statements),
     # Funnels count persons: a visitor who logs in between two steps is one person, not two user keys.
     Migration(8, "funnel by person", funnel_by_person_statements),
+    # The response an activity's source_id names: kind, name, A/B variant, position, result count.
+    Migration(9, "source columns", source_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

@@ -186,6 +186,28 @@ COLUMNS: tuple[Column, ...] = (
         "Response id of the search or recommendation response that powered the page; empty elsewhere.",
     ),
     Column(
+        "source_type",
+        "LowCardinality(String)",
+        "Kind of the response source_id names (search, recommendation, merchandising, ...), normalised "
+        "like actions; empty when not sent.",
+    ),
+    Column(
+        "source_name",
+        "LowCardinality(String)",
+        "The widget, strategy or search page that produced the response; empty when not sent.",
+    ),
+    Column("source_variant", "LowCardinality(String)", "The response's A/B arm; empty when none."),
+    Column(
+        "source_position",
+        "UInt32",
+        "1-based position of the target in the response's list; 0 when not known.",
+    ),
+    Column(
+        "source_result_count",
+        "Nullable(UInt32)",
+        "How many results the response held (0: a search that found nothing); NULL when not sent.",
+    ),
+    Column(
         "locale",
         "LowCardinality(String)",
         "BCP 47 language tag, normalised (en-US); empty when unknown.",
@@ -484,6 +506,26 @@ def plan_violations_statements(database: str, cluster: Cluster = SINGLE_NODE) ->
     return [
         f"ALTER TABLE `{database}`.`{table}`{cluster.on_cluster}\n"
         f"  ADD COLUMN IF NOT EXISTS {_column_ddl(column)} AFTER `segments`"
+        for table in tables
+    ]
+
+
+SOURCE_COLUMNS = ("source_type", "source_name", "source_variant", "source_position", "source_result_count")
+"""Columns added to `activities` by schema version 9 (the response's kind, name, variant, position)."""
+
+
+def source_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Bring an `activities` table of schema version 8 to the `Source` columns (a no-op on a table
+    created by this release); on a cluster the local and the Distributed table alike."""
+    by_name = {c.name: c for c in COLUMNS}
+    actions = []
+    after = "source_id"
+    for name in SOURCE_COLUMNS:
+        actions.append(f"ADD COLUMN IF NOT EXISTS {_column_ddl(by_name[name])} AFTER `{after}`")
+        after = name
+    tables = [cluster.local("activities")] + (["activities"] if cluster.enabled else [])
+    return [
+        f"ALTER TABLE `{database}`.`{table}`{cluster.on_cluster}\n  " + ",\n  ".join(actions)
         for table in tables
     ]
 

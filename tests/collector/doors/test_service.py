@@ -41,6 +41,7 @@ async def test_track_activity_stores_every_column(
         target=pb.Target(type="product", id="sku-1", attributes={"color": "red", "size": "M"}),
         user=pb.User(session_id="s-1", anonymous_id="anon-1", user_id="u-1", identities={"crm": "C-9"}),
         source_id="fhr-response-42",
+        source=pb.Source(type="Site-Search", name="pdp similar", variant="B", position=3, result_count=0),
         metadata=pb.Metadata(
             locale="en_us",
             device_type="Mobile",
@@ -74,7 +75,8 @@ async def test_track_activity_stores_every_column(
         "currency, order_id, page_url, referrer, user_agent, query, toJSONString(custom), "
         "arrayStringConcat(segments, ','), toUnixTimestamp(client_occurred_at), "
         "round(clock_skew_ms / 1000), toUnixTimestamp(occurred_at) - toUnixTimestamp(client_occurred_at), "
-        "abs(dateDiff('second', received_at, now64())) < 60, sent_at < received_at FROM activities",
+        "abs(dateDiff('second', received_at, now64())) < 60, sent_at < received_at, "
+        "source_type, source_name, source_variant, source_position, source_result_count FROM activities",
     )
     assert got == [
         (
@@ -106,6 +108,11 @@ async def test_track_activity_stores_every_column(
             "3600",
             "1",
             "1",
+            "site_search",
+            "pdp similar",
+            "B",
+            "3",
+            "0",
         )
     ]
 
@@ -515,3 +522,29 @@ async def test_track_activity_answers_alike_on_the_compiled_and_the_python_path(
             (second.id, second.action),
         ]
     )
+
+
+async def test_source_fields_are_stored_on_both_paths_and_unset_ones_stay_empty(
+    server: CollectorServer, stub: pb_grpc.ActivityServiceStub
+) -> None:
+    # Canonical (the compiled path takes it), non-canonical type (the Python path), no source at all,
+    # and a source without a result count: NULL, not 0.
+    activities = [
+        make_activity(0, source_id="r-0", source=pb.Source(type="recommendation", name="home", position=1)),
+        make_activity(1, source_id="r-1", source=pb.Source(type="Search", result_count=0)),
+        make_activity(2),
+        make_activity(3, source=pb.Source(type="search")),
+    ]
+    response = await stub.TrackActivities(pb.TrackActivitiesRequest(activities=activities))
+    assert response.accepted_count == 3
+    assert [(r.index, r.field) for r in response.rejections] == [(3, "source")]
+    got = rows(
+        server,
+        "SELECT target_id, source_id, source_type, source_name, source_position, "
+        "ifNull(toString(source_result_count), 'NULL') FROM activities ORDER BY target_id",
+    )
+    assert got == [
+        ("sku-0", "r-0", "recommendation", "home", "1", "NULL"),
+        ("sku-1", "r-1", "search", "", "0", "0"),
+        ("sku-2", "", "", "", "0", "NULL"),
+    ]

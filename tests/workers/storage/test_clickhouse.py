@@ -15,7 +15,7 @@ from core.proto.activity.v1 import activity_pb2 as pb
 from workers.rows import Envelope, encode_rows, envelope
 from workers.storage.clickhouse import ClickHouseStore, StoreError, classify
 from workers.storage.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
-from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS
+from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS, SOURCE_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,6 +195,20 @@ def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, data
     assert store.query(columns, "TabSeparated") != fresh
     with store._client() as client:
         assert apply_migrations(client, database) == [4]
+    assert store.query(columns, "TabSeparated") == fresh
+
+
+def test_version_9_adds_the_source_columns_to_an_older_table(store: ClickHouseStore, database: str) -> None:
+    columns = (
+        "SELECT name, type, position FROM system.columns "
+        "WHERE table = 'activities' AND database = currentDatabase() ORDER BY position"
+    )
+    fresh = store.query(columns, "TabSeparated")
+    store.command("ALTER TABLE activities " + ", ".join(f"DROP COLUMN `{name}`" for name in SOURCE_COLUMNS))
+    store.command("ALTER TABLE schema_migrations DELETE WHERE version = 9 SETTINGS mutations_sync = 1")
+    assert b"source_position" not in store.query(columns, "TabSeparated")
+    with store._client() as client:
+        assert apply_migrations(client, database) == [9]
     assert store.query(columns, "TabSeparated") == fresh
 
 

@@ -31,7 +31,7 @@ REJECTION_REASON_REFUSED_BY_PROCESSOR: RejectionReason
 REJECTION_REASON_PLAN_VIOLATION: RejectionReason
 
 class Activity(_message.Message):
-    __slots__ = ("id", "action", "target", "user", "source_id", "metadata", "segments", "occurred_at")
+    __slots__ = ("id", "action", "target", "user", "source_id", "metadata", "segments", "occurred_at", "source")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class Activity(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     action: str
     target: Target
@@ -48,7 +49,22 @@ class Activity(_message.Message):
     metadata: Metadata
     segments: _containers.RepeatedScalarFieldContainer[str]
     occurred_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., source_id: _Optional[str] = ..., metadata: _Optional[_Union[Metadata, _Mapping]] = ..., segments: _Optional[_Iterable[str]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source: Source
+    def __init__(self, id: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., source_id: _Optional[str] = ..., metadata: _Optional[_Union[Metadata, _Mapping]] = ..., segments: _Optional[_Iterable[str]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ...) -> None: ...
+
+class Source(_message.Message):
+    __slots__ = ("type", "name", "variant", "position", "result_count")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    name: str
+    variant: str
+    position: int
+    result_count: int
+    def __init__(self, type: _Optional[str] = ..., name: _Optional[str] = ..., variant: _Optional[str] = ..., position: _Optional[int] = ..., result_count: _Optional[int] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("type", "id", "attributes")
