@@ -1414,12 +1414,524 @@ done:
     return out;
 }
 
+/* -- tracking plans ------------------------------------------------------------------------------ */
+
+/* `plan_compile` turns a tenant's tracking plan (workers.processors.plan) into a program this module
+ * runs over the raw bytes of activities `check` vouched for; `plan_screen` sorts them into those that
+ * certainly break no rule of the plan (they keep the compiled path) and those the Python plan must
+ * judge. The program only ever says "conforms" when the Python plan would find nothing: any rule it
+ * cannot evaluate on the bytes is PC_DEFER, and an activity that carries a value for it is judged in
+ * Python. Paths are field numbers from Activity down (what the Python side resolved from the
+ * descriptors), the last one optionally a map key. Activities check vouched for carry no repeated
+ * singular field, no unknown field and no repeated map key, so the first match of a path is its value. */
+
+#define PLAN_PATH_MAX 8
+
+enum { PC_REQUIRED = 1, PC_FORBIDDEN, PC_TARGET_TYPES, PC_ENUM_STR, PC_ENUM_NUM, PC_PATTERN, PC_MIN, PC_MAX,
+       PC_MAX_LENGTH, PC_DEFER, PC_LAST = PC_DEFER };
+/* What the last field of a path is, which decides when the value counts as absent (as the Python
+ * getters read it: an empty string, a zero without presence, an unset optional, no entry at all). */
+enum { PT_STRING = 1, PT_INT64, PT_UINT, PT_UINT_PLAIN, PT_PRESENT, PT_MAP_KEY, PT_LAST = PT_MAP_KEY };
+
+typedef struct {
+    int kind;
+    int terminal;
+    int depth;
+    uint32_t nums[PLAN_PATH_MAX];
+    char *key;
+    Py_ssize_t key_len;
+    Py_ssize_t nvalues;
+    char **values; /* PC_ENUM_STR, PC_TARGET_TYPES */
+    Py_ssize_t *value_lens;
+    double *numbers; /* PC_ENUM_NUM */
+    double bound;    /* PC_MIN, PC_MAX */
+    long long max_length;
+    PyObject *matcher; /* PC_PATTERN: called with the value (str); None means no match */
+} pcheck_t;
+
+typedef struct {
+    char *name;
+    Py_ssize_t name_len;
+    Py_ssize_t ncheck;
+    pcheck_t *checks;
+} paction_t;
+
+typedef struct {
+    int unknown_allow;
+    Py_ssize_t nactions;
+    paction_t *actions;
+} pplan_t;
+
+#define PLAN_CAPSULE "core._fastpath.plan"
+
+static void plan_free(pplan_t *plan)
+{
+    Py_ssize_t a, c, v;
+    if (!plan)
+        return;
+    for (a = 0; a < plan->nactions; a++) {
+        paction_t *act = &plan->actions[a];
+        for (c = 0; c < act->ncheck; c++) {
+            pcheck_t *chk = &act->checks[c];
+            PyMem_Free(chk->key);
+            for (v = 0; chk->values && v < chk->nvalues; v++)
+                PyMem_Free(chk->values[v]);
+            PyMem_Free(chk->values);
+            PyMem_Free(chk->value_lens);
+            PyMem_Free(chk->numbers);
+            Py_XDECREF(chk->matcher);
+        }
+        PyMem_Free(act->checks);
+        PyMem_Free(act->name);
+    }
+    PyMem_Free(plan->actions);
+    PyMem_Free(plan);
+}
+
+static void plan_capsule_free(PyObject *capsule)
+{
+    plan_free((pplan_t *)PyCapsule_GetPointer(capsule, PLAN_CAPSULE));
+}
+
+/* A copy of bytes object `b` (PyMem), its length in *len; NULL with an exception set. */
+static char *copy_bytes(PyObject *b, Py_ssize_t *len)
+{
+    char *out;
+    if (!PyBytes_Check(b)) {
+        PyErr_SetString(PyExc_TypeError, "expected bytes");
+        return NULL;
+    }
+    *len = PyBytes_GET_SIZE(b);
+    out = PyMem_Malloc((size_t)*len + 1);
+    if (!out)
+        return (char *)PyErr_NoMemory();
+    memcpy(out, PyBytes_AS_STRING(b), (size_t)*len);
+    return out;
+}
+
+/* One check from (kind, terminal, field numbers, map key or None, argument). */
+static int compile_check(PyObject *spec, pcheck_t *chk)
+{
+    PyObject *nums, *key, *arg;
+    Py_ssize_t i, n;
+    if (!PyArg_ParseTuple(spec, "iiOOO:plan check", &chk->kind, &chk->terminal, &nums, &key, &arg))
+        return -1;
+    if (chk->kind < PC_REQUIRED || chk->kind > PC_LAST || chk->terminal < PT_STRING || chk->terminal > PT_LAST) {
+        PyErr_SetString(PyExc_ValueError, "unknown plan check kind or path terminal");
+        return -1;
+    }
+    if (!PyTuple_Check(nums) || (n = PyTuple_GET_SIZE(nums)) < 1 || n > PLAN_PATH_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a plan path is a tuple of 1 to 8 field numbers");
+        return -1;
+    }
+    chk->depth = (int)n;
+    for (i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(nums, i));
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (v < 1 || v > 536870911) {
+            PyErr_SetString(PyExc_ValueError, "a field number is 1 to 2^29 - 1");
+            return -1;
+        }
+        chk->nums[i] = (uint32_t)v;
+    }
+    if ((chk->terminal == PT_MAP_KEY) != (key != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "a map key goes with a PT_MAP_KEY path, and only there");
+        return -1;
+    }
+    if (key != Py_None && !(chk->key = copy_bytes(key, &chk->key_len)))
+        return -1;
+    switch (chk->kind) {
+    case PC_TARGET_TYPES:
+    case PC_ENUM_STR:
+    case PC_ENUM_NUM:
+        if (!PyTuple_Check(arg)) {
+            PyErr_SetString(PyExc_TypeError, "a set of values is a tuple");
+            return -1;
+        }
+        chk->nvalues = PyTuple_GET_SIZE(arg);
+        if (chk->kind == PC_ENUM_NUM) {
+            chk->numbers = PyMem_Calloc((size_t)chk->nvalues + 1, sizeof(double));
+            if (!chk->numbers) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            for (i = 0; i < chk->nvalues; i++) {
+                chk->numbers[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(arg, i));
+                if (chk->numbers[i] == -1.0 && PyErr_Occurred())
+                    return -1;
+            }
+            break;
+        }
+        chk->values = PyMem_Calloc((size_t)chk->nvalues + 1, sizeof(char *));
+        chk->value_lens = PyMem_Calloc((size_t)chk->nvalues + 1, sizeof(Py_ssize_t));
+        if (!chk->values || !chk->value_lens) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (i = 0; i < chk->nvalues; i++)
+            if (!(chk->values[i] = copy_bytes(PyTuple_GET_ITEM(arg, i), &chk->value_lens[i])))
+                return -1;
+        break;
+    case PC_MIN:
+    case PC_MAX:
+        chk->bound = PyFloat_AsDouble(arg);
+        if (chk->bound == -1.0 && PyErr_Occurred())
+            return -1;
+        break;
+    case PC_MAX_LENGTH:
+        chk->max_length = PyLong_AsLongLong(arg);
+        if (chk->max_length == -1 && PyErr_Occurred())
+            return -1;
+        break;
+    case PC_PATTERN:
+        if (!PyCallable_Check(arg)) {
+            PyErr_SetString(PyExc_TypeError, "a pattern is a callable (a compiled pattern's fullmatch)");
+            return -1;
+        }
+        Py_INCREF(arg);
+        chk->matcher = arg;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(plan_compile_doc,
+             "plan_compile(unknown_allow, actions) -> program\n\n"
+             "A tracking plan as a program for plan_screen. `actions` is a list of (action name as bytes,\n"
+             "list of checks); a check is (kind, terminal, field numbers, map key or None, argument).");
+
+static PyObject *fp_plan_compile(PyObject *self, PyObject *args)
+{
+    int unknown_allow;
+    PyObject *actions, *capsule;
+    pplan_t *plan;
+    Py_ssize_t a, c;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "pO!:plan_compile", &unknown_allow, &PyList_Type, &actions))
+        return NULL;
+    plan = PyMem_Calloc(1, sizeof *plan);
+    if (!plan)
+        return PyErr_NoMemory();
+    plan->unknown_allow = unknown_allow;
+    plan->actions = PyMem_Calloc((size_t)PyList_GET_SIZE(actions) + 1, sizeof(paction_t));
+    if (!plan->actions) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (a = 0; a < PyList_GET_SIZE(actions); a++) {
+        paction_t *act = &plan->actions[a];
+        PyObject *name, *checks;
+        plan->nactions = a + 1;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(actions, a), "SO!:plan action", &name, &PyList_Type, &checks))
+            goto fail;
+        if (!(act->name = copy_bytes(name, &act->name_len)))
+            goto fail;
+        act->checks = PyMem_Calloc((size_t)PyList_GET_SIZE(checks) + 1, sizeof(pcheck_t));
+        if (!act->checks) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        for (c = 0; c < PyList_GET_SIZE(checks); c++) {
+            act->ncheck = c + 1;
+            if (compile_check(PyList_GET_ITEM(checks, c), &act->checks[c]) < 0)
+                goto fail;
+        }
+    }
+    capsule = PyCapsule_New(plan, PLAN_CAPSULE, plan_capsule_free);
+    if (!capsule)
+        goto fail;
+    return capsule;
+fail:
+    plan_free(plan);
+    return NULL;
+}
+
+/* The value at a check's path in one activity. */
+typedef struct {
+    int present;
+    const uint8_t *data; /* string values */
+    size_t len;
+    uint64_t val; /* integer values */
+} pvalue_t;
+
+static void find_path(const pcheck_t *chk, const uint8_t *p, const uint8_t *end, pvalue_t *out)
+{
+    int level, ignored = 0;
+    field_t f;
+
+    memset(out, 0, sizeof *out);
+    for (level = 0; level < chk->depth; level++) {
+        uint32_t num = chk->nums[level];
+        int last = level == chk->depth - 1, found = 0;
+        while (p < end) {
+            if (next_field(&p, end, &f, &ignored) != SCAN_OK)
+                return;
+            if (f.num != num)
+                continue;
+            if (!last) {
+                if (f.wt != 2)
+                    return;
+                found = 1;
+                break;
+            }
+            switch (chk->terminal) {
+            case PT_STRING:
+                if (f.wt == 2 && f.len) {
+                    out->present = 1;
+                    out->data = f.data;
+                    out->len = f.len;
+                }
+                return;
+            case PT_INT64:
+            case PT_UINT:
+            case PT_UINT_PLAIN:
+                if (f.wt == 0 && (chk->terminal != PT_UINT_PLAIN || f.val)) {
+                    out->present = 1;
+                    out->val = f.val;
+                }
+                return;
+            case PT_PRESENT:
+                out->present = 1;
+                return;
+            default: { /* PT_MAP_KEY: this entry's value, when its key is the one looked for */
+                const uint8_t *q = f.data, *qend = f.data + f.len, *value = NULL;
+                size_t value_len = 0;
+                int key_matches = 0;
+                field_t g;
+                while (q < qend) {
+                    if (next_field(&q, qend, &g, &ignored) != SCAN_OK || g.wt != 2)
+                        break;
+                    if (g.num == MAP_KEY_FIELD)
+                        key_matches = g.len == (size_t)chk->key_len && memcmp(g.data, chk->key, g.len) == 0;
+                    else if (g.num == MAP_VALUE_FIELD) {
+                        value = g.data;
+                        value_len = g.len;
+                    }
+                }
+                if (key_matches) {
+                    if (value_len) {
+                        out->present = 1;
+                        out->data = value;
+                        out->len = value_len;
+                    }
+                    return;
+                }
+                continue;
+            }
+            }
+        }
+        if (!found)
+            return;
+        end = f.data + f.len;
+        p = f.data;
+    }
+}
+
+/* The value of an integer path as Python reads it: int64 fields are two's complement. */
+static double int_value(const pcheck_t *chk, const pvalue_t *v, int *exact)
+{
+    if (chk->terminal == PT_INT64) {
+        int64_t s = (int64_t)v->val;
+        *exact = s >= -(INT64_C(1) << 53) && s <= (INT64_C(1) << 53);
+        return (double)s;
+    }
+    *exact = v->val <= (UINT64_C(1) << 53);
+    return (double)v->val;
+}
+
+static int is_int_terminal(int terminal)
+{
+    return terminal == PT_INT64 || terminal == PT_UINT || terminal == PT_UINT_PLAIN;
+}
+
+/* 1: the activity certainly breaks no rule of `act`; 0: Python must judge it; -1: an exception. */
+static int plan_conforms(const paction_t *act, const uint8_t *p, const uint8_t *end)
+{
+    Py_ssize_t c, i;
+    pvalue_t v;
+
+    for (c = 0; c < act->ncheck; c++) {
+        const pcheck_t *chk = &act->checks[c];
+        int string = chk->terminal == PT_STRING || chk->terminal == PT_MAP_KEY, exact, match;
+        double number;
+        find_path(chk, p, end, &v);
+        switch (chk->kind) {
+        case PC_REQUIRED:
+            if (!v.present)
+                return 0;
+            continue;
+        case PC_FORBIDDEN:
+            if (v.present)
+                return 0;
+            continue;
+        case PC_TARGET_TYPES: /* target.type, which check vouched is there: one of the allowed names */
+        case PC_ENUM_STR:
+            if (!v.present && chk->kind == PC_TARGET_TYPES)
+                return 0;
+            if (!v.present)
+                continue;
+            if (!string)
+                return 0;
+            for (i = 0; i < chk->nvalues; i++)
+                if (chk->value_lens[i] == (Py_ssize_t)v.len && memcmp(chk->values[i], v.data, v.len) == 0)
+                    break;
+            if (i == chk->nvalues)
+                return 0;
+            continue;
+        case PC_ENUM_NUM:
+            if (!v.present)
+                continue;
+            if (!is_int_terminal(chk->terminal))
+                return 0;
+            number = int_value(chk, &v, &exact);
+            if (!exact)
+                return 0;
+            for (i = 0; i < chk->nvalues; i++)
+                if (chk->numbers[i] == number)
+                    break;
+            if (i == chk->nvalues)
+                return 0;
+            continue;
+        case PC_MIN:
+        case PC_MAX:
+            if (!v.present)
+                continue;
+            if (!is_int_terminal(chk->terminal))
+                return 0; /* a string read as a number: Python decides */
+            number = int_value(chk, &v, &exact);
+            if (!exact || (chk->kind == PC_MIN ? number < chk->bound : number > chk->bound))
+                return 0;
+            continue;
+        case PC_MAX_LENGTH:
+            if (!v.present)
+                continue;
+            if (!string || utf8_chars(v.data, v.len) > chk->max_length)
+                return 0;
+            continue;
+        case PC_PATTERN: {
+            PyObject *text, *result;
+            if (!v.present)
+                continue;
+            if (!string)
+                return 0;
+            text = PyUnicode_DecodeUTF8((const char *)v.data, (Py_ssize_t)v.len, "strict");
+            if (!text)
+                return -1;
+            result = PyObject_CallOneArg(chk->matcher, text);
+            Py_DECREF(text);
+            if (!result)
+                return -1;
+            match = result != Py_None;
+            Py_DECREF(result);
+            if (!match)
+                return 0;
+            continue;
+        }
+        default: /* PC_DEFER */
+            if (v.present)
+                return 0;
+            continue;
+        }
+    }
+    return 1;
+}
+
+/* The action of an activity check vouched for (canonical, present). */
+static void find_action(const uint8_t *p, const uint8_t *end, const uint8_t **data, size_t *len)
+{
+    field_t f;
+    int ignored = 0;
+    *data = NULL;
+    *len = 0;
+    while (p < end) {
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK)
+            return;
+        if (f.num == ACTIVITY_ACTION_FIELD && f.wt == 2) {
+            *data = f.data;
+            *len = f.len;
+            return;
+        }
+    }
+}
+
+PyDoc_STRVAR(plan_screen_doc,
+             "plan_screen(raw, fast, program) -> (conforming, to_judge)\n\n"
+             "Sorts the activities `fast` (from check) names in `raw` into those that certainly break no\n"
+             "rule of `program` (from plan_compile) and those the Python plan must judge; both packed as\n"
+             "`fast` is, in its order.");
+
+static PyObject *fp_plan_screen(PyObject *self, PyObject *args)
+{
+    Py_buffer raw, fast;
+    PyObject *capsule, *ok = NULL, *judge = NULL, *out = NULL;
+    const uint8_t *rawp, *fp;
+    uint8_t *okp, *judgep;
+    size_t n, k, nok = 0, njudge = 0;
+    Py_ssize_t triples, a;
+    pplan_t *plan;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*O:plan_screen", &raw, &fast, &capsule))
+        return NULL;
+    if (!(plan = PyCapsule_GetPointer(capsule, PLAN_CAPSULE)))
+        goto done;
+    if ((triples = triple_count(&fast)) < 0)
+        goto done;
+    n = (size_t)triples;
+    rawp = (const uint8_t *)raw.buf;
+    fp = (const uint8_t *)fast.buf;
+    ok = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 * n));
+    judge = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 * n));
+    if (!ok || !judge)
+        goto done;
+    okp = (uint8_t *)PyBytes_AS_STRING(ok);
+    judgep = (uint8_t *)PyBytes_AS_STRING(judge);
+    for (k = 0; k < n; k++) {
+        uint32_t start, end;
+        const uint8_t *action;
+        size_t action_len;
+        int verdict = 0;
+        if (triple_span(fp, k, raw.len, &start, &end) < 0)
+            goto done;
+        find_action(rawp + start, rawp + end, &action, &action_len);
+        for (a = 0; a < plan->nactions; a++)
+            if (plan->actions[a].name_len == (Py_ssize_t)action_len &&
+                memcmp(plan->actions[a].name, action, action_len) == 0)
+                break;
+        if (a < plan->nactions)
+            verdict = plan_conforms(&plan->actions[a], rawp + start, rawp + end);
+        else
+            verdict = plan->unknown_allow;
+        if (verdict < 0)
+            goto done;
+        if (verdict)
+            memcpy(okp + 12 * nok++, fp + 12 * k, 12);
+        else
+            memcpy(judgep + 12 * njudge++, fp + 12 * k, 12);
+    }
+    if (_PyBytes_Resize(&ok, (Py_ssize_t)(12 * nok)) < 0 || _PyBytes_Resize(&judge, (Py_ssize_t)(12 * njudge)) < 0)
+        goto done;
+    out = PyTuple_Pack(2, ok, judge);
+done:
+    Py_XDECREF(ok);
+    Py_XDECREF(judge);
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&fast);
+    return out;
+}
+
 /* -- module -------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"check", fp_check, METH_VARARGS, check_doc},
     {"frame", fp_frame, METH_VARARGS, frame_doc},
     {"keys", fp_keys, METH_VARARGS, keys_doc},
+    {"plan_compile", fp_plan_compile, METH_VARARGS, plan_compile_doc},
+    {"plan_screen", fp_plan_screen, METH_VARARGS, plan_screen_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1437,7 +1949,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    PyObject *os, *bytes;
+    PyObject *os, *bytes, *m;
     const char *s;
     int i;
 
@@ -1462,5 +1974,26 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     s = PyBytes_AS_STRING(bytes);
     memcpy(hash_keys, s, sizeof hash_keys);
     Py_DECREF(bytes);
-    return PyModule_Create(&module);
+    m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    /* The plan program's vocabulary, for core.fastpath to build programs with. */
+    if (PyModule_AddIntConstant(m, "PC_REQUIRED", PC_REQUIRED) < 0 ||
+        PyModule_AddIntConstant(m, "PC_FORBIDDEN", PC_FORBIDDEN) < 0 ||
+        PyModule_AddIntConstant(m, "PC_TARGET_TYPES", PC_TARGET_TYPES) < 0 ||
+        PyModule_AddIntConstant(m, "PC_ENUM_STR", PC_ENUM_STR) < 0 ||
+        PyModule_AddIntConstant(m, "PC_ENUM_NUM", PC_ENUM_NUM) < 0 ||
+        PyModule_AddIntConstant(m, "PC_PATTERN", PC_PATTERN) < 0 ||
+        PyModule_AddIntConstant(m, "PC_MIN", PC_MIN) < 0 || PyModule_AddIntConstant(m, "PC_MAX", PC_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "PC_MAX_LENGTH", PC_MAX_LENGTH) < 0 ||
+        PyModule_AddIntConstant(m, "PC_DEFER", PC_DEFER) < 0 ||
+        PyModule_AddIntConstant(m, "PT_STRING", PT_STRING) < 0 ||
+        PyModule_AddIntConstant(m, "PT_INT64", PT_INT64) < 0 || PyModule_AddIntConstant(m, "PT_UINT", PT_UINT) < 0 ||
+        PyModule_AddIntConstant(m, "PT_UINT_PLAIN", PT_UINT_PLAIN) < 0 ||
+        PyModule_AddIntConstant(m, "PT_PRESENT", PT_PRESENT) < 0 ||
+        PyModule_AddIntConstant(m, "PT_MAP_KEY", PT_MAP_KEY) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

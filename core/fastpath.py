@@ -80,6 +80,26 @@ def keys(raw: bytes, spans: bytes) -> list[EnrichmentKeys]:
     return result  # type: ignore[no-any-return]
 
 
+def plan_compile(unknown_allow: bool, actions: list[tuple[bytes, list[tuple[Any, ...]]]]) -> Any:
+    """A tracking plan as a program for `plan_screen` (see `workers.processors.plan_screen`)."""
+    assert _fastpath is not None
+    return _fastpath.plan_compile(unknown_allow, actions)
+
+
+def plan_screen(raw: bytes, spans: bytes, program: Any) -> tuple[bytes, bytes]:
+    """(spans of the activities that certainly conform to the plan, spans of those Python must judge),
+    both packed as `spans` is, in its order."""
+    assert _fastpath is not None
+    result: Any = _fastpath.plan_screen(raw, spans, program)
+    return result  # type: ignore[no-any-return]
+
+
+def plan_vocabulary() -> dict[str, int]:
+    """The check kinds (PC_*) and path terminals (PT_*) of a plan program, by name."""
+    assert _fastpath is not None
+    return {name: int(getattr(_fastpath, name)) for name in dir(_fastpath) if name[:3] in ("PC_", "PT_")}
+
+
 def _header_classes() -> dict[str, Any]:
     """Messages that read only a request's own fields (sequence, sent_at) and leave its activities as
     unread bytes: parsing them costs microseconds per request, not per activity."""

@@ -372,18 +372,22 @@ class ActivityService:
         return assigned
 
     def _process(self, evaluated: Evaluated, tenant: str) -> None:
-        """The processor seam, for a tenant some processor judges: every valid activity, parsed (the
-        compiled path's spans too), through the chain; what it refuses joins the rejections, what it
-        drops leaves the request, what it flags carries its rules to its row."""
+        """The processor seam, for a tenant some processor judges: every valid activity the processors
+        cannot vouch for from its bytes (`ProcessorChain.screen`), parsed, through the chain; what it
+        refuses joins the rejections, what it drops leaves the request, what it flags carries its
+        rules to its row. The spans they vouch for stay on the compiled path, unparsed."""
         items = evaluated.items
         fast = evaluated.fast
         if fast is not None and fast.count:
-            raw, spans = fast.raw, fast.spans
-            for k in range(fast.count):
-                index, start, end = _SPAN.unpack_from(spans, 12 * k)
+            raw = fast.raw
+            keep, judge = self.processors.screen(tenant, raw, fast.spans)
+            for k in range(len(judge) // 12):
+                index, start, end = _SPAN.unpack_from(judge, 12 * k)
                 items.append((index, pb.Activity.FromString(raw[start:end])))
-            items.sort(key=_first)
-            evaluated.fast = None
+            if judge:
+                items.sort(key=_first)
+            # missing_ids stays the count before the split: an upper bound, which frame() accepts.
+            evaluated.fast = FastSpans(raw, keep, len(keep) // 12, fast.missing_ids) if keep else None
         result = self.processors.run(tenant, items)
         evaluated.items = result.kept
         evaluated.dropped = result.dropped

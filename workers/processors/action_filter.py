@@ -59,6 +59,9 @@ class ActionFilter:
             self._memo[action] = verdict
         return verdict
 
+    def screen(self, tenant: str, raw: bytes, spans: bytes) -> tuple[bytes, bytes] | None:
+        return None
+
     def _judge(self, action: str) -> Verdict | None:
         for pattern, compiled in self._reject:
             if compiled.match(action):

@@ -7,6 +7,8 @@ flag it (stored, with the rules it broke in its row's `plan_violations`; counted
 rule). The first processor that rejects or
 drops an activity decides; the others do not see it. Processors are synchronous and cheap: they run on
 the event loop, inside the request, on parsed activities, in the order the configuration lists them.
+A processor that can tell from an activity's raw bytes that it would keep it (`screen`; the tracking
+plans do, in C) leaves such activities on the compiled path, unparsed.
 
 Adding a processor touches neither the doors nor storage: implement `Processor`, build it in
 `workers.processors.build_processors` from its settings. A processor says which tenants it judges
@@ -85,6 +87,12 @@ class Processor(Protocol):
         valid activity: an exception here fails the request (UNAVAILABLE), not the activity."""
         ...
 
+    def screen(self, tenant: str, raw: bytes, spans: bytes) -> tuple[bytes, bytes] | None:
+        """Sort the compiled path's spans of `raw` (packed as `core.fastpath.check` returns them)
+        into those `process` would certainly keep unchanged, which then stay unparsed, and those it
+        must judge. None: the processor cannot tell from the bytes, and judges every activity."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -141,6 +149,24 @@ class ProcessorChain:
 
     async def shutdown(self, timeout: float = 0.0) -> None:
         self._stopped = True
+
+    def screen(self, tenant: str, raw: bytes, spans: bytes) -> tuple[bytes, bytes]:
+        """The spans every processor judging `tenant` would keep unchanged (they stay unparsed), and
+        the spans to parse and `run`. An activity one processor must judge goes through the whole
+        chain, in order, as any parsed activity does."""
+        keep = spans
+        judge: list[bytes] = []
+        for processor in self.processors:
+            if not keep:
+                break
+            if not processor.applies(tenant):
+                continue
+            screened = processor.screen(tenant, raw, keep)
+            if screened is None:
+                return b"", spans
+            keep, to_judge = screened
+            judge.append(to_judge)
+        return keep, b"".join(judge)
 
     def run(self, tenant: str, items: Iterable[tuple[int, pb.Activity]]) -> ChainResult:
         kept: list[tuple[int, pb.Activity]] = []

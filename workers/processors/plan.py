@@ -27,9 +27,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import fastpath
 from core.normalize import normalize_action
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.processors.base import Verdict
+from workers.processors.plan_screen import compile_program
 
 PLAN_VIOLATION = pb.REJECTION_REASON_PLAN_VIOLATION
 MODES = ("reject", "flag")
@@ -134,6 +136,9 @@ class _Check:
     getter: Getter
     test: Callable[[Any], str | None]
     """None when the value passes; otherwise what is wrong with it."""
+    arg: Any = None
+    """The rule's argument as the test uses it: the allowed values, the compiled pattern, the bound,
+    the length (read by `workers.processors.plan_screen` to run the same rule on raw bytes)."""
 
 
 @dataclass(frozen=True)
@@ -314,7 +319,7 @@ def _value_check(rule: str, path: str, getter: Getter, arg: Any, where: str) -> 
                 return None if not bad else f"holds {bad[0]!r}, not one of {shown}"
             return None if value in allowed else f"is {value!r}, not one of {shown}"
 
-        return _Check(name, path, getter, test_enum)
+        return _Check(name, path, getter, test_enum, allowed)
     if rule == "pattern":
         if not isinstance(arg, str) or len(arg) > MAX_PATTERN_LENGTH:
             raise PlanError(where, f"expected a regular expression of at most {MAX_PATTERN_LENGTH} chars")
@@ -330,7 +335,7 @@ def _value_check(rule: str, path: str, getter: Getter, arg: Any, where: str) -> 
                     return f"is {v!r}, which does not match {arg!r}"
             return None
 
-        return _Check(name, path, getter, test_pattern)
+        return _Check(name, path, getter, test_pattern, compiled)
     if rule in ("min", "max"):
         bound = _number(arg, where)
         low = rule == "min"
@@ -343,7 +348,7 @@ def _value_check(rule: str, path: str, getter: Getter, arg: Any, where: str) -> 
                 return f"is {value!r}, {'below the minimum' if low else 'above the maximum'} {arg!r}"
             return None
 
-        return _Check(name, path, getter, test_bound)
+        return _Check(name, path, getter, test_bound, bound)
     # max_length
     if isinstance(arg, bool) or not isinstance(arg, int) or arg < 0:
         raise PlanError(where, f"expected a length (an integer >= 0), got {arg!r}")
@@ -354,7 +359,7 @@ def _value_check(rule: str, path: str, getter: Getter, arg: Any, where: str) -> 
             return "has no length"
         return None if size <= arg else f"has length {size}, above the maximum {arg}"
 
-    return _Check(name, path, getter, test_length)
+    return _Check(name, path, getter, test_length, arg)
 
 
 def _action_rules(action: str, node: Any, where: str, default_mode: str) -> ActionRules:
@@ -421,7 +426,9 @@ class TrackingPlans:
     name = "plan"
 
     def __init__(self, plans: Mapping[str, Plan] | None = None) -> None:
-        self._plans: dict[str, Plan] = dict(plans or {})
+        self._plans: dict[str, Plan] = {}
+        self._programs: dict[str, Any] = {}
+        self.replace(plans or {}, 0)
         self.version = 0
         """The plan store's change marker these plans were read at (0: never read)."""
 
@@ -434,8 +441,11 @@ class TrackingPlans:
         return self._plans
 
     def replace(self, plans: Mapping[str, Plan], version: int) -> None:
-        # One assignment: a request on the event loop sees the old plans or the new ones, never a mix.
+        programs = {tenant: compile_program(plan) for tenant, plan in plans.items()}
+        # Assignments only, no await between them: a request on the event loop sees the old plans
+        # and programs or the new ones, never a mix.
         self._plans = dict(plans)
+        self._programs = programs
         self.version = version
 
     def applies(self, tenant: str) -> bool:
@@ -444,3 +454,11 @@ class TrackingPlans:
     def process(self, tenant: str, activity: pb.Activity) -> Verdict | None:
         plan = self._plans.get(tenant)
         return None if plan is None else plan.judge(activity)
+
+    def screen(self, tenant: str, raw: bytes, spans: bytes) -> tuple[bytes, bytes] | None:
+        """The fast spans of `raw` that certainly conform to the tenant's plan, and those `process`
+        must judge (see `workers.processors.plan_screen`); None without the compiled module."""
+        program = self._programs.get(tenant)
+        if program is None:
+            return (spans, b"") if tenant not in self._plans else None
+        return fastpath.plan_screen(raw, spans, program)

@@ -1,0 +1,191 @@
+"""The tracking plan run on raw bytes (`workers.processors.plan_screen`, in C) against the Python plan.
+
+The compiled screen may send an activity to Python that conforms (it then gets judged there, at some
+cost), but must never keep on the compiled path one that the Python plan would reject or flag. The
+generated activities sit on both sides of every rule: values in and out of each enum, pattern, bound and
+length, paths present, empty and absent, integers with and without presence, map keys there or not.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.tracking_plan import ten_rule_plan
+from core import fastpath
+from core.limits import Limits
+from core.proto.activity.v1 import activity_pb2 as pb
+from workers.processors.plan import Plan, TrackingPlans, parse_plan
+from workers.processors.plan_screen import wire_path
+
+pytestmark = pytest.mark.skipif(
+    not fastpath.available, reason="the compiled module is not built (ACTIVITY_PURE_PYTHON or no compiler)"
+)
+
+NOW_NS = time.time_ns()
+
+PLANS: list[dict[str, Any]] = [
+    ten_rule_plan(),
+    {
+        "unknown_actions": "allow",
+        "actions": {
+            "purchase": {
+                "required": ["metadata.order_id", "metadata.price", "metadata.currency", "source"],
+                "forbidden": ["user.identities.email", "segments"],
+                "min": {"metadata.quantity": 1, "metadata.price": 100, "metadata.custom.score": 2},
+                "max": {"metadata.quantity": 3, "source.position": 5},
+                "enum": {"metadata.currency": ["EUR", "USD"], "metadata.quantity": [1, 2, "3"]},
+                "max_length": {"metadata.order_id": 4, "segments": 1},
+                "pattern": {"metadata.order_id": "o-[0-9]+", "metadata.quantity": "[12]"},
+            },
+            "view": {"target_types": ["product"], "enum": {"source.result_count": [0]}, "mode": "flag"},
+        },
+    },
+    {
+        "unknown_actions": "flag",
+        "mode": "flag",
+        "actions": {
+            "click": {
+                "required": ["source_id", "source.position", "user.user_id", "target.attributes.color"],
+                "enum": {"target.attributes.color": ["red", "é"], "segments": ["vip"]},
+                "pattern": {"user.user_id": "u-[0-9]", "target.attributes.size": "[SML]"},
+                "max_length": {"target.attributes.color": 3, "metadata.custom": 1},
+                "min": {"source.result_count": 1},
+            },
+            "add_to_cart": {"forbidden": ["occurred_at", "metadata"], "required": ["target.attributes"]},
+        },
+    },
+]
+
+
+def _limits() -> tuple[int, ...]:
+    return fastpath.limits_tuple(Limits())
+
+
+def _spans(raw: bytes) -> bytes:
+    """The spans of the activities the compiled path vouched for."""
+    return fastpath.check(raw, 1, _limits(), NOW_NS, 0)[0]
+
+
+def _indexes(spans: bytes) -> list[int]:
+    return [index for index, _, _ in struct.iter_unpack("<III", spans)]
+
+
+@st.composite
+def activities(draw: st.DrawFn) -> pb.Activity:
+    a = pb.Activity(action=draw(st.sampled_from(["view", "click", "purchase", "add_to_cart", "search"])))
+    a.target.type = draw(st.sampled_from(["product", "category", "page"]))
+    a.target.id = "sku-1"
+    for key in draw(st.sets(st.sampled_from(["color", "size"]))):
+        a.target.attributes[key] = draw(st.sampled_from(["red", "é", "blue", "S", "XL", ""]))
+    a.user.session_id = draw(st.sampled_from(["0123456789abcdef", "0123456789ABCDEF", "s-1"]))
+    if draw(st.booleans()):
+        a.user.anonymous_id = "anon-1"
+    if draw(st.booleans()):
+        a.user.user_id = draw(st.sampled_from(["u-1", "u-12", "x"]))
+    if draw(st.booleans()):
+        a.user.identities["email" if draw(st.booleans()) else "crm"] = draw(st.sampled_from(["a@b", ""]))
+    if draw(st.booleans()):
+        a.source_id = "resp-1"
+        if draw(st.booleans()):
+            a.source.SetInParent()
+            a.source.position = draw(st.sampled_from([0, 1, 5, 6]))
+            if draw(st.booleans()):
+                a.source.result_count = draw(st.sampled_from([0, 1, 7]))
+    if draw(st.booleans()):
+        m = a.metadata
+        m.SetInParent()
+        m.page_url = draw(st.sampled_from(["", "https://shop.example/p/1"]))
+        quantity = draw(st.sampled_from([None, 1, 2, 3, 4]))
+        if quantity is not None:
+            m.quantity = quantity
+        price = draw(st.sampled_from([None, 0, 99, 100, 2**62]))
+        if price is not None:
+            m.price = price
+        if price is not None or draw(st.booleans()):
+            m.currency = draw(st.sampled_from(["EUR", "USD", "JPY"]))
+        m.order_id = draw(st.sampled_from(["", "o-1", "o-12", "o-123", "order"]))
+        for key in draw(st.sets(st.sampled_from(["channel", "score"]))):
+            m.custom[key] = draw(st.sampled_from(["web", "app", "tv", "1", "2.5", "x", ""]))
+    a.segments.extend(draw(st.lists(st.sampled_from(["vip", "new"]), max_size=2)))
+    if draw(st.booleans()):
+        a.occurred_at.FromNanoseconds(NOW_NS - 3_600 * 10**9)
+    return a
+
+
+def _tenant_plans(document: dict[str, Any]) -> tuple[Plan, TrackingPlans]:
+    plan = parse_plan(document)
+    return plan, TrackingPlans({"t": plan})
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(activities(), min_size=1, max_size=20), which=st.integers(0, len(PLANS) - 1))
+def test_the_screen_never_keeps_what_the_python_plan_would_judge(
+    batch: list[pb.Activity], which: int
+) -> None:
+    plan, plans = _tenant_plans(PLANS[which])
+    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
+    spans = _spans(raw)
+    screened = plans.screen("t", raw, spans)
+    assert screened is not None
+    keep, judge = screened
+    assert sorted(_indexes(keep) + _indexes(judge)) == _indexes(spans)
+    for index in _indexes(keep):
+        assert plan.judge(batch[index]) is None, (index, batch[index])
+
+
+def test_conforming_activities_of_the_ten_rule_plan_stay_on_the_compiled_path() -> None:
+    plan, plans = _tenant_plans(ten_rule_plan())
+    conforming = pb.Activity(action="view", target=pb.Target(type="product", id="sku-1"))
+    conforming.user.session_id = "0123456789abcdef"
+    conforming.user.anonymous_id = "anon-1"
+    conforming.metadata.page_url = "https://shop.example/p/1"
+    conforming.metadata.custom["channel"] = "web"
+    wrong_channel = pb.Activity()
+    wrong_channel.CopyFrom(conforming)
+    wrong_channel.metadata.custom["channel"] = "tv"
+    bad_session = pb.Activity()
+    bad_session.CopyFrom(conforming)
+    bad_session.user.session_id = "not-hex"
+    batch = [conforming, wrong_channel, bad_session, conforming]
+    assert [plan.judge(a) is None for a in batch] == [True, False, False, True]
+    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
+    spans = _spans(raw)
+    assert _indexes(spans) == [0, 1, 2, 3]
+    screened = plans.screen("t", raw, spans)
+    assert screened is not None
+    assert [_indexes(part) for part in screened] == [[0, 3], [1, 2]]
+
+
+def test_unknown_actions_conform_only_when_the_plan_allows_them() -> None:
+    raw = pb.TrackActivitiesRequest(
+        activities=[pb.Activity(action="wave", target=pb.Target(type="p", id="1"), user=pb.User(user_id="u"))]
+    ).SerializeToString()
+    spans = _spans(raw)
+    for unknown, kept in (("allow", [0]), ("flag", []), ("reject", [])):
+        _, plans = _tenant_plans({"unknown_actions": unknown, "actions": {"view": {}}})
+        screened = plans.screen("t", raw, spans)
+        assert screened is not None
+        assert _indexes(screened[0]) == kept
+
+
+def test_paths_resolve_to_their_field_numbers() -> None:
+    v = fastpath.plan_vocabulary()
+    assert wire_path("metadata.custom.utm.source") == ((6, 11), v["PT_MAP_KEY"], b"utm.source")
+    assert wire_path("metadata.quantity") == ((6, 3), v["PT_INT64"], None)
+    assert wire_path("source.position") == ((9, 4), v["PT_UINT_PLAIN"], None)
+    assert wire_path("source.result_count") == ((9, 5), v["PT_UINT"], None)
+    assert wire_path("segments") == ((7,), v["PT_PRESENT"], None)
+    assert wire_path("occurred_at") == ((8,), v["PT_PRESENT"], None)
+    assert wire_path("user.session_id") == ((4, 1), v["PT_STRING"], None)
+    assert wire_path("occurred_at.seconds") is None
+
+
+def test_a_tenant_without_a_plan_keeps_every_span_and_pure_python_judges_all() -> None:
+    _, plans = _tenant_plans({"actions": {"view": {}}})
+    assert plans.screen("other", b"", b"x" * 12) == (b"x" * 12, b"")
