@@ -39,6 +39,8 @@ from bench.runner import (
 from bench.tracking_plan import RULES_PER_ACTION
 
 FIGURE_KEYS = [f.key for f in FIGURES]
+# Scenarios reported against a gRPC scenario of the same batch size (ratio `<target>_vs_grpc_batch`).
+GRPC_BASELINE_OF = {"segment-batch-100": "batch-100"}
 SPOOL_CHOICES = {
     "on": ("collector",),
     "off": ("collector-nospool",),
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenarios": {
                 name: {
                     "description": SCENARIOS[name].description,
-                    "targets": {t: {"runs": []} for t in targets},
+                    "targets": {t: {"runs": []} for t in targets if SCENARIOS[name].runs_against(t)},
                 }
                 for name in names
             },
@@ -354,7 +356,8 @@ def run_all(
     """Every run, interleaved: run 1 of the storage ceiling and of each scenario and server, then run 2..."""
     errors: list[str] = results["errors"]
     storage_rows = results["config"]["storage_rows"]
-    total = runs * (len(names) * len(targets) + (0 if insert_rows is None else 1))
+    pairs = sum(SCENARIOS[name].runs_against(t) for name in names for t in targets)
+    total = runs * (pairs + (0 if insert_rows is None else 1))
     step = 0
     for run in range(runs):
         seed = 1000 + run
@@ -375,6 +378,8 @@ def run_all(
                 )
         for name in names:
             for target in targets:
+                if not SCENARIOS[name].runs_against(target):
+                    continue
                 step += 1
                 print(f"[{step}/{total}] run {run + 1}: {name} against {target}", flush=True)
                 try:
@@ -449,6 +454,18 @@ def finish(results: dict[str, Any]) -> None:
         if medians.get("transport-commit") and medians.get("transport"):
             ratios["transport_commit_vs_transport"] = medians["transport-commit"] / medians["transport"]
         scenario["ratios"] = ratios
+    # The Segment door against gRPC TrackActivities with the same batch size, in the same run.
+    for name, baseline in GRPC_BASELINE_OF.items():
+        segment, grpc_batch = results["scenarios"].get(name), results["scenarios"].get(baseline)
+        if segment is None or grpc_batch is None:
+            continue
+        for target in COLLECTORS:
+            pair = [
+                s["targets"].get(target, {}).get("summary", {}).get("acked_per_s", {}).get("median")
+                for s in (segment, grpc_batch)
+            ]
+            if pair[0] is not None and pair[1]:
+                segment["ratios"][f"{target.replace('-', '_')}_vs_grpc_batch"] = pair[0] / pair[1]
     results["ok"] = ok
 
 

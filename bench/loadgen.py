@@ -32,7 +32,15 @@ from bench.procstat import (
     related_pids,
     self_cpu_s,
 )
-from bench.workload import METHOD_BATCH, METHOD_STREAM, METHOD_UNARY, RequestFactory, build_templates
+from bench.workload import (
+    METHOD_BATCH,
+    METHOD_STREAM,
+    METHOD_UNARY,
+    SEGMENT,
+    SEGMENT_PATH,
+    RequestFactory,
+    build_templates,
+)
 from core.proto.activity.v1 import activity_pb2 as pb
 
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
@@ -43,6 +51,7 @@ MAX_SAMPLES = 5
 @dataclass
 class Spec:
     target: str
+    """host:port of the gRPC port; for the Segment scenario, the HTTP port's base URL."""
     kind: str
     batch_size: int
     concurrency: int
@@ -186,6 +195,47 @@ async def _unary_caller(
         state.answered(started, response.accepted_count, response.rejections)
 
 
+async def _segment_caller(
+    session: Any, factory: RequestFactory, spec: Spec, state: State, index: int = 0
+) -> None:
+    """Segment's /v1/batch as the server SDKs send it: JSON, the key as the HTTP Basic user name."""
+    import aiohttp
+
+    url = spec.target + SEGMENT_PATH
+    n = factory.batch_size
+    auth = aiohttp.BasicAuth(spec.api_key or "", "")
+    headers = {"Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=spec.rpc_timeout_s)
+    pacer = _Pacer(spec.rate, n, spec.concurrency, index)
+    while not state.stop:
+        started = await pacer.wait()
+        if state.stop:
+            break
+        request = factory.make()
+        state.sent(n)
+        try:
+            async with session.post(url, data=request, headers=headers, auth=auth, timeout=timeout) as answer:
+                body = await answer.read()
+                status = answer.status
+        except (aiohttp.ClientError, TimeoutError) as error:
+            state.failed(n, type(error).__name__, str(error))
+            await asyncio.sleep(0.05)
+            continue
+        reply = json.loads(body)
+        if status != 200:
+            state.failed(n, f"http-{status}", str(reply.get("message", "")))
+            await asyncio.sleep(0.05)
+            continue
+        rejections = [_Rejected(r["field"], r["message"]) for r in reply["rejections"]]
+        state.answered(started, n - len({r["index"] for r in reply["rejections"]}), rejections)
+
+
+@dataclass
+class _Rejected:
+    field: str
+    message: str
+
+
 async def _stream_caller(
     channel: grpc.aio.Channel, factory: RequestFactory, spec: Spec, state: State, index: int = 0
 ) -> None:
@@ -255,11 +305,22 @@ async def run(spec: Spec) -> Result:
         # Separate channels get separate connections instead of sharing the global subchannel pool.
         ("grpc.use_local_subchannel_pool", 1),
     ]
-    channels = [grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)]
+    segment = spec.kind == SEGMENT
+    channels = (
+        []
+        if segment
+        else [grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)]
+    )
+    session: Any = None
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        if spec.kind == "stream":
+        if segment:
+            import aiohttp
+
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=spec.concurrency))
+            callers = [_segment_caller(session, factory, spec, state, i) for i in range(spec.concurrency)]
+        elif spec.kind == "stream":
             callers = [
                 _stream_caller(channels[i % len(channels)], factory, spec, state, i)
                 for i in range(spec.streams)
@@ -315,6 +376,8 @@ async def run(spec: Spec) -> Result:
     finally:
         for channel in channels:
             await channel.close(None)
+        if session is not None:
+            await session.close()
 
     r.load_wall_s = max(0.0, state.last_ack - (state.first_send or state.last_ack))
     # time.monotonic is one clock for every process of the machine: the benchmark compares them.

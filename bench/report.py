@@ -222,6 +222,8 @@ def render(results: dict[str, Any]) -> str:
                 parts.append(f"/ storage ceiling (encode+insert) = {r[f'{prefix}_vs_storage']:.3f}")
             if r.get(f"{prefix}_vs_insert_only") is not None:
                 parts.append(f"/ insert-only ceiling = {r[f'{prefix}_vs_insert_only']:.3f}")
+            if r.get(f"{prefix}_vs_grpc_batch") is not None:
+                parts.append(f"/ gRPC TrackActivities, same batch size = {r[f'{prefix}_vs_grpc_batch']:.3f}")
             if parts:
                 out.append(f"  {name}, {COLLECTOR_NAMES[target]}: " + ", ".join(parts))
         if r.get("transport_commit_vs_transport") is not None:

@@ -27,10 +27,12 @@ from typing import Any
 from bench.loadgen import Spec
 from bench.procstat import MachineCpu, related_pids, status_kib
 from bench.tracking_plan import RULES_PER_ACTION, ten_rule_plan
+from bench.workload import SEGMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (\S+:\d+)")
 METRICS_AT = re.compile(r"^metrics at (http://\S+)\s*$", re.MULTILINE)
+HTTP_DOOR_AT = re.compile(r"^HTTP/JSON door at (http://\S+)/v1/activities\s*$", re.MULTILINE)
 # The gauge of the tenants with a tracking plan in force on a collector.
 PLANS_IN_FORCE = re.compile(r"^activity_collector_tracking_plans(?:\{\})? (\S+)\s*$", re.MULTILINE)
 # The key a collector prints, alone on its line, when it creates the first tenant of a data directory.
@@ -54,6 +56,10 @@ class Scenario:
     templates: int = 32
     description: str = ""
 
+    def runs_against(self, target: str) -> bool:
+        """The Segment door is the collector's: the no-op servers speak gRPC only."""
+        return self.kind != SEGMENT or target in COLLECTORS
+
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -73,6 +79,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "stream-500", "stream", 500, 8, templates=32,
             description="StreamActivities, one stream, 500 activities per batch, 8 batches in flight",
+        ),
+        Scenario(
+            "segment-batch-100", SEGMENT, 100, 8, templates=64,
+            description="Segment's POST /v1/batch on the HTTP port, 100 calls per request (JSON), "
+            "8 concurrent callers; collectors only",
         ),
     )
 }  # fmt: skip
@@ -494,6 +505,11 @@ def measure(
         if target in PLAN_TARGETS:
             # Before the load generator starts: none of this is in the measured window.
             plan = apply_plan(server, workdir / "data", opts.plan_file, server_env)
+        if scenario.kind == SEGMENT:
+            door = server.wait_for_line(HTTP_DOOR_AT)
+            if door is None:
+                raise BenchError(f"the server shows no HTTP door:\n{_tail(server.log_path)}")
+            address = door.group(1)
         spec = Spec(
             target=address,
             kind=scenario.kind,

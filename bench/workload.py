@@ -14,10 +14,12 @@ quantity, price and currency on cart and purchase actions; a query on search pag
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import timestamp_field, varint
@@ -27,7 +29,10 @@ METHOD_UNARY = f"/{SERVICE}/TrackActivity"
 METHOD_BATCH = f"/{SERVICE}/TrackActivities"
 METHOD_STREAM = f"/{SERVICE}/StreamActivities"
 
-KINDS = ("unary", "batch", "stream")
+KINDS = ("unary", "batch", "stream", "segment")
+SEGMENT = "segment"
+"""Segment's `/v1/batch` on the HTTP port: the same activities as Segment track and page calls, JSON."""
+SEGMENT_PATH = "/v1/batch"
 
 _NS = 1_000_000_000
 
@@ -236,6 +241,56 @@ def make_activities(count: int, seed: int, now_ns: int | None = None) -> list[pb
     return [make_activity(rng, rng.choice(sessions), now_ns) for _ in range(count)]
 
 
+SEGMENT_EVENTS = {
+    "view": "Product Viewed",
+    "click": "Product Clicked",
+    "add_to_cart": "Product Added",
+    "remove_from_cart": "Product Removed",
+    "purchase": "Order Completed",
+}
+# Minor units per major unit of the currencies the workload uses (JPY has none).
+_MINOR = {"JPY": 1}
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / _NS, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def segment_call(a: pb.Activity) -> dict[str, object]:
+    """The Segment call an SDK sends for the activity `a` (one activity each: one product an order)."""
+    m = a.metadata
+    context: dict[str, object] = {
+        "userAgent": m.user_agent,
+        "locale": m.locale,
+        "page": {"url": m.page_url, "referrer": m.referrer},
+    }
+    call: dict[str, object] = {"messageId": a.id, "anonymousId": a.user.anonymous_id, "context": context}
+    if a.user.user_id:
+        call["userId"] = a.user.user_id
+    call["timestamp"] = _iso(a.occurred_at.ToNanoseconds())
+    properties: dict[str, object] = dict(m.custom)
+    if a.source_id:
+        properties["source_id"] = a.source_id
+    if a.target.type != "product":
+        call["type"] = "page"
+        properties |= {"path": "/" + a.target.id, "url": m.page_url}
+        call["properties"] = properties
+        return call
+    action = a.action.lower().replace("-", "_").replace(" ", "_")
+    product: dict[str, object] = {"product_id": a.target.id, **a.target.attributes}
+    if m.HasField("price"):
+        currency = m.currency.upper()
+        product["price"] = m.price / _MINOR.get(currency, 100)
+        product["quantity"] = m.quantity
+        properties["currency"] = currency
+    if action == "purchase":
+        properties |= {"order_id": m.order_id, "products": [product]}
+    else:
+        properties |= product
+    call |= {"type": "track", "event": SEGMENT_EVENTS[action], "properties": properties}
+    return call
+
+
 @dataclass
 class Template:
     body: bytes
@@ -251,7 +306,12 @@ def build_templates(kind: str, batch_size: int, count: int, seed: int) -> list[T
     templates = []
     for n in range(count):
         chunk = activities[n * batch_size : (n + 1) * batch_size]
-        if kind == "unary":
+        if kind == SEGMENT:
+            # Without its closing brace: each request appends its own `sentAt`.
+            body = json.dumps({"batch": [segment_call(a) for a in chunk]}, separators=(",", ":"))[
+                :-1
+            ].encode()
+        elif kind == "unary":
             body = pb.TrackActivityRequest(activity=chunk[0]).SerializeToString()
         elif kind == "batch":
             body = pb.TrackActivitiesRequest(activities=chunk).SerializeToString()
@@ -300,6 +360,9 @@ class RequestFactory:
             buf[offset : offset + 36] = b"%s%012x" % (prefix, counter)
             counter += 1
         self._counter = counter
+        if self.kind == SEGMENT:
+            buf += b',"sentAt":"%s"}' % _iso(time.time_ns()).encode()
+            return bytes(buf)
         if sequence:
             buf += b"\x08" + varint(sequence)
         buf += timestamp_field(self._sent_at_field, time.time_ns())
@@ -308,6 +371,8 @@ class RequestFactory:
     def ids_of(self, request: bytes) -> list[str]:
         """The activity ids of a request made here (for checks and tests)."""
         message: object
+        if self.kind == SEGMENT:
+            return [str(call["messageId"]) for call in json.loads(request)["batch"]]
         if self.kind == "unary":
             message = pb.TrackActivityRequest.FromString(request)
             return [message.activity.id]

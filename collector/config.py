@@ -106,6 +106,12 @@ class Settings:
     revocation takes effect on every collector within this time."""
     auth_cache_size: int = 10_000
     """Most API keys whose checks are cached, least recently used dropped first."""
+    read_concurrency: int = 2
+    """Most ProfileService calls answered at once (each takes a thread of the store's reads); more
+    wait in line."""
+    read_queue: int = 32
+    """Most ProfileService calls waiting in line; past it a call is refused with RESOURCE_EXHAUSTED and a
+    retry delay, so that reads never starve ingest."""
     quota_rate: float = 0.0
     """Default quota of every tenant, in activities per second (a tenant's own, `activity-collector
     quotas set`, replaces it): a request past it is refused with RESOURCE_EXHAUSTED and a retry delay.
@@ -140,6 +146,9 @@ class Settings:
     health_interval_s: float = 5.0
     """How often the store's health is checked for the gRPC health service, in seconds; also the longest
     a probe query may take before the store counts as unreachable."""
+    aggregates_refresh_s: float = 10.0
+    """How often the aggregates' rollups take in the days that received activities, in seconds; 0: never
+    (the aggregates then read those days from the activities, exact but slower)."""
     limits: Limits = field(default_factory=Limits)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     processors: ProcessorSettings = field(default_factory=ProcessorSettings)
@@ -233,6 +242,10 @@ class Settings:
             raise ConfigError(f"auth_cache_ttl_s: must be greater than zero, got {self.auth_cache_ttl_s}")
         if self.auth_cache_size <= 0:
             raise ConfigError(f"auth_cache_size: must be greater than zero, got {self.auth_cache_size}")
+        if self.read_concurrency <= 0:
+            raise ConfigError(f"read_concurrency: must be greater than zero, got {self.read_concurrency}")
+        if self.read_queue < 0:
+            raise ConfigError(f"read_queue: must be zero or more, got {self.read_queue}")
         for name in ("quota_rate", "quota_burst"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(f"{name}: must be a finite number, zero or more, got {getattr(self, name)}")
@@ -259,6 +272,11 @@ class Settings:
             )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not 0 <= self.aggregates_refresh_s < math.inf:
+            raise ConfigError(
+                f"aggregates_refresh_s: must be a finite number, zero or more, got "
+                f"{self.aggregates_refresh_s}"
+            )
         if not 0 < self.health_interval_s < math.inf:
             raise ConfigError(
                 f"health_interval_s: must be a finite number greater than zero, got {self.health_interval_s}"

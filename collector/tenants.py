@@ -47,6 +47,7 @@ class ApiKey:
     tenant: str
     created_at: datetime.datetime
     revoked_at: datetime.datetime | None
+    scope: str = "write"
 
     @property
     def state(self) -> str:
@@ -55,10 +56,22 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class KeyCheck:
-    """What a key is worth: `outcome` is "ok", "unknown", "revoked" or "disabled" (its tenant is)."""
+    """What a key is worth: `outcome` is "ok", "unknown", "revoked" or "disabled" (its tenant is);
+    `scope` what it may do (`SCOPES`)."""
 
     outcome: str
     tenant: str | None = None
+    scope: str = "write"
+
+
+SCOPES = ("write", "read", "admin")
+"""What a key may do: write (send activities), read (the read side), admin (everything, and
+`activity.v1.PrivacyService`)."""
+
+
+def scope_allows(held: str, needed: str) -> bool:
+    """Whether a key of scope `held` may make a call that needs `needed`."""
+    return held == needed or held == "admin"
 
 
 def key_digest(key: str) -> bytes:
@@ -119,28 +132,31 @@ class TenantStore:
         if result.split()[-1] == "0":
             raise TenantError(f"no tenant {name}")
 
-    async def create_key(self, tenant: str) -> tuple[str, ApiKey]:
-        """A new key of `tenant`: the key itself (to show once) and what is stored of it."""
+    async def create_key(self, tenant: str, scope: str = "write") -> tuple[str, ApiKey]:
+        """A new key of `tenant`, of `scope`: the key itself (to show once) and what is stored of it."""
+        if scope not in SCOPES:
+            raise TenantError(f"scope: must be one of {', '.join(SCOPES)}, got {scope!r}")
         key, key_id = new_key()
         row = await self.pool.fetchrow(
-            "INSERT INTO api_keys (key_id, tenant_id, secret_sha256)"
-            " SELECT $2, id, $3 FROM tenants WHERE name = $1 RETURNING created_at",
+            "INSERT INTO api_keys (key_id, tenant_id, secret_sha256, scope)"
+            " SELECT $2, id, $3, $4 FROM tenants WHERE name = $1 RETURNING created_at",
             tenant,
             key_id,
             key_digest(key),
+            scope,
         )
         if row is None:
             raise TenantError(f"no tenant {tenant}")
-        return key, ApiKey(key_id, tenant, row["created_at"], None)
+        return key, ApiKey(key_id, tenant, row["created_at"], None, scope)
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         rows = await self.pool.fetch(
-            "SELECT k.key_id, t.name, k.created_at, k.revoked_at FROM api_keys k"
+            "SELECT k.key_id, t.name, k.created_at, k.revoked_at, k.scope FROM api_keys k"
             " JOIN tenants t ON t.id = k.tenant_id WHERE $1::text IS NULL OR t.name = $1"
             " ORDER BY t.name, k.created_at, k.key_id",
             tenant,
         )
-        return [ApiKey(r["key_id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows]
+        return [ApiKey(r["key_id"], r["name"], r["created_at"], r["revoked_at"], r["scope"]) for r in rows]
 
     async def revoke_key(self, key_or_id: str) -> ApiKey:
         """Revoke a key, named by its key id or given whole. Revoking a revoked key changes nothing."""
@@ -161,7 +177,7 @@ class TenantStore:
         if key_id is None:
             return KeyCheck("unknown")
         row = await self.pool.fetchrow(
-            "SELECT k.secret_sha256, k.revoked_at, t.name, t.disabled_at FROM api_keys k"
+            "SELECT k.secret_sha256, k.revoked_at, k.scope, t.name, t.disabled_at FROM api_keys k"
             " JOIN tenants t ON t.id = k.tenant_id WHERE k.key_id = $1",
             key_id,
         )
@@ -171,7 +187,7 @@ class TenantStore:
             return KeyCheck("revoked", row["name"])
         if row["disabled_at"] is not None:
             return KeyCheck("disabled", row["name"])
-        return KeyCheck("ok", row["name"])
+        return KeyCheck("ok", row["name"], row["scope"])
 
     async def bootstrap(self, name: str) -> str | None:
         """When there is no tenant at all, create tenant `name` and a key of it, and return the key (to

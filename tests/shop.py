@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from core.proto.activity.v1 import activity_pb2 as pb
-from core.wire import bytes_field
+from core.wire import bytes_field, field_key
 from workers.rows import encode_rows, envelope
 from workers.storage.clickhouse import ClickHouseStore
-from workers.storage.schema import RESOLVED_USER_ID_FIELD
+from workers.storage.schema import IS_BOT_FIELD, RESOLVED_USER_ID_FIELD
 
 TENANT = "shop"
 OTHER_TENANT = "outlet"
@@ -60,14 +60,18 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     resolved_user_id: str = ""
     """The user identity stitching resolved this activity's visitor to ('' when none)."""
+    source_type: str = ""
+    source_name: str = ""
+    source_variant: str = ""
+    source_position: int = 0
+    result_count: int | None = None
+    query: str = ""
+    is_bot: bool = False
+    """What enrichment finds for a crawler's user agent."""
 
     @property
     def user_key(self) -> str:
         return self.user_id or self.anonymous_id or self.session_id
-
-    @property
-    def person(self) -> str:
-        return self.resolved_user_id or self.user_key
 
     @property
     def target(self) -> tuple[str, str]:
@@ -98,8 +102,16 @@ class Event:
                 currency=self.currency,
                 order_id=self.order_id,
                 page_url=f"https://shop.example/{self.target_type}/{self.target_id}",
+                query=self.query,
             ),
         )
+        if self.source_type or self.source_name or self.source_variant or self.source_position:
+            a.source.type = self.source_type
+            a.source.name = self.source_name
+            a.source.variant = self.source_variant
+            a.source.position = self.source_position
+        if self.result_count is not None:
+            a.source.result_count = self.result_count
         if self.quantity is not None:
             a.metadata.quantity = self.quantity
         if self.price is not None:
@@ -267,13 +279,19 @@ def insert(
         for i in range(0, len(tenant_events), batch):
             events_chunk = tenant_events[i : i + batch]
             chunk = [e.activity() for e in events_chunk]
-            # What enrichment adds for a visitor it resolved, as the pipeline appends it.
-            resolved = {
-                n: bytes_field(RESOLVED_USER_ID_FIELD, e.resolved_user_id.encode())
+            # What enrichment adds for a visitor it resolved and for a crawler's user agent, as the
+            # pipeline appends it.
+            extras = {
+                n: (
+                    bytes_field(RESOLVED_USER_ID_FIELD, e.resolved_user_id.encode())
+                    if e.resolved_user_id
+                    else b""
+                )
+                + (field_key(IS_BOT_FIELD, 0) + b"\x01" if e.is_bot else b"")
                 for n, e in enumerate(events_chunk)
-                if e.resolved_user_id
+                if e.resolved_user_id or e.is_bot
             }
-            rows = encode_rows(list(enumerate(chunk)), tenant, received, None, item_extras=resolved)
+            rows = encode_rows(list(enumerate(chunk)), tenant, received, None, item_extras=extras)
             store.insert_rows(envelope([rows]), len(chunk))
 
 
@@ -390,12 +408,36 @@ def funnel_level(times_by_step: Sequence[Sequence[int]], window_ms: int) -> int:
     return best
 
 
+def persons(events: Iterable[Event]) -> dict[str, str]:
+    """Activity id -> its person: the user id; else the user its anonymous id was last seen with on an
+    activity carrying both (any activity given, before or after); else the user identity stitching
+    resolved; else the user key."""
+    every = distinct(events)
+    links: dict[tuple[str, str], tuple[int, str, str]] = {}
+    for e in every:
+        if e.anonymous_id and e.user_id:
+            key = (e.tenant, e.anonymous_id)
+            links[key] = max(links.get(key, (-1, "", "")), (e.occurred_ms, e.id, e.user_id))
+    out: dict[str, str] = {}
+    for e in every:
+        linked = links.get((e.tenant, e.anonymous_id), (0, "", ""))[2]
+        out[e.id] = e.user_id or linked or e.resolved_user_id or e.user_key
+    return out
+
+
+def humans(events: Iterable[Event], include_bots: bool = False) -> list[Event]:
+    """The activities the figures count: copies collapsed, bots left out unless asked for."""
+    return [e for e in distinct(events) if include_bots or not e.is_bot]
+
+
 def funnel(
-    events: Iterable[Event], steps: Sequence[str], window_s: int, by: str = ""
+    events: Iterable[Event], steps: Sequence[str], window_s: int, by: str = "", by_person: bool = True
 ) -> dict[str, list[int]]:
-    """Per dimension value: persons at each step (level >= step)."""
+    """Per dimension value: persons at each step (level >= step); user keys when not by_person."""
+    events = list(events)
+    person = persons(events)
     groups: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
-    for e in events:
+    for e in humans(events):
         if e.action not in steps:
             continue
         if by == "day":
@@ -407,7 +449,7 @@ def funnel(
         else:
             dims = [""]
         for d in dims:
-            groups[(e.tenant, d, e.person)].append(e)
+            groups[(e.tenant, d, person[e.id] if by_person else e.user_key)].append(e)
     out: dict[str, list[int]] = {}
     for (_, dim, _), evs in groups.items():
         times = [[e.occurred_ms for e in evs if e.action == step] for step in steps]
@@ -418,23 +460,36 @@ def funnel(
     return out
 
 
-def attribution(events: Sequence[Event], window_s: int) -> dict[str, str]:
-    """Activity id -> the source_id of the latest activity with a source on the same target in the same
-    session, at most window_s before it (the activity's own when it has one); '' when none."""
-    where = session_of(sessions(events))
+def is_touch(e: Event) -> bool:
+    """An activity with a source id that is neither an impression nor a search."""
+    return bool(e.source_id) and e.action not in ("impression", "search")
+
+
+def last_touches(
+    events: Sequence[Event], window_s: int, include_bots: bool = False
+) -> dict[str, Event | None]:
+    """Activity id -> the latest touch by the same person on the same target, at most window_s before it,
+    in any session (the activity itself when it is one); None when none. Bots' activities are neither
+    attributed nor touches unless include_bots."""
+    person = persons(events)
     groups: dict[tuple[str, str, tuple[str, str]], list[Event]] = defaultdict(list)
-    for e in events:
-        groups[(e.tenant, where[e.id].key, e.target)].append(e)
-    out: dict[str, str] = {}
+    for e in humans(events, include_bots):
+        groups[(e.tenant, person[e.id], e.target)].append(e)
+    out: dict[str, Event | None] = {}
     for evs in groups.values():
         for e in evs:
             touches = [
                 t
                 for t in evs
-                if t.source_id and e.occurred_ms - window_s * 1000 <= t.occurred_ms <= e.occurred_ms
+                if is_touch(t) and e.occurred_ms - window_s * 1000 <= t.occurred_ms <= e.occurred_ms
             ]
-            out[e.id] = max(touches, key=lambda t: t.occurred_ms).source_id if touches else ""
+            out[e.id] = max(touches, key=lambda t: t.occurred_ms) if touches else None
     return out
+
+
+def attribution(events: Sequence[Event], window_s: int, include_bots: bool = False) -> dict[str, str]:
+    """Activity id -> the source_id of its last touch (see `last_touches`); '' when none."""
+    return {i: t.source_id if t else "" for i, t in last_touches(events, window_s, include_bots).items()}
 
 
 def revenue_by_currency(events: Iterable[Event]) -> dict[str, int]:

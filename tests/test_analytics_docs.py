@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 import shop
 
 from workers.storage.clickhouse import ClickHouseStore
@@ -23,6 +24,15 @@ pytestmark = pytest.mark.timeout(60)
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analytics.md"
 BLOCKS = re.findall(r"```sql\n(.*?)```", DOC.read_text(), re.S)
 NAMED = {m[1]: block for block in BLOCKS if (m := re.match(r"-- query: ([\w-]+)\n", block))}
+# The queries over search and recommendation responses run on a shop that has them (tests/responses.py).
+ON_RESPONSES = {
+    "ctr-by-widget-and-variant",
+    "ctr-by-position",
+    "revenue-by-widget",
+    "experiment-z-test",
+    "searches-per-query",
+    "zero-result-searches",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +47,23 @@ def docs_store(engine_dir: Path, events: list[shop.Event]) -> Iterator[ClickHous
     store = ClickHouseStore(f"chdb://{engine_dir}", database, connections=1)
     shop.insert(store, events)
     shop.insert(store, events[:50])  # a retry: the answers do not change
+    yield store
+    store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def response_events() -> list[shop.Event]:
+    return [dataclasses.replace(e, tenant="default") for e in responses.generate(seed=99)]
+
+
+@pytest.fixture(scope="module")
+def responses_store(engine_dir: Path, response_events: list[shop.Event]) -> Iterator[ClickHouseStore]:
+    """The shop of responses, crawlers and all, some activities resent."""
+    database = f"docs_responses_{uuid.uuid4().hex[:12]}"
+    store = ClickHouseStore(f"chdb://{engine_dir}", database, connections=1)
+    shop.insert(store, response_events)
+    shop.insert(store, response_events[::7])
     yield store
     store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     store.close()
@@ -59,12 +86,15 @@ def day(e: shop.Event) -> str:
 
 
 def test_the_doc_names_its_worked_queries() -> None:
-    assert len(BLOCKS) >= len(NAMED) >= 13
+    assert len(BLOCKS) >= len(NAMED) >= 13 + len(ON_RESPONSES)
+    assert set(NAMED) >= ON_RESPONSES
 
 
 @pytest.mark.parametrize("number", range(len(BLOCKS)))
-def test_every_example_runs_and_answers(docs_store: ClickHouseStore, number: int) -> None:
-    assert run(docs_store, BLOCKS[number]), BLOCKS[number]
+def test_every_example_runs_and_answers(request: pytest.FixtureRequest, number: int) -> None:
+    on_responses = any(BLOCKS[number] == NAMED[name] for name in ON_RESPONSES)
+    store = request.getfixturevalue("responses_store" if on_responses else "docs_store")
+    assert run(store, BLOCKS[number]), BLOCKS[number]
 
 
 def approx(x: float) -> Any:
@@ -216,3 +246,82 @@ def test_sessions_by_device_and_depth(docs_store: ClickHouseStore, events: list[
 
 def test_dates_in_the_examples_are_the_generated_month() -> None:
     assert dt.date(2026, 10, 1) == shop.FIRST_DAY and shop.DAYS == 31
+
+
+# -- the responses ---------------------------------------------------------------------------------
+
+
+def test_ctr_by_widget_and_variant(
+    responses_store: ClickHouseStore, response_events: list[shop.Event]
+) -> None:
+    groups = responses.by_groups(response_events, ["type", "name", "variant"])
+    expected = [
+        {
+            "source_name": name,
+            "source_variant": variant,
+            "impressions": f["impressions"],
+            "clicks": f["clicks"],
+            "ctr": approx(f["ctr"]),
+            "purchases": f["purchases"],
+            "conversion": approx(f["conversion"]),
+        }
+        for (kind, name, variant), f in sorted(groups.items())
+        if kind == "recommendation" and f["impressions"]
+    ]
+    assert run(responses_store, NAMED["ctr-by-widget-and-variant"]) == expected
+    assert len(expected) == 3
+
+
+def test_ctr_by_position(responses_store: ClickHouseStore, response_events: list[shop.Event]) -> None:
+    groups = responses.by_groups(response_events, ["position"])
+    expected = [
+        {"position": p, "impressions": f["impressions"], "clicks": f["clicks"], "ctr": approx(f["ctr"])}
+        for (p,), f in sorted(groups.items())
+        if p and f["impressions"]
+    ]
+    assert run(responses_store, NAMED["ctr-by-position"]) == expected
+    # Shoppers click the top of the list more often.
+    assert expected[0]["ctr"] != expected[-1]["ctr"]
+
+
+def test_revenue_by_widget(responses_store: ClickHouseStore, response_events: list[shop.Event]) -> None:
+    totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for e, touch in responses.credited(response_events, 86400):
+        if e.action == "purchase":
+            row = totals[(touch.source_type, touch.source_name, e.currency)]
+            row[0] += 1
+            row[1] += e.revenue
+    expected = [
+        {"source_type": t, "source_name": n, "currency": c, "purchases": p, "revenue_minor": r}
+        for (t, n, c), (p, r) in sorted(totals.items())
+    ]
+    assert run(responses_store, NAMED["revenue-by-widget"]) == expected
+
+
+def test_experiment_z_test(responses_store: ClickHouseStore, response_events: list[shop.Event]) -> None:
+    groups = responses.by_groups(response_events, ["name", "variant"])
+    a, b = groups[("pdp-similar", "A")], groups[("pdp-similar", "B")]
+    [got] = run(responses_store, NAMED["experiment-z-test"])
+    assert (got["variant"], got["impressions"], got["clicks"]) == ("B", b["impressions"], b["clicks"])
+    expected = responses.z_test(b["clicks"], b["impressions"], a["clicks"], a["impressions"])
+    assert got["p_value"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_searches_per_query(responses_store: ClickHouseStore, response_events: list[shop.Event]) -> None:
+    per_query = responses.queries(response_events)
+    expected = [
+        {
+            "query": q,
+            "n": f["searches"],
+            "clicked": f["clicks"],
+            "ctr": approx(f["ctr"]),
+            "bought": f["purchases"],
+        }
+        for q, f in sorted(per_query.items(), key=lambda kv: (-kv[1]["searches"], kv[0]))
+    ]
+    assert run(responses_store, NAMED["searches-per-query"]) == expected
+    nothing = responses.queries(response_events, zero_results=True)
+    assert run(responses_store, NAMED["zero-result-searches"]) == [
+        {"query": q, "n": f["searches"]}
+        for q, f in sorted(nothing.items(), key=lambda kv: (-kv[1]["searches"], kv[0]))
+    ]

@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from collector.cli.common import (
+    CommandError,
     Configuration,
     Subparsers,
     open_postgres,
@@ -30,6 +31,21 @@ def add_parser(subparsers: Subparsers) -> None:
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new key, printed once, alone on the last line")
     create.add_argument("--tenant", required=True, help="the tenant the key writes for")
+    create.add_argument(
+        "--scope",
+        choices=("write", "read", "admin"),
+        default="write",
+        help="what the key may do: write (send activities), read (the read side), admin (everything, and"
+        " activity.v1.PrivacyService) (default write)",
+    )
+    create.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a page origin (https://shop.example) that may send with the key through the Segment door;"
+        " repeat for more; none: any origin",
+    )
     listing = actions.add_parser("list", help="keys (ids, never secrets), their tenant and state")
     listing.add_argument("--tenant", help="only this tenant's keys")
     table_format_flag(listing)
@@ -52,16 +68,39 @@ def run(args: argparse.Namespace, config: Configuration) -> int:
     return run_async("keys", body)
 
 
+def allowed_origins(values: list[str]) -> list[str]:
+    from collector.doors.origins import normalize_origin
+
+    origins = []
+    for value in values:
+        origin = normalize_origin(value)
+        if origin is None:
+            raise CommandError(
+                f"--allowed-origin {value!r}: an origin is scheme://host[:port], e.g. https://shop.example"
+            )
+        origins.append(origin)
+    return origins
+
+
 async def keys_command(store: TenantStore, settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "create":
-        key, stored = await store.create_key(args.tenant)
-        print(f"created API key {stored.key_id} of tenant {stored.tenant}; the key is shown this once:")
+        origins = allowed_origins(args.allowed_origin)
+        key, stored = await store.create_key(args.tenant, args.scope)
+        if origins:
+            from collector.doors.origins import KeyOrigins
+
+            await KeyOrigins(store.pool).set(stored.key_id, origins)
+            print(f"pages of {', '.join(origins)} may send with it through the Segment door")
+        print(
+            f"created API key {stored.key_id} of tenant {stored.tenant}, scope {stored.scope}; the key is "
+            "shown this once:"
+        )
         print(key)
     elif args.action == "list":
         keys = await store.list_keys(args.tenant)
         print_table(
-            ("key id", "tenant", "state", "created (UTC)", "revoked (UTC)"),
-            [(k.key_id, k.tenant, k.state, when(k.created_at), when(k.revoked_at)) for k in keys],
+            ("key id", "tenant", "state", "scope", "created (UTC)", "revoked (UTC)"),
+            [(k.key_id, k.tenant, k.state, k.scope, when(k.created_at), when(k.revoked_at)) for k in keys],
             args.format,
             empty="no API keys",
         )

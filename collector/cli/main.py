@@ -1,5 +1,5 @@
 """`activity-collector`: serve, config, send, health, sql, report, schema, migrate, dead-letters, tenants,
-keys, catalog, plans, rejections, quotas.
+keys, catalog, plans, rejections, quotas, users, segments.
 
 Each command is a module of this package whose `add_parser(subparsers)` registers its parser and sets its
 handler (`set_defaults(run=...)`); what they share is in `collector.cli.common`. Here: the top parser,
@@ -23,10 +23,12 @@ from collector.cli import (
     rejections,
     report,
     schema,
+    segments,
     send,
     serve,
     sql,
     tenants,
+    users,
 )
 from collector.cli.common import PROG, Command, Configuration, Subparsers, describe
 from collector.config import ConfigError
@@ -48,6 +50,8 @@ COMMANDS = (
     plans,
     rejections,
     quotas,
+    users,
+    segments,
 )
 
 

@@ -89,21 +89,30 @@ def list_query(args: argparse.Namespace) -> str:
 
 
 def report_query(args: argparse.Namespace) -> str:
-    """Rejected activities kept (rejected_activities) and flagged ones stored (activities'
-    plan_violations, one row per rule), counted per day, tenant, outcome, reason, rule and field."""
+    """`rejections report`: `quality_sql` since `--since`."""
     since = since_time(args.since).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return quality_sql(since, None, args.tenant or "")
+
+
+def quality_sql(since: str, until: str | None, tenant: str) -> str:
+    """Rejected activities kept (rejected_activities) and flagged ones stored (activities'
+    plan_violations, one row per rule), counted per day, tenant, outcome, reason, rule and field, from
+    `since` (a UTC time, included) to `until` (excluded; None: now). Also `report quality`."""
     since_sql = f"toDateTime64({_quote(since)}, 3, 'UTC')"
-    tenant = f" AND tenant_id = {_quote(args.tenant)}" if args.tenant else ""
+    until_sql = f" AND {{t}} < toDateTime64({_quote(until)}, 3, 'UTC')" if until else ""
+    of_tenant = f" AND tenant_id = {_quote(tenant)}" if tenant else ""
+    rejected_range = f"rejected_at >= {since_sql}{until_sql.format(t='rejected_at')}"
+    flagged_range = f"received_at >= {since_sql}{until_sql.format(t='received_at')}"
     return (
         "SELECT day, tenant_id, outcome, reason, rule, field, count() AS activities FROM ("
         " SELECT toDate(rejected_at) AS day, tenant_id, 'rejected' AS outcome, reason, rule, field"
-        f" FROM rejected_activities WHERE rejected_at >= {since_sql}{tenant}"
+        f" FROM rejected_activities WHERE {rejected_range}{of_tenant}"
         " UNION ALL"
         " SELECT toDate(received_at) AS day, tenant_id, 'flagged' AS outcome, 'plan_violation' AS reason,"
         " arrayJoin(plan_violations) AS rule, multiIf(position(rule, ':') > 0,"
         " substring(rule, position(rule, ':') + 1), rule = 'unknown_action', 'action',"
         " rule = 'target_types', 'target.type', '') AS field"
-        f" FROM activities FINAL WHERE received_at >= {since_sql} AND notEmpty(plan_violations){tenant}"
+        f" FROM activities FINAL WHERE {flagged_range} AND notEmpty(plan_violations){of_tenant}"
         ") GROUP BY day, tenant_id, outcome, reason, rule, field"
         " ORDER BY day DESC, tenant_id, activities DESC, outcome, reason, rule, field"
     )

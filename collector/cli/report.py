@@ -2,7 +2,8 @@
 
 Each report is one SQL statement over the aggregates and views of `workers.storage.analytics_schema`, run like
 `sql` (through a running server's control socket, or on the engine opened here), printed in the chosen
-ClickHouse output format. `--chart FILE.png` draws the time series or the funnel as well.
+ClickHouse output format. `--chart FILE.png` draws the time series, the funnel or the rates per
+group as well. The reports over search and recommendation responses are in `report_sources`.
 
 Dates are UTC days; `--from` and `--to` are both included. The default range is the 30 days that end
 today. A range without activities prints no report but says so, with the days the stored activities
@@ -22,13 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from collector.cli.common import FORMATS, Configuration, Subparsers, query_clickhouse, store_flags
+from collector.cli.report_sources import (
+    QUERIES_SORT,
+    SOURCES_BY,
+    experiment_chart,
+    experiment_sql,
+    queries_chart,
+    queries_sql,
+    sources_by_sql,
+    sources_chart,
+)
 from collector.config import Settings
-from core.normalize import normalize_action
+from core.normalize import normalize_action, normalize_source_type
 from workers.storage.analytics_schema import (
-    ATTRIBUTED_ACTIVITIES,
+    CREDITED_ACTIVITIES,
     FUNNEL,
     MAX_FUNNEL_STEPS,
     MEASURE,
+    REVENUE,
     SESSIONS,
     quote,
 )
@@ -59,6 +71,15 @@ class Request:
     by: str = ""
     action: str = "purchase"
     limit: int = 10
+    include_bots: bool = False
+    """Keep the activities flagged `is_bot`; every report leaves them out by default."""
+    group_by: tuple[str, ...] = ()
+    """sources: the `--by` keys (type, name, variant, position), in order; empty for one row per source id."""
+    source_type: str = ""
+    source_name: str = ""
+    control: str = ""
+    zero_results: bool = False
+    sort: str = "searches"
 
     @property
     def since(self) -> str:
@@ -69,7 +90,12 @@ class Request:
         return f"{(self.last_day + dt.timedelta(days=1)).isoformat()} 00:00:00"
 
     def range_arguments(self) -> dict[str, str | int | list[str]]:
-        return {"tenant_id": self.tenant, "since": self.since, "until": self.until}
+        return {
+            "tenant_id": self.tenant,
+            "since": self.since,
+            "until": self.until,
+            "include_bots": int(self.include_bots),
+        }
 
     def tenant_filter(self) -> str:
         return "1" if not self.tenant else f"tenant_id = {quote(self.tenant)}"
@@ -82,14 +108,20 @@ class Request:
 
 _ACTIVITIES = MEASURE["activities"]
 _USERS = MEASURE["users"]
-_AMOUNTS = MEASURE["amounts"]
+_ITEMS = MEASURE["items"]
+_REVENUE = MEASURE["revenue"]
+
+
+def aggregate_filter(r: Request) -> str:
+    """The tenant and, unless `include_bots`, the humans only: the aggregates key both."""
+    return r.tenant_filter() + ("" if r.include_bots else " AND NOT is_bot")
 
 
 def overview_sql(r: Request) -> str:
     """Per day: activities, users and purchases (from `activity_stats_hourly`), sessions and their
     conversion (from the `sessions` view), revenue per currency (from the aggregate)."""
     in_range = (
-        f"{r.tenant_filter()} AND hour >= toDateTime({quote(r.since)}, 'UTC') "
+        f"{aggregate_filter(r)} AND hour >= toDateTime({quote(r.since)}, 'UTC') "
         f"AND hour < toDateTime({quote(r.until)}, 'UTC')"
     )
     return f"""WITH
@@ -105,7 +137,7 @@ totals AS (
 money AS (
   SELECT day, CAST((groupArray(currency), groupArray(amount)), 'Map(String, Int64)') AS revenue
   FROM (
-    SELECT toDate(hour) AS day, toString(currency) AS currency, {_AMOUNTS.merged("revenue")} AS amount
+    SELECT toDate(hour) AS day, toString(currency) AS currency, {_REVENUE.merged()} AS amount
     FROM activity_stats_hourly
     WHERE {in_range} AND action = 'purchase'
     GROUP BY day, currency
@@ -156,19 +188,19 @@ ORDER BY dimension, step"""
 def top_targets_sql(r: Request) -> str:
     """The targets with the most activities of one action, from `target_stats_daily`."""
     return f"""SELECT target_type, target_id,
-  uniqExactMerge(activities) AS activities,
-  uniqCombined64Merge(users) AS users,
-  sum(items) AS items,
-  CAST((groupArrayIf(currency, revenue != 0), groupArrayIf(revenue, revenue != 0)), 'Map(String, Int64)')
+  sum(n) AS activities,
+  uniqCombined64Merge(people) AS users,
+  sum(pieces) AS items,
+  CAST((groupArrayIf(currency, amount != 0), groupArrayIf(amount, amount != 0)), 'Map(String, Int64)')
     AS revenue
 FROM (
   SELECT target_type, target_id, toString(currency) AS currency,
-    uniqExactMergeState(activities) AS activities,
-    uniqCombined64MergeState(users) AS users,
-    {_AMOUNTS.merged("items")} AS items,
-    {_AMOUNTS.merged("revenue")} AS revenue
-  FROM target_stats_daily
-  WHERE {r.tenant_filter()} AND action = {quote(r.action)}
+    {_ACTIVITIES.merged(table="s")} AS n,
+    uniqCombined64MergeState(s.users) AS people,
+    {_ITEMS.merged(table="s")} AS pieces,
+    {_REVENUE.merged(table="s")} AS amount
+  FROM target_stats_daily AS s
+  WHERE {aggregate_filter(r)} AND action = {quote(r.action)}
     AND day >= toDate({quote(r.first_day.isoformat())}) AND day <= toDate({quote(r.last_day.isoformat())})
   GROUP BY target_type, target_id, currency
 )
@@ -179,24 +211,43 @@ LIMIT {r.limit}"""
 
 def sources_sql(r: Request) -> str:
     """Per source id: views and clicks on the pages it powered, click-through, and the add-to-carts,
-    purchases and revenue attributed to it (last touch); `(none)` for what no source led to."""
+    purchases and revenue attributed to it (last touch by the person, `credited_activities`); `(none)`
+    for what no source led to."""
     arguments = {**r.range_arguments(), "window_s": r.window_s}
+    humans = "" if r.include_bots else " AND NOT is_bot"
+    in_range = (
+        f"{r.tenant_filter()} AND occurred_at >= toDateTime64({quote(r.since)}, 3, 'UTC') "
+        f"AND occurred_at < toDateTime64({quote(r.until)}, 3, 'UTC'){humans}"
+    )
     return f"""SELECT if(source = '', '(none)', source) AS source_id,
   views, clicks, ctr, add_to_carts, purchases, purchases_per_click, revenue
 FROM (
-  SELECT if(action IN ('view', 'click'), source_id, attributed_source_id) AS source,
+  SELECT source,
     countIf(action = 'view') AS views,
     countIf(action = 'click') AS clicks,
     if(views = 0, 0, round(clicks / views, 4)) AS ctr,
     countIf(action = 'add_to_cart') AS add_to_carts,
     countIf(action = 'purchase') AS purchases,
     if(clicks = 0, 0, round(purchases / clicks, 4)) AS purchases_per_click,
-    sumMapIf(map(toString(currency), revenue), revenue != 0) AS revenue
-  FROM {ATTRIBUTED_ACTIVITIES.call(arguments)}
-  GROUP BY source
+    sumMapIf(map(currency, revenue), revenue != 0) AS revenue
+  FROM (
+    SELECT tenant_id, id, action, source_id,
+      toString(currency) AS currency, if(action = 'purchase' AND price IS NOT NULL, {REVENUE}, 0) AS revenue
+    FROM activities FINAL
+    WHERE {in_range} AND action IN ('view', 'click', 'add_to_cart', 'purchase')
+  ) AS a
+  LEFT JOIN (
+    SELECT tenant_id, id, source_id AS credited_source_id FROM {CREDITED_ACTIVITIES.call(arguments)}
+  ) AS c ON a.tenant_id = c.tenant_id AND a.id = c.id
+  GROUP BY if(action IN ('view', 'click'), source_id, credited_source_id) AS source
 )
 ORDER BY source != '', purchases DESC, clicks DESC, source
 LIMIT {r.limit + 1}"""
+
+
+def sources_report_sql(r: Request) -> str:
+    """`sources`: one row per source id, or per group of `--by`."""
+    return sources_by_sql(r) if r.group_by else sources_sql(r)
 
 
 def sessions_sql(r: Request) -> str:
@@ -222,7 +273,7 @@ def coverage_sql(r: Request) -> str:
   countIf(hour >= toDateTime({quote(r.since)}, 'UTC') AND hour < toDateTime({quote(r.until)}, 'UTC')),
   count(), toDate(min(hour)), toDate(max(hour))
 FROM activity_stats_hourly
-WHERE {r.tenant_filter()}"""
+WHERE {aggregate_filter(r)}"""
 
 
 def empty_range(r: Request, coverage: str) -> str | None:
@@ -294,7 +345,24 @@ REPORTS: dict[str, Report] = {
             "funnel", "users at each step of --steps, in order within --window", funnel_sql, _funnel_chart
         ),
         Report("top-targets", "targets with the most activities of --action", top_targets_sql),
-        Report("sources", "click-through and attributed conversion per source id", sources_sql),
+        Report(
+            "sources",
+            "click-through and attributed conversion per source id, or per type, name, variant or position",
+            sources_report_sql,
+            sources_chart,
+        ),
+        Report(
+            "experiment",
+            "the variants of the responses named --name against the control: intervals, lift, p-value",
+            experiment_sql,
+            experiment_chart,
+        ),
+        Report(
+            "queries",
+            "searches, searches without results, clicks and purchases per query",
+            queries_sql,
+            queries_chart,
+        ),
         Report("sessions", "sessions, length, bounces and conversion per day", sessions_sql, _sessions_chart),
     )
 }
@@ -339,9 +407,32 @@ def build_request(args: argparse.Namespace, today: dt.date | None = None) -> Req
         raise ReportError(f"--action: not an action name: {args.action!r}")
     if args.limit <= 0:
         raise ReportError(f"--limit: must be greater than zero, got {args.limit}")
-    if args.chart is not None and REPORTS[args.report].chart is None:
+    by: list[str] = args.by or []
+    if args.report == "sources":
+        wrong = [b for b in by if b not in SOURCES_BY]
+        if wrong or len(set(by)) != len(by):
+            raise ReportError(f"--by: sources takes each of {', '.join(SOURCES_BY)} at most once, got {by}")
+        if (args.type or args.name) and not by:
+            raise ReportError("--type and --name filter the groups of sources --by: give --by too")
+    elif by and (args.report != "funnel" or len(by) > 1 or by[0] not in FUNNEL_BY):
         raise ReportError(
-            f"--chart: the {args.report} report has no chart (overview, sessions and funnel do)"
+            f"--by: funnel takes one of {', '.join(FUNNEL_BY)}, sources any of {', '.join(SOURCES_BY)}; "
+            f"{args.report} takes none (got {by})"
+        )
+    if args.report == "experiment" and not args.name:
+        raise ReportError("--name: experiment needs the name of the responses whose variants to compare")
+    source_type = ""
+    if args.type:
+        source_type = normalize_source_type(args.type) or ""
+        if not source_type:
+            raise ReportError(f"--type: not a source type: {args.type!r}")
+    if args.chart is not None and (
+        REPORTS[args.report].chart is None or (args.report == "sources" and not by)
+    ):
+        raise ReportError(
+            f"--chart: the {args.report} report has no chart"
+            f"{' without --by' if args.report == 'sources' else ''} "
+            "(overview, sessions, funnel, sources --by, experiment and queries have one)"
         )
     return Request(
         name=args.report,
@@ -350,9 +441,16 @@ def build_request(args: argparse.Namespace, today: dt.date | None = None) -> Req
         tenant=args.tenant or "",
         steps=parse_steps(args.steps),
         window_s=parse_duration(args.window),
-        by=args.by or "",
+        by=by[0] if args.report == "funnel" and by else "",
         action=action,
         limit=args.limit,
+        include_bots=args.include_bots,
+        group_by=tuple(by) if args.report == "sources" else (),
+        source_type=source_type,
+        source_name=args.name or "",
+        control=args.control or "",
+        zero_results=args.zero_results,
+        sort=args.sort,
     )
 
 
@@ -379,14 +477,44 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--window",
         default="1d",
-        help="funnel: time from the first step to the last; sources: how long a touch counts (default 1d)",
+        help="funnel: time from the first step to the last; sources, experiment, queries: how long a touch "
+        "counts (default 1d)",
     )
-    parser.add_argument("--by", choices=FUNNEL_BY, help="funnel: one funnel per day, device type or segment")
+    parser.add_argument(
+        "--by",
+        action="append",
+        choices=(*FUNNEL_BY, *SOURCES_BY),
+        help="funnel: one funnel per day, device_type or segment; sources: one row per type, name, "
+        "variant or position (repeatable: --by name --by variant)",
+    )
+    parser.add_argument("--type", metavar="T", help="sources --by: only the responses of this type")
+    parser.add_argument(
+        "--name",
+        metavar="N",
+        help="sources --by: only the responses of this name; experiment: the responses to compare",
+    )
+    parser.add_argument(
+        "--control", metavar="V", help="experiment: the control variant (default: the first variant by name)"
+    )
+    parser.add_argument(
+        "--zero-results", action="store_true", help="queries: only the searches that found nothing"
+    )
+    parser.add_argument(
+        "--sort",
+        choices=QUERIES_SORT,
+        default="searches",
+        help="queries: the column to sort by, largest first (query: alphabetically; default searches)",
+    )
     parser.add_argument(
         "--action", default="purchase", help="top-targets: the action to rank by (default purchase)"
     )
     parser.add_argument(
-        "--limit", type=int, default=10, help="top-targets, sources: rows to print (default 10)"
+        "--limit", type=int, default=10, help="top-targets, sources, queries: rows to print (default 10)"
+    )
+    parser.add_argument(
+        "--include-bots",
+        action="store_true",
+        help="keep the activities flagged is_bot (every report leaves them out by default)",
     )
     parser.add_argument(
         "--chart", type=Path, metavar="FILE.png", help="also draw the report as a PNG picture"

@@ -10,12 +10,15 @@ import argparse
 from typing import TYPE_CHECKING
 
 from collector.cli.common import (
+    CommandError,
     Configuration,
     Subparsers,
     open_postgres,
     postgres_command_flags,
     print_table,
+    query_clickhouse,
     run_async,
+    store_flags,
     table_format_flag,
     when,
 )
@@ -36,9 +39,39 @@ def add_parser(subparsers: Subparsers) -> None:
     disable.add_argument("name", help="the tenant's name")
     enable = actions.add_parser("enable", help="accept a disabled tenant's keys again")
     enable.add_argument("name", help="the tenant's name")
+    setting = actions.add_parser(
+        "set",
+        help="how long a tenant's data is kept: raw activities and aggregate rows (docs/privacy.md)",
+    )
+    setting.add_argument("name", help="the tenant's name")
+    setting.add_argument(
+        "--retention-days",
+        required=True,
+        type=_days,
+        metavar="N|keep",
+        help="days the raw activities are kept (a ClickHouse TTL: older rows go at the next merge); keep: "
+        "for ever",
+    )
+    setting.add_argument(
+        "--aggregate-retention-days",
+        type=_days,
+        default=None,
+        metavar="N|keep",
+        help="days the tenant's aggregate rows are kept, at least --retention-days (default keep)",
+    )
     for action in (create, listing, disable, enable):
         postgres_command_flags(action)
+    store_flags(setting)
     tenants.set_defaults(run=run)
+
+
+def _days(value: str) -> int | None:
+    if value == "keep":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of days or keep, not {value!r}") from None
 
 
 def run(args: argparse.Namespace, config: Configuration) -> int:
@@ -60,13 +93,32 @@ async def tenants_command(store: TenantStore, settings: Settings, args: argparse
         hint = f"activity-collector keys create --tenant {tenant.name}"
         print(f"created tenant {tenant.name}; give it a key: {hint}")
     elif args.action == "list":
+        from workers.privacy.retention import RetentionStore
+
         tenants = await store.list_tenants()
+        kept = await RetentionStore(store.pool).all()
+
+        def days(value: int | None) -> str:
+            return "keep" if value is None else str(value)
+
         print_table(
-            ("tenant", "state", "active keys", "created (UTC)"),
-            [(t.name, t.state, str(t.active_keys), when(t.created_at)) for t in tenants],
+            ("tenant", "state", "active keys", "created (UTC)", "retention days", "aggregate retention days"),
+            [
+                (
+                    t.name,
+                    t.state,
+                    str(t.active_keys),
+                    when(t.created_at),
+                    days(kept[t.name].days if t.name in kept else None),
+                    days(kept[t.name].aggregate_days if t.name in kept else None),
+                )
+                for t in tenants
+            ],
             args.format,
             empty="no tenants",
         )
+    elif args.action == "set":
+        await set_retention(store, settings, args)
     elif args.action in ("disable", "enable"):
         await store.set_disabled(args.name, args.action == "disable")
         if args.action == "disable":
@@ -74,3 +126,48 @@ async def tenants_command(store: TenantStore, settings: Settings, args: argparse
         else:
             print(f"enabled tenant {args.name}: its active keys are accepted {within}")
     return 0
+
+
+async def set_retention(store: TenantStore, settings: Settings, args: argparse.Namespace) -> None:
+    """Record the retention, then write the TTLs of ClickHouse (every collector also does at start)."""
+    import asyncio
+
+    from workers.privacy.retention import RetentionError, RetentionStore, apply_retention
+    from workers.storage.clickhouse import StoreError
+
+    retentions = RetentionStore(store.pool)
+    try:
+        await retentions.set(args.name, args.retention_days, args.aggregate_retention_days)
+    except RetentionError as error:
+        raise CommandError(str(error)) from error
+    engine = _ClickHouse(settings)
+    try:
+        await asyncio.to_thread(
+            apply_retention, engine, settings.clickhouse_database, await retentions.all(), settings.cluster
+        )
+    except StoreError as error:
+        raise CommandError(
+            f"retention recorded, but ClickHouse's TTLs were not written ({error}): every collector writes "
+            "them when it starts"
+        ) from error
+
+    def shown(days: int | None) -> str:
+        return "for ever" if days is None else f"{days} days"
+
+    print(
+        f"tenant {args.name}: raw activities kept {shown(args.retention_days)}, aggregate rows "
+        f"{shown(args.aggregate_retention_days)}; older rows go at ClickHouse's next merge"
+    )
+
+
+class _ClickHouse:
+    """ClickHouse through the running server holding the embedded engine, when there is one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        return query_clickhouse(self.settings, sql, fmt)
+
+    def command(self, sql: str) -> bytes:
+        return query_clickhouse(self.settings, sql, "TabSeparated")

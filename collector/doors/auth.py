@@ -1,10 +1,10 @@
 """Authentication: every RPC carries an API key (`authorization: Bearer <key>` metadata), and the key
 decides the tenant.
 
-The check runs before the handler: a missing or unknown key is answered UNAUTHENTICATED, a revoked key
-or a disabled tenant PERMISSION_DENIED, and the messages never repeat the key. The tenant of an
-accepted call is put in `TENANT` (a context variable), where the service reads it for the rows; the
-payload has no say in it.
+The check runs before the handler: a missing or unknown key is answered UNAUTHENTICATED, a revoked key,
+a disabled tenant or a key whose scope does not allow the method (`METHOD_SCOPES`) PERMISSION_DENIED,
+and the messages never repeat the key. The tenant of an accepted call is put in `TENANT` (a context
+variable), where the service reads it for the rows; the payload has no say in it.
 
 Decisions are cached (`auth_cache_size` entries, least recently used out first) for
 `auth_cache_ttl_s`, keyed by the key's digest, so a key costs one PostgreSQL lookup per TTL per
@@ -36,7 +36,7 @@ import grpc.aio
 
 from collector.doors.handlers import WrappingHandler
 from collector.doors.trailers import status_trailer
-from collector.tenants import KeyCheck, TenantStore, key_digest
+from collector.tenants import KeyCheck, TenantStore, key_digest, scope_allows
 from core.cache import ExpiringCache
 from workers.storage.postgres import POSTGRES_ERRORS
 
@@ -143,6 +143,22 @@ class Authenticator:
         self._cache: ExpiringCache[bytes, KeyCheck] = ExpiringCache(max_entries, ttl_s)
         self._lookups: dict[bytes, asyncio.Future[KeyCheck]] = {}
 
+    async def tenant_for(self, key: str | None, scope: str) -> str:
+        """The tenant of `key` when its scope allows a call that needs `scope`, or AuthError: a key of
+        another scope is PERMISSION_DENIED, naming the scope the call needs."""
+        tenant = await self.tenant_of(key)
+        entry = self._cache.peek(key_digest(key or ""))
+        held = entry[1].scope if entry is not None else "write"
+        if not scope_allows(held, scope):
+            # One outcome per check: this one is refused, not accepted.
+            self.stats.outcomes[(ACCEPTED, tenant)] -= 1
+            self.stats.outcomes[(PERMISSION_DENIED, tenant)] += 1
+            raise AuthError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this call needs an API key of scope {scope}; the key's scope is {held}",
+            )
+        return tenant
+
     async def tenant_of(self, key: str | None) -> str:
         """The tenant of `key`, or AuthError."""
         self.stats.checks += 1
@@ -240,24 +256,43 @@ Unary = Callable[[Any, Any], Awaitable[Any]]
 Stream = Callable[[Any, Any], Awaitable[None]]
 
 
+METHOD_SCOPES = {"/activity.v1.PrivacyService/": "admin", "/activity.v1.ProfileService/": "read"}
+"""The scope a call needs, by method prefix; every other call needs `write`."""
+
+
+def method_scope(method: str) -> str:
+    return next((scope for prefix, scope in METHOD_SCOPES.items() if method.startswith(prefix)), "write")
+
+
 class AuthenticatingHandler(WrappingHandler):
-    """Wraps the service's handler: every call is authenticated before it reaches the service."""
+    """Wraps the service's handler: every call is authenticated before it reaches the service, and its
+    key's scope checked against the scope the method needs (`METHOD_SCOPES`)."""
 
     def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], auth: Authenticator) -> None:
         super().__init__(inner)
         self._auth = auth
+        self._scope = "write"
 
-    async def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, str]:
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        # `_unary` and `_stream` are called from here, at once, for this call's method.
+        self._scope = method_scope(details.method)
+        return super().service(details)
+
+    async def _tenant(
+        self, context: grpc.aio.ServicerContext[Any, Any], scope: str = "write"
+    ) -> tuple[str, str]:
         key = bearer_key(context.invocation_metadata())
         try:
-            return await self._auth.tenant_of(key), key or ""
+            return await self._auth.tenant_for(key, scope), key or ""
         except AuthError as error:
             await _abort(context, error)
             raise AssertionError("unreachable: abort raises") from None
 
     def _unary(self, behaviour: Unary) -> Unary:
+        scope = self._scope
+
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            tenant, _ = await self._tenant(context)
+            tenant, _ = await self._tenant(context, scope)
             token = TENANT.set(tenant)
             try:
                 return await behaviour(request, context)
@@ -267,8 +302,10 @@ class AuthenticatingHandler(WrappingHandler):
         return authenticated
 
     def _stream(self, behaviour: Stream) -> Stream:
+        scope = self._scope
+
         async def authenticated(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            tenant, key = await self._tenant(context)
+            tenant, key = await self._tenant(context, scope)
             token = TENANT.set(tenant)
             try:
                 await behaviour(requests, _RecheckingContext(context, self._auth, key))

@@ -34,3 +34,17 @@ class WrappingHandler(_Handler):
 
     def _stream(self, behaviour: Any) -> Any:
         raise NotImplementedError
+
+
+class Handlers(_Handler):
+    """Several services' handlers as one: the first that serves a method serves it."""
+
+    def __init__(self, *handlers: grpc.GenericRpcHandler[Any, Any]) -> None:
+        self._handlers = handlers
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        for handler in self._handlers:
+            found = handler.service(details)
+            if found is not None:
+                return found
+        return None

@@ -12,6 +12,8 @@ field, a value of the wrong type) is refused as a whole with 400 naming the fiel
 it cannot be split into activities that parse and activities that do not.
 
 CORS: origins listed in `http_cors_origins` (or any, with `*`) may call the endpoint from a browser.
+
+The same port serves Segment's Tracking API (collector.doors.segment).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from collector.doors.auth import TENANT, Authenticator, AuthError, bearer_key
+from collector.doors.segment import SegmentDoor
 from collector.doors.service import ActivityService, RequestFailed
 from collector.doors.trailers import retry_status
 from collector.doors.web import WebListener
@@ -68,6 +71,9 @@ class HttpServer(WebListener):
         app = web.Application(client_max_size=max_body_bytes)
         app.router.add_post(PATH, self._identified)
         app.router.add_route("OPTIONS", PATH, self._preflight)
+        # Segment's Tracking API on the same port: a translation into the same service calls.
+        self.segment = SegmentDoor(service, authenticator)
+        self.segment.add_routes(app)
         super().__init__(app, listen, "http_listen", ssl_context)
         self.service = service
         self.cors_origins = cors_origins

@@ -456,6 +456,16 @@ class ActivityService:
         that fails as a whole raises RequestFailed."""
         return await self._run(lambda received_ns: self._track_activities(raw, received_ns))
 
+    def reject_translated(self, rejections: Sequence[Rejection]) -> None:
+        """Count (and keep) what a translating door refused before it became activities (a call that
+        does not map onto one), under the call's tenant, as the service's own rejections are."""
+        tenant = TENANT.get() or self.settings.default_tenant
+        self.stats.received_by_tenant[tenant] += len(rejections)
+        self.stats.record_rejections(tenant, rejections)
+        if self.rejections is not None:
+            # Nothing protobuf to keep: the call did not map onto an activity.
+            self.rejections.record(tenant, time.time_ns(), rejections, {})
+
     # -- RPCs --------------------------------------------------------------------------------------
 
     async def track_activity(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

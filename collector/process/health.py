@@ -108,11 +108,12 @@ class HealthMonitor:
         self._probe: asyncio.Future[bytes] | None = None
         self._shutting_down = False
 
-    def register(self, server: grpc.aio.Server) -> None:
-        """Add the health service, and reflection of every service on the port, to `server`."""
+    def register(self, server: grpc.aio.Server, services: tuple[str, ...] = ()) -> None:
+        """Add the health service, and reflection of every service on the port (`services` beside the
+        activity service), to `server`."""
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, *services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
 
     async def start(self) -> None:

@@ -23,13 +23,14 @@ from prometheus_client.registry import Collector
 
 from collector.config import Settings
 from collector.doors.auth import UNAUTHENTICATED, UNAVAILABLE, Authenticator
+from collector.doors.profile import ReadStats
 from collector.doors.service import ActivityService
 from collector.doors.web import WebListener
 from collector.process.health import HealthMonitor
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.pipeline import Pipeline
 from workers.enrichment.enricher import CATALOG, IDENTITY, MAX_PENDING_LINKS
-from workers.processors import TrackingPlans
+from workers.processors import Suppressions, TrackingPlans
 from workers.storage.connector import StoreConnector
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,17 @@ class StatsCollector(Collector):
                 "Tenants with a tracking plan in force on this collector.",
                 value=len(plans.plans),
             )
+        suppressions = next((p for p in service.processors.processors if isinstance(p, Suppressions)), None)
+        if suppressions is not None:
+            suppressed = CounterMetricFamily(
+                PREFIX + "_activities_suppressed",
+                "Activities of erased or opted-out persons dropped at intake (answered as accepted, not "
+                "stored), by tenant (activity-collector users suppress).",
+                labels=["tenant"],
+            )
+            for tenant, n in sorted(suppressions.suppressed.items()):
+                suppressed.add_metric([tenant], n)
+            yield suppressed
         quotas = service.quotas
         if quotas is not None:
             refused = CounterMetricFamily(
@@ -382,6 +394,33 @@ class StatsCollector(Collector):
             "Activities stored without any enrichment because enriching their batch failed unexpectedly.",
             value=self.pipeline.stats.enrichment_failures,
         )
+
+
+class ReadsCollector(Collector):
+    """The read side's counters (`collector.doors.profile.ReadStats`), at scrape time."""
+
+    def __init__(self, stats: ReadStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        calls = CounterMetricFamily(
+            PREFIX + "_reads",
+            "ProfileService calls by call and outcome: ok, invalid_argument, unavailable (the store failed), "
+            "refused (read_queue calls waiting already: RESOURCE_EXHAUSTED with a retry delay).",
+            labels=["call", "outcome"],
+        )
+        for (call, outcome), n in sorted(self.stats.calls.items()):
+            calls.add_metric([call, outcome], n)
+        yield calls
+        seconds = CounterMetricFamily(
+            PREFIX + "_read_seconds",
+            "Time spent answering ProfileService calls that succeeded, by call (divide by the ok calls "
+            "for the mean latency).",
+            labels=["call"],
+        )
+        for call, value in sorted(self.stats.seconds.items()):
+            seconds.add_metric([call], value)
+        yield seconds
 
 
 class Metrics:

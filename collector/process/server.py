@@ -16,20 +16,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from collector.config import Settings
 from collector.doors.auth import AuthenticatingHandler, Authenticator
+from collector.doors.handlers import Handlers
 from collector.doors.http import HttpServer, parse_origins
+from collector.doors.privacy import SERVICE_NAME as PRIVACY_SERVICE
+from collector.doors.privacy import PrivacyService
+from collector.doors.profile import SERVICE_NAME as PROFILE_SERVICE
+from collector.doors.profile import ProfileService
 from collector.doors.requestid import RequestIdHandler
 from collector.doors.service import ActivityService
 from collector.doors.web import server_ssl_context
 from collector.process.control import ControlServer, DataDirLock
 from collector.process.health import HealthMonitor
 from collector.process.lifecycle import Stages
-from collector.process.metrics import Metrics, MetricsServer
+from collector.process.metrics import Metrics, MetricsServer, ReadsCollector
 from collector.tenants import TenantStore
 from workers.commit.deadletters import DeadLetterStore
 from workers.commit.pipeline import Pipeline
@@ -39,13 +45,18 @@ from workers.enrichment.catalog import CatalogStore, CatalogWatcher
 from workers.enrichment.enricher import Enricher
 from workers.enrichment.identity import IdentityStore
 from workers.priority import ThreadPriority
+from workers.privacy.erasure import ErasureRunner, ErasureWorker, PendingDrain, SpoolDrain
+from workers.privacy.retention import sync_retention
 from workers.processors import ProcessorChain, TrackingPlans, build_processors
 from workers.processors.plan_store import PlanRefresher, PlanStore
 from workers.processors.quota import Quotas, default_quota
 from workers.processors.rejections import RejectionRecorder
+from workers.processors.suppression import SuppressionRefresher, Suppressions, SuppressionStore
+from workers.reads.segments import SegmentStore
 from workers.storage.clickhouse import ClickHouseStore, StoreError
 from workers.storage.connector import StoreConnector
 from workers.storage.postgres import Postgres
+from workers.storage.refresher import AggregateRefresher
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,11 @@ class CollectorServer:
         self.plan_refresher: PlanRefresher | None = None
         self.rejections: RejectionRecorder | None = None
         self.quotas: Quotas | None = None
+        self.suppressions: Suppressions | None = None
+        self.erasures: ErasureWorker | None = None
+        self.privacy: PrivacyService | None = None
+        self.profiles: ProfileService | None = None
+        self.aggregates_refresher: AggregateRefresher | None = None
         self.stages = Stages()
         self.service: ActivityService | None = None
         self.control: ControlServer | None = None
@@ -147,7 +163,14 @@ class CollectorServer:
         )
         await refresher.start()
         self.stages.started("tracking plans and quotas", refresher.shutdown)
-        processors = self.processors = build_processors(settings.processors, self.plans)
+        # Erased and opted-out persons: their activities are dropped at intake (workers/privacy/).
+        suppressions = self.suppressions = Suppressions()
+        suppression_refresher = SuppressionRefresher(
+            SuppressionStore(self.postgres.pool), suppressions, settings.processors.plan_refresh_s
+        )
+        await suppression_refresher.start()
+        self.stages.started("suppressions", suppression_refresher.shutdown)
+        processors = self.processors = build_processors(settings.processors, self.plans, suppressions)
         await processors.start()
         self.stages.started("processors", processors.shutdown)
         if settings.processors.rejections_store:
@@ -165,6 +188,32 @@ class CollectorServer:
         pipeline.store_ready = self.connector.ready
         await pipeline.start()
         self.stages.started("pipeline", lambda left: pipeline.shutdown(timeout=left))
+        erasures = self.erasures = ErasureWorker(
+            ErasureRunner(
+                self.postgres.pool,
+                self.store,
+                settings.clickhouse_database,
+                settings.cluster,
+                suppressions=suppressions,
+                drain=SpoolDrain(spool) if spool is not None else PendingDrain(lambda: pipeline.pending),
+            )
+        )
+        await erasures.start()
+        self.stages.started("erasures", erasures.shutdown)
+        if self.connector.ready.is_set():
+            # The tenants' retentions as TTLs (also written by `tenants set`, on the store it reaches).
+            try:
+                await sync_retention(
+                    self.postgres.pool, self.store, settings.clickhouse_database, settings.cluster
+                )
+            except StoreError as error:
+                log.warning("retention TTLs not written", extra={"error": str(error)})
+        # The aggregates' rollups: the days that received activities, computed again every interval.
+        aggregates = self.aggregates_refresher = AggregateRefresher(
+            self.store.command, settings.clickhouse_database, settings.cluster, settings.aggregates_refresh_s
+        )
+        await aggregates.start()
+        self.stages.started("aggregates refresher", aggregates.shutdown)
         self.service = ActivityService(settings, pipeline, processors, self.rejections, self.quotas)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         control = self.control = ControlServer(
@@ -192,7 +241,25 @@ class CollectorServer:
                 ("grpc.http2.bdp_probe", 0),
             ]
         )
-        handler = self.service.rpc_handler()
+        self.privacy = PrivacyService(
+            self.postgres.pool,
+            self.store,
+            settings.clickhouse_database,
+            settings.default_tenant,
+            suppressions=suppressions,
+            wake=erasures.wake,
+        )
+        # The read side: profiles and recommendations from the stored activities (workers/reads/).
+        profiles = self.profiles = ProfileService(
+            self.store,
+            settings.default_tenant,
+            SegmentStore(self.postgres.pool),
+            settings.read_concurrency,
+            settings.read_queue,
+        )
+        handler: grpc.GenericRpcHandler[Any, Any] = Handlers(
+            self.service.rpc_handler(), self.privacy.rpc_handler(), profiles.rpc_handler()
+        )
         if settings.auth:
             tenants = TenantStore(self.postgres.pool)
             self.created_key = await tenants.bootstrap(settings.default_tenant)
@@ -212,7 +279,7 @@ class CollectorServer:
             settings.limits.max_request_bytes,
             connector=self.connector,
         )
-        self.health.register(self._grpc)
+        self.health.register(self._grpc, (PRIVACY_SERVICE, PROFILE_SERVICE))
         self.metrics = Metrics(
             settings,
             self.service,
@@ -221,6 +288,7 @@ class CollectorServer:
             self.connector,
             authenticator=self.authenticator,
         )
+        self.metrics.registry.register(ReadsCollector(profiles.stats))
         if settings.metrics_listen:
             metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await metrics_server.start()

@@ -14,6 +14,7 @@ from workers.processors.base import (
 )
 from workers.processors.plan import Plan, PlanError, TrackingPlans, load_document, parse_plan
 from workers.processors.settings import ProcessorSettings
+from workers.processors.suppression import Suppressions
 
 __all__ = [
     "Action",
@@ -26,6 +27,7 @@ __all__ = [
     "ProcessorSettings",
     "ProcessorStats",
     "Refusal",
+    "Suppressions",
     "TrackingPlans",
     "Verdict",
     "build_processors",
@@ -34,10 +36,18 @@ __all__ = [
 ]
 
 
-def build_processors(settings: ProcessorSettings, plans: TrackingPlans | None = None) -> ProcessorChain:
-    """The chain the settings describe, in its fixed order: `action_filter`, then `plan` (the tenants'
-    tracking plans, when given: kept current by `workers.processors.plan_store.PlanRefresher`)."""
+def build_processors(
+    settings: ProcessorSettings,
+    plans: TrackingPlans | None = None,
+    suppressions: Suppressions | None = None,
+) -> ProcessorChain:
+    """The chain the settings describe, in its fixed order: `suppression` (erased and opted-out
+    persons, when given: kept current by `workers.processors.suppression.SuppressionRefresher`), then
+    `action_filter`, then `plan` (the tenants' tracking plans, when given: kept current by
+    `workers.processors.plan_store.PlanRefresher`)."""
     processors: list[Processor] = []
+    if suppressions is not None:
+        processors.append(suppressions)
     reject = parse_patterns("reject_actions", settings.reject_actions)
     drop = parse_patterns("drop_actions", settings.drop_actions)
     if reject or drop:

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.storage.analytics_schema import analytics_statements, funnel_by_person_statements
+from workers.storage.analytics_schema import (
+    aggregates_redesign_statements,
+    analytics_statements,
+    funnel_by_person_statements,
+    source_views_statements,
+)
+from workers.storage.person_schema import person_statements
 from workers.storage.schema import (
     SINGLE_NODE,
     Cluster,
@@ -56,6 +62,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "funnel by person", funnel_by_person_statements),
     # The response an activity's source_id names: kind, name, A/B variant, position, result count.
     Migration(9, "source columns", source_statements),
+    # Persons resolved when queried, attribution across sessions, bots left out of every view unless asked
+    # for, and the views over sources and searches: every view replaced.
+    Migration(10, "views: persons, sources, searches, bots", source_views_statements),
+    # The aggregates gain the bot flag as a key (reports leave bots out unless asked).
+    Migration(11, "aggregates: bot flag as a key", aggregates_redesign_statements),
+    # The read side (ProfileService): each activity again, ordered by person, and the person's ids.
+    Migration(13, "read side: activities by person, person links", person_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

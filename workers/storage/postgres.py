@@ -219,6 +219,103 @@ MIGRATIONS: tuple[Migration, ...] = (
         COMMENT ON COLUMN tenant_quotas.burst IS 'Most activities at once (the bucket''s size).';
         """,
     ),
+    Migration(
+        6,
+        "privacy: erasures, suppressions, key scopes, retention",
+        """
+        CREATE TABLE erasure_jobs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id text NOT NULL CHECK (tenant_id <> ''),
+            requested bytea NOT NULL,
+            state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'failed')),
+            step text NOT NULL DEFAULT '',
+            ids jsonb,
+            id_digests bytea[] NOT NULL DEFAULT '{}',
+            id_counts jsonb NOT NULL DEFAULT '{}',
+            buckets jsonb,
+            removed jsonb NOT NULL DEFAULT '{}',
+            requested_at timestamptz NOT NULL DEFAULT now(),
+            started_at timestamptz,
+            finished_at timestamptz,
+            attempts integer NOT NULL DEFAULT 0,
+            lease_until timestamptz,
+            error text
+        );
+        CREATE UNIQUE INDEX erasure_jobs_open ON erasure_jobs (tenant_id, requested)
+            WHERE finished_at IS NULL;
+        CREATE INDEX erasure_jobs_digests ON erasure_jobs USING gin (id_digests);
+        COMMENT ON TABLE erasure_jobs IS
+            'Erasures of a person (activity-collector users erase): one job each, run by a collector,'
+            ' carried on after a restart.';
+        COMMENT ON COLUMN erasure_jobs.requested IS
+            'SHA-256 digest of the tenant, kind and id the erasure was asked for (never the id).';
+        COMMENT ON COLUMN erasure_jobs.step IS
+            'The last step done: resolved, drained, buckets, clickhouse, aggregates, postgres, verified.';
+        COMMENT ON COLUMN erasure_jobs.ids IS
+            'The person''s ids while the job runs ({"user": [...], "anonymous": [...], "session": [...]});'
+            ' NULL once it is done.';
+        COMMENT ON COLUMN erasure_jobs.id_digests IS 'Digests of every id the erasure covered.';
+        COMMENT ON COLUMN erasure_jobs.id_counts IS 'How many ids of each kind the erasure covered.';
+        COMMENT ON COLUMN erasure_jobs.buckets IS
+            'Aggregate buckets the person''s activities were in, to rebuild; NULL once done.';
+        COMMENT ON COLUMN erasure_jobs.removed IS 'Rows (or ids) removed per store.';
+        COMMENT ON COLUMN erasure_jobs.lease_until IS
+            'The collector running the job holds it until then, renewing it while it runs.';
+        CREATE TABLE suppressions (
+            tenant_id text NOT NULL CHECK (tenant_id <> ''),
+            digest bytea NOT NULL CHECK (length(digest) = 32),
+            kind text NOT NULL CHECK (kind IN ('user', 'anonymous', 'session')),
+            person bytea NOT NULL,
+            erasure_id bigint REFERENCES erasure_jobs (id) ON DELETE SET NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant_id, digest)
+        );
+        CREATE INDEX suppressions_person ON suppressions (tenant_id, person);
+        COMMENT ON TABLE suppressions IS
+            'Persons whose activities are dropped at intake (erased, or opted out), as digests of their ids.';
+        COMMENT ON COLUMN suppressions.digest IS 'SHA-256 of the tenant, kind and id (never the id).';
+        COMMENT ON COLUMN suppressions.person IS 'Digest of the id the suppression was asked for: its group.';
+        ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'write'
+            CHECK (scope IN ('write', 'read', 'admin'));
+        COMMENT ON COLUMN api_keys.scope IS
+            'What the key may do: write (send activities), read (the read side), admin (everything, and'
+            ' activity.v1.PrivacyService).';
+        ALTER TABLE tenants ADD COLUMN retention_days integer CHECK (retention_days > 0),
+            ADD COLUMN aggregate_retention_days integer CHECK (aggregate_retention_days > 0);
+        COMMENT ON COLUMN tenants.retention_days IS
+            'Days the tenant''s raw activities are kept (a TTL of activities); NULL: kept.';
+        COMMENT ON COLUMN tenants.aggregate_retention_days IS
+            'Days the tenant''s aggregate rows are kept; NULL: kept.';
+        """,
+    ),
+    Migration(
+        7,
+        "Segment door: keys' allowed origins",
+        """
+        ALTER TABLE api_keys ADD COLUMN allowed_origins text[] NOT NULL DEFAULT '{}';
+        COMMENT ON COLUMN api_keys.allowed_origins IS
+            'Origins (https://shop.example) whose pages may send with the key through the Segment door;'
+            ' empty: any origin (activity-collector keys create --allowed-origin).';
+        """,
+    ),
+    Migration(
+        8,
+        "computed segments",
+        """
+        CREATE TABLE segments (
+            tenant_id text NOT NULL CHECK (tenant_id <> ''),
+            name text NOT NULL CHECK (name <> ''),
+            rule jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant_id, name)
+        );
+        COMMENT ON TABLE segments IS
+            'Computed segments (activity-collector segments create): a rule over a person''s activities,'
+            ' evaluated when asked (GetProfile, segments members).';
+        COMMENT ON COLUMN segments.rule IS 'The rule document: all / any / not over conditions (docs/profiles.md).';
+        """,
+    ),
 )
 
 

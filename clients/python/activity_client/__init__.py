@@ -7,7 +7,8 @@
 
 `Client` (threads) and `AsyncClient` (asyncio) buffer activities and send them in batches over one
 stream, resending what the collector asks to be resent; `on_batch` hears what became of each batch
-(`BatchResult`). `activity_client.proto.activity.v1` is the generated code of the wire format, for
+(`BatchResult`). `Reader` asks for profiles and recommendations (a key of scope read).
+`activity_client.proto.activity.v1` is the generated code of the wire format, for
 callers that build requests themselves.
 """
 
@@ -20,7 +21,8 @@ from activity_client.client import (
     ClientStats,
     WhenFull,
 )
-from activity_client.proto.activity.v1 import activity_pb2, activity_pb2_grpc
+from activity_client.proto.activity.v1 import activity_pb2, activity_pb2_grpc, profile_pb2
+from activity_client.reads import Reader
 from activity_client.trailers import retry_delay_from_trailer
 
 __all__ = [
@@ -30,8 +32,10 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClientStats",
+    "Reader",
     "WhenFull",
     "activity_pb2",
     "activity_pb2_grpc",
+    "profile_pb2",
     "retry_delay_from_trailer",
 ]

@@ -194,7 +194,7 @@ async def test_tenants_and_keys_commands(pg_dsn: str, capsys: pytest.CaptureFixt
 
     code, out, _ = await run(capsys, "keys", "list", *pg)
     assert code == 0 and key_id in out and key not in out
-    assert out.splitlines()[1].split()[:3] == [key_id, "shop-a", "active"]
+    assert out.splitlines()[1].split()[:4] == [key_id, "shop-a", "active", "write"]
     code, out, _ = await run(capsys, "tenants", "list", *pg)
     assert out.splitlines()[1].split()[:3] == ["shop-a", "active", "1"]
 

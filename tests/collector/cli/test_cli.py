@@ -285,6 +285,8 @@ def test_every_command_registers_its_parser_and_its_handler(capsys: pytest.Captu
         "plans",
         "rejections",
         "quotas",
+        "users",
+        "segments",
     ]
     assert len(COMMANDS) == len(commands)
     for name, command in commands.items():
@@ -351,7 +353,16 @@ def _parsers() -> list[tuple[str, argparse.ArgumentParser, str | None]]:
 
 
 # The commands that exit with statuses other than 0 and 1 (beyond the 2 of a bad configuration).
-MORE_EXIT_STATUSES = {"serve", "send", "health", "sql", "report", "catalog import"}
+MORE_EXIT_STATUSES = {
+    "serve",
+    "send",
+    "health",
+    "sql",
+    "report",
+    "catalog import",
+    "users erase",
+    "users erasure-status",
+}
 LISTS = {
     "config",
     "tenants list",
@@ -362,6 +373,8 @@ LISTS = {
     "rejections list",
     "rejections report",
     "report",
+    "segments list",
+    "segments members",
 }
 
 

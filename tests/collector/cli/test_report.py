@@ -25,6 +25,7 @@ from collector.cli.report import REPORTS, Request, overview_sql, top_targets_sql
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.refresher import refresh_aggregates
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -353,18 +354,32 @@ def _tables_read(store: ClickHouseStore, sql: str) -> set[str]:
     return {name.split(".")[-1] for name in re.findall(r"ReadFromMergeTree \(([^)]+)\)", plan)}
 
 
+def _selected_rows(store: ClickHouseStore, sql: str) -> int:
+    """Rows the engine read from its tables for `sql` (its SelectedRows counter around the query)."""
+    counter = "SELECT value FROM system.events WHERE event = 'SelectedRows'"
+    before = int(store.query(counter, "TabSeparated") or 0)
+    store.query(sql, "Null")
+    return int(store.query(counter, "TabSeparated") or 0) - before
+
+
 def test_a_month_of_activities_is_read_from_the_aggregates(seeded: Any) -> None:
     store, _ = seeded
+    refresh_aggregates(store.command, store.database, margin_s=0)
     month = Request(name="top-targets", first_day=FIRST, last_day=LAST, tenant=shop.TENANT)
-    assert _tables_read(store, top_targets_sql(month)) == {"target_stats_daily"}
+    # The aggregates' views read their rollups, and `activities` only for the days touched since the
+    # last refresh: none here.
+    bookkeeping = {"aggregate_touches", "aggregate_refreshes", "activities"}
+    assert _tables_read(store, top_targets_sql(month)) == {"target_stats_daily_rollup"} | bookkeeping
     # The overview's activities, users, purchases and revenue come from the hourly aggregate; only
     # its sessions come from the raw table (a session needs the activities in order).
     overview = overview_sql(month)
     totals = overview.split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
-    assert _tables_read(store, f"WITH {totals} SELECT * FROM totals LEFT JOIN money USING (day)") == {
-        "activity_stats_hourly"
-    }
-    assert _tables_read(store, overview) == {"activity_stats_hourly", "activities"}
+    totals_sql = f"WITH {totals} SELECT * FROM totals LEFT JOIN money USING (day)"
+    assert _tables_read(store, totals_sql) == {"activity_stats_hourly_rollup"} | bookkeeping
+    assert _tables_read(store, overview) == {"activity_stats_hourly_rollup"} | bookkeeping
+    stored = int(store.query("SELECT count() FROM activities", "TabSeparated"))
+    assert 0 < _selected_rows(store, totals_sql) < stored / 2
+    assert 0 < _selected_rows(store, top_targets_sql(month)) < stored / 2
     # And reading it touches a few hundred aggregate rows, not the month's activities.
     rows = int(
         store.query(

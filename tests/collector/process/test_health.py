@@ -38,6 +38,8 @@ async def test_reflection_lists_the_services_and_describes_the_api(channel: grpc
     names = {s.name for s in listed.list_services_response.service}
     assert names == {
         "activity.v1.ActivityService",
+        "activity.v1.PrivacyService",
+        "activity.v1.ProfileService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -122,7 +122,7 @@ def test_copies_within_one_insert_are_counted_once(store: ClickHouseStore) -> No
     store.insert_rows(envelope([encode_rows(items(twice), "t", time.time_ns(), None)]), 6, token="copies")
     assert store.query("SELECT count() FROM activities", "TabSeparated") == b"6\n"
     assert store.query("SELECT count() FROM activities FINAL", "TabSeparated") == b"3\n"
-    counted = store.query("SELECT uniqExactMerge(activities) FROM activity_stats_hourly", "TabSeparated")
+    counted = store.query("SELECT sum(activities) FROM activity_stats_hourly", "TabSeparated")
     assert counted == b"3\n"
     store.command("SYSTEM START MERGES activities")
     store.command("OPTIMIZE TABLE activities FINAL")
@@ -185,6 +185,8 @@ def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, data
     # only from the client.
     ephemeral = ["ua_device_type", "catalog_name", "catalog_category_path", "catalog_brand"]
     ephemeral += ["catalog_list_price", "catalog_currency", "catalog_attributes"]
+    # The read side's views (version 13) name enrichment columns: a table that old had none of them.
+    store.command("DROP VIEW activities_by_person_mv")
     store.command(
         "ALTER TABLE activities "
         + ", ".join(f"DROP COLUMN `{name}`" for name in ENRICHMENT_COLUMNS)
