@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -70,8 +71,17 @@ SCOPES = ("write", "read", "admin")
 
 
 def scope_allows(held: str, needed: str) -> bool:
-    """Whether a key of scope `held` may make a call that needs `needed`."""
-    return held == needed or held == "admin"
+    """Whether a key holding the scopes `held` (comma-separated) may make a call that needs `needed`."""
+    scopes = held.split(",")
+    return needed in scopes or "admin" in scopes
+
+
+def scope_of(scopes: Sequence[str]) -> str:
+    """The stored form of a key's scopes: each once, in the order of `SCOPES`, comma-separated."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise TenantError(f"scope: one or more of {', '.join(SCOPES)}, got {', '.join(scopes) or 'none'}")
+    return ",".join(s for s in SCOPES if s in scopes)
 
 
 def key_digest(key: str) -> bytes:
@@ -133,9 +143,9 @@ class TenantStore:
             raise TenantError(f"no tenant {name}")
 
     async def create_key(self, tenant: str, scope: str = "write") -> tuple[str, ApiKey]:
-        """A new key of `tenant`, of `scope`: the key itself (to show once) and what is stored of it."""
-        if scope not in SCOPES:
-            raise TenantError(f"scope: must be one of {', '.join(SCOPES)}, got {scope!r}")
+        """A new key of `tenant`, holding `scope` (one scope, or several comma-separated): the key itself
+        (to show once) and what is stored of it."""
+        scope = scope_of(scope.split(","))
         key, key_id = new_key()
         row = await self.pool.fetchrow(
             "INSERT INTO api_keys (key_id, tenant_id, secret_sha256, scope)"

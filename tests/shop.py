@@ -461,8 +461,8 @@ def funnel(
 
 
 def is_touch(e: Event) -> bool:
-    """An activity with a source id that is neither an impression nor a search."""
-    return bool(e.source_id) and e.action not in ("impression", "search")
+    """A click or a view with a source id."""
+    return bool(e.source_id) and e.action in ("click", "view")
 
 
 def last_touches(

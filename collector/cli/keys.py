@@ -33,10 +33,10 @@ def add_parser(subparsers: Subparsers) -> None:
     create.add_argument("--tenant", required=True, help="the tenant the key writes for")
     create.add_argument(
         "--scope",
+        action="append",
         choices=("write", "read", "admin"),
-        default="write",
         help="what the key may do: write (send activities), read (the read side), admin (everything, and"
-        " activity.v1.PrivacyService) (default write)",
+        " activity.v1.PrivacyService); repeat for several (default write)",
     )
     create.add_argument(
         "--allowed-origin",
@@ -85,7 +85,7 @@ def allowed_origins(values: list[str]) -> list[str]:
 async def keys_command(store: TenantStore, settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "create":
         origins = allowed_origins(args.allowed_origin)
-        key, stored = await store.create_key(args.tenant, args.scope)
+        key, stored = await store.create_key(args.tenant, ",".join(args.scope or ["write"]))
         if origins:
             from collector.doors.origins import KeyOrigins
 

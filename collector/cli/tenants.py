@@ -41,12 +41,29 @@ def add_parser(subparsers: Subparsers) -> None:
     enable.add_argument("name", help="the tenant's name")
     setting = actions.add_parser(
         "set",
-        help="how long a tenant's data is kept: raw activities and aggregate rows (docs/privacy.md)",
+        help="a tenant's own settings: how long its data is kept (docs/privacy.md), its quota "
+        "(docs/plans.md#quotas); give at least one",
     )
     setting.add_argument("name", help="the tenant's name")
     setting.add_argument(
+        "--quota",
+        dest="own_quota_rate",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="R",
+        help="the tenant's own quota, activities per second; 0: none (as activity-collector quotas set)",
+    )
+    setting.add_argument(
+        "--burst",
+        dest="own_quota_burst",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="B",
+        help="with --quota: most activities at once (default: one second of the rate)",
+    )
+    setting.add_argument(
         "--retention-days",
-        required=True,
+        default=argparse.SUPPRESS,
         type=_days,
         metavar="N|keep",
         help="days the raw activities are kept (a ClickHouse TTL: older rows go at the next merge); keep: "
@@ -118,7 +135,16 @@ async def tenants_command(store: TenantStore, settings: Settings, args: argparse
             empty="no tenants",
         )
     elif args.action == "set":
-        await set_retention(store, settings, args)
+        if "own_quota_burst" in args and "own_quota_rate" not in args:
+            raise CommandError("--burst goes with --quota")
+        if args.aggregate_retention_days is not None and "retention_days" not in args:
+            raise CommandError("--aggregate-retention-days goes with --retention-days")
+        if "own_quota_rate" not in args and "retention_days" not in args:
+            raise CommandError("give a setting: --retention-days, --quota (see --help)")
+        if "own_quota_rate" in args:
+            await set_quota(store, settings, args)
+        if "retention_days" in args:
+            await set_retention(store, settings, args)
     elif args.action in ("disable", "enable"):
         await store.set_disabled(args.name, args.action == "disable")
         if args.action == "disable":
@@ -126,6 +152,21 @@ async def tenants_command(store: TenantStore, settings: Settings, args: argparse
         else:
             print(f"enabled tenant {args.name}: its active keys are accepted {within}")
     return 0
+
+
+async def set_quota(store: TenantStore, settings: Settings, args: argparse.Namespace) -> None:
+    """The tenant's own quota, as `activity-collector quotas set` records it."""
+    from workers.processors.quota import QuotaStore
+
+    burst = getattr(args, "own_quota_burst", 0.0)
+    if not (0 <= args.own_quota_rate < float("inf") and 0 <= burst < float("inf")):
+        raise CommandError("--quota and --burst: finite numbers, zero or more")
+    quota = await QuotaStore(store.pool).set(args.name, args.own_quota_rate, burst)
+    shown = "no quota" if quota.rate == 0 else f"{quota.rate:g} activities/s, burst {quota.burst:g}"
+    print(
+        f"tenant {args.name}: {shown}, on every running collector within plan_refresh_s "
+        f"({settings.processors.plan_refresh_s:g} s)"
+    )
 
 
 async def set_retention(store: TenantStore, settings: Settings, args: argparse.Namespace) -> None:
@@ -137,7 +178,7 @@ async def set_retention(store: TenantStore, settings: Settings, args: argparse.N
 
     retentions = RetentionStore(store.pool)
     try:
-        await retentions.set(args.name, args.retention_days, args.aggregate_retention_days)
+        await retentions.set(args.name, args.retention_days, getattr(args, "aggregate_retention_days", None))
     except RetentionError as error:
         raise CommandError(str(error)) from error
     engine = _ClickHouse(settings)
@@ -156,7 +197,7 @@ async def set_retention(store: TenantStore, settings: Settings, args: argparse.N
 
     print(
         f"tenant {args.name}: raw activities kept {shown(args.retention_days)}, aggregate rows "
-        f"{shown(args.aggregate_retention_days)}; older rows go at ClickHouse's next merge"
+        f"{shown(getattr(args, 'aggregate_retention_days', None))}; older rows go at ClickHouse's next merge"
     )
 
 

@@ -757,10 +757,12 @@ GROUP BY tenant_id, dimension, user_key""",
     ),
 )
 
-# A touch: an activity that carries a source_id and shows that the shopper took an interest in the
-# target there (a click, a view of the page the response powered, an add-to-cart sent from its widget).
-# Impressions (shown, not chosen) and searches (the response itself) are not touches.
-IS_TOUCH = "source_id != '' AND action NOT IN ('impression', 'search')"
+# A touch: a click or a view that carries a source_id, the shopper choosing the target in the response's
+# list or looking at a page it powered. Impressions (shown, not chosen) and searches (the response
+# itself) are not touches. Naming the actions lets a query read them by the table's key.
+TOUCH_ACTIONS = "('click', 'view')"
+IS_TOUCH = f"source_id != '' AND action IN {TOUCH_ACTIONS}"
+OUTCOME_ACTIONS = "('add_to_cart', 'purchase')"
 _TOUCH_FIELDS = (
     ("touch_source_id", "source_id"),
     ("touch_at", "occurred_at"),
@@ -802,7 +804,7 @@ WHERE occurred_at >= {{since:DateTime64(3, 'UTC')}}""",
         ("occurred_ms", "occurred_at in milliseconds since the epoch."),
         (
             "is_touch",
-            "Whether the activity is a touch (a source_id on anything but an impression or search).",
+            "Whether the activity is a touch: a click or a view with a source_id.",
         ),
         ("touch_source_id", "Source of the last touch, NULL when none."),
         ("touch_at", "occurred_at of the last touch, NULL when none."),
@@ -837,9 +839,9 @@ CREDITED_ACTIVITIES = View(
   outcome.4 AS currency, outcome.5 AS revenue
 FROM (
   SELECT tenant_id, person, target_type, target_id,
-    arraySort(groupArrayIf((toUnixTimestamp64Milli(occurred_at), source_id, toString(source_type),
-      toString(source_name), toString(source_variant), source_position), is_touch)) AS touches,
-    groupArrayIf((id, occurred_at, action, toString(currency),
+    arraySort(groupArrayIf((toUnixTimestamp64Milli(occurred_at), source_id, source_type, source_name,
+      source_variant, source_position), is_touch)) AS touches,
+    groupArrayIf((id, occurred_at, action, currency,
       if(action = 'purchase' AND price IS NOT NULL, {REVENUE}, 0)),
       action IN ('add_to_cart', 'purchase') AND occurred_at >= {{since:DateTime64(3, 'UTC')}}) AS outcomes
   FROM (
@@ -848,7 +850,7 @@ FROM (
       tenant_id = {{tenant_id:String}},
       since = {{since:DateTime64(3, 'UTC')}} - toIntervalSecond({{window_s:UInt32}}),
       until = {{until:DateTime64(3, 'UTC')}}, include_bots = {{include_bots:Bool}})
-    WHERE is_touch OR action IN ('add_to_cart', 'purchase')
+    WHERE action IN ('click', 'view', 'add_to_cart', 'purchase') AND (is_touch OR action IN {OUTCOME_ACTIONS})
   )
   GROUP BY tenant_id, person, target_type, target_id
   HAVING notEmpty(touches) AND notEmpty(outcomes)

@@ -68,7 +68,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # The aggregates gain the bot flag as a key (reports leave bots out unless asked).
     Migration(11, "aggregates: bot flag as a key", aggregates_redesign_statements),
     # The read side (ProfileService): each activity again, ordered by person, and the person's ids.
-    Migration(13, "read side: activities by person, person links", person_statements),
+    Migration(12, "read side: activities by person, person links", person_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

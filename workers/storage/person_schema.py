@@ -66,7 +66,7 @@ def _quote(text: str) -> str:
 
 
 def person_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
-    """Migration 13: the two tables, their views, and their backfill from the rows already stored."""
+    """Migration 12: the two tables, their views, and their backfill from the rows already stored."""
     db = f"`{database}`"
     columns = ",\n".join(f"  `{n}` {t} COMMENT {_quote(c)}" for n, t, _, c in _COLUMNS)
     select = ", ".join(f"{e} AS `{n}`" for n, _, e, _ in _COLUMNS)

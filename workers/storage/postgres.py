@@ -276,10 +276,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         COMMENT ON COLUMN suppressions.digest IS 'SHA-256 of the tenant, kind and id (never the id).';
         COMMENT ON COLUMN suppressions.person IS 'Digest of the id the suppression was asked for: its group.';
         ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'write'
-            CHECK (scope IN ('write', 'read', 'admin'));
+            CHECK (scope ~ '^(write|read|admin)(,(write|read|admin))*$');
         COMMENT ON COLUMN api_keys.scope IS
-            'What the key may do: write (send activities), read (the read side), admin (everything, and'
-            ' activity.v1.PrivacyService).';
+            'What the key may do, one or more scopes separated by commas: write (send activities), read'
+            ' (the read side), admin (everything, and activity.v1.PrivacyService).';
         ALTER TABLE tenants ADD COLUMN retention_days integer CHECK (retention_days > 0),
             ADD COLUMN aggregate_retention_days integer CHECK (aggregate_retention_days > 0);
         COMMENT ON COLUMN tenants.retention_days IS
@@ -313,7 +313,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         COMMENT ON TABLE segments IS
             'Computed segments (activity-collector segments create): a rule over a person''s activities,'
             ' evaluated when asked (GetProfile, segments members).';
-        COMMENT ON COLUMN segments.rule IS 'The rule document: all / any / not over conditions (docs/profiles.md).';
+        COMMENT ON COLUMN segments.rule IS
+            'The rule document: all / any / not over conditions (docs/profiles.md).';
         """,
     ),
 )

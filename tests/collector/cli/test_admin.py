@@ -191,6 +191,11 @@ async def test_tenants_and_keys_commands(pg_dsn: str, capsys: pytest.CaptureFixt
     key_id = key.split("_")[1]
     code, _, err = await run(capsys, "keys", "create", "--tenant", "nobody", *pg)
     assert (code, err) == (1, "activity-collector keys: no tenant nobody\n")
+    code, out, _ = await run(
+        capsys, "keys", "create", "--tenant", "shop-a", "--scope", "read", "--scope", "write", *pg
+    )
+    assert code == 0 and "scope write,read;" in out
+    await run(capsys, "keys", "revoke", out.splitlines()[-1], *pg)
 
     code, out, _ = await run(capsys, "keys", "list", *pg)
     assert code == 0 and key_id in out and key not in out

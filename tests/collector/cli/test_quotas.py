@@ -53,3 +53,20 @@ async def test_list_as_json_and_csv(
     assert code == 0
     assert out.splitlines()[0] == "tenant,activities/s (0: none),burst"
     assert out.splitlines()[-1] == "shop,100,100"
+
+
+async def test_tenants_set_takes_a_quota_too(
+    postgres_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ("--postgres-dsn", postgres_dsn, "--data-dir", str(tmp_path))
+    code, out, err = await run(capsys, "tenants", "set", "shop", "--quota", "40", "--burst", "80", *flags)
+    assert code == 0, err
+    assert "40 activities/s, burst 80" in out
+    code, out, _ = await run(capsys, "quotas", "list", "--format", "json", *flags)
+    assert {"tenant": "shop", "activities/s (0: none)": "40", "burst": "80"} in [
+        json.loads(line) for line in out.splitlines()
+    ]
+    code, _, err = await run(capsys, "tenants", "set", "shop", *flags)
+    assert code == 1 and "--retention-days, --quota" in err
+    code, _, err = await run(capsys, "tenants", "set", "shop", "--burst", "5", *flags)
+    assert code == 1 and "--burst goes with --quota" in err

@@ -260,10 +260,13 @@ async def test_each_tenant_reads_its_own_people_and_a_write_key_cannot_read(
             await recent(other_writer)
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "read" in (error.value.details() or "")
-        # A read key cannot write.
+        # A read key cannot write; a key holding both scopes does both.
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await send(stub, [act("view", "x", HOUR, user_id="u")], other_reader)
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        both = (await tenants.create_key("other", scope="read,write"))[0]
+        await send(stub, [act("view", "both", 60, user_id="same-id")], both)
+        assert await recent(both) == ["both", "theirs"]
 
 
 async def test_the_python_clients_reader_asks_for_profiles_and_recommendations(

@@ -185,7 +185,7 @@ def test_version_4_brings_an_older_table_up_to_date(store: ClickHouseStore, data
     # only from the client.
     ephemeral = ["ua_device_type", "catalog_name", "catalog_category_path", "catalog_brand"]
     ephemeral += ["catalog_list_price", "catalog_currency", "catalog_attributes"]
-    # The read side's views (version 13) name enrichment columns: a table that old had none of them.
+    # The read side's views (version 12) name enrichment columns: a table that old had none of them.
     store.command("DROP VIEW activities_by_person_mv")
     store.command(
         "ALTER TABLE activities "
