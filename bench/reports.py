@@ -204,7 +204,7 @@ def overview_totals(request: report.Request) -> str:
     """The overview without its sessions (which come from the `sessions` view over the activities): what
     it reads from the aggregates."""
     totals = report.overview_sql(request).split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
-    return f"WITH {totals} SELECT * FROM totals LEFT JOIN money USING (day)"
+    return f"WITH {totals} SELECT * FROM totals LEFT JOIN people USING (day) LEFT JOIN money USING (day)"
 
 
 def measure(engine: Engine, size: str, name: str, sql: str, runs: int, target: int | None) -> Timing:

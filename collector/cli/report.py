@@ -49,7 +49,8 @@ DEFAULT_DAYS = 30
 NOTHING_IN_RANGE = 3
 """The exit status of a report over a range without activities."""
 EXIT_STATUSES = """exit status: 0 the report was printed; 1 the store failed; 2 bad arguments; 3 no
-activities in the range (the message says which days the stored activities span)."""
+activities in the range (the message says which days the stored activities span), or none that the
+filters of experiment, queries or sources --by match."""
 DEFAULT_WINDOW_S = 24 * 3600
 FUNNEL_BY = ("day", "device_type", "segment")
 
@@ -118,7 +119,8 @@ def aggregate_filter(r: Request) -> str:
 
 
 def overview_sql(r: Request) -> str:
-    """Per day: activities, users and purchases (from `activity_stats_hourly`), sessions and their
+    """Per day: activities and purchases (from `activity_stats_hourly`), users (from
+    `activity_stats_daily`: a few sketches a day instead of one per hour and key), sessions and their
     conversion (from the `sessions` view), revenue per currency (from the aggregate)."""
     in_range = (
         f"{aggregate_filter(r)} AND hour >= toDateTime({quote(r.since)}, 'UTC') "
@@ -128,10 +130,16 @@ def overview_sql(r: Request) -> str:
 totals AS (
   SELECT toDate(hour) AS day,
     {_ACTIVITIES.merged(table="s")} AS activities,
-    {_USERS.merged(table="s")} AS users,
     {_ACTIVITIES.merged(condition="action = 'purchase'", table="s")} AS purchases
   FROM activity_stats_hourly AS s
   WHERE {in_range}
+  GROUP BY day
+),
+people AS (
+  SELECT day, {_USERS.merged(table="p")} AS users
+  FROM activity_stats_daily AS p
+  WHERE {aggregate_filter(r)}
+    AND day >= toDate({quote(r.first_day.isoformat())}) AND day <= toDate({quote(r.last_day.isoformat())})
   GROUP BY day
 ),
 money AS (
@@ -155,6 +163,7 @@ SELECT
   if(sessions = 0, 0, round(converted_sessions / sessions, 4)) AS conversion,
   purchases, revenue
 FROM totals
+LEFT JOIN people USING (day)
 LEFT JOIN visits USING (day)
 LEFT JOIN money USING (day)
 ORDER BY day {r.day_fill()}"""
@@ -276,6 +285,22 @@ FROM activity_stats_hourly
 WHERE {aggregate_filter(r)}"""
 
 
+def nothing_matched(r: Request) -> str:
+    """What an empty answer to `r` means, for the reports whose filters can match nothing in a range
+    that has activities; '' for the others (an empty answer never needs explaining there)."""
+    days = f"from {r.first_day} to {r.last_day}"
+    if r.name == "experiment":
+        return f"no impressions, views or clicks of responses named {r.source_name!r} {days}"
+    if r.name == "queries":
+        found = " that found nothing" if r.zero_results else ""
+        return f"no searches{found} {days}"
+    if r.name == "sources" and r.group_by:
+        of_type = f" of type {r.source_type!r}" if r.source_type else ""
+        named = f" named {r.source_name!r}" if r.source_name else ""
+        return f"no impressions, views or clicks of responses{of_type}{named} {days}"
+    return ""
+
+
 def empty_range(r: Request, coverage: str) -> str | None:
     """Why the report over `r` would be empty, from `coverage_sql`'s answer (TabSeparated); None when
     the range has activities."""
@@ -297,6 +322,16 @@ class Report:
     help: str
     sql: Callable[[Request], str]
     chart: Callable[[Request, list[dict[str, Any]], Path], None] | None = None
+    of_activities: bool = True
+    """Whether the report reads stored activities: a range without any is then said, not printed."""
+
+
+def quality_sql(r: Request) -> str:
+    """Rejected activities kept and flagged ones stored, per day, tenant, outcome, reason, rule and
+    field (as `activity-collector rejections report`, over the report's days)."""
+    from collector.cli.rejections import quality_sql as of_range
+
+    return of_range(r.since, r.until, r.tenant)
 
 
 def _overview_chart(r: Request, rows: list[dict[str, Any]], path: Path) -> None:
@@ -364,6 +399,12 @@ REPORTS: dict[str, Report] = {
             queries_chart,
         ),
         Report("sessions", "sessions, length, bounces and conversion per day", sessions_sql, _sessions_chart),
+        Report(
+            "quality",
+            "data quality: rejected and flagged activities per day, tenant, reason, rule and field",
+            quality_sql,
+            of_activities=False,
+        ),
     )
 }
 
@@ -509,7 +550,10 @@ def add_parser(subparsers: Subparsers) -> None:
         "--action", default="purchase", help="top-targets: the action to rank by (default purchase)"
     )
     parser.add_argument(
-        "--limit", type=int, default=10, help="top-targets, sources, queries: rows to print (default 10)"
+        "--limit",
+        type=int,
+        default=10,
+        help="top-targets, sources (per source id), queries: rows to print (default 10)",
     )
     parser.add_argument(
         "--include-bots",
@@ -537,12 +581,17 @@ def run_report(settings: Settings, args: argparse.Namespace, fmt: str) -> int:
         request = build_request(args)
         report = REPORTS[request.name]
         sql = report.sql(request)
-        coverage = query_clickhouse(settings, coverage_sql(request), "TabSeparated").decode()
-        empty = empty_range(request, coverage)
-        if empty is not None:
-            print(f"activity-collector report: {empty}", file=sys.stderr)
-            return NOTHING_IN_RANGE
+        if report.of_activities:
+            coverage = query_clickhouse(settings, coverage_sql(request), "TabSeparated").decode()
+            empty = empty_range(request, coverage)
+            if empty is not None:
+                print(f"activity-collector report: {empty}", file=sys.stderr)
+                return NOTHING_IN_RANGE
         result = query_clickhouse(settings, sql, fmt)
+        unmatched = nothing_matched(request)
+        if unmatched and len(result.strip().splitlines()) <= (1 if fmt.endswith("WithNames") else 0):
+            print(f"activity-collector report: {unmatched}", file=sys.stderr)
+            return NOTHING_IN_RANGE
         if args.chart is not None and report.chart is not None:
             rows = [json.loads(line) for line in query_clickhouse(settings, sql, "JSONEachRow").splitlines()]
             try:

@@ -172,6 +172,8 @@ class Aggregate:
     dimensions: tuple[Dimension, ...]
     order_by: tuple[str, ...]
     where: str | None = None
+    since_version: int = 2
+    """The schema version that brought the aggregate."""
 
     @property
     def view(self) -> str:
@@ -253,7 +255,19 @@ AGGREGATES: tuple[Aggregate, ...] = (
         ("tenant_id", "is_bot", "day", "source_id", "action", "currency"),
         where="source_id != ''",
     ),
+    Aggregate(
+        "activity_stats_daily",
+        "Activities per tenant, UTC day and currency: the daily totals, and the distinct users of a day "
+        "in a few sketches rather than one per hour and action.",
+        _DAY,
+        (_TENANT, _CURRENCY, _IS_BOT),
+        ("tenant_id", "is_bot", "day", "currency"),
+        since_version=11,
+    ),
 )
+
+AGGREGATES_V2 = tuple(a for a in AGGREGATES if a.since_version == 2)
+"""The aggregates schema version 2 created (as states filled on insert)."""
 
 
 def _select(database: str, aggregate: Aggregate, source: str = "activities") -> str:
@@ -418,16 +432,16 @@ def refreshes_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[
 def refresh_statements(
     database: str, since: str, refreshed_to: str, cluster: Cluster = SINGLE_NODE
 ) -> list[str]:
-    """One refresh: every day touched after `since` (the last watermark) computed again from
-    `activities FINAL` into each rollup, then the new watermark `refreshed_to` (the refresh's start
-    minus REFRESH_MARGIN_S, both 'YYYY-MM-DD hh:mm:ss.sss' UTC, from the server's clock). Run them in
-    order: the watermark moves only once the rollups hold the days. On a cluster the rows go through
-    the Distributed rollups, sharded by tenant and bucket, so that the rows of one key meet on a shard
-    (where FINAL collapses them)."""
-    touched = (
-        f"(tenant_id, toDate(occurred_at)) GLOBAL IN (SELECT tenant_id, day FROM `{database}`.`{TOUCHES}` "
-        f"WHERE inserted_at > toDateTime64({quote(since)}, 3, 'UTC'))"
-    )
+    """One refresh: every day last touched after `since` (the last watermark) and by `refreshed_to`
+    (the refresh's start minus REFRESH_MARGIN_S; both 'YYYY-MM-DD hh:mm:ss.sss' UTC, from the server's
+    clock) computed again from `activities FINAL` into each rollup, then the watermark moved to
+    `refreshed_to`. A day touched after `refreshed_to` (today, while traffic flows) is left for a later
+    refresh: the views read it from `activities` until its inserts stop, so computing it now would be
+    wasted. Run the statements in order: the watermark moves only once the rollups hold the days. On a
+    cluster the rows go through the Distributed rollups, sharded by tenant and bucket, so that the rows
+    of one key meet on a shard (where FINAL collapses them)."""
+    days = refreshed_days_sql(database, since, refreshed_to)
+    touched = f"(tenant_id, toDate(occurred_at)) GLOBAL IN ({days})"
     version = f"toDateTime64({quote(refreshed_to)}, 3, 'UTC')"
     statements = [
         f"INSERT INTO `{database}`.`{a.rollup}` ({_rollup_columns(a)}, `refreshed_at`)\n"
@@ -436,10 +450,18 @@ def refresh_statements(
     ]
     statements.append(
         f"INSERT INTO `{database}`.`{REFRESHES}` (name, refreshed_to, days)\n"
-        f"SELECT 'aggregates', {version}, uniqExact(tenant_id, day) FROM `{database}`.`{TOUCHES}` "
-        f"WHERE inserted_at > toDateTime64({quote(since)}, 3, 'UTC')"
+        f"SELECT 'aggregates', {version}, count() FROM ({days})"
     )
     return statements
+
+
+def refreshed_days_sql(database: str, since: str, refreshed_to: str) -> str:
+    """The (tenant_id, day) a refresh from watermark `since` to `refreshed_to` computes."""
+    return (
+        f"SELECT tenant_id, day FROM `{database}`.`{TOUCHES}` GROUP BY tenant_id, day "
+        f"HAVING max(inserted_at) > toDateTime64({quote(since)}, 3, 'UTC') "
+        f"AND max(inserted_at) <= toDateTime64({quote(refreshed_to)}, 3, 'UTC')"
+    )
 
 
 # -- parameterized views ---------------------------------------------------------------------------
@@ -1000,7 +1022,7 @@ def analytics_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[
     their Distributed tables), their views, their backfill from the rows already stored, then the
     parameterized views."""
     statements: list[str] = []
-    for aggregate in AGGREGATES:
+    for aggregate in AGGREGATES_V2:
         # The shape of version 2: `is_bot` did not exist in `activities` yet (it came with version 4).
         statements += _aggregate_statements(database, aggregate.without_bot_key(), cluster)
     statements += [view.ddl(database, cluster) for view in VIEWS]
@@ -1026,7 +1048,7 @@ def aggregates_redesign_statements(database: str, cluster: Cluster = SINGLE_NODE
     refresh computes it (see `workers.storage.refresher`). Applied again after an interruption, it
     starts over."""
     statements: list[str] = []
-    for aggregate in AGGREGATES:
+    for aggregate in AGGREGATES_V2:
         statements.append(f"DROP VIEW IF EXISTS `{database}`.`{aggregate.view}`{cluster.on_cluster} SYNC")
         statements.append(f"DROP TABLE IF EXISTS `{database}`.`{aggregate.name}`{cluster.on_cluster} SYNC")
         if cluster.enabled:

@@ -18,7 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.storage.analytics_schema import REFRESH_MARGIN_S, REFRESHES, TOUCHES, refresh_statements
+from workers.storage.analytics_schema import (
+    REFRESH_MARGIN_S,
+    REFRESHES,
+    refresh_statements,
+    refreshed_days_sql,
+)
 from workers.storage.clickhouse import StoreError
 from workers.storage.schema import SINGLE_NODE, Cluster
 
@@ -28,7 +33,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Refresh:
     days: int
-    """Tenant-days computed again (0: nothing was touched since the last refresh)."""
+    """Tenant-days computed again (0: none was touched since the last refresh, or each one touched
+    was touched again within the margin and is left for a later refresh)."""
     refreshed_to: str
     seconds: float
 
@@ -47,12 +53,7 @@ def refresh_aggregates(
         f"SELECT toString(now64(3, 'UTC') - toIntervalMillisecond({int(margin_s * 1000)})), "
         f"toString(max(refreshed_to)) FROM `{database}`.`{REFRESHES}`"
     )
-    touched = int(
-        command(
-            f"SELECT uniqExact(tenant_id, day) FROM `{database}`.`{TOUCHES}` "
-            f"WHERE inserted_at > toDateTime64('{since}', 3, 'UTC')"
-        )
-    )
+    touched = int(command(f"SELECT count() FROM ({refreshed_days_sql(database, str(since), str(now))})"))
     if touched:
         for statement in refresh_statements(database, str(since), str(now), cluster):
             command(statement)
@@ -68,9 +69,15 @@ class AggregateRefresher:
     connected yet, or failing, is logged and tried again at the next interval."""
 
     def __init__(
-        self, command: Callable[[str], Any], database: str, cluster: Cluster, interval_s: float
+        self,
+        command: Callable[[str], Any],
+        database: str,
+        cluster: Cluster,
+        interval_s: float,
+        margin_s: float = REFRESH_MARGIN_S,
     ) -> None:
         self.command = command
+        self.margin_s = margin_s
         self.database = database
         self.cluster = cluster
         self.interval_s = interval_s
@@ -84,7 +91,9 @@ class AggregateRefresher:
             self._task = asyncio.create_task(self._loop(), name="aggregates refresher")
 
     async def refresh(self) -> Refresh:
-        result = await asyncio.to_thread(refresh_aggregates, self.command, self.database, self.cluster)
+        result = await asyncio.to_thread(
+            refresh_aggregates, self.command, self.database, self.cluster, self.margin_s
+        )
         self.refreshes += 1
         self.last = result
         if result.days:

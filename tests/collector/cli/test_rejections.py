@@ -117,3 +117,10 @@ async def test_rejected_activities_are_kept_capped_and_shown(
         ("rejected", "invalid_value", "", "id", 2),
         ("rejected", "plan_violation", "required:metadata.order_id", "metadata.order_id", 1),
     ]
+    # The same figures as a report over days.
+    code, out, err = await run(capsys, "report", "quality", "--format", "json", *flags)
+    assert code == 0, err
+    assert report == sorted(
+        (r["outcome"], r["reason"], r["rule"], r["field"], int(r["activities"]))
+        for r in map(json.loads, out.splitlines())
+    )

@@ -366,9 +366,12 @@ def test_a_month_of_activities_is_read_from_the_aggregates(seeded: Any) -> None:
     # its sessions come from the raw table (a session needs the activities in order).
     overview = overview_sql(month)
     totals = overview.split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
-    totals_sql = f"WITH {totals} SELECT * FROM totals LEFT JOIN money USING (day)"
-    assert _tables_read(store, totals_sql) - bookkeeping == {"activity_stats_hourly_rollup"}
-    assert _tables_read(store, overview) - bookkeeping == {"activity_stats_hourly_rollup"}
+    totals_sql = (
+        f"WITH {totals} SELECT * FROM totals LEFT JOIN people USING (day) LEFT JOIN money USING (day)"
+    )
+    rollups = {"activity_stats_hourly_rollup", "activity_stats_daily_rollup"}
+    assert _tables_read(store, totals_sql) - bookkeeping == rollups
+    assert _tables_read(store, overview) - bookkeeping == rollups
     # No day was touched since the refresh: the views' branch over `activities` reads nothing.
     dirty = (
         "SELECT count() FROM aggregate_touches "

@@ -461,3 +461,20 @@ def test_every_view_leaves_the_bots_out_unless_asked(
     assert count(f"SELECT count() FROM {PERSON_ACTIVITIES.call({**month, 'include_bots': 0})}") == len(
         shop.humans(stored)
     )
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["experiment", "--name", "nope"], "no impressions, views or clicks of responses named 'nope' from"),
+        (["sources", "--by", "variant", "--name", "nope"], "of responses named 'nope' from 2026-10-01"),
+    ],
+)
+def test_filters_that_match_nothing_say_so(
+    capsys: pytest.CaptureFixture[str], seeded: Any, args: list[str], message: str, fmt: str
+) -> None:
+    _, flags = seeded
+    assert main(["report", *args, *MONTH, "--format", fmt, *flags]) == 3
+    out, err = capsys.readouterr()
+    assert message in err and not out

@@ -24,6 +24,7 @@ from core.proto.activity.v1 import activity_pb2 as pb
 from workers.rows import encode_rows, envelope
 from workers.storage.analytics_schema import (
     AGGREGATES,
+    AGGREGATES_V2,
     ATTRIBUTED_ACTIVITIES,
     FUNNEL,
     HAS_AMOUNT,
@@ -97,8 +98,8 @@ def test_a_view_call_names_every_parameter_and_quotes_values() -> None:
 
 def test_the_migration_creates_tables_before_their_views_and_views_last() -> None:
     statements = analytics_statements("db")
-    assert len(statements) == 3 * len(AGGREGATES) + len(VIEWS)
-    for i, a in enumerate(AGGREGATES):
+    assert len(statements) == 3 * len(AGGREGATES_V2) + len(VIEWS)
+    for i, a in enumerate(AGGREGATES_V2):
         assert f"`{a.name}` (" in statements[3 * i]
         assert f"`{a.view}` TO" in statements[3 * i + 1]
         assert statements[3 * i + 2].startswith("INSERT INTO")
