@@ -1,26 +1,24 @@
-"""The analytics layer over `activities`: aggregates maintained on insert, and parameterized views.
+"""The analytics layer over `activities`: aggregates of the deduplicated rows, and parameterized views.
 
 Everything here is defined once, as data, and the DDL is generated from it (as `workers.storage.schema` does
 for the raw table), so that the migrations, the reports (`collector.cli.report`) and the documentation
 (`docs/analytics.md`, checked by the tests) name the same tables, columns and expressions.
 
-Aggregates. Each `Aggregate` is an AggregatingMergeTree table fed by a materialized view on
-`activities`. A client that resends an acknowledged batch inserts the same activities (same ids)
-again: the raw table, a ReplacingMergeTree, collapses those copies only when it merges parts, and a
-materialized view sees every copy. So every measure kept here is *idempotent*: adding the same
-activity twice leaves the state as adding it once.
+Aggregates. A client that resends an acknowledged batch inserts the same activities (same ids) again:
+the raw table, a ReplacingMergeTree, collapses those copies only when it merges parts, and a
+materialized view sees every copy. So since schema version 11 nothing is counted on insert. An insert
+only records the days it touched (`aggregate_touches`); the collectors' refresh
+(`workers.storage.refresher`) computes each touched day again from `activities FINAL`, where copies are
+one row, into a rollup table per `Aggregate` (`<name>_rollup`, the latest computation of a key wins),
+then moves a watermark; and the aggregate itself is a view that reads the rollup for the days not
+touched since the watermark and computes the other days from `activities FINAL` when read. Every day
+is thus counted from the deduplicated rows: exact after retries, with plain numbers in the rows
+(`activities`, `items`, `revenue`) and a sketch of the user keys (`users`, `uniqCombined64`). See
+docs/analytics.md, "Why the counts are exact".
 
-- `activities`: `uniqExact` over activity ids: an exact, retry-proof count.
-- `users`: `uniqCombined64` over the user key: a sketch (exact for small sets, about 0.5 % error
-  beyond some thousands), idempotent by nature.
-- `amounts`: `maxMap` keyed by activity id, holding each priced activity's items and revenue once;
-  the sums are taken when the state is read.
-
-The price of exactness under retries is one id per activity in the states (16 bytes, about what the
-raw table's `id` column holds): see docs/analytics.md, "Why the counts are exact".
-
-The same idempotence makes the backfill of a migration safe: the aggregates are filled from the
-existing rows after their view is created, and an activity seen by both is still counted once.
+Schema versions 2 to 10 kept idempotent states keyed by activity id instead (`MEASURES_V2`,
+AggregatingMergeTree tables filled by materialized views), which made a month cost more to read from
+the aggregates than from the raw rows; version 11 replaces them.
 """
 
 from __future__ import annotations

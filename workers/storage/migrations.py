@@ -65,8 +65,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Persons resolved when queried, attribution across sessions, bots left out of every view unless asked
     # for, and the views over sources and searches: every view replaced.
     Migration(10, "views: persons, sources, searches, bots", source_views_statements),
-    # The aggregates gain the bot flag as a key (reports leave bots out unless asked).
-    Migration(11, "aggregates: bot flag as a key", aggregates_redesign_statements),
+    # The aggregates become rollups of the deduplicated rows, refreshed per touched day and read
+    # through views (exact after retries without an id per activity in their states); the bot flag
+    # is a key of every aggregate (reports leave bots out unless asked).
+    Migration(
+        11, "aggregates: rollups of the deduplicated rows, bot flag as a key", aggregates_redesign_statements
+    ),
     # The read side (ProfileService): each activity again, ordered by person, and the person's ids.
     Migration(12, "read side: activities by person, person links", person_statements),
 )
