@@ -289,3 +289,42 @@ async def test_the_python_clients_reader_asks_for_profiles_and_recommendations(
     profile, answer = await asyncio.to_thread(read)
     assert [a.target.id for a in profile.recent] == ["sku-2"]
     assert [i.target.id for i in answer.items] == ["sku-2", "sku-1"]
+
+
+async def test_a_purchase_after_a_recommendation_is_credited_to_its_strategy_in_the_reports(
+    reads: Any, server: CollectorServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+    import json
+
+    from collector.cli.main import main
+
+    stub, profiles = reads
+    await send(stub, [act("view", "X", 600, anonymous_id=f"v-{n}") for n in range(5)])
+    answer = await profiles.GetRecommendations(ppb.GetRecommendationsRequest(strategy="trending", limit=1))
+    assert [(i.target.id, i.position) for i in answer.items] == [("X", 1)]
+    # What the page does with the response: shows it, the shopper clicks it and buys.
+    source = pb.Source(type="recommendation", name=answer.strategy, position=answer.items[0].position)
+    shown = act("impression", "X", 30, user_id="shopper")
+    clicked = act("click", "X", 20, user_id="shopper")
+    for a in (shown, clicked):
+        a.source_id = answer.source_id
+        a.source.CopyFrom(source)
+    bought = act("purchase", "X", 10, user_id="shopper", price=1500, currency="EUR")
+    await send(stub, [shown, clicked, bought])
+
+    flags = [
+        "--data-dir",
+        str(server.settings.data_dir),
+        "--clickhouse-dsn",
+        server.settings.effective_clickhouse_dsn,
+        "--clickhouse-database",
+        server.settings.clickhouse_database,
+    ]
+    code = await asyncio.to_thread(main, ["report", "sources", "--by", "name", "--format", "json", *flags])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+    trending = rows["trending"]
+    assert (int(trending["impressions"]), int(trending["clicks"]), int(trending["purchases"])) == (1, 1, 1)
+    assert {k: int(v) for k, v in trending["revenue"].items()} == {"EUR": 1500}
