@@ -295,6 +295,27 @@ def run_async(command: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int
         return 1
 
 
+class CommandStore:
+    """ClickHouse as `workers/` asks it (`query`, `command`): through the running server holding the
+    embedded engine when there is one, else opened here (`query_clickhouse`). A read-only one refuses
+    `command`, for commands that must not change ClickHouse."""
+
+    def __init__(self, settings: Settings, writable: bool = True) -> None:
+        self.settings = settings
+        self.writable = writable
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        return query_clickhouse(self.settings, sql, fmt)
+
+    def command(self, sql: str) -> bytes:
+        if not self.writable:
+            raise CommandError("this command does not change ClickHouse")
+        return query_clickhouse(self.settings, sql, "TabSeparated")
+
+    def close(self) -> None:
+        """Nothing held between queries."""
+
+
 def query_clickhouse(settings: Settings, query: str, fmt: str) -> bytes:
     """Result bytes of `query` in ClickHouse format `fmt`. With the embedded engine, a server running on
     the same data directory answers; without one, the engine is opened here. Raises StoreError."""

@@ -15,17 +15,16 @@ from typing import Any
 
 from collector.cli.common import (
     CommandError,
+    CommandStore,
     Configuration,
     Subparsers,
     open_postgres,
     postgres_command_flags,
     print_table,
-    query_clickhouse,
     run_async,
     store_flags,
     table_format_flag,
 )
-from collector.config import Settings
 
 EXIT_STATUSES = """exit status: 0 done; 1 a malformed rule (the message names the node at fault), no such
 segment, or PostgreSQL or the store failed; 2 bad arguments."""
@@ -77,26 +76,9 @@ def _read_rule(path: Path) -> Any:
         raise CommandError(f"--rule: {error.message}") from None
 
 
-class _Engine:
-    """The store as `workers.reads` asks it, through a running server's control socket or here."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def query(self, sql: str, fmt: str) -> bytes:
-        from workers.storage.clickhouse import StoreError
-
-        try:
-            return query_clickhouse(self.settings, sql, fmt)
-        except StoreError as error:
-            raise CommandError(f"the store failed: {error}") from None
-
-    def close(self) -> None:
-        pass
-
-
 def run(args: argparse.Namespace, config: Configuration) -> int:
     from workers.reads.segments import RuleError, SegmentStore, check_name, members, parse_rule
+    from workers.storage.clickhouse import StoreError
 
     settings = config.settings
 
@@ -139,7 +121,12 @@ def run(args: argparse.Namespace, config: Configuration) -> int:
                     print(json.dumps(found_rule.document, indent=2))
                     return 0
 
-                people = await asyncio.to_thread(members, _Engine(settings), args.tenant, found_rule)
+                try:
+                    people = await asyncio.to_thread(
+                        members, CommandStore(settings, writable=False), args.tenant, found_rule
+                    )
+                except StoreError as error:
+                    raise CommandError(f"the store failed: {error}") from None
                 if args.format == "json":
                     for person in people:
                         print(json.dumps({"person": person}))

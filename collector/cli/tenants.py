@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from collector.cli.common import (
     CommandError,
+    CommandStore,
     Configuration,
     Subparsers,
     open_postgres,
     postgres_command_flags,
     print_table,
-    query_clickhouse,
     run_async,
     store_flags,
     table_format_flag,
@@ -181,7 +181,7 @@ async def set_retention(store: TenantStore, settings: Settings, args: argparse.N
         await retentions.set(args.name, args.retention_days, getattr(args, "aggregate_retention_days", None))
     except RetentionError as error:
         raise CommandError(str(error)) from error
-    engine = _ClickHouse(settings)
+    engine = CommandStore(settings)
     try:
         await asyncio.to_thread(
             apply_retention, engine, settings.clickhouse_database, await retentions.all(), settings.cluster
@@ -199,16 +199,3 @@ async def set_retention(store: TenantStore, settings: Settings, args: argparse.N
         f"tenant {args.name}: raw activities kept {shown(args.retention_days)}, aggregate rows "
         f"{shown(getattr(args, 'aggregate_retention_days', None))}; older rows go at ClickHouse's next merge"
     )
-
-
-class _ClickHouse:
-    """ClickHouse through the running server holding the embedded engine, when there is one."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def query(self, sql: str, fmt: str) -> bytes:
-        return query_clickhouse(self.settings, sql, fmt)
-
-    def command(self, sql: str) -> bytes:
-        return query_clickhouse(self.settings, sql, "TabSeparated")

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from collector.cli.common import (
     CommandError,
+    CommandStore,
     Configuration,
     Subparsers,
     open_postgres,
     print_table,
-    query_clickhouse,
     run_async,
     store_flags,
 )
@@ -115,19 +115,6 @@ def person_of(args: argparse.Namespace) -> tuple[str, str]:
     raise CommandError("name the person: --user-id, --anonymous-id or --session-id")
 
 
-class _ClickHouse:
-    """ClickHouse for reading: through the running server holding the embedded engine, when there is one."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def query(self, sql: str, fmt: str) -> bytes:
-        return query_clickhouse(self.settings, sql, fmt)
-
-    def command(self, sql: str) -> Any:
-        raise CommandError("this command does not change ClickHouse")
-
-
 def run(args: argparse.Namespace, config: Configuration) -> int:
     from workers.storage.clickhouse import StoreError
 
@@ -160,7 +147,9 @@ async def users_command(
         try:
             kind, value = (
                 "user",
-                await user_of_identity(tenant, repository, identity, _ClickHouse(settings), database, _call),
+                await user_of_identity(
+                    tenant, repository, identity, CommandStore(settings, writable=False), database, _call
+                ),
             )
         except PersonError as error:
             raise CommandError(str(error)) from error
@@ -180,7 +169,12 @@ async def users_command(
     if args.action == "suppress":
         try:
             ids = await resolve_person(
-                tenant, PersonIds.of(kind, value), pool, _ClickHouse(settings), database, _call
+                tenant,
+                PersonIds.of(kind, value),
+                pool,
+                CommandStore(settings, writable=False),
+                database,
+                _call,
             )
         except PersonError as error:
             raise CommandError(str(error)) from error
@@ -326,7 +320,12 @@ async def export(
     lines = []
     try:
         async for record in export_person(
-            args.tenant, kind, value, pool, _ClickHouse(settings), settings.clickhouse_database
+            args.tenant,
+            kind,
+            value,
+            pool,
+            CommandStore(settings, writable=False),
+            settings.clickhouse_database,
         ):
             lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
     except PersonError as error:

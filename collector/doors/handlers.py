@@ -3,6 +3,7 @@ ids): the dispatch is the same for every wrapper, only what it wraps around a ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -48,3 +49,22 @@ class Handlers(_Handler):
             if found is not None:
                 return found
         return None
+
+
+def generic_handler(
+    add_to_server: Callable[[Any, Any], None], servicer: Any
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The generic handler that the generated `add_<Service>Servicer_to_server(servicer, server)` would
+    register, taken instead of registered, for the doors to wrap (authentication, request ids)."""
+    captured: list[Any] = []
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            captured.extend(handlers)
+
+        def add_registered_method_handlers(self, *_: Any) -> None:
+            pass
+
+    add_to_server(servicer, _Capture())
+    handler: grpc.GenericRpcHandler[Any, Any] = captured[0]
+    return handler

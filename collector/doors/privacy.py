@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 
 from collector.doors.auth import TENANT
+from collector.doors.handlers import generic_handler
 from core.proto.activity.v1 import privacy_pb2 as ppb
 from core.proto.activity.v1 import privacy_pb2_grpc as ppb_grpc
 from workers.privacy.erasure import ErasureStore, Receipt
@@ -88,18 +89,7 @@ class PrivacyService(ppb_grpc.PrivacyServiceServicer):
 
     def rpc_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The generic handler of the service, for the doors to wrap (authentication, request ids)."""
-        captured: list[Any] = []
-
-        class _Capture:
-            def add_generic_rpc_handlers(self, handlers: Any) -> None:
-                captured.extend(handlers)
-
-            def add_registered_method_handlers(self, *_: Any) -> None:
-                pass
-
-        ppb_grpc.add_PrivacyServiceServicer_to_server(self, _Capture())  # type: ignore[no-untyped-call]
-        handler: grpc.GenericRpcHandler[Any, Any] = captured[0]
-        return handler
+        return generic_handler(ppb_grpc.add_PrivacyServiceServicer_to_server, self)
 
     def _tenant(self) -> str:
         return TENANT.get() or self.default_tenant

@@ -20,6 +20,7 @@ import grpc.aio
 from google.rpc import code_pb2
 
 from collector.doors.auth import TENANT
+from collector.doors.handlers import generic_handler
 from collector.doors.trailers import status_trailer
 from core.cache import ExpiringCache
 from core.proto.activity.v1 import activity_pb2 as pb
@@ -124,18 +125,7 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
 
     def rpc_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The generic handler of the service, for the doors to wrap (authentication, request ids)."""
-        captured: list[Any] = []
-
-        class _Capture:
-            def add_generic_rpc_handlers(self, handlers: Any) -> None:
-                captured.extend(handlers)
-
-            def add_registered_method_handlers(self, *_: Any) -> None:
-                pass
-
-        ppb_grpc.add_ProfileServiceServicer_to_server(self, _Capture())  # type: ignore[no-untyped-call]
-        handler: grpc.GenericRpcHandler[Any, Any] = captured[0]
-        return handler
+        return generic_handler(ppb_grpc.add_ProfileServiceServicer_to_server, self)
 
     async def _answer(
         self, call: str, context: grpc.aio.ServicerContext[Any, Any], read: Callable[[], T]

@@ -37,9 +37,10 @@ import asyncpg
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import WireError, bytes_field, iter_fields, payload
 from workers.commit.deadletters import split_rows
-from workers.privacy.persons import PersonIds, SqlEngine, json_rows, resolve_person
+from workers.privacy.persons import PersonIds, SqlEngine, resolve_person
 from workers.processors.suppression import Suppressions, SuppressionStore, id_digest
 from workers.storage.analytics_schema import AGGREGATES, aggregate_rebuild_statements, quote
+from workers.storage.contract import json_rows
 from workers.storage.person_schema import PERSON_ACTIVITIES, PERSON_LINKS
 from workers.storage.postgres import POSTGRES_ERRORS
 from workers.storage.schema import REJECTIONS_TABLE, RESOLVED_USER_ID_FIELD, SINGLE_NODE, Cluster

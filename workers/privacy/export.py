@@ -21,9 +21,10 @@ from google.protobuf.json_format import MessageToDict
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.deadletters import split_rows
 from workers.privacy.erasure import ErasureStore, row_ids
-from workers.privacy.persons import PersonIds, SqlEngine, json_rows, resolve_person
+from workers.privacy.persons import PersonIds, SqlEngine, resolve_person
 from workers.processors.suppression import SuppressionStore, id_digest
 from workers.storage.analytics_schema import quote
+from workers.storage.contract import json_rows
 from workers.storage.schema import REJECTIONS_TABLE
 
 

@@ -23,6 +23,7 @@ import asyncpg
 
 from workers.processors.suppression import ANONYMOUS, KINDS, SESSION, USER, id_digest
 from workers.storage.analytics_schema import quote
+from workers.storage.contract import json_rows
 
 MAX_IDS = 10_000
 """Most ids one person may have: beyond, the request is refused as too wide to be one person."""
@@ -106,11 +107,6 @@ class PersonIds:
 
 def _in(values: set[str]) -> str:
     return "(" + ", ".join(quote(v) for v in sorted(values)) + ")"
-
-
-def json_rows(data: bytes) -> list[dict[str, Any]]:
-    """The rows of a JSONEachRow result."""
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
 async def resolve_person(

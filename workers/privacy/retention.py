@@ -18,8 +18,9 @@ from typing import Any
 
 import asyncpg
 
-from workers.privacy.persons import SqlEngine, json_rows
+from workers.privacy.persons import SqlEngine
 from workers.storage.analytics_schema import AGGREGATES, quote
+from workers.storage.contract import json_rows
 from workers.storage.schema import SINGLE_NODE, Cluster
 
 MAX_DAYS = 36_500

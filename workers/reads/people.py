@@ -10,25 +10,19 @@ was seen). The person's activities are then point reads of `activities_by_person
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from workers.storage.contract import QueryEngine
+from workers.storage.analytics_schema import quote
+from workers.storage.contract import QueryEngine, json_rows
 from workers.storage.schema import USER_KEY
 
 PERSON = f"if(resolved_user_id != '', resolved_user_id, {USER_KEY})"
 """The person of a stored activity as enrichment resolved it, for aggregate reads over many people."""
 
 
-def quote(text: str) -> str:
-    """A ClickHouse string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def rows(engine: QueryEngine, sql: str) -> list[dict[str, object]]:
     """The rows of `sql`, as dictionaries."""
-    out = engine.query(sql, "JSONEachRow")
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return json_rows(engine.query(sql, "JSONEachRow"))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from workers.reads.people import Person, quote, rows
+from workers.reads.people import Person, rows
 from workers.reads.segments import Rule
+from workers.storage.analytics_schema import quote
 from workers.storage.contract import QueryEngine
 
 DEFAULT_RECENT = 20
@@ -22,8 +23,9 @@ HALF_LIFE_DAYS = 7
 WEIGHTS = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 5}
 """How much one activity of each action weighs in an affinity (others weigh nothing)."""
 
-_WEIGHT = "multiIf(" + ", ".join(f"action = {quote(a)}, {w}" for a, w in WEIGHTS.items()) + ", 0)"
-DECAYED_WEIGHT = f"{_WEIGHT} * pow(0.5, dateDiff('second', occurred_at, now64(3)) / {HALF_LIFE_DAYS * 86400})"
+WEIGHT = "multiIf(" + ", ".join(f"action = {quote(a)}, {w}" for a, w in WEIGHTS.items()) + ", 0)"
+"""SQL: the weight of one activity by its action."""
+DECAYED_WEIGHT = f"{WEIGHT} * pow(0.5, dateDiff('second', occurred_at, now64(3)) / {HALF_LIFE_DAYS * 86400})"
 """The weight of one activity, halved for every HALF_LIFE_DAYS of its age."""
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.reads.people import PERSON, Person, quote, rows
-from workers.reads.profiles import WEIGHTS, Affinity, read_profile
+from workers.reads.people import PERSON, Person, rows
+from workers.reads.profiles import WEIGHT, Affinity, read_profile
+from workers.storage.analytics_schema import quote
 from workers.storage.contract import QueryEngine
 
 STRATEGIES = ("also_viewed", "also_bought", "trending", "recently_viewed", "for_you")
@@ -82,13 +83,10 @@ def _together(tenant: str, action: str, target: tuple[str, str], exclude: str, l
     )
 
 
-_WEIGHT = "multiIf(" + ", ".join(f"action = {quote(a)}, {w}" for a, w in WEIGHTS.items()) + ", 0)"
-
-
 def _trending(tenant: str, exclude: str, limit: int) -> str:
     decay = f"pow(0.5, dateDiff('second', occurred_at, now64(3)) / {TRENDING_HALF_LIFE_H * 3600})"
     return (
-        f"SELECT target_type, target_id, sum({_WEIGHT} * {decay}) AS score FROM activities "
+        f"SELECT target_type, target_id, sum({WEIGHT} * {decay}) AS score FROM activities "
         f"WHERE tenant_id = {quote(tenant)} AND NOT is_bot "
         f"AND occurred_at >= now64(3) - INTERVAL {TRENDING_HOURS} HOUR AND {exclude} "
         f"GROUP BY target_type, target_id HAVING score > 0 "

@@ -26,7 +26,8 @@ from typing import Any
 import asyncpg
 
 from core.normalize import normalize_action
-from workers.reads.people import quote, rows
+from workers.reads.people import rows
+from workers.storage.analytics_schema import quote
 from workers.storage.contract import QueryEngine
 
 MAX_NODES = 64

@@ -8,7 +8,8 @@ worker thread, never from the event loop.
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from typing import Any, Protocol
 
 from workers.rows import Envelope
 
@@ -40,3 +41,8 @@ class QueryEngine(Protocol):
 
 class ActivityStore(RowSink, QueryEngine, Protocol):
     """A store that takes rows and answers SQL: what the collector's process opens."""
+
+
+def json_rows(data: bytes) -> list[dict[str, Any]]:
+    """The rows of a `JSONEachRow` answer, as dictionaries."""
+    return [json.loads(line) for line in data.splitlines() if line.strip()]

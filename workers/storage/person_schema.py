@@ -18,6 +18,7 @@ node, fed by views on the local `activities`, with Distributed tables in front.
 
 from __future__ import annotations
 
+from workers.storage.analytics_schema import quote
 from workers.storage.schema import SINGLE_NODE, TIME, USER_KEY, Cluster
 
 PERSON_ACTIVITIES = "activities_by_person"
@@ -61,14 +62,10 @@ _LINKS = (
 )
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def person_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
     """Migration 12: the two tables, their views, and their backfill from the rows already stored."""
     db = f"`{database}`"
-    columns = ",\n".join(f"  `{n}` {t} COMMENT {_quote(c)}" for n, t, _, c in _COLUMNS)
+    columns = ",\n".join(f"  `{n}` {t} COMMENT {quote(c)}" for n, t, _, c in _COLUMNS)
     select = ", ".join(f"{e} AS `{n}`" for n, _, e, _ in _COLUMNS)
     activities_local = cluster.local("activities")
     statements = [

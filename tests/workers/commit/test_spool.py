@@ -335,6 +335,7 @@ def test_records_whose_fsync_failed_are_forgotten(tmp_path: Path, monkeypatch: p
     spool.sync()
     sequences = spool.append([(1, b"b")])
 
+    # A fake of a failing disk: a real file system here cannot be made to fail an fsync on demand.
     def failing_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
