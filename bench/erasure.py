@@ -64,11 +64,13 @@ class Ingest:
         return count * self.rows / max(until - since, 1e-9)
 
 
-def insert(store: ClickHouseStore, first: int, count: int, persons: int, prefix: str = "") -> None:
-    store.command(
+def insert_sql(tenant: str, first: int, count: int, persons: int, prefix: str = "") -> str:
+    """An INSERT of `count` activities of `tenant`, numbered from `first`, of `persons` persons (user
+    `u-N`, anonymous id `a-N`, session `s-N`), spread over the last 30 days."""
+    return (
         "INSERT INTO activities (tenant_id, id, action, target_type, target_id, user_id, anonymous_id,"
         " session_id, device_type, occurred_at, received_at)"
-        f" SELECT '{TENANT}', generateUUIDv4(number), ['view', 'click', 'purchase'][n % 3 + 1],"
+        f" SELECT '{tenant}', generateUUIDv4(number), ['view', 'click', 'purchase'][n % 3 + 1],"
         " 'product', concat('sku-', toString(n % 5000)), concat('{x}u-', toString(n % {p})),"
         " concat('{x}a-', toString(n % {p})), concat('{x}s-', toString(n % {p})), 'mobile',"
         " now64(3, 'UTC') - toIntervalSecond(n % 2592000), now64(3, 'UTC')"
@@ -76,6 +78,10 @@ def insert(store: ClickHouseStore, first: int, count: int, persons: int, prefix:
             "{p}", str(persons)
         ).replace("{x}", prefix)
     )
+
+
+def insert(store: ClickHouseStore, first: int, count: int, persons: int, prefix: str = "") -> None:
+    store.command(insert_sql(TENANT, first, count, persons, prefix))
 
 
 def fill(store: ClickHouseStore, rows: int, persons: int) -> float:
@@ -100,7 +106,21 @@ async def main() -> None:
         help="seconds of inserts measured before the erasure (default 10)",
     )
     parser.add_argument("--postgres-dsn", default="", help="PostgreSQL; default: an embedded one")
+    parser.add_argument(
+        "--through-collector",
+        action="store_true",
+        help="measure ingest through a running collector with and without an erasure (bench.erasure_ingest)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--through-collector: A/B rounds (default 3)")
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="--through-collector: seconds measured per window"
+    )
     args = parser.parse_args()
+    if args.through_collector:
+        from bench.erasure_ingest import run
+
+        await run(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-erasure-"))
     store = ClickHouseStore(f"chdb://{work / 'clickhouse'}", DATABASE, connections=2)
     postgres = Postgres(args.postgres_dsn, work)

@@ -65,6 +65,8 @@ class Latency:
     size: str
     ms: list[float] = field(default_factory=list)
     read_rows: int = 0
+    cpu_s: float = 0.0
+    """CPU time of the calls (the answers from memory: on this thread, nothing else works for them)."""
 
     @property
     def p50(self) -> float:
@@ -137,12 +139,75 @@ def run_size(engine: Engine, size: str, rows: int, requests: int) -> list[Latenc
                 latency(f"GetRecommendations {strategy}"),
                 lambda s=strategy, p=person, t=target: recommend(store, TENANT, s, p, t),  # type: ignore[misc]
             )
-    engine.client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     out = list(calls.values())
     for item in out:
         print(
             f"  {item.call:<38} p50 {item.p50:8.1f} ms  p99 {item.p99:8.1f} ms  "
             f"{item.read_rows / len(item.ms):>12,.0f} rows read per call",
+            flush=True,
+        )
+    out += time_memory(store, who, targets, size)
+    engine.client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+    return out
+
+
+async def _time_memory(
+    store: Store, who: list[tuple[str, str]], targets: list[tuple[str, str]], size: str
+) -> list[Latency]:
+
+    from collector.doors.profile import ProfileService
+    from core.proto.activity.v1 import activity_pb2 as pb
+    from core.proto.activity.v1 import profile_pb2 as ppb
+    from workers.reads.items import ItemLists
+    from workers.reads.model import ReadModel
+
+    model = ReadModel(store)
+    lists = ItemLists(store)
+    service = ProfileService(store, TENANT, model=model, items=lists)
+    context: Any = None  # only an error would use it
+    await model.start()
+    try:
+        await model.wait_ready()
+        calls: dict[str, Latency] = {}
+
+        async def ask(n: int, user: tuple[str, str], kind: str) -> None:
+            asked = pb.User(user_id=user[0], anonymous_id=user[1])
+            if kind == "GetProfile":
+                await service.GetProfile(ppb.GetProfileRequest(user=asked), context)
+            else:
+                target_type, target_id = targets[n % len(targets)]
+                request = ppb.GetRecommendationsRequest(
+                    strategy=kind.split()[1], user=asked, target=pb.Target(type=target_type, id=target_id)
+                )
+                await service.GetRecommendations(request, context)
+
+        for rounds in range(2):  # the first loads the people and the lists; the second is timed
+            for n, user in enumerate(who):
+                for kind in KINDS:
+                    cpu, start = time.thread_time(), time.perf_counter()
+                    await ask(n, user, kind)
+                    if rounds:
+                        latency = calls.setdefault(kind, Latency(f"from memory: {kind}", size))
+                        latency.ms.append((time.perf_counter() - start) * 1000)
+                        latency.cpu_s += time.thread_time() - cpu
+        return list(calls.values())
+    finally:
+        await model.shutdown()
+        await lists.shutdown()
+
+
+def time_memory(
+    store: Store, who: list[tuple[str, str]], targets: list[tuple[str, str]], size: str
+) -> list[Latency]:
+    """Each call kind answered by the read model (`ProfileService` without its transport), once the
+    people and lists are loaded: latency and CPU per call."""
+    import asyncio
+
+    out = asyncio.run(_time_memory(store, who, targets, size))
+    for item in out:
+        print(
+            f"  {item.call:<50} p50 {item.p50:7.3f} ms  p99 {item.p99:7.3f} ms  "
+            f"{item.cpu_s / len(item.ms) * 1e6:7.0f} µs CPU per call",
             flush=True,
         )
     return out
@@ -152,41 +217,69 @@ def sample(engine: Engine, requests: int) -> tuple[list[tuple[str, str]], list[t
     return people(engine, requests), products(engine, requests)
 
 
+KINDS = ["GetProfile", *(f"GetRecommendations {s}" for s in STRATEGIES)]
+CHANNELS = 4
+BUYERS = {"action": "purchase", "within": "1h"}
+"""The segment the freshness probes enter with their purchase."""
+
+
+@dataclass
+class Reads:
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    freshness_ms: list[float] = field(default_factory=list)
+    stale: int = 0
+    """Probes not seen in the profile and its segments within 10 s."""
+
+
 async def read_load(
     address: str,
     key: str,
+    write_key: str,
     who: list[tuple[str, str]],
     targets: list[tuple[str, str]],
     rate: float,
     seconds: float,
-) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Calls at `rate` per second for `seconds`, each call kind in turn: latencies by call, errors by code."""
+    probe: bool = True,
+    kinds: list[str] | None = None,
+) -> Reads:
+    """Each of `kinds` (default: every call kind) at `rate` per second for `seconds` (in turn); with
+    `probe`, once a second, a
+    purchase of a new person asked about before, then their profile until it shows the purchase and
+    the segment `buyers`: the freshness of an acknowledged activity."""
     import asyncio
+    import uuid
 
     import grpc
     import grpc.aio
 
     from core.proto.activity.v1 import activity_pb2 as pb
+    from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
     from core.proto.activity.v1 import profile_pb2 as ppb
     from core.proto.activity.v1 import profile_pb2_grpc as ppb_grpc
 
-    latencies: dict[str, list[float]] = {}
-    errors: dict[str, int] = {}
+    out = Reads()
     metadata = (("authorization", f"Bearer {key}"),)
-    kinds = ["GetProfile", *(f"GetRecommendations {s}" for s in STRATEGIES)]
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = ppb_grpc.ProfileServiceStub(channel)  # type: ignore[no-untyped-call]
+    kinds = kinds or KINDS
+    total_rate = rate * len(kinds)
+    # Several connections, as from several application servers: one would hold every call in flight.
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    try:
+        stubs = [ppb_grpc.ProfileServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        stub = stubs[0]
+        writer = pb_grpc.ActivityServiceStub(channels[0])  # type: ignore[no-untyped-call]
 
         async def one(n: int) -> None:
             kind = kinds[n % len(kinds)]
-            user_id, anonymous_id = who[n % len(who)]
+            stub = stubs[n % len(stubs)]
+            user_id, anonymous_id = who[(n // len(kinds)) % len(who)]
             user = pb.User(user_id=user_id, anonymous_id=anonymous_id)
             start = time.perf_counter()
             try:
                 if kind == "GetProfile":
                     await stub.GetProfile(ppb.GetProfileRequest(user=user), metadata=metadata, timeout=10)
                 else:
-                    target_type, target_id = targets[n % len(targets)]
+                    target_type, target_id = targets[(n // len(kinds)) % len(targets)]
                     await stub.GetRecommendations(
                         ppb.GetRecommendationsRequest(
                             strategy=kind.split()[1],
@@ -197,38 +290,236 @@ async def read_load(
                         timeout=10,
                     )
             except grpc.aio.AioRpcError as error:
-                errors[error.code().name] = errors.get(error.code().name, 0) + 1
+                reason = f"{error.code().name}: {(error.details() or '')[:60]}"
+                out.errors[reason] = out.errors.get(reason, 0) + 1
                 return
-            latencies.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
+            out.latencies.setdefault(kind, []).append((time.perf_counter() - start) * 1000)
 
-        tasks = []
+        async def fresh() -> None:
+            user = pb.User(user_id=f"fresh-{uuid.uuid4()}")
+            asked = ppb.GetProfileRequest(user=user)
+            await stub.GetProfile(asked, metadata=metadata, timeout=10)
+            bought = pb.Activity(
+                id=str(uuid.uuid4()),
+                action="purchase",
+                target=pb.Target(type="product", id="probe"),
+                user=user,
+            )
+            bought.occurred_at.GetCurrentTime()
+            await writer.TrackActivities(
+                pb.TrackActivitiesRequest(activities=[bought]),
+                metadata=(("authorization", f"Bearer {write_key}"),),
+                timeout=10,
+            )
+            acknowledged = time.perf_counter()
+            while time.perf_counter() - acknowledged < 10:
+                profile = (await stub.GetProfile(asked, metadata=metadata, timeout=10)).profile
+                if any(a.id == bought.id for a in profile.recent) and "buyers" in profile.segments:
+                    out.freshness_ms.append((time.perf_counter() - acknowledged) * 1000)
+                    return
+                await asyncio.sleep(0.01)
+            out.stale += 1
+
+        async def probes() -> None:
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds - 1:
+                began = time.perf_counter()
+                try:
+                    await fresh()
+                except grpc.aio.AioRpcError as error:
+                    out.errors[f"probe {error.code().name}"] = (
+                        out.errors.get(f"probe {error.code().name}", 0) + 1
+                    )
+                await asyncio.sleep(max(0.0, began + 1.0 - time.perf_counter()))
+
+        tasks = [asyncio.create_task(probes())] if probe else []
         started = time.perf_counter()
         n = 0
         while time.perf_counter() - started < seconds:
             tasks.append(asyncio.create_task(one(n)))
             n += 1
-            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            await asyncio.sleep(max(0.0, started + n / total_rate - time.perf_counter()))
         await asyncio.gather(*tasks)
-    return latencies, errors
+    finally:
+        for c in channels:
+            await c.close(None)
+    return out
+
+
+READERS = 3
+"""Processes that send the reads, two call kinds each: one process could not send 1,200 calls a second
+and read their answers on a busy machine, and its own delay would show as the collector's latency."""
+
+
+def _reader(args: tuple[Any, ...]) -> Reads:
+    import asyncio
+
+    address, key, write_key, who, targets, rate, seconds, probe, kinds = args
+    return asyncio.run(read_load(address, key, write_key, who, targets, rate, seconds, probe, kinds))
+
+
+def read_processes(
+    address: str,
+    key: str,
+    write_key: str,
+    who: list[tuple[str, str]],
+    targets: list[tuple[str, str]],
+    rate: float,
+    seconds: float,
+) -> Reads:
+    """`read_load` split over READERS processes (the first also runs the freshness probes), merged."""
+    import multiprocessing
+
+    groups = [KINDS[n::READERS] for n in range(READERS)]
+    jobs = [(address, key, write_key, who, targets, rate, seconds, n == 0, g) for n, g in enumerate(groups)]
+    with multiprocessing.get_context("spawn").Pool(READERS) as pool:
+        parts = pool.map(_reader, jobs)
+    out = Reads()
+    for part in parts:
+        for call, ms in part.latencies.items():
+            out.latencies.setdefault(call, []).extend(ms)
+        for reason, n in part.errors.items():
+            out.errors[reason] = out.errors.get(reason, 0) + n
+        out.freshness_ms += part.freshness_ms
+        out.stale += part.stale
+    return out
+
+
+async def warm(address: str, key: str, who: list[tuple[str, str]], targets: list[tuple[str, str]]) -> float:
+    """Every call kind once for every person, one call at a time (again while refused): the read model
+    loads them before the clock starts. Seconds taken."""
+    import asyncio
+
+    import grpc
+    import grpc.aio
+
+    from core.proto.activity.v1 import activity_pb2 as pb
+    from core.proto.activity.v1 import profile_pb2 as ppb
+    from core.proto.activity.v1 import profile_pb2_grpc as ppb_grpc
+
+    started = time.perf_counter()
+    metadata = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ppb_grpc.ProfileServiceStub(channel)  # type: ignore[no-untyped-call]
+        for n, (user_id, anonymous_id) in enumerate(who):
+            user = pb.User(user_id=user_id, anonymous_id=anonymous_id)
+            for kind in KINDS:
+                for _ in range(20):
+                    try:
+                        if kind == "GetProfile":
+                            await stub.GetProfile(
+                                ppb.GetProfileRequest(user=user), metadata=metadata, timeout=60
+                            )
+                        else:
+                            target_type, target_id = targets[n % len(targets)]
+                            request = ppb.GetRecommendationsRequest(
+                                strategy=kind.split()[1],
+                                user=user,
+                                target=pb.Target(type=target_type, id=target_id),
+                            )
+                            await stub.GetRecommendations(request, metadata=metadata, timeout=60)
+                        break
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.2)
+    return time.perf_counter() - started
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The samples of a collector's /metrics page that the read side writes, by name and labels."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for match in re.finditer(r"^(activity_collector_read\S*) (\S+)$", text, re.MULTILINE):
+        found[match.group(1)] = float(match.group(2))
+    return found
+
+
+def _in_collector(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the collector counted between two scrapes: its own time per answered read, and how reads
+    were answered (from memory, or by loading from ClickHouse)."""
+
+    def moved(prefix: str) -> float:
+        return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
+
+    ok = moved('activity_collector_reads_total{call="GetProfile",outcome="ok"}') + moved(
+        'activity_collector_reads_total{call="GetRecommendations",outcome="ok"}'
+    )
+    return {
+        "handler_ms_per_read": moved("activity_collector_read_seconds_total") / ok * 1000 if ok else 0.0,
+        "memory_hits": moved('activity_collector_read_model_events_total{event="hit"}'),
+        "loads": moved('activity_collector_read_model_events_total{event="load"}'),
+        "passed": moved('activity_collector_read_model_events_total{event="passed"}'),
+        "lists_asked_store": moved('activity_collector_read_list_events_total{event="asked_store"}'),
+        "tail_passes": moved('activity_collector_read_model_events_total{event="tail_pass"}'),
+    }
+
+
+def _create_segment(data: Path, env: dict[str, str], work: Path) -> None:
+    import subprocess
+
+    from bench.runner import ROOT
+
+    rule = work / "buyers.json"
+    rule.write_text(json.dumps(BUYERS))
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "segments",
+            "create",
+            "buyers",
+            "--tenant",
+            TENANT,
+            "--rule",
+            str(rule),
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if made.returncode != 0:
+        raise SystemExit(f"bench.reads: segment not created: {made.stdout}{made.stderr}")
 
 
 def under_ingest(
     size: str, requests: int, ingest_rate: float, read_rate: float, seconds: float
 ) -> dict[str, Any]:
     import asyncio
+    import os
     import subprocess
     import threading
 
     from bench.loadgen import Spec
-    from bench.runner import ROOT, RunOptions, ServerProcess, child_env, collector_argv, run_loadgen
+    from bench.runner import (
+        METRICS_AT,
+        ROOT,
+        RunOptions,
+        ServerProcess,
+        child_env,
+        collector_argv,
+        run_loadgen,
+    )
 
     work = Path(tempfile.mkdtemp(prefix="bench-reads-ingest-"))
     data = work / "data"
+    print(f"\n== under ingest: {size} shop ==", flush=True)
     try:
         engine = Engine(data / "clickhouse")
         engine.use("activity")
-        generate(engine, SIZES[size])
+        generated_s = generate(engine, SIZES[size])
+        settled_s = settle(engine)
+        print(f"  generated in {generated_s:.0f} s, merges settled after {settled_s:.0f} s", flush=True)
         who, targets = sample(engine, requests)
+        memory = time_memory(Store(engine), who, targets, size)
         engine.client.close()
         env = child_env({"ACTIVITY_DEFAULT_TENANT": TENANT})
         server = ServerProcess(collector_argv(data, "warning", env), work / "serve.log", env)
@@ -247,6 +538,8 @@ def under_ingest(
             read_key = next((w for w in made.stdout.split() if w.startswith("ak_")), "")
             if not read_key:
                 raise SystemExit(f"bench.reads: no read key: {made.stdout}{made.stderr}")
+            _create_segment(data, env, work)
+            write_key = server.api_key or ""
 
             def ingest(out: dict[str, Any]) -> None:
                 spec = Spec(
@@ -265,14 +558,22 @@ def under_ingest(
                 run_dir.mkdir()
                 out.update(run_loadgen(spec, run_dir, RunOptions(warmup_s=2.0, duration_s=seconds)))
 
+            # The people and lists the calls ask about, read once before the clock starts (the read
+            # model holds them from then on; before, a call reads ClickHouse as without it).
+            warmed_s = asyncio.run(warm(address, read_key, who, targets))
+            print(f"  warm-up: each call kind asked once for each person in {warmed_s:.0f} s", flush=True)
             alone: dict[str, Any] = {}
             ingest(alone)
             together: dict[str, Any] = {}
             thread = threading.Thread(target=ingest, args=(together,))
             thread.start()
             time.sleep(2.0)  # the load generator's warm-up
-            latencies, errors = asyncio.run(read_load(address, read_key, who, targets, read_rate, seconds))
+            metrics = server.wait_for_line(METRICS_AT)
+            before = scrape(metrics.group(1)) if metrics else {}
+            reads = read_processes(address, read_key, write_key, who, targets, read_rate, seconds)
+            inside = _in_collector(before, scrape(metrics.group(1))) if metrics else {}
             thread.join()
+            load_avg = os.getloadavg()
         finally:
             server.stop()
     finally:
@@ -282,23 +583,75 @@ def under_ingest(
         window = float(result.get("window_s") or 0)
         return float(result.get("acked_window", 0)) / window if window else 0.0
 
-    print(f"\n== under ingest: {size} shop, ingest {ingest_rate:,.0f}/s offered, reads {read_rate:,.0f}/s ==")
+    print(
+        f"  ingest {ingest_rate:,.0f}/s offered, reads {read_rate:,.0f}/s offered per call kind, "
+        f"{seconds:.0f} s"
+    )
     calls = {}
-    for call, ms in sorted(latencies.items()):
+    answered = 0
+    for call in KINDS:
+        ms = reads.latencies.get(call, [])
+        answered += len(ms)
+        if not ms:
+            print(f"  {call:<38} no answer")
+            continue
         item = Latency(call, size, ms)
-        calls[call] = {"n": len(ms), "p50_ms": item.p50, "p99_ms": item.p99}
-        print(f"  {call:<38} p50 {item.p50:8.1f} ms  p99 {item.p99:8.1f} ms  ({len(ms)} calls)")
-    print(f"  read errors: {errors or 'none'}")
+        calls[call] = {"n": len(ms), "per_s": len(ms) / seconds, "p50_ms": item.p50, "p99_ms": item.p99}
+        print(
+            f"  {call:<38} p50 {item.p50:7.1f} ms  p99 {item.p99:7.1f} ms  "
+            f"{len(ms) / seconds:6.1f} answered/s"
+        )
+    print(f"  read errors: {reads.errors or 'none'}")
+    if inside:
+        print(
+            f"  in the collector: {inside['handler_ms_per_read']:.2f} ms per answered read from its "
+            f"handler to its answer; {inside['memory_hits']:,.0f} people from memory, "
+            f"{inside['loads']:,.0f} loaded, {inside['passed']:,.0f} read from ClickHouse; "
+            f"{inside['lists_asked_store']:,.0f} recommendation calls asked of ClickHouse; "
+            f"{inside['tail_passes']:,.0f} looks at new rows"
+        )
+    extra_cpu = float(together.get("server_cpu_s") or 0) - float(alone.get("server_cpu_s") or 0)
+    cpu_per_read_us = extra_cpu / answered * 1e6 if answered else 0.0
+    print(
+        f"  collector CPU: {alone.get('server_cpu_s') or 0:.1f} s ingest alone, "
+        f"{together.get('server_cpu_s') or 0:.1f} s with reads: {cpu_per_read_us:,.0f} µs per read"
+    )
+    fresh = sorted(reads.freshness_ms)
+    if fresh:
+        print(
+            f"  freshness (acknowledged purchase -> in GetProfile and segment): "
+            f"p50 {statistics.median(fresh):.0f} ms, max {fresh[-1]:.0f} ms over {len(fresh)} probes; "
+            f"{reads.stale} not seen within 10 s"
+        )
     print(
         f"  ingest acknowledged: {rate(alone):,.0f}/s alone, {rate(together):,.0f}/s with reads "
         f"({rate(together) / rate(alone) if rate(alone) else 0:.3f}); ingest errors: "
-        f"{together.get('errors') or 'none'}"
+        f"alone {alone.get('errors') or 'none'}, with reads {together.get('errors') or 'none'}"
+    )
+    print(
+        f"  machine: {together.get('machine_busy_cores', 0):.2f} of {os.cpu_count()} cores busy with reads, "
+        f"{alone.get('machine_busy_cores', 0):.2f} alone; load average {load_avg[0]:.1f}"
     )
     return {
+        "size": size,
+        "from_memory": [
+            {"call": m.call, "p50_ms": m.p50, "p99_ms": m.p99, "cpu_us": m.cpu_s / len(m.ms) * 1e6}
+            for m in memory
+        ],
         "calls": calls,
-        "read_errors": errors,
+        "read_errors": reads.errors,
+        "in_collector": inside,
+        "cpu_per_read_us": cpu_per_read_us,
+        "freshness_ms": fresh,
+        "stale_probes": reads.stale,
         "ingest_alone": rate(alone),
         "ingest_with_reads": rate(together),
+        "ingest_errors": {"alone": alone.get("errors"), "with_reads": together.get("errors")},
+        "machine_busy_cores": {
+            "alone": alone.get("machine_busy_cores"),
+            "with_reads": together.get("machine_busy_cores"),
+        },
+        "load_average": load_avg[0],
     }
 
 
@@ -312,7 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ingest-rate", type=float, default=20_000, help="activities/s offered (default 20000)"
     )
-    parser.add_argument("--read-rate", type=float, default=200, help="read calls/s (default 200)")
+    parser.add_argument(
+        "--read-rate", type=float, default=200, help="read calls/s of each call kind (default 200)"
+    )
     parser.add_argument("--duration", type=float, default=30, help="seconds of each phase (default 30)")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -320,7 +675,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.reads: --sizes: some of {', '.join(SIZES)}; --requests at least 2", file=sys.stderr)
         return 2
     if args.under_ingest:
-        found = under_ingest(sizes[0], args.requests, args.ingest_rate, args.read_rate, args.duration)
+        found = [
+            under_ingest(size, args.requests, args.ingest_rate, args.read_rate, args.duration)
+            for size in sizes
+        ]
+        if len(found) > 1:
+            print("\n== latency by size (p99 ms) ==")
+            for call in KINDS:
+                row = "  ".join(
+                    f"{f['size']}: {f['calls'].get(call, {}).get('p99_ms', float('nan')):7.1f}" for f in found
+                )
+                print(f"  {call:<38} {row}")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(found, indent=2))
         print(f"\nresults: {args.json}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -29,9 +30,11 @@ import clickhouse_connect
 
 from bench.shop_sql import DAYS, FIRST_DAY, PEOPLE, TENANT, generate_sql, resend_sql
 from collector.cli import report
+from collector.cli.report_sources import reads_rollups, rollups_current_sql
 from workers.storage.analytics_schema import AGGREGATES, MEASURE
 from workers.storage.migrations import apply_migrations, database_ddl
 from workers.storage.refresher import refresh_aggregates
+from workers.storage.source_rollups import EVERY_ROLLUP
 
 SIZES = {"100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
 """Sizes offered (100k: a quick check of the benchmark itself)."""
@@ -171,8 +174,8 @@ def settle(engine: Engine) -> float:
 
 
 def storage(engine: Engine) -> list[tuple[str, int, int, int]]:
-    """(table, rows, bytes on disk, uncompressed bytes) of the raw table and the aggregates."""
-    tables = ["activities"] + [a.name for a in AGGREGATES] + [a.rollup for a in AGGREGATES]
+    """(table, rows, bytes on disk, uncompressed bytes) of the raw table, the aggregates and the rollups."""
+    tables = ["activities"] + [a.name for a in AGGREGATES] + [a.rollup for a in EVERY_ROLLUP]
     names = ", ".join(f"'{t}'" for t in tables)
     rows = engine.client.query(
         "SELECT table, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts "
@@ -198,6 +201,15 @@ def report_request(arguments: list[str]) -> tuple[report.Request | None, str]:
         return report.build_request(args), ""
     except report.ReportError as error:
         return None, str(error)
+
+
+def current(engine: Engine, request: report.Request) -> report.Request:
+    """The request as the command runs it: a report over responses first asks whether the rollups hold
+    every day of the range (`rollups_current_sql`, timed apart as `(rollups check)`)."""
+    if not reads_rollups(request):
+        return request
+    answer = str(engine.client.command(rollups_current_sql(request))).strip()
+    return dataclasses.replace(request, rollups_current=answer == "1")
 
 
 def overview_totals(request: report.Request) -> str:
@@ -281,6 +293,10 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
         timings.append(
             measure(engine, size, "overview: aggregate part", overview_totals(overview), runs, 100)
         )
+        by_name, _ = report_request(["sources", "--by", "name"])
+        if by_name is not None and reads_rollups(by_name):
+            check = rollups_current_sql(by_name)
+            timings.append(measure(engine, size, "(rollups check of sources, queries)", check, runs, 100))
     for name, arguments, target in REPORTS:
         request, why = report_request(arguments)
         if request is None:
@@ -288,6 +304,7 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
             timings.append(Timing(name, size, target_ms=target, skipped=why))
             continue
         try:
+            request = current(engine, request)
             sql = report.REPORTS[request.name].sql(request)
             timing = measure(engine, size, name, sql, runs, target)
         except Exception as error:  # a report being built in this tree: noted, not fatal
@@ -311,6 +328,18 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
             ("top-targets, last day unrefreshed", report.top_targets_sql(top)),
         ):
             timings.append(measure(engine, size, name, sql, runs, 100))
+    # The reports over responses then read the rollups' views: the rollups for the other days, and
+    # the last day and those its activities can change computed from `activities`.
+    for name, arguments in (
+        ("sources --by name, last day unrefreshed", ["sources", "--by", "name"]),
+        ("experiment, last day unrefreshed", ["experiment", "--name", "pdp-similar"]),
+        ("queries, last day unrefreshed", ["queries"]),
+    ):
+        request, _ = report_request(arguments)
+        if request is not None and reads_rollups(request):
+            request = current(engine, request)
+            sql = report.REPORTS[request.name].sql(request)
+            timings.append(measure(engine, size, name, sql, runs, 2000))
     meta = {
         "rows": rows,
         "generated_s": generated_s,

@@ -154,6 +154,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         str(p) for base in (_source_root, ROOT) if base is not None for p in (base, base / "clients/python")
     ]
     env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    # `python -m` would put its working directory (the repository root) ahead of PYTHONPATH, and with it
+    # the working tree's packages ahead of the snapshot.
+    env["PYTHONSAFEPATH"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -112,6 +112,19 @@ class Settings:
     read_queue: int = 32
     """Most ProfileService calls waiting in line; past it a call is refused with RESOURCE_EXHAUSTED and a
     retry delay, so that reads never starve ingest."""
+    read_model: bool = True
+    """Answer ProfileService from memory: the people asked about, held with their activities and kept
+    current by tailing ClickHouse, and the tenants' recommendation lists. Off: every call reads ClickHouse."""
+    read_model_max_activities: int = 500_000
+    """Most activities the read model holds (about 400 bytes each); the least recently asked-about people
+    are dropped first."""
+    read_model_tail_interval_s: float = 0.5
+    """How often the read model looks for rows other collectors wrote (at once after this collector's own
+    inserts)."""
+    read_model_lists_ttl_s: float = 60.0
+    """How old the also_viewed, also_bought and for_you lists may get before they are computed again."""
+    read_model_trending_ttl_s: float = 5.0
+    """How old the trending list may get before it is computed again."""
     quota_rate: float = 0.0
     """Default quota of every tenant, in activities per second (a tenant's own, `activity-collector
     quotas set`, replaces it): a request past it is refused with RESOURCE_EXHAUSTED and a retry delay.
@@ -119,6 +132,13 @@ class Settings:
     quota_burst: float = 0.0
     """Most activities a tenant may send at once under the default quota (the bucket's size); 0: one
     second of quota_rate."""
+    quota_refusal_hold_ms: float = 250.0
+    """Longest wait before a call refused over its tenant's quota is answered (the retry delay it is
+    given, up to this): a flooding client's calls in flight then wait instead of spinning, and its call
+    rate, which is what its neighbours pay for, falls. 0: refusals are answered at once."""
+    quota_refusal_hold_max: int = 1000
+    """Most refused calls held at once, across tenants (each keeps its request in memory, at most
+    max_request_bytes); past it a refusal is answered at once."""
     enrichment: bool = True
     """Enrich activities from PostgreSQL: catalogue columns from the tenant's targets, resolved_user_id
     from identity links (and record new links). Off: those columns stay empty and PostgreSQL is never
@@ -149,6 +169,9 @@ class Settings:
     aggregates_refresh_s: float = 10.0
     """How often the aggregates' rollups take in the days that received activities, in seconds; 0: never
     (the aggregates then read those days from the activities, exact but slower)."""
+    erasure_stale_s: float = 30.0
+    """A collector whose drain mark (its heartbeat in PostgreSQL) is older than this, in seconds, counts
+    as stopped: erasures stop waiting for it (docs/privacy.md). Longer than any insert takes."""
     limits: Limits = field(default_factory=Limits)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     processors: ProcessorSettings = field(default_factory=ProcessorSettings)
@@ -246,9 +269,20 @@ class Settings:
             raise ConfigError(f"read_concurrency: must be greater than zero, got {self.read_concurrency}")
         if self.read_queue < 0:
             raise ConfigError(f"read_queue: must be zero or more, got {self.read_queue}")
-        for name in ("quota_rate", "quota_burst"):
+        if self.read_model_max_activities <= 0:
+            raise ConfigError(
+                f"read_model_max_activities: must be greater than zero, got {self.read_model_max_activities}"
+            )
+        for name in ("read_model_tail_interval_s", "read_model_lists_ttl_s", "read_model_trending_ttl_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name}: must be greater than zero, got {getattr(self, name)}")
+        for name in ("quota_rate", "quota_burst", "quota_refusal_hold_ms"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(f"{name}: must be a finite number, zero or more, got {getattr(self, name)}")
+        if self.quota_refusal_hold_max < 0:
+            raise ConfigError(
+                f"quota_refusal_hold_max: must be zero or more, got {self.quota_refusal_hold_max}"
+            )
         if self.enrichment_cache_size <= 0:
             raise ConfigError(
                 f"enrichment_cache_size: must be greater than zero, got {self.enrichment_cache_size}"
@@ -276,6 +310,10 @@ class Settings:
             raise ConfigError(
                 f"aggregates_refresh_s: must be a finite number, zero or more, got "
                 f"{self.aggregates_refresh_s}"
+            )
+        if not 0 < self.erasure_stale_s < math.inf:
+            raise ConfigError(
+                f"erasure_stale_s: must be a finite number greater than zero, got {self.erasure_stale_s}"
             )
         if not 0 < self.health_interval_s < math.inf:
             raise ConfigError(

@@ -49,6 +49,8 @@ class ApiKey:
     created_at: datetime.datetime
     revoked_at: datetime.datetime | None
     scope: str = "write"
+    allowed_origins: tuple[str, ...] = ()
+    """The page origins that may send with the key through the Segment door; empty: any."""
 
     @property
     def state(self) -> str:
@@ -142,31 +144,46 @@ class TenantStore:
         if result.split()[-1] == "0":
             raise TenantError(f"no tenant {name}")
 
-    async def create_key(self, tenant: str, scope: str = "write") -> tuple[str, ApiKey]:
-        """A new key of `tenant`, holding `scope` (one scope, or several comma-separated): the key itself
-        (to show once) and what is stored of it."""
+    async def create_key(
+        self, tenant: str, scope: str = "write", allowed_origins: Sequence[str] = ()
+    ) -> tuple[str, ApiKey]:
+        """A new key of `tenant`, holding `scope` (one scope, or several comma-separated) and, when
+        given, the page origins allowed to send with it (normalized by the caller): the key itself (to
+        show once) and what is stored of it. One statement: the key never exists without its origins."""
         scope = scope_of(scope.split(","))
+        origins = sorted(set(allowed_origins))
         key, key_id = new_key()
         row = await self.pool.fetchrow(
-            "INSERT INTO api_keys (key_id, tenant_id, secret_sha256, scope)"
-            " SELECT $2, id, $3, $4 FROM tenants WHERE name = $1 RETURNING created_at",
+            "INSERT INTO api_keys (key_id, tenant_id, secret_sha256, scope, allowed_origins)"
+            " SELECT $2, id, $3, $4, $5 FROM tenants WHERE name = $1 RETURNING created_at",
             tenant,
             key_id,
             key_digest(key),
             scope,
+            origins,
         )
         if row is None:
             raise TenantError(f"no tenant {tenant}")
-        return key, ApiKey(key_id, tenant, row["created_at"], None, scope)
+        return key, ApiKey(key_id, tenant, row["created_at"], None, scope, tuple(origins))
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         rows = await self.pool.fetch(
-            "SELECT k.key_id, t.name, k.created_at, k.revoked_at, k.scope FROM api_keys k"
+            "SELECT k.key_id, t.name, k.created_at, k.revoked_at, k.scope, k.allowed_origins FROM api_keys k"
             " JOIN tenants t ON t.id = k.tenant_id WHERE $1::text IS NULL OR t.name = $1"
             " ORDER BY t.name, k.created_at, k.key_id",
             tenant,
         )
-        return [ApiKey(r["key_id"], r["name"], r["created_at"], r["revoked_at"], r["scope"]) for r in rows]
+        return [
+            ApiKey(
+                r["key_id"],
+                r["name"],
+                r["created_at"],
+                r["revoked_at"],
+                r["scope"],
+                tuple(r["allowed_origins"]),
+            )
+            for r in rows
+        ]
 
     async def revoke_key(self, key_or_id: str) -> ApiKey:
         """Revoke a key, named by its key id or given whole. Revoking a revoked key changes nothing."""

@@ -1423,12 +1423,24 @@ done:
  * cannot evaluate on the bytes is PC_DEFER, and an activity that carries a value for it is judged in
  * Python. Paths are field numbers from Activity down (what the Python side resolved from the
  * descriptors), the last one optionally a map key. Activities check vouched for carry no repeated
- * singular field, no unknown field and no repeated map key, so the first match of a path is its value. */
+ * singular field, no unknown field and no repeated map key, so the first match of a path is its value.
+ * `plan_check` runs the same program on one activity the Python path parsed, serialized again: a
+ * serialization carries each known field once, before any unknown field (which, sharing a known
+ * number, has another wire type, and reads as absent here as in Python). */
 
 #define PLAN_PATH_MAX 8
+/* PC_PATTERN_ASCII: a pattern that is a sequence of items, each a set of ASCII characters repeated
+ * min..max times (workers.processors.plan_screen.ascii_pattern), matched here rather than by calling
+ * Python's re. Each item is a 128-bit set (16 bytes) and min, max as little-endian uint16 (max
+ * 0xffff: no bound). No non-ASCII character is in any set, so matching bytes is matching characters. A
+ * value longer than PATTERN_ASCII_MAX_LEN bytes is left to Python. */
+#define PATTERN_ITEM_BYTES 20
+#define PATTERN_ITEMS_MAX 32
+#define PATTERN_ASCII_MAX_LEN 256
+#define PATTERN_UNBOUNDED 0xffff
 
 enum { PC_REQUIRED = 1, PC_FORBIDDEN, PC_TARGET_TYPES, PC_ENUM_STR, PC_ENUM_NUM, PC_PATTERN, PC_MIN, PC_MAX,
-       PC_MAX_LENGTH, PC_DEFER, PC_LAST = PC_DEFER };
+       PC_MAX_LENGTH, PC_DEFER, PC_PATTERN_ASCII, PC_LAST = PC_PATTERN_ASCII };
 /* What the last field of a path is, which decides when the value counts as absent (as the Python
  * getters read it: an empty string, a zero without presence, an unset optional, no entry at all). */
 enum { PT_STRING = 1, PT_INT64, PT_UINT, PT_UINT_PLAIN, PT_PRESENT, PT_MAP_KEY, PT_LAST = PT_MAP_KEY };
@@ -1446,7 +1458,10 @@ typedef struct {
     double *numbers; /* PC_ENUM_NUM */
     double bound;    /* PC_MIN, PC_MAX */
     long long max_length;
-    PyObject *matcher; /* PC_PATTERN: called with the value (str); None means no match */
+    PyObject *matcher; /* PC_PATTERN (and PC_PATTERN_ASCII for long values): called with the value (str);
+                          None means no match */
+    uint8_t *items;     /* PC_PATTERN_ASCII: nitems items of PATTERN_ITEM_BYTES */
+    Py_ssize_t nitems;
 } pcheck_t;
 
 typedef struct {
@@ -1480,6 +1495,7 @@ static void plan_free(pplan_t *plan)
             PyMem_Free(chk->value_lens);
             PyMem_Free(chk->numbers);
             Py_XDECREF(chk->matcher);
+            PyMem_Free(chk->items);
         }
         PyMem_Free(act->checks);
         PyMem_Free(act->name);
@@ -1592,6 +1608,24 @@ static int compile_check(PyObject *spec, pcheck_t *chk)
         Py_INCREF(arg);
         chk->matcher = arg;
         break;
+    case PC_PATTERN_ASCII: {
+        PyObject *items, *matcher;
+        Py_ssize_t len;
+        if (!PyArg_ParseTuple(arg, "SO:ascii pattern", &items, &matcher))
+            return -1;
+        len = PyBytes_GET_SIZE(items);
+        if (!len || len % PATTERN_ITEM_BYTES || len / PATTERN_ITEM_BYTES > PATTERN_ITEMS_MAX ||
+            !PyCallable_Check(matcher)) {
+            PyErr_SetString(PyExc_ValueError, "an ASCII pattern is (1 to 32 items of 20 bytes, fullmatch)");
+            return -1;
+        }
+        if (!(chk->items = (uint8_t *)copy_bytes(items, &len)))
+            return -1;
+        chk->nitems = len / PATTERN_ITEM_BYTES;
+        Py_INCREF(matcher);
+        chk->matcher = matcher;
+        break;
+    }
     default:
         break;
     }
@@ -1658,13 +1692,104 @@ typedef struct {
     uint64_t val; /* integer values */
 } pvalue_t;
 
-static void find_path(const pcheck_t *chk, const uint8_t *p, const uint8_t *end, pvalue_t *out)
+/* The first occurrence of each top-level field of one activity numbered below PLAN_TOP_FIELDS, found in
+ * one pass, so that the checks of an action (ten paths, most under user, metadata or target) do not
+ * each scan the activity from its start again. */
+#define PLAN_TOP_FIELDS 32
+typedef struct {
+    uint32_t seen;
+    field_t f[PLAN_TOP_FIELDS];
+} ptop_t;
+
+static void index_top(const uint8_t *p, const uint8_t *end, ptop_t *top)
 {
-    int level, ignored = 0;
+    field_t f;
+    int ignored = 0;
+    top->seen = 0;
+    while (p < end) {
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK)
+            return; /* as a scan would: nothing past broken framing is found */
+        if (f.num < PLAN_TOP_FIELDS && !(top->seen & (1u << f.num))) {
+            top->seen |= 1u << f.num;
+            top->f[f.num] = f;
+        }
+    }
+}
+
+/* The value of the path's last field `f`. 1: found or certainly absent; 0: a map entry with another
+ * key, look further. */
+static int path_terminal(const pcheck_t *chk, const field_t *f, pvalue_t *out)
+{
+    int ignored = 0;
+    switch (chk->terminal) {
+    case PT_STRING:
+        if (f->wt == 2 && f->len) {
+            out->present = 1;
+            out->data = f->data;
+            out->len = f->len;
+        }
+        return 1;
+    case PT_INT64:
+    case PT_UINT:
+    case PT_UINT_PLAIN:
+        if (f->wt == 0 && (chk->terminal != PT_UINT_PLAIN || f->val)) {
+            out->present = 1;
+            out->val = f->val;
+        }
+        return 1;
+    case PT_PRESENT: /* a message, a map or a list of strings: length-delimited, whatever else it is */
+        out->present = f->wt == 2;
+        return 1;
+    default: { /* PT_MAP_KEY: this entry's value, when its key is the one looked for */
+        const uint8_t *q = f->data, *qend = f->data + f->len, *value = NULL;
+        size_t value_len = 0;
+        int key_matches = 0;
+        field_t g;
+        while (q < qend) {
+            if (next_field(&q, qend, &g, &ignored) != SCAN_OK || g.wt != 2)
+                break;
+            if (g.num == MAP_KEY_FIELD)
+                key_matches = g.len == (size_t)chk->key_len && memcmp(g.data, chk->key, g.len) == 0;
+            else if (g.num == MAP_VALUE_FIELD) {
+                value = g.data;
+                value_len = g.len;
+            }
+        }
+        if (!key_matches)
+            return 0;
+        if (value_len) {
+            out->present = 1;
+            out->data = value;
+            out->len = value_len;
+        }
+        return 1;
+    }
+    }
+}
+
+/* The first field of the path at each level, as a scan from the activity's start finds it; the top
+ * level from `top` unless the path ends there in a map (whose entries are many fields). */
+static void find_path(const pcheck_t *chk, const ptop_t *top, const uint8_t *p, const uint8_t *end, pvalue_t *out)
+{
+    int level = 0, ignored = 0;
     field_t f;
 
     memset(out, 0, sizeof *out);
-    for (level = 0; level < chk->depth; level++) {
+    if (chk->nums[0] < PLAN_TOP_FIELDS && (chk->depth > 1 || chk->terminal != PT_MAP_KEY)) {
+        if (!(top->seen & (1u << chk->nums[0])))
+            return;
+        f = top->f[chk->nums[0]];
+        if (chk->depth == 1) {
+            path_terminal(chk, &f, out);
+            return;
+        }
+        if (f.wt != 2)
+            return;
+        p = f.data;
+        end = f.data + f.len;
+        level = 1;
+    }
+    for (; level < chk->depth; level++) {
         uint32_t num = chk->nums[level];
         int last = level == chk->depth - 1, found = 0;
         while (p < end) {
@@ -1678,51 +1803,8 @@ static void find_path(const pcheck_t *chk, const uint8_t *p, const uint8_t *end,
                 found = 1;
                 break;
             }
-            switch (chk->terminal) {
-            case PT_STRING:
-                if (f.wt == 2 && f.len) {
-                    out->present = 1;
-                    out->data = f.data;
-                    out->len = f.len;
-                }
+            if (path_terminal(chk, &f, out))
                 return;
-            case PT_INT64:
-            case PT_UINT:
-            case PT_UINT_PLAIN:
-                if (f.wt == 0 && (chk->terminal != PT_UINT_PLAIN || f.val)) {
-                    out->present = 1;
-                    out->val = f.val;
-                }
-                return;
-            case PT_PRESENT:
-                out->present = 1;
-                return;
-            default: { /* PT_MAP_KEY: this entry's value, when its key is the one looked for */
-                const uint8_t *q = f.data, *qend = f.data + f.len, *value = NULL;
-                size_t value_len = 0;
-                int key_matches = 0;
-                field_t g;
-                while (q < qend) {
-                    if (next_field(&q, qend, &g, &ignored) != SCAN_OK || g.wt != 2)
-                        break;
-                    if (g.num == MAP_KEY_FIELD)
-                        key_matches = g.len == (size_t)chk->key_len && memcmp(g.data, chk->key, g.len) == 0;
-                    else if (g.num == MAP_VALUE_FIELD) {
-                        value = g.data;
-                        value_len = g.len;
-                    }
-                }
-                if (key_matches) {
-                    if (value_len) {
-                        out->present = 1;
-                        out->data = value;
-                        out->len = value_len;
-                    }
-                    return;
-                }
-                continue;
-            }
-            }
         }
         if (!found)
             return;
@@ -1748,8 +1830,44 @@ static int is_int_terminal(int terminal)
     return terminal == PT_INT64 || terminal == PT_UINT || terminal == PT_UINT_PLAIN;
 }
 
+/* Whether the whole of s[0..len) (len <= PATTERN_ASCII_MAX_LEN) matches the items: the positions each
+ * item can end at, from those the item before could, as re.fullmatch finds a match if there is one. */
+static int ascii_fullmatch(const uint8_t *items, Py_ssize_t nitems, const uint8_t *s, size_t len)
+{
+    uint8_t reach[PATTERN_ASCII_MAX_LEN + 1], next[PATTERN_ASCII_MAX_LEN + 1];
+    Py_ssize_t it;
+    size_t p, k;
+
+    memset(reach, 0, len + 1);
+    reach[0] = 1;
+    for (it = 0; it < nitems; it++) {
+        const uint8_t *item = items + it * PATTERN_ITEM_BYTES, *set = item;
+        unsigned lo = (unsigned)item[16] | (unsigned)item[17] << 8, hi = (unsigned)item[18] | (unsigned)item[19] << 8;
+        int any = 0;
+        memset(next, 0, len + 1);
+        for (p = 0; p <= len; p++) {
+            if (!reach[p])
+                continue;
+            for (k = 0;; k++) {
+                if (k >= lo) {
+                    next[p + k] = 1;
+                    any = 1;
+                }
+                if ((hi != PATTERN_UNBOUNDED && k >= hi) || p + k == len)
+                    break;
+                if (s[p + k] >= 128 || !(set[s[p + k] >> 3] & (1u << (s[p + k] & 7))))
+                    break;
+            }
+        }
+        if (!any)
+            return 0;
+        memcpy(reach, next, len + 1);
+    }
+    return reach[len];
+}
+
 /* 1: the activity certainly breaks no rule of `act`; 0: Python must judge it; -1: an exception. */
-static int plan_conforms(const paction_t *act, const uint8_t *p, const uint8_t *end)
+static int plan_conforms(const paction_t *act, const ptop_t *top, const uint8_t *p, const uint8_t *end)
 {
     Py_ssize_t c, i;
     pvalue_t v;
@@ -1758,7 +1876,7 @@ static int plan_conforms(const paction_t *act, const uint8_t *p, const uint8_t *
         const pcheck_t *chk = &act->checks[c];
         int string = chk->terminal == PT_STRING || chk->terminal == PT_MAP_KEY, exact, match;
         double number;
-        find_path(chk, p, end, &v);
+        find_path(chk, top, p, end, &v);
         switch (chk->kind) {
         case PC_REQUIRED:
             if (!v.present)
@@ -1812,6 +1930,17 @@ static int plan_conforms(const paction_t *act, const uint8_t *p, const uint8_t *
             if (!string || utf8_chars(v.data, v.len) > chk->max_length)
                 return 0;
             continue;
+        case PC_PATTERN_ASCII:
+            if (!v.present)
+                continue;
+            if (!string)
+                return 0;
+            if (v.len <= PATTERN_ASCII_MAX_LEN) {
+                if (!ascii_fullmatch(chk->items, chk->nitems, v.data, v.len))
+                    return 0;
+                continue;
+            }
+            /* fall through - a long value goes to the pattern itself */
         case PC_PATTERN: {
             PyObject *text, *result;
             if (!v.present)
@@ -1840,13 +1969,18 @@ static int plan_conforms(const paction_t *act, const uint8_t *p, const uint8_t *
     return 1;
 }
 
-/* The action of an activity check vouched for (canonical, present). */
-static void find_action(const uint8_t *p, const uint8_t *end, const uint8_t **data, size_t *len)
+/* The action of an activity check vouched for (canonical, present): its first action field. */
+static void find_action(const ptop_t *top, const uint8_t *p, const uint8_t *end, const uint8_t **data, size_t *len)
 {
     field_t f;
     int ignored = 0;
     *data = NULL;
     *len = 0;
+    if ((top->seen & (1u << ACTIVITY_ACTION_FIELD)) && top->f[ACTIVITY_ACTION_FIELD].wt == 2) {
+        *data = top->f[ACTIVITY_ACTION_FIELD].data;
+        *len = top->f[ACTIVITY_ACTION_FIELD].len;
+        return;
+    }
     while (p < end) {
         if (next_field(&p, end, &f, &ignored) != SCAN_OK)
             return;
@@ -1856,6 +1990,24 @@ static void find_action(const uint8_t *p, const uint8_t *end, const uint8_t **da
             return;
         }
     }
+}
+
+/* 1: the activity at [p, end) certainly breaks no rule of the plan's action named `action` (an action
+ * the plan does not list: whether the plan allows unknown actions); 0: Python must judge it; -1: an
+ * exception. `action` NULL: the activity's own action field. */
+static int plan_verdict(const pplan_t *plan, const uint8_t *action, size_t action_len, const uint8_t *p,
+                        const uint8_t *end)
+{
+    ptop_t top;
+    Py_ssize_t a;
+    index_top(p, end, &top);
+    if (!action)
+        find_action(&top, p, end, &action, &action_len);
+    for (a = 0; a < plan->nactions; a++)
+        if (plan->actions[a].name_len == (Py_ssize_t)action_len &&
+            memcmp(plan->actions[a].name, action, action_len) == 0)
+            return plan_conforms(&plan->actions[a], &top, p, end);
+    return plan->unknown_allow;
 }
 
 PyDoc_STRVAR(plan_screen_doc,
@@ -1871,7 +2023,7 @@ static PyObject *fp_plan_screen(PyObject *self, PyObject *args)
     const uint8_t *rawp, *fp;
     uint8_t *okp, *judgep;
     size_t n, k, nok = 0, njudge = 0;
-    Py_ssize_t triples, a;
+    Py_ssize_t triples;
     pplan_t *plan;
 
     (void)self;
@@ -1892,20 +2044,10 @@ static PyObject *fp_plan_screen(PyObject *self, PyObject *args)
     judgep = (uint8_t *)PyBytes_AS_STRING(judge);
     for (k = 0; k < n; k++) {
         uint32_t start, end;
-        const uint8_t *action;
-        size_t action_len;
-        int verdict = 0;
+        int verdict;
         if (triple_span(fp, k, raw.len, &start, &end) < 0)
             goto done;
-        find_action(rawp + start, rawp + end, &action, &action_len);
-        for (a = 0; a < plan->nactions; a++)
-            if (plan->actions[a].name_len == (Py_ssize_t)action_len &&
-                memcmp(plan->actions[a].name, action, action_len) == 0)
-                break;
-        if (a < plan->nactions)
-            verdict = plan_conforms(&plan->actions[a], rawp + start, rawp + end);
-        else
-            verdict = plan->unknown_allow;
+        verdict = plan_verdict(plan, NULL, 0, rawp + start, rawp + end);
         if (verdict < 0)
             goto done;
         if (verdict)
@@ -1924,6 +2066,66 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(plan_check_doc,
+             "plan_check(program, action, activity) -> bool\n\n"
+             "Whether the serialized Activity `activity` certainly breaks no rule that `program` (from\n"
+             "plan_compile) has for the action named `action` (bytes: the plan's name for the activity's\n"
+             "action, which may be spelled otherwise in the activity; one the plan does not list: whether\n"
+             "the plan allows unknown actions). False: the Python plan must judge it.");
+
+static PyObject *fp_plan_check(PyObject *self, PyObject *args)
+{
+    PyObject *capsule;
+    Py_buffer action, activity;
+    pplan_t *plan;
+    int verdict = -1;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Oy*y*:plan_check", &capsule, &action, &activity))
+        return NULL;
+    if ((plan = PyCapsule_GetPointer(capsule, PLAN_CAPSULE)))
+        verdict = plan_verdict(plan, (const uint8_t *)action.buf, (size_t)action.len,
+                               (const uint8_t *)activity.buf, (const uint8_t *)activity.buf + activity.len);
+    PyBuffer_Release(&action);
+    PyBuffer_Release(&activity);
+    if (verdict < 0)
+        return NULL;
+    return PyBool_FromLong(verdict);
+}
+
+PyDoc_STRVAR(count_field_doc,
+             "count_field(raw, field) -> int\n\n"
+             "How many times the top-level field `field` occurs in the serialized message `raw` (the\n"
+             "activities of a request), without reading inside any. ValueError: broken framing.");
+
+static PyObject *fp_count_field(PyObject *self, PyObject *args)
+{
+    Py_buffer raw;
+    int num, ignored = 0, broken = 0;
+    const uint8_t *p, *end;
+    Py_ssize_t count = 0;
+    field_t f;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*i:count_field", &raw, &num))
+        return NULL;
+    p = (const uint8_t *)raw.buf;
+    end = p + raw.len;
+    while (p < end) {
+        if (next_field(&p, end, &f, &ignored) != SCAN_OK) {
+            broken = 1;
+            break;
+        }
+        count += f.num == (uint32_t)num;
+    }
+    PyBuffer_Release(&raw);
+    if (broken) {
+        PyErr_SetString(PyExc_ValueError, "the message's top-level framing is broken");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(count);
+}
+
 /* -- module -------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1932,6 +2134,8 @@ static PyMethodDef methods[] = {
     {"keys", fp_keys, METH_VARARGS, keys_doc},
     {"plan_compile", fp_plan_compile, METH_VARARGS, plan_compile_doc},
     {"plan_screen", fp_plan_screen, METH_VARARGS, plan_screen_doc},
+    {"plan_check", fp_plan_check, METH_VARARGS, plan_check_doc},
+    {"count_field", fp_count_field, METH_VARARGS, count_field_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1987,6 +2191,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddIntConstant(m, "PC_MIN", PC_MIN) < 0 || PyModule_AddIntConstant(m, "PC_MAX", PC_MAX) < 0 ||
         PyModule_AddIntConstant(m, "PC_MAX_LENGTH", PC_MAX_LENGTH) < 0 ||
         PyModule_AddIntConstant(m, "PC_DEFER", PC_DEFER) < 0 ||
+        PyModule_AddIntConstant(m, "PC_PATTERN_ASCII", PC_PATTERN_ASCII) < 0 ||
         PyModule_AddIntConstant(m, "PT_STRING", PT_STRING) < 0 ||
         PyModule_AddIntConstant(m, "PT_INT64", PT_INT64) < 0 || PyModule_AddIntConstant(m, "PT_UINT", PT_UINT) < 0 ||
         PyModule_AddIntConstant(m, "PT_UINT_PLAIN", PT_UINT_PLAIN) < 0 ||

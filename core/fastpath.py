@@ -94,6 +94,21 @@ def plan_screen(raw: bytes, spans: bytes, program: Any) -> tuple[bytes, bytes]:
     return result  # type: ignore[no-any-return]
 
 
+def plan_check(program: Any, action: bytes, activity: bytes) -> bool:
+    """Whether the serialized `activity` certainly breaks no rule `program` has for the plan's action
+    named `action` (the activity may spell it otherwise); False: the Python plan must judge it."""
+    assert _fastpath is not None
+    return bool(_fastpath.plan_check(program, action, activity))
+
+
+def count_field(raw: bytes, field: int) -> int:
+    """How many times the top-level field `field` occurs in the serialized message `raw`, read from
+    its framing only. Raises ValueError when the framing is broken."""
+    assert _fastpath is not None
+    result: Any = _fastpath.count_field(raw, field)
+    return result  # type: ignore[no-any-return]
+
+
 def plan_vocabulary() -> dict[str, int]:
     """The check kinds (PC_*) and path terminals (PT_*) of a plan program, by name."""
     assert _fastpath is not None

@@ -1,5 +1,6 @@
-"""Shared fixtures: one embedded ClickHouse engine for the whole run, a fresh database per test; the
-PostgreSQL server at 127.0.0.1:5432 and one embedded PostgreSQL for the whole run, a fresh schema per test.
+"""Shared fixtures: one embedded ClickHouse engine per test process (scripts/test runs three, pytest-xdist),
+a fresh database per test, a copy of one the migrations built (tests/migrated_template.py); the PostgreSQL
+server at 127.0.0.1:5432 and one embedded PostgreSQL per test process, a fresh schema per test.
 
 The embedded engine admits one data directory per process, so every test in this process uses the
 same directory and isolates itself with its own database (random name), as the integration tests of
@@ -25,6 +26,7 @@ import asyncpg
 import clickhouse_connect
 import grpc.aio
 import pytest
+from migrated_template import MigratedTemplate
 
 from collector.config import Settings, load_settings
 from collector.process.server import CollectorServer
@@ -43,6 +45,27 @@ def database() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def migrated_template(engine_dir: Path) -> Iterator[MigratedTemplate]:
+    template = MigratedTemplate(f"chdb://{engine_dir}")
+    yield template
+    template.close()
+
+
+STORAGE_TESTS = Path(__file__).resolve().parent / "workers" / "storage"
+
+
+@pytest.fixture
+def copy_migrated(
+    request: pytest.FixtureRequest, migrated_template: MigratedTemplate
+) -> Callable[[str], None]:
+    """Creates a database of the run's engine as a copy of the migrated template (tests/migrated_template.py);
+    in the tests of the storage, which are about the migrations, it does nothing and the store migrates."""
+    if request.path.is_relative_to(STORAGE_TESTS):
+        return lambda database: None
+    return migrated_template.copy
+
+
 # When the tests run as root, the embedded PostgreSQL runs as a system user of its own that must be able
 # to traverse the test directories. pytest makes its temporary root owner-only at the start of every
 # session, any user's on the machine, which would cut a running embedded server off from its data; so
@@ -51,6 +74,24 @@ os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(Path(__file__).resolve().pare
 Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
 
 T = TypeVar("T")
+
+WORKER_TIMEOUT_FACTOR = 3
+"""The per-test timeouts (pytest-timeout) guard against hangs, sized for a test that has the machine's
+cores to itself; in a worker process of scripts/test the tests share the cores with the other workers'."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = default
+        if marker is not None:
+            seconds = float(marker.args[0] if marker.args else marker.kwargs.get("timeout", default))
+        if seconds > 0:
+            item.add_marker(pytest.mark.timeout(seconds * WORKER_TIMEOUT_FACTOR))
+
 
 PG_SERVER_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -112,11 +153,32 @@ def pg_base(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"pg_{request.param}"))
 
 
+_schemas_to_drop: list[tuple[str, str]] = []
+
+
 def _fresh_schema(base: str) -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     run_async(_execute(base, f"CREATE SCHEMA {schema}"))
     yield with_search_path(base, schema)
-    run_async(_execute(base, f"DROP SCHEMA {schema} CASCADE"))
+    # Dropped once the test's every fixture is torn down (pytest_runtest_teardown): a collector set up
+    # after this fixture is stopped after it, and until then a transaction of its, on this thread's event
+    # loop, could hold a lock the DROP waits for while the DROP blocks that loop.
+    _schemas_to_drop.append((base, schema))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        while _schemas_to_drop:
+            base, schema = _schemas_to_drop.pop()
+            try:
+                run_async(_execute(base, f"DROP SCHEMA {schema} CASCADE"))
+            except OSError:
+                # After the last test the embedded PostgreSQL has stopped, its data with it.
+                if nextitem is not None:
+                    raise
 
 
 @pytest.fixture
@@ -167,7 +229,8 @@ def make_settings(
 
 
 @pytest.fixture
-def store(engine_dir: Path, database: str) -> Iterator[ClickHouseStore]:
+def store(engine_dir: Path, database: str, copy_migrated: Callable[[str], None]) -> Iterator[ClickHouseStore]:
+    copy_migrated(database)
     s = ClickHouseStore(f"chdb://{engine_dir}", database, connections=2)
     yield s
     try:
@@ -180,11 +243,16 @@ StartServer = Callable[..., Awaitable[CollectorServer]]
 
 
 @pytest.fixture
-async def start_server(make_settings: Callable[..., Settings]) -> AsyncIterator[StartServer]:
+async def start_server(
+    make_settings: Callable[..., Settings], engine_dir: Path, copy_migrated: Callable[[str], None]
+) -> AsyncIterator[StartServer]:
     servers: list[CollectorServer] = []
 
     async def start(**overrides: Any) -> CollectorServer:
-        server = CollectorServer(make_settings(**overrides))
+        settings = make_settings(**overrides)
+        if settings.effective_clickhouse_dsn == f"chdb://{engine_dir}" and not settings.clickhouse_cluster:
+            await asyncio.to_thread(copy_migrated, settings.clickhouse_database)
+        server = CollectorServer(settings)
         servers.append(server)
         await server.start()
         return server

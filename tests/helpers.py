@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,29 @@ def hold_inserts(server: Any, monkeypatch: Any) -> threading.Event:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def install_node_modules(package: str) -> None:
+    """`npm ci` in the checkout (from its package-lock.json) when `package` is not in node_modules yet.
+    Test processes running at once (the workers of scripts/test) take turns, holding a lock on
+    package-lock.json, and look again once they hold it: `npm ci` starts by deleting node_modules, which
+    would pull it from under another process's install or its running tests."""
+    if (ROOT / "node_modules" / package).is_dir():
+        return
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not on PATH"
+    with open(ROOT / "package-lock.json") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (ROOT / "node_modules" / package).is_dir():
+            return
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert installed.returncode == 0, installed.stdout + installed.stderr
 
 
 def start_serve(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str | None]:

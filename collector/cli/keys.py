@@ -46,7 +46,9 @@ def add_parser(subparsers: Subparsers) -> None:
         help="a page origin (https://shop.example) that may send with the key through the Segment door;"
         " repeat for more; none: any origin",
     )
-    listing = actions.add_parser("list", help="keys (ids, never secrets), their tenant and state")
+    listing = actions.add_parser(
+        "list", help="keys (ids, never secrets), their tenant, state, scope and allowed origins"
+    )
     listing.add_argument("--tenant", help="only this tenant's keys")
     table_format_flag(listing)
     revoke = actions.add_parser("revoke", help="refuse a key from now on")
@@ -85,12 +87,9 @@ def allowed_origins(values: list[str]) -> list[str]:
 async def keys_command(store: TenantStore, settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "create":
         origins = allowed_origins(args.allowed_origin)
-        key, stored = await store.create_key(args.tenant, ",".join(args.scope or ["write"]))
-        if origins:
-            from collector.doors.origins import KeyOrigins
-
-            await KeyOrigins(store.pool).set(stored.key_id, origins)
-            print(f"pages of {', '.join(origins)} may send with it through the Segment door")
+        key, stored = await store.create_key(args.tenant, ",".join(args.scope or ["write"]), origins)
+        if stored.allowed_origins:
+            print(f"pages of {', '.join(stored.allowed_origins)} may send with it through the Segment door")
         print(
             f"created API key {stored.key_id} of tenant {stored.tenant}, scope {stored.scope}; the key is "
             "shown this once:"
@@ -99,8 +98,19 @@ async def keys_command(store: TenantStore, settings: Settings, args: argparse.Na
     elif args.action == "list":
         keys = await store.list_keys(args.tenant)
         print_table(
-            ("key id", "tenant", "state", "scope", "created (UTC)", "revoked (UTC)"),
-            [(k.key_id, k.tenant, k.state, k.scope, when(k.created_at), when(k.revoked_at)) for k in keys],
+            ("key id", "tenant", "state", "scope", "allowed origins", "created (UTC)", "revoked (UTC)"),
+            [
+                (
+                    k.key_id,
+                    k.tenant,
+                    k.state,
+                    k.scope,
+                    " ".join(k.allowed_origins) or "any",
+                    when(k.created_at),
+                    when(k.revoked_at),
+                )
+                for k in keys
+            ],
             args.format,
             empty="no API keys",
         )

@@ -13,6 +13,7 @@ span (exit status 3), rather than a month of zeros or nothing at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -30,6 +31,9 @@ from collector.cli.report_sources import (
     experiment_sql,
     queries_chart,
     queries_sql,
+    reads_rollups,
+    rollup_table,
+    rollups_current_sql,
     sources_by_sql,
     sources_chart,
 )
@@ -44,6 +48,7 @@ from workers.storage.analytics_schema import (
     SESSIONS,
     quote,
 )
+from workers.storage.source_rollups import RESPONSE_FIGURES, WINDOW_S
 
 DEFAULT_DAYS = 30
 NOTHING_IN_RANGE = 3
@@ -51,7 +56,8 @@ NOTHING_IN_RANGE = 3
 EXIT_STATUSES = """exit status: 0 the report was printed; 1 the store failed; 2 bad arguments; 3 no
 activities in the range (the message says which days the stored activities span), or none that the
 filters of experiment, queries or sources --by match."""
-DEFAULT_WINDOW_S = 24 * 3600
+DEFAULT_WINDOW_S = WINDOW_S
+"""Attribution window: that of the rollups, which answer the reports over responses within it."""
 FUNNEL_BY = ("day", "device_type", "segment")
 
 
@@ -81,6 +87,9 @@ class Request:
     control: str = ""
     zero_results: bool = False
     sort: str = "searches"
+    rollups_current: bool = False
+    """Every day of the range is in the rollups of `source_rollups` (`rollups_current_sql` said so):
+    the reports over responses read them alone, not the views that compute the other days."""
 
     @property
     def since(self) -> str:
@@ -254,9 +263,34 @@ ORDER BY source != '', purchases DESC, clicks DESC, source
 LIMIT {r.limit + 1}"""
 
 
+def sources_rolled_sql(r: Request) -> str:
+    """`sources_sql` from the rollup `response_figures_daily` (see `report_sources.reads_rollups`)."""
+    first, last = quote(r.first_day.isoformat()), quote(r.last_day.isoformat())
+    return f"""SELECT if(source = '', '(none)', source) AS source_id,
+  views, clicks, ctr, add_to_carts, purchases, purchases_per_click, revenue
+FROM (
+  SELECT s.source_id AS source,
+    sum(s.views) AS views,
+    sum(s.clicks) AS clicks,
+    if(views = 0, 0, round(clicks / views, 4)) AS ctr,
+    sum(s.add_to_carts) AS add_to_carts,
+    sum(s.purchases) AS purchases,
+    if(clicks = 0, 0, round(purchases / clicks, 4)) AS purchases_per_click,
+    sumMap(s.revenue) AS revenue
+  FROM {rollup_table(r, RESPONSE_FIGURES)}
+  WHERE {r.tenant_filter()} AND s.day >= toDate({first}) AND s.day <= toDate({last})
+  GROUP BY source
+  HAVING sum(s.views + s.clicks + s.add_to_carts + s.purchases) > 0
+)
+ORDER BY source != '', purchases DESC, clicks DESC, source
+LIMIT {r.limit + 1}"""
+
+
 def sources_report_sql(r: Request) -> str:
     """`sources`: one row per source id, or per group of `--by`."""
-    return sources_by_sql(r) if r.group_by else sources_sql(r)
+    if r.group_by:
+        return sources_by_sql(r)
+    return sources_rolled_sql(r) if reads_rollups(r) else sources_sql(r)
 
 
 def sessions_sql(r: Request) -> str:
@@ -580,6 +614,9 @@ def run_report(settings: Settings, args: argparse.Namespace, fmt: str) -> int:
     try:
         request = build_request(args)
         report = REPORTS[request.name]
+        if reads_rollups(request):
+            answer = query_clickhouse(settings, rollups_current_sql(request), "TabSeparated").decode()
+            request = dataclasses.replace(request, rollups_current=answer.strip() == "1")
         sql = report.sql(request)
         if report.of_activities:
             coverage = query_clickhouse(settings, coverage_sql(request), "TabSeparated").decode()

@@ -18,6 +18,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from workers.storage.analytics_schema import SEARCH_RESPONSES, SOURCE_ACTIVITIES, quote
+from workers.storage.source_rollups import (
+    RESPONSE_FIGURES,
+    SOURCE_FIGURES,
+    WINDOW_S,
+    SourceRollup,
+    unrefreshed_days_sql,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,6 +58,63 @@ _RATES = """if(impressions = 0, 0, round(clicks / impressions, 4)) AS ctr,
   if(positioned_clicks = 0, 0, round(click_position_sum / positioned_clicks, 2)) AS avg_click_position"""
 
 
+# The figures of `_FIGURES` summed over the rows of the rollup `source_figures_daily` (aliased `s`).
+_ROLLED_FIGURES = """sum(s.impressions) AS impressions,
+    sum(s.clicks) AS clicks,
+    sum(s.add_to_carts) AS add_to_carts,
+    sum(s.purchases) AS purchases,
+    sumMap(s.revenue) AS revenue,
+    sum(s.positioned_clicks) AS positioned_clicks,
+    sum(s.click_position_sum) AS click_position_sum"""
+# A group exists when the responses had an activity in it, as in `source_activities`: the rollup also
+# keeps rows of zeros for keys whose credit moved elsewhere.
+_ANY_FIGURE = "sum(s.impressions + s.views + s.clicks + s.add_to_carts + s.purchases) > 0"
+
+
+def reads_rollups(r: Request) -> bool:
+    """Whether the rollups answer `r`: they leave bots out and attribute within WINDOW_S only; any
+    other request reads the views over `activities`."""
+    return r.name in ("sources", "experiment", "queries") and not r.include_bots and r.window_s == WINDOW_S
+
+
+def rollups_current_sql(r: Request) -> str:
+    """1 when no day of the range awaits the refresh of the rollups, else 0: the report then reads
+    the rollup tables alone (planning the views' computation of the other days costs more than
+    reading a month of the rollups)."""
+    first, last = quote(r.first_day.isoformat()), quote(r.last_day.isoformat())
+    return (
+        f"SELECT count() = 0 FROM ({unrefreshed_days_sql()}) "
+        f"WHERE {r.tenant_filter()} AND day >= toDate({first}) AND day <= toDate({last})"
+    )
+
+
+def rollup_table(r: Request, rollup: SourceRollup) -> str:
+    """What a report reads of `rollup`, as `s`: the table alone when the range is in it, else the view."""
+    return f"{rollup.rollup} AS s FINAL" if r.rollups_current else f"{rollup.name} AS s"
+
+
+def _rollup_range(r: Request) -> str:
+    first, last = quote(r.first_day.isoformat()), quote(r.last_day.isoformat())
+    return f"{r.tenant_filter()} AND s.day >= toDate({first}) AND s.day <= toDate({last})"
+
+
+def _grouped_figures(r: Request, keys: str, names: str, where: str) -> str:
+    """`keys` (expressions with their aliases `names`) and the `_FIGURES` of each, for the responses
+    that satisfy `where`: from the rollup when it answers `r`, else from `source_activities`."""
+    if reads_rollups(r):
+        return f"""SELECT {keys},
+    {_ROLLED_FIGURES}
+  FROM {rollup_table(r, SOURCE_FIGURES)}
+  WHERE {_rollup_range(r)} AND {where}
+  GROUP BY {names}
+  HAVING {_ANY_FIGURE}"""
+    return f"""SELECT {keys},
+    {_FIGURES}
+  FROM {SOURCE_ACTIVITIES.call(_arguments(r))}
+  WHERE {where}
+  GROUP BY {names}"""
+
+
 def _arguments(r: Request) -> dict[str, str | int | list[str]]:
     return {**r.range_arguments(), "window_s": r.window_s}
 
@@ -73,12 +137,11 @@ def sources_by_sql(r: Request) -> str:
     return f"""SELECT {names}, impressions, clicks, ctr, add_to_carts, purchases, revenue, conversion,
   avg_click_position
 FROM (
-  SELECT {keys},
-    {_FIGURES},
+  SELECT *,
     {_RATES}
-  FROM {SOURCE_ACTIVITIES.call(_arguments(r))}
-  WHERE {_filters(r)}
-  GROUP BY {names}
+  FROM (
+  {_grouped_figures(r, keys, names, _filters(r))}
+  )
 )
 ORDER BY {names}"""
 
@@ -124,6 +187,7 @@ def experiment_sql(r: Request) -> str:
     # One pass over the activities: the variants are grouped, then the control's counts are spread to
     # every row by window functions over those few rows.
     control = quote(r.control) if r.control else "min(variant) OVER ()"
+    named = f"source_name = {quote(r.source_name)}"
     too_small = (
         f"sample too small for the test (each variant needs {MIN_OUTCOMES} {{what}} and {MIN_OUTCOMES} "
         "{without})"
@@ -165,11 +229,7 @@ FROM (
     FROM (
       SELECT *, {control} AS control, variant = control AS is_control
       FROM (
-        SELECT toString(source_variant) AS variant,
-          {_FIGURES}
-        FROM {SOURCE_ACTIVITIES.call(_arguments(r))}
-        WHERE source_name = {quote(r.source_name)}
-        GROUP BY variant
+        {_grouped_figures(r, "toString(source_variant) AS variant", "variant", named)}
       )
     )
   )
@@ -195,12 +255,33 @@ FROM (
     sum(positioned_clicks) AS n_positioned,
     sum(click_position_sum) AS n_position_sum,
     sum(purchases) AS n_purchases
-  FROM {SEARCH_RESPONSES.call(_arguments(r))}
+  FROM {_search_responses(r)}
   {only_zero}
   GROUP BY query
 )
 ORDER BY {order}
 LIMIT {r.limit}"""
+
+
+def _search_responses(r: Request) -> str:
+    """The `search_responses` of the range: from the rollup `response_figures_daily` when it answers
+    `r` (its rows of a response summed over the days), else the view."""
+    if not reads_rollups(r):
+        return SEARCH_RESPONSES.call(_arguments(r))
+    return f"""(
+    SELECT s.tenant_id, s.source_id,
+      anyIf(s.query, s.searches > 0) AS query,
+      sum(s.searches) AS searches,
+      anyIf(s.result_count, s.searches > 0) AS result_count,
+      sum(s.clicks) AS clicks,
+      sum(s.positioned_clicks) AS positioned_clicks,
+      sum(s.click_position_sum) AS click_position_sum,
+      sum(s.purchases) AS purchases
+    FROM {rollup_table(r, RESPONSE_FIGURES)}
+    WHERE {_rollup_range(r)} AND s.source_id != ''
+    GROUP BY s.tenant_id, s.source_id
+    HAVING searches > 0
+  )"""
 
 
 # -- charts ------------------------------------------------------------------------------------------

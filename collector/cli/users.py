@@ -212,6 +212,7 @@ def show(receipt: Receipt, fmt: str) -> None:
         ("finished", data["finished_at"] or ""),
     ]
     lines += [(f"removed: {store}", str(n)) for store, n in sorted(receipt.removed.items())]
+    lines += [(f"took: {step}", f"{seconds:.2f} s") for step, seconds in receipt.step_seconds()]
     if receipt.error:
         lines.append(("last error", receipt.error))
     print_table(("field", "value"), lines)
@@ -300,7 +301,9 @@ async def run_here(pool: asyncpg.Pool, settings: Settings) -> None:
     )
     try:
         await ErasureWorker(
-            ErasureRunner(pool, store, settings.clickhouse_database, settings.cluster)
+            ErasureRunner(
+                pool, store, settings.clickhouse_database, settings.cluster, stale_s=settings.erasure_stale_s
+            )
         ).run_pending()
     finally:
         await asyncio.to_thread(store.close)

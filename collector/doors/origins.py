@@ -9,7 +9,7 @@ key per `auth_cache_ttl_s`, like the keys themselves.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import asyncpg
 
@@ -28,7 +28,8 @@ def normalize_origin(value: str) -> str | None:
 
 
 class KeyOrigins:
-    """Reads and sets the allowed origins of keys, with a cache of what was read."""
+    """Reads the allowed origins of keys (written with the key: `TenantStore.create_key`), with a cache
+    of what was read."""
 
     def __init__(
         self,
@@ -40,11 +41,6 @@ class KeyOrigins:
         self.pool = pool
         self._clock = clock
         self._cache: ExpiringCache[bytes, frozenset[str]] = ExpiringCache(max_entries, ttl_s)
-
-    async def set(self, key_id: str, origins: Sequence[str]) -> None:
-        await self.pool.execute(
-            "UPDATE api_keys SET allowed_origins = $2 WHERE key_id = $1", key_id, sorted(set(origins))
-        )
 
     async def of(self, key: str) -> frozenset[str]:
         """The allowed origins of an accepted `key` (empty: any). Raises asyncpg and network errors

@@ -1,7 +1,7 @@
 """Request ids on the gRPC door: every call of the activity service gets one, set in `REQUEST_ID` so
 that the log events of its handling carry it, and returned to the client as `x-request-id` metadata.
 
-Unary calls return it in the trailing metadata, whether they succeed or fail (failures through
+Unary calls return it in the trailing metadata, whether they succeed or fail (aborted calls through
 `collector.doors.trailers.status_trailer`). A stream gets one id,
 sent in its initial metadata when the call starts; its k-th batch (counting from 1, in the order the
 client sent them) is handled as request `<stream id>/<k>`.
@@ -34,7 +34,8 @@ class RequestIdHandler(WrappingHandler):
                 context.set_trailing_metadata((*(context.trailing_metadata() or ()), (HEADER, request_id)))
                 return response
             finally:
-                # A call that fails is aborted with status_trailer's metadata, which carries the id.
+                # A call aborted (context.abort) carries the id in status_trailer's metadata; one that
+                # fails by setting its status and returning gets it above.
                 REQUEST_ID.reset(token)
 
         return identified

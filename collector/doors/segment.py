@@ -19,7 +19,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -91,10 +91,12 @@ def basic_user(header: str | None) -> str | None:
 
 
 class Translated:
-    """A request's calls as activities: which call each activity came from, and the calls refused."""
+    """A request's calls as activities, mapped straight into a TrackActivitiesRequest: which call each
+    activity came from, and the calls refused."""
 
     def __init__(self) -> None:
-        self.activities: list[pb.Activity] = []
+        self.request = pb.TrackActivitiesRequest()
+        self.activities = self.request.activities
         self.origin: list[int] = []
         self.rejections: list[Rejection] = []
 
@@ -107,7 +109,7 @@ class Translated:
             self.rejections.append(Rejection(index, "", INVALID_VALUE, "", "a call must be an object"))
             return
         try:
-            activities = mapper.map(call, call_type)
+            count = mapper.map_into(self.activities, call, call_type)
         except (ValueError, TypeError) as error:
             # What protobuf refuses that the mapping does not check itself (text that is not valid
             # UTF-8, such as a lone surrogate escaped in the JSON).
@@ -126,8 +128,30 @@ class Translated:
                 )
             )
             return
-        self.activities.extend(activities)
-        self.origin.extend([index] * len(activities))
+        if count == 1:
+            self.origin.append(index)
+        else:
+            self.origin.extend([index] * count)
+
+    def requests(self, step: int, sent_at: bytes) -> Iterator[tuple[int, bytes]]:
+        """The activities as serialized TrackActivitiesRequests of at most `step` activities each, with
+        `sent_at` (a serialized field) appended; each with the position of its first activity."""
+        activities = self.activities
+        if not activities:
+            return
+        if len(activities) <= step:
+            yield 0, self.request.SerializeToString() + sent_at
+            return
+        for start in range(0, len(activities), step):
+            # The request's bytes framed here: a TrackActivitiesRequest built of the activities would
+            # copy each of them first.
+            raw = b"".join(
+                [
+                    _ACTIVITIES_TAG + varint(len(a)) + a
+                    for a in map(_serialize, activities[start : start + step])
+                ]
+            )
+            yield start, raw + sent_at
 
 
 class SegmentDoor:
@@ -312,20 +336,11 @@ class SegmentDoor:
 
     async def _track(self, translated: Translated, sent_ns: int | None) -> list[Rejection]:
         """Hand the activities to the service in requests it takes; their rejections by call index."""
-        activities = translated.activities
         step = self.service.limits.max_batch_activities
         rejections: list[Rejection] = []
         sent_at = timestamp_field(SENT_AT_FIELD, sent_ns) if sent_ns is not None else b""
-        for start in range(0, len(activities), step):
-            # The request's bytes framed here: a TrackActivitiesRequest built of the activities would
-            # copy each of them first.
-            raw = b"".join(
-                [
-                    _ACTIVITIES_TAG + varint(len(a)) + a
-                    for a in map(_serialize, activities[start : start + step])
-                ]
-            )
-            raw = await self.service.track_activities_raw(raw + sent_at)
+        for start, request in translated.requests(step, sent_at):
+            raw = await self.service.track_activities_raw(request)
             answer = pb.TrackActivitiesResponse.FromString(raw)
             for r in answer.rejections:
                 index = translated.origin[start + r.index]

@@ -1,8 +1,12 @@
 """Segment request bodies: JSON decoded once, with the size of each call of a batch as sent.
 
-Segment limits each call to 32 KB of JSON. Serializing every call again to measure it would cost as
-much as decoding the body; instead the top-level object is walked here with the standard library's
-own scanner (the one `json.loads` uses), which says where each entry of `batch` ends.
+Segment limits each call to 32 KB of JSON, as sent. msgspec's decoder (compiled) decodes the body,
+then walks it once more for the raw text of each entry of `batch`, whose length is the call's size
+(skipped, not decoded again); serializing every call again to measure it would cost as much as
+decoding the body. What msgspec refuses and `json.loads` takes (a number beyond a double's range,
+NaN, a lone surrogate escaped) is decoded by the standard library's own scanner, which walks the
+top-level object, says where each entry of `batch` ends and, for a body that is not JSON, where it
+is not.
 """
 
 from __future__ import annotations
@@ -11,6 +15,18 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
+
+
+class _Batch(msgspec.Struct):
+    """A body's `batch` as the raw JSON text of each entry (every other member skipped)."""
+
+    batch: list[msgspec.Raw] = []
+
+
+_decode_any = msgspec.json.Decoder().decode
+_decode_entries = msgspec.json.Decoder(_Batch).decode
 
 # The scanner and string reader of `json.loads` (not in the type stubs), and JSON's whitespace.
 _scan: Callable[[str, int], tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")  # noqa: B009
@@ -43,9 +59,25 @@ def _expect(text: str, at: int, what: str) -> int:
 
 
 def decode(body: bytes) -> tuple[dict[str, Any], list[int]]:
-    """The body as a dict, and the size of each entry of its `batch` list (empty when it has none):
-    its length in bytes when over 8192 characters (only such an entry can be over 32 KB), in
-    characters otherwise. Raises BodyError."""
+    """The body as a dict, as `json.loads` decodes it, and the size in bytes, as sent, of each entry of
+    its `batch` list (empty when it has none). Raises BodyError."""
+    try:
+        document = _decode_any(body)
+        if type(document) is not dict:
+            raise BodyError("not an object")
+        calls = document.get("batch")
+        if type(calls) is not list:
+            return document, []
+        entries = _decode_entries(body).batch
+    except (msgspec.MsgspecError, BodyError):
+        return decode_scanned(body)
+    if len(entries) != len(calls):
+        return decode_scanned(body)
+    return document, [len(entry) for entry in entries]
+
+
+def decode_scanned(body: bytes) -> tuple[dict[str, Any], list[int]]:
+    """`decode` by the standard library's scanner: slower, and says where a body is not JSON."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -65,7 +97,7 @@ def decode(body: bytes) -> tuple[dict[str, Any], list[int]]:
                 raise BodyError(f"the body is not JSON: {error}") from None
             at = _expect(text, at, ":")
             if key == "batch" and text[at : at + 1] == "[":
-                value, sizes, at = _batch(text, at)
+                value, sizes, at = _batch(text, at, len(text) == len(body))
             else:
                 value, at = _value(text, at)
             document[key] = value
@@ -82,7 +114,7 @@ def decode(body: bytes) -> tuple[dict[str, Any], list[int]]:
     return document, sizes
 
 
-def _batch(text: str, at: int) -> tuple[list[Any], list[int], int]:
+def _batch(text: str, at: int, ascii_only: bool) -> tuple[list[Any], list[int], int]:
     calls: list[Any] = []
     sizes: list[int] = []
     at = _skip_to(text, at + 1)
@@ -91,8 +123,7 @@ def _batch(text: str, at: int) -> tuple[list[Any], list[int], int]:
     while True:
         call, end = _value(text, at)
         calls.append(call)
-        # At most 8192 characters are at most 32 KB of UTF-8: only longer calls have their bytes counted.
-        sizes.append(end - at if end - at <= 8192 else len(text[at:end].encode("utf-8")))
+        sizes.append(end - at if ascii_only else len(text[at:end].encode("utf-8")))
         at = _skip_to(text, end)
         separator = text[at : at + 1]
         if separator == "]":

@@ -15,11 +15,16 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.normalize import normalize_currency
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.validation import INVALID_VALUE, MISSING_FIELD, OUT_OF_RANGE, is_uuid
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
+    Activities = RepeatedCompositeFieldContainer[pb.Activity]
 
 CALL_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 
@@ -78,6 +83,7 @@ _CONSUMED = frozenset(
     (*SOURCE_ID_KEYS, "product_id", "sku", "price", "quantity", "currency", "products", "order_id", "query")
 )
 _PAGE_CONSUMED = frozenset((*SOURCE_ID_KEYS, "url", "referrer", "path"))
+_SOURCE_IDS = frozenset(SOURCE_ID_KEYS)
 _CAMPAIGN = {"name": "utm_campaign", "source": "utm_source", "medium": "utm_medium"}
 _CAMPAIGN |= {"term": "utm_term", "content": "utm_content"}
 _NOT_ACTION = re.compile(r"[^a-z0-9_.:]+")
@@ -203,10 +209,9 @@ def _source_id(properties: Mapping[str, Any]) -> str:
     return ""
 
 
-def _base(call: Mapping[str, Any]) -> pb.Activity:
-    """The fields every activity of a call shares: user, time, context. (On every call's path: one
-    lookup per field, and the protobuf touched only for what the call has.)"""
-    activity = pb.Activity()
+def _base(activity: pb.Activity, call: Mapping[str, Any]) -> pb.Activity:
+    """`activity` (empty) given the fields every activity of a call shares: user, time, context. (On
+    every call's path: one lookup per field, and the protobuf touched only for what the call has.)"""
     anonymous_id = call.get("anonymousId")
     user_id = call.get("userId")
     if anonymous_id is not None or user_id is not None:
@@ -316,68 +321,86 @@ class Mapper:
 
     def map(self, call: Mapping[str, Any], call_type: str) -> list[pb.Activity]:
         """The activities of one call of type `call_type`; MappingError when it maps onto none."""
-        if call_type == "track":
-            return self._track(call)
-        if call_type in ("page", "screen"):
-            return [self._view(call, call_type)]
-        if call_type in ("identify", "alias"):
-            return [self._identity(call, call_type)]
-        if call_type == "group":
-            return [self._group(call)]
-        raise MappingError("type", INVALID_VALUE, f"type must be one of {', '.join(CALL_TYPES)}")
+        request = pb.TrackActivitiesRequest()
+        self.map_into(request.activities, call, call_type)
+        return list(request.activities)
 
-    def _track(self, call: Mapping[str, Any]) -> list[pb.Activity]:
+    def map_into(self, activities: Activities, call: Mapping[str, Any], call_type: str) -> int:
+        """Append the activities of one call to `activities`, a request's repeated field (serialized
+        with the request, each activity is written once, not copied); their number. MappingError, or
+        ValueError and TypeError from protobuf, leave `activities` as they were."""
+        start = len(activities)
+        try:
+            if call_type == "track":
+                self._track(activities, call)
+            elif call_type in ("page", "screen"):
+                self._view(activities.add(), call, call_type)
+            elif call_type in ("identify", "alias"):
+                self._identity(activities.add(), call, call_type)
+            elif call_type == "group":
+                self._group(activities.add(), call)
+            else:
+                raise MappingError("type", INVALID_VALUE, f"type must be one of {', '.join(CALL_TYPES)}")
+        except BaseException:
+            del activities[start:]
+            raise
+        return len(activities) - start
+
+    def _track(self, activities: Activities, call: Mapping[str, Any]) -> None:
         event = call.get("event")
         if not isinstance(event, str) or not event.strip():
             raise MappingError("event", MISSING_FIELD, "event is required for a track call")
         properties = _dict(call.get("properties"), "properties")
         message_id = _text(call.get("messageId"))
-        base = _base(call)
-        base.source_id = _source_id(properties)
         name = _EVENT_NAMES.get(event) or event.strip().lower()
+        if name in (ORDER_COMPLETED, PRODUCT_LIST_VIEWED):
+            # One activity per product, each a copy of what the call's activities share.
+            base = _base(pb.Activity(), call)
+            base.source_id = _source_id(properties)
+            if name == ORDER_COMPLETED:
+                self._order(activities, base, properties, message_id)
+            else:
+                self._impressions(activities, base, properties, message_id)
+            return
+        activity = _base(activities.add(), call)
+        activity.source_id = _source_id(properties)
         if name in ECOMMERCE:
-            activity = base
             activity.id = activity_id(message_id)
             activity.action = ECOMMERCE[name]
             _product_target(activity, properties, "properties")
             _money(activity, properties, properties, "properties")
             _custom(activity, properties, _CONSUMED)
-            return [activity]
-        if name == ORDER_COMPLETED:
-            return self._order(call, base, properties, message_id)
-        if name == PRODUCT_LIST_VIEWED:
-            return self._impressions(base, properties, message_id)
+            return
         if name == PRODUCTS_SEARCHED:
             query = _text(properties.get("query"))
             if not query:
                 raise MappingError("properties.query", MISSING_FIELD, "properties.query is required")
-            base.id = activity_id(message_id)
-            base.action = "search"
-            base.target.type = "search"
-            base.target.id = query
-            base.metadata.query = query
-            if base.source_id:
-                base.source.type = "search"
-            _custom(base, properties, _CONSUMED)
-            return [base]
+            activity.id = activity_id(message_id)
+            activity.action = "search"
+            activity.target.type = "search"
+            activity.target.id = query
+            activity.metadata.query = query
+            if activity.source_id:
+                activity.source.type = "search"
+            _custom(activity, properties, _CONSUMED)
+            return
         action = action_of(event)
         if not action:
             raise MappingError("event", INVALID_VALUE, "event must hold a letter or a digit")
-        base.id = activity_id(message_id)
-        base.action = action
+        activity.id = activity_id(message_id)
+        activity.action = action
         if properties.get("product_id") or properties.get("sku"):
-            _product_target(base, properties, "properties")
-            _money(base, properties, properties, "properties")
-            _custom(base, properties, _CONSUMED)
+            _product_target(activity, properties, "properties")
+            _money(activity, properties, properties, "properties")
+            _custom(activity, properties, _CONSUMED)
         else:
-            base.target.type = "event"
-            base.target.id = event.strip()
-            _custom(base, properties, frozenset(SOURCE_ID_KEYS))
-        return [base]
+            activity.target.type = "event"
+            activity.target.id = event.strip()
+            _custom(activity, properties, _SOURCE_IDS)
 
     def _order(
-        self, call: Mapping[str, Any], base: pb.Activity, properties: Mapping[str, Any], message_id: str
-    ) -> list[pb.Activity]:
+        self, activities: Activities, base: pb.Activity, properties: Mapping[str, Any], message_id: str
+    ) -> None:
         products = properties.get("products")
         if not isinstance(products, list) or not products:
             raise MappingError(
@@ -385,10 +408,9 @@ class Mapper:
             )
         order_id = _text(properties.get("order_id")) or _text(properties.get("checkout_id"))
         _custom(base, properties, _CONSUMED)
-        activities = []
         for k, product in enumerate(products):
             field = f"properties.products[{k}]"
-            activity = pb.Activity()
+            activity = activities.add()
             activity.CopyFrom(base)
             activity.id = activity_id(message_id, k)
             activity.action = "purchase"
@@ -397,12 +419,10 @@ class Mapper:
             _money(activity, product, properties, field)
             if order_id:
                 activity.metadata.order_id = order_id
-            activities.append(activity)
-        return activities
 
     def _impressions(
-        self, base: pb.Activity, properties: Mapping[str, Any], message_id: str
-    ) -> list[pb.Activity]:
+        self, activities: Activities, base: pb.Activity, properties: Mapping[str, Any], message_id: str
+    ) -> None:
         products = properties.get("products")
         if not isinstance(products, list) or not products:
             raise MappingError(
@@ -417,10 +437,9 @@ class Mapper:
             base.source.type = "list"
             base.source.name = _text(properties.get("list_id")) or _text(properties.get("category"))
         _custom(base, properties, _CONSUMED | {"list_id"})
-        activities = []
         for k, product in enumerate(products):
             field = f"properties.products[{k}]"
-            activity = pb.Activity()
+            activity = activities.add()
             activity.CopyFrom(base)
             activity.id = activity_id(message_id, k)
             product = _dict(product, field)
@@ -428,12 +447,10 @@ class Mapper:
             if base.source_id:
                 position = product.get("position", k + 1)
                 activity.source.position = _quantity(position, f"{field}.position", 0, 2**32)
-            activities.append(activity)
-        return activities
 
-    def _view(self, call: Mapping[str, Any], call_type: str) -> pb.Activity:
+    def _view(self, activity: pb.Activity, call: Mapping[str, Any], call_type: str) -> None:
         properties = _dict(call.get("properties"), "properties")
-        activity = _base(call)
+        _base(activity, call)
         activity.id = activity_id(_text(call.get("messageId")))
         activity.action = "view"
         activity.target.type = call_type
@@ -457,11 +474,10 @@ class Mapper:
         if isinstance(category, str) and category:
             activity.metadata.custom["category"] = category
         _custom(activity, properties, _PAGE_CONSUMED)
-        return activity
 
-    def _identity(self, call: Mapping[str, Any], call_type: str) -> pb.Activity:
+    def _identity(self, activity: pb.Activity, call: Mapping[str, Any], call_type: str) -> None:
         """identify and alias: an activity carrying both ids, which enrichment records as a link."""
-        activity = _base(call)
+        _base(activity, call)
         activity.id = activity_id(_text(call.get("messageId")))
         activity.action = call_type
         activity.target.type = "user"
@@ -473,10 +489,9 @@ class Mapper:
                 raise MappingError("userId", MISSING_FIELD, "userId is required for an alias call")
             activity.user.anonymous_id = previous
         activity.target.id = activity.user.user_id or activity.user.anonymous_id
-        return activity
 
-    def _group(self, call: Mapping[str, Any]) -> pb.Activity:
-        activity = _base(call)
+    def _group(self, activity: pb.Activity, call: Mapping[str, Any]) -> None:
+        _base(activity, call)
         activity.id = activity_id(_text(call.get("messageId")))
         group_id = _text(call.get("groupId"))
         if not group_id:
@@ -484,4 +499,3 @@ class Mapper:
         activity.action = "group"
         activity.target.type = "group"
         activity.target.id = group_id
-        return activity

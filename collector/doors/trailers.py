@@ -26,16 +26,21 @@ def retry_status(code: int, message: str, retry_delay_s: float | None) -> status
     return status
 
 
+def status_details(code: int, message: str, retry_delay_s: float | None) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a google.rpc.Status, with RetryInfo when a delay is given."""
+    return ((DETAILS_KEY, retry_status(code, message, retry_delay_s).SerializeToString()),)
+
+
 def status_trailer(
     code: int, message: str, retry_delay_s: float | None
 ) -> tuple[tuple[str, bytes | str], ...]:
-    """Trailing metadata carrying a google.rpc.Status, with RetryInfo when a delay is given, and the id of
-    the request being handled (`x-request-id`) when there is one."""
-    status = retry_status(code, message, retry_delay_s)
+    """`status_details`, and the id of the request being handled (`x-request-id`) when there is one:
+    for a call that ends in `context.abort`, which the request id's wrapper never sees return."""
+    details: tuple[tuple[str, bytes | str], ...] = status_details(code, message, retry_delay_s)
     request_id = REQUEST_ID.get()
     if request_id is None:
-        return ((DETAILS_KEY, status.SerializeToString()),)
-    return ((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID_KEY, request_id))
+        return details
+    return (*details, (REQUEST_ID_KEY, request_id))
 
 
 OK = code_pb2.OK

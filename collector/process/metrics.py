@@ -31,6 +31,8 @@ from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.pipeline import Pipeline
 from workers.enrichment.enricher import CATALOG, IDENTITY, MAX_PENDING_LINKS
 from workers.processors import Suppressions, TrackingPlans
+from workers.reads.items import ItemLists
+from workers.reads.model import ReadModel
 from workers.storage.connector import StoreConnector
 
 log = logging.getLogger(__name__)
@@ -299,6 +301,29 @@ class StatsCollector(Collector):
             for tenant, n in sorted(quotas.stats.refused_requests.items()):
                 requests.add_metric([tenant], n)
             yield requests
+            hold = service.refusal_hold.stats
+            yield CounterMetricFamily(
+                PREFIX + "_quota_refusals_held",
+                "Refusals over quota answered after a wait (their retry delay, at most "
+                "quota_refusal_hold_ms).",
+                value=hold.held,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "_quota_refusals_unheld",
+                "Refusals over quota answered at once because quota_refusal_hold_max refusals were "
+                "already held.",
+                value=hold.overflowed,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "_quota_refusal_hold_seconds",
+                "Seconds refusals over quota spent held before they were answered, summed.",
+                value=hold.held_s,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "_quota_refusals_holding",
+                "Refusals over quota held now.",
+                value=service.refusal_hold.holding,
+            )
         recorder = service.rejections
         if recorder is None:
             return
@@ -396,11 +421,33 @@ class StatsCollector(Collector):
         )
 
 
+class ErasedAtDrainCollector(Collector):
+    """Spooled activities of erased persons dropped as the spool drained (`workers.privacy.marks`)."""
+
+    def __init__(self, dropped_by_tenant: Mapping[str, int]) -> None:
+        self.dropped_by_tenant = dropped_by_tenant
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            PREFIX + "_activities_erased_from_spool",
+            "Spooled activities of erased persons, acknowledged before their erasure, dropped as the spool "
+            "drained instead of being inserted, by tenant (docs/privacy.md#several-collectors).",
+            labels=["tenant"],
+        )
+        for tenant, n in sorted(self.dropped_by_tenant.items()):
+            family.add_metric([tenant], n)
+        yield family
+
+
 class ReadsCollector(Collector):
     """The read side's counters (`collector.doors.profile.ReadStats`), at scrape time."""
 
-    def __init__(self, stats: ReadStats) -> None:
+    def __init__(
+        self, stats: ReadStats, model: ReadModel | None = None, lists: ItemLists | None = None
+    ) -> None:
         self.stats = stats
+        self.model = model
+        self.lists = lists
 
     def collect(self) -> Iterable[Metric]:
         calls = CounterMetricFamily(
@@ -421,6 +468,69 @@ class ReadsCollector(Collector):
         for call, value in sorted(self.stats.seconds.items()):
             seconds.add_metric([call], value)
         yield seconds
+        if self.model is not None:
+            held = self.model.stats
+            for name, value, text in (
+                ("persons", held.persons, "People the read model holds."),
+                (
+                    "activities",
+                    held.activities,
+                    "Activities the read model holds (a person without any counts one).",
+                ),
+                (
+                    "max_activities",
+                    held.max_activities,
+                    "The bound of the read model (read_model_max_activities).",
+                ),
+                (
+                    "bytes",
+                    held.bytes,
+                    "Memory the read model's activities take, estimated (about 400 bytes each).",
+                ),
+            ):
+                yield GaugeMetricFamily(PREFIX + f"_read_model_{name}", text, value=value)
+            events = CounterMetricFamily(
+                PREFIX + "_read_model_events",
+                "What the read model did: hit (answered from memory), load (a person read from ClickHouse "
+                "and held), passed (read from ClickHouse, not held: too large, suppressed, or not ready), "
+                "evicted (dropped for the bound), too_large, relinked (dropped by a new login), forgotten "
+                "(suppressed or erased), tail_pass, tail_row (rows added by the tail), tail_error.",
+                labels=["event"],
+            )
+            for event, value in (
+                ("hit", held.hits),
+                ("load", held.loads),
+                ("passed", held.passed),
+                ("evicted", held.evicted),
+                ("too_large", held.too_large),
+                ("relinked", held.relinked),
+                ("forgotten", held.forgotten),
+                ("tail_pass", held.tail_passes),
+                ("tail_row", held.tail_rows),
+                ("tail_error", held.tail_errors),
+            ):
+                events.add_metric([event], value)
+            yield events
+        if self.lists is not None:
+            lists = self.lists.stats
+            yield GaugeMetricFamily(
+                PREFIX + "_read_lists", "Recommendation lists held in memory.", value=lists.entries
+            )
+            found = CounterMetricFamily(
+                PREFIX + "_read_list_events",
+                "Recommendation lists: hit, computed (on a call), refreshed (behind the calls), "
+                "refresh_error, asked_store (a call the lists could not answer).",
+                labels=["event"],
+            )
+            for event, value in (
+                ("hit", lists.hits),
+                ("computed", lists.computed),
+                ("refreshed", lists.refreshed),
+                ("refresh_error", lists.refresh_errors),
+                ("asked_store", lists.asked_store),
+            ):
+                found.add_metric([event], value)
+            yield found
 
 
 class Metrics:

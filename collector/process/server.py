@@ -35,23 +35,27 @@ from collector.doors.web import server_ssl_context
 from collector.process.control import ControlServer, DataDirLock
 from collector.process.health import HealthMonitor
 from collector.process.lifecycle import Stages
-from collector.process.metrics import Metrics, MetricsServer, ReadsCollector
+from collector.process.metrics import ErasedAtDrainCollector, Metrics, MetricsServer, ReadsCollector
 from collector.tenants import TenantStore
 from workers.commit.deadletters import DeadLetterStore
 from workers.commit.pipeline import Pipeline
 from workers.commit.spool import Spool
+from workers.commit.spooled import SpooledCommit
 from workers.enrichment import useragent
 from workers.enrichment.catalog import CatalogStore, CatalogWatcher
 from workers.enrichment.enricher import Enricher
 from workers.enrichment.identity import IdentityStore
 from workers.priority import ThreadPriority
-from workers.privacy.erasure import ErasureRunner, ErasureWorker, PendingDrain, SpoolDrain
+from workers.privacy.erasure import ErasureRunner, ErasureWorker
+from workers.privacy.marks import DrainMarks, ErasedRows, collector_id
 from workers.privacy.retention import sync_retention
 from workers.processors import ProcessorChain, TrackingPlans, build_processors
 from workers.processors.plan_store import PlanRefresher, PlanStore
 from workers.processors.quota import Quotas, default_quota
 from workers.processors.rejections import RejectionRecorder
 from workers.processors.suppression import SuppressionRefresher, Suppressions, SuppressionStore
+from workers.reads.items import ItemLists
+from workers.reads.model import ReadModel
 from workers.reads.segments import SegmentStore
 from workers.storage.clickhouse import ClickHouseStore, StoreError
 from workers.storage.connector import StoreConnector
@@ -76,8 +80,11 @@ class CollectorServer:
         self.quotas: Quotas | None = None
         self.suppressions: Suppressions | None = None
         self.erasures: ErasureWorker | None = None
+        self.drain_marks: DrainMarks | None = None
         self.privacy: PrivacyService | None = None
         self.profiles: ProfileService | None = None
+        self.read_model: ReadModel | None = None
+        self.item_lists: ItemLists | None = None
         self.aggregates_refresher: AggregateRefresher | None = None
         self.stages = Stages()
         self.service: ActivityService | None = None
@@ -186,8 +193,29 @@ class CollectorServer:
             settings.pipeline, self.store, spool, DeadLetterStore(self.postgres.pool), self.enricher
         )
         pipeline.store_ready = self.connector.ready
+        # Erased persons' rows are dropped from the spool as it drains: every erasure job is read
+        # before the drainer starts, so that a spool left by a stop is screened too.
+        erased = ErasedRows()
+        spooled = pipeline.commit if isinstance(pipeline.commit, SpooledCommit) else None
+        marks = self.drain_marks = DrainMarks(
+            self.postgres.pool,
+            collector_id(settings.data_dir),
+            erased,
+            suppressions=suppressions,
+            settled=pipeline.settled,
+            inserts_ended=None if spooled is None else spooled.inserts_ended,
+            next_sequence=None if spool is None else lambda: spool.next_sequence,
+        )
+        await marks.load()
+        if spooled is not None:
+            spooled.screen = erased
+        # Stopped (after the pipeline, below), the collector has no insert in flight: erasures stop
+        # waiting for its mark at once rather than after erasure_stale_s.
+        self.stages.started("drain mark", lambda _: marks.retire())
         await pipeline.start()
         self.stages.started("pipeline", lambda left: pipeline.shutdown(timeout=left))
+        await marks.start()
+        self.stages.started("drain marks", marks.shutdown)
         erasures = self.erasures = ErasureWorker(
             ErasureRunner(
                 self.postgres.pool,
@@ -195,7 +223,8 @@ class CollectorServer:
                 settings.clickhouse_database,
                 settings.cluster,
                 suppressions=suppressions,
-                drain=SpoolDrain(spool) if spool is not None else PendingDrain(lambda: pipeline.pending),
+                wake_marks=marks.wake,
+                stale_s=settings.erasure_stale_s,
             )
         )
         await erasures.start()
@@ -249,13 +278,31 @@ class CollectorServer:
             suppressions=suppressions,
             wake=erasures.wake,
         )
-        # The read side: profiles and recommendations from the stored activities (workers/reads/).
+        # The read side: profiles and recommendations from the stored activities (workers/reads/),
+        # answered from memory by the read model where it holds what a call asks about.
+        if settings.read_model:
+            model = self.read_model = ReadModel(
+                self.store,
+                settings.read_model_max_activities,
+                tail_interval_s=settings.read_model_tail_interval_s,
+                suppressions=suppressions,
+                # Without the spool an acknowledgement means committed: a read then sees it.
+                read_your_writes=not settings.spool,
+            )
+            await model.start()
+            self.stages.started("read model", model.shutdown)
+            lists = self.item_lists = ItemLists(
+                self.store, settings.read_model_lists_ttl_s, settings.read_model_trending_ttl_s
+            )
+            self.stages.started("recommendation lists", lists.shutdown)
         profiles = self.profiles = ProfileService(
             self.store,
             settings.default_tenant,
             SegmentStore(self.postgres.pool),
             settings.read_concurrency,
             settings.read_queue,
+            self.read_model,
+            self.item_lists,
         )
         handler: grpc.GenericRpcHandler[Any, Any] = Handlers(
             self.service.rpc_handler(), self.privacy.rpc_handler(), profiles.rpc_handler()
@@ -288,7 +335,18 @@ class CollectorServer:
             self.connector,
             authenticator=self.authenticator,
         )
-        self.metrics.registry.register(ReadsCollector(profiles.stats))
+        self.metrics.registry.register(ReadsCollector(profiles.stats, self.read_model, self.item_lists))
+        self.metrics.registry.register(ErasedAtDrainCollector(erased.dropped_by_tenant))
+        if self.read_model is not None:
+            # After the metrics' hook: each committed insert also wakes the read model's tail.
+            observe, committed = pipeline.on_insert, self.read_model.committed
+
+            def on_insert(rows: int, seconds: float) -> None:
+                if observe is not None:
+                    observe(rows, seconds)
+                committed(rows, seconds)
+
+            pipeline.on_insert = on_insert
         if settings.metrics_listen:
             metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await metrics_server.start()

@@ -371,6 +371,20 @@ def test_broken_top_level_framing_raises(raw: bytes) -> None:
         check(good + raw)
 
 
+def test_count_field_counts_the_activities_from_the_framing_alone() -> None:
+    activities = [make_activity(i).SerializeToString() for i in range(7)]
+    raw = pb.TrackActivitiesRequest(
+        activities=[pb.Activity.FromString(a) for a in activities], sent_at={"seconds": 1}
+    ).SerializeToString()
+    assert fastpath.count_field(raw, 1) == 7
+    assert fastpath.count_field(raw, 2) == 1
+    assert fastpath.count_field(b"", 1) == 0
+    # An activity whose own bytes are broken still counts: its insides are not read.
+    assert fastpath.count_field(raw + ld(1, b"\xff\xff"), 1) == 8
+    with pytest.raises(ValueError, match="framing"):
+        fastpath.count_field(raw + b"\x0a\x05ab", 1)
+
+
 @pytest.mark.parametrize(
     "inner",
     [

@@ -360,7 +360,13 @@ async def test_a_full_disk_under_the_embedded_engine(data_disk: Path, postgres_d
             assert counts == [str(len(acked))] * 2
             ids = set(control_query(data, "SELECT toString(id) FROM activities").split())
             assert ids == set(acked)
-            health_errors = [line for line in log if "store unreachable" in line]
+            # A probe slower than its interval (0.2 s here) is reported as such, as a busy machine may
+            # make it; every other report names the full disk.
+            health_errors = [
+                line
+                for line in log
+                if "store unreachable" in line and "the probe query took longer than" not in line
+            ]
             assert health_errors, "health never saw the inserts fail"
             assert all("ClickHouse's disk is full" in line for line in health_errors), health_errors
         assert stop_serve(proc) == 0

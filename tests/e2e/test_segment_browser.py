@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import wait_for
+from helpers import install_node_modules, wait_for
 
 from collector.process.server import CollectorServer
 
@@ -43,15 +43,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("the browser test needs `node` and `npm` on PATH")
-    if not (ROOT / "node_modules" / "@segment" / "analytics-next").is_dir():
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert installed.returncode == 0, installed.stdout + installed.stderr
+    install_node_modules("@segment/analytics-next")
     site = tmp_path_factory.mktemp("web-shop")
     shutil.copy(EXAMPLE / "index.html", site / "index.html")
     built = subprocess.run(

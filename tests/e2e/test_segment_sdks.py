@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import reap, start_serve, stop_serve
+from helpers import install_node_modules, reap, start_serve, stop_serve
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -179,15 +179,7 @@ def node_sdk() -> str:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("the Node.js SDK test needs `node` and `npm` on PATH")
-    if not (ROOT / "node_modules" / "@segment" / "analytics-node").is_dir():
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert installed.returncode == 0, installed.stdout + installed.stderr
+    install_node_modules("@segment/analytics-node")
     return node
 
 

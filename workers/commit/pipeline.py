@@ -132,6 +132,10 @@ class Pipeline:
         self.enricher = enricher
         self.stats = PipelineStats()
         self._pending = 0
+        # Requests not yet answered by the commit path (their futures may be cancelled before), and
+        # who waits for some of them to be.
+        self._unsettled: set[asyncio.Future[dict[int, str]]] = set()
+        self._settle_waiters: list[tuple[set[asyncio.Future[dict[int, str]]], asyncio.Event]] = []
         self._intake: asyncio.Queue[Submission] = asyncio.Queue()
         self._commit_queue: asyncio.Queue[Encoded] = asyncio.Queue()
         self.commit: Commit
@@ -173,6 +177,17 @@ class Pipeline:
         """Activities submitted and not yet committed or failed."""
         return self._pending
 
+    async def settled(self) -> None:
+        """Wait until every request submitted so far has been answered (durable, or failed)."""
+        waiter = (set(self._unsettled), asyncio.Event())
+        if not waiter[0]:
+            return
+        self._settle_waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        finally:
+            self._settle_waiters.remove(waiter)
+
     @property
     def retry_delay_s(self) -> float:
         return self.settings.retry_delay_ms / 1000
@@ -199,6 +214,7 @@ class Pipeline:
                 self.retry_delay_s,
             )
         self._pending += n
+        self._unsettled.add(submission.future)
         self._idle.clear()
         self.stats.submitted += n
         self._intake.put_nowait(submission)
@@ -273,6 +289,11 @@ class Pipeline:
         assigned: dict[int, str] | None = None,
     ) -> None:
         self._pending -= count
+        self._unsettled.discard(future)
+        for waiting, answered in self._settle_waiters:
+            waiting.discard(future)
+            if not waiting:
+                answered.set()
         if error is not None:
             self.stats.failed_by_tenant[tenant] += count
         if not future.done():

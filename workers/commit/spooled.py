@@ -14,7 +14,8 @@ answers them. The drainer takes records in sequence order, once `drain_rows` row
 deduplication token) before sending it, and commits the range after. A restart first redoes the
 planned inserts with their tokens. An insert that the store refuses for its data is split: its records
 are inserted one by one, and those refused alone are written to the dead-letter store before the range
-is committed. See docs/delivery.md.
+is committed. See docs/delivery.md. A `screen` (set by the erasures, `workers.privacy.marks`) leaves
+an erased person's rows out of the inserts, reading whole the records it must judge.
 
 A failure of the spool's own disk is told apart from the store's: a spool refusing for its disk's
 reserve answers RESOURCE_EXHAUSTED (as a full spool does), a write that fails for a full disk too, and
@@ -29,17 +30,18 @@ import collections
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from core.backoff import backoff_delay
 from workers import priority
 from workers.commit.base import Encoded, Overloaded, PipelineStats, Settle, Unavailable
 from workers.commit.deadletters import DeadLetter, DeadLetterSink, rows_tenant
 from workers.commit.settings import PipelineSettings
-from workers.commit.spool import DISK_FULL_ERRNOS, Planned, Spool, SpoolError, SpoolFull
+from workers.commit.spool import DISK_FULL_ERRNOS, Planned, Record, Spool, SpoolError, SpoolFull
 from workers.rows import Envelope, envelope_bytes
 from workers.storage.clickhouse import StoreError, classify
 from workers.storage.contract import RowSink
@@ -81,6 +83,23 @@ def disk_full(error: BaseException) -> bool:
     return "No space left on device" in text or "NOT_ENOUGH_SPACE" in text or "Disk quota exceeded" in text
 
 
+class SpoolScreen(Protocol):
+    """Rows to leave out of the spool's inserts (the rows of erased persons: `workers.privacy.marks`)."""
+
+    def applies(self, first_sequence: int) -> bool:
+        """Whether records from `first_sequence` on may hold rows to leave out."""
+        ...
+
+    def screen(self, rows: bytes, sequence: int) -> tuple[bytes, int, Counter[int]] | None:
+        """The framed rows of record `sequence` kept, their count and the rows left out by cause;
+        None: all kept."""
+        ...
+
+    def count(self, dropped: Counter[int]) -> None:
+        """Rows left out of a range whose other rows are now in the store."""
+        ...
+
+
 @dataclass
 class _Isolated:
     """Outcome of inserting a refused range record by one record: the rows ClickHouse took, and the
@@ -112,6 +131,9 @@ class SpooledCommit:
         self.store_ready: asyncio.Event | None = None
         """Set once the store is connected (None: it is already). The drainer waits for it; set it
         before `start()`."""
+        self.screen: SpoolScreen | None = None
+        """Rows left out as the spool drains; set it before `start()`."""
+        self._screened: dict[str, Counter[int]] = {}
         self.retry_delay_s = settings.retry_delay_ms / 1000
         if spool.min_free_bytes is None:
             spool.min_free_bytes = settings.spool_min_free_bytes
@@ -160,6 +182,12 @@ class SpooledCommit:
             await asyncio.sleep(0.02)
         if self._ready or self._inserts:
             log.warning("stopping with spooled activities not yet in ClickHouse; the next start sends them")
+
+    async def inserts_ended(self) -> None:
+        """Wait until every insert begun so far has ended (its range committed)."""
+        begun = set(self._inserts)
+        if begun:
+            await asyncio.wait(begun)
 
     def cancel(self) -> list[asyncio.Task[None]]:
         tasks = [*self._tasks, *self._inserts]
@@ -297,6 +325,10 @@ class SpooledCommit:
                     else:
                         rows = await loop.run_in_executor(self._executor, self._insert_planned, planned)
                     counted = True
+                    dropped = self._screened.pop(planned.token, None)
+                    if dropped and self.screen is not None:
+                        # Final once the rest is in (a crash before the range's commit counts them again).
+                        self.screen.count(dropped)
                     self.stats.record_insert(rows)
                     if self.on_insert is not None:
                         self.on_insert(rows, time.perf_counter() - started)
@@ -350,18 +382,57 @@ class SpooledCommit:
         spool = self.spool
         spool.plan(planned)
         spooled = spool.spooled(planned.first, planned.last)
+        screen = self.screen
+        if spooled.sequences and screen is not None and screen.applies(spooled.sequences[0]):
+            # Read whole to be screened: only the records spooled before an erasure began, once.
+            rows, count, dropped = self._screen_records(list(spool.records(spooled.sequences)))
+            self._screened[planned.token] = dropped
+            if count:
+                self.store.insert_rows(envelope_bytes(rows), count, token=planned.token)
+            return count
         if spooled.sequences:
             # The records are read back while the insert is written out, one at a time.
             payload = Envelope(spooled.nbytes, lambda: (r.rows for r in spool.records(spooled.sequences)))
             self.store.insert_rows(payload, spooled.rows, token=planned.token)
         return spooled.rows
 
+    def _screen_records(self, records: list[Record]) -> tuple[list[bytes], int, Counter[int]]:
+        assert self.screen is not None
+        rows: list[bytes] = []
+        count = 0
+        dropped: Counter[int] = Counter()
+        for record in records:
+            screened = self.screen.screen(record.rows, record.sequence)
+            if screened is None:
+                rows.append(record.rows)
+                count += record.count
+            else:
+                rows.append(screened[0])
+                count += screened[1]
+                dropped.update(screened[2])
+        return rows, count, dropped
+
     def _isolate_failure(self, planned: Planned) -> _Isolated:
         """Insert the records of a range ClickHouse refused one by one; return the rows stored and the
         records refused alone for their data. Each record's insert has a token of its own, derived from
         the range's: doing this again (after a crash, or a failed dead-letter write) stores nothing twice."""
         isolated = _Isolated(0, [])
-        for record in self.spool.read_range(planned.first, planned.last):
+        records = self.spool.read_range(planned.first, planned.last)
+        screen = self.screen
+        if records and screen is not None and screen.applies(records[0].sequence):
+            dropped: Counter[int] = Counter()
+            kept = []
+            for record in records:
+                screened = screen.screen(record.rows, record.sequence)
+                if screened is None:
+                    kept.append(record)
+                    continue
+                dropped.update(screened[2])
+                if screened[1]:
+                    kept.append(Record(record.sequence, screened[1], screened[0]))
+            self._screened[planned.token] = dropped
+            records = kept
+        for record in records:
             token = f"{planned.token}-{record.sequence}"
             try:
                 self.store.insert_rows(envelope_bytes([record.rows]), record.count, token=token)

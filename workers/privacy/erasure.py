@@ -7,8 +7,9 @@ after a restart) and runs their steps in order, recording each one done; a job t
 the step it was in, and every step can run twice with the same end:
 
 1. `resolved`: every id of the person (`workers.privacy.persons`), all suppressed;
-2. `drained`: this collector's suppression list holds them, and every activity acknowledged before
-   that (the spool's records below the mark taken then) has reached ClickHouse or the dead letters;
+2. `drained`: every live collector's drain mark (`workers.privacy.marks`) has passed the moment the
+   ids were recorded: none of them will insert a row of the person it acknowledged before (its
+   spool drops them as it drains), and none inserts the ones it takes after (suppressed at intake);
 3. `buckets`: the aggregates' buckets that hold the person's activities, kept in the job;
 4. `clickhouse`: the person's rows deleted from `activities` (a mutation, waited for on every replica),
    from the read side's `activities_by_person` and `person_links`, and from `rejected_activities`;
@@ -29,21 +30,23 @@ import datetime
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import WireError, bytes_field, iter_fields, payload
 from workers.commit.deadletters import split_rows
+from workers.privacy.marks import collectors_behind
 from workers.privacy.persons import PersonIds, SqlEngine, resolve_person
 from workers.processors.suppression import Suppressions, SuppressionStore, id_digest
-from workers.storage.analytics_schema import AGGREGATES, aggregate_rebuild_statements, quote
+from workers.storage.analytics_schema import aggregate_rebuild_statements, quote
 from workers.storage.contract import json_rows
 from workers.storage.person_schema import PERSON_ACTIVITIES, PERSON_LINKS
 from workers.storage.postgres import POSTGRES_ERRORS
 from workers.storage.schema import REJECTIONS_TABLE, RESOLVED_USER_ID_FIELD, SINGLE_NODE, Cluster
+from workers.storage.source_rollups import EVERY_ROLLUP
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,11 @@ STEPS = (RESOLVED, DRAINED, BUCKETS, CLICKHOUSE, AGGREGATES_REBUILT, POSTGRES, V
 
 MAX_ATTEMPTS = 20
 """Attempts at a job before it is marked failed (each attempt resumes where the last one stopped)."""
+SPOOLS = "spools"
+"""The receipt's count of the person's rows dropped from collectors' spools as they drained."""
+STALE_S = 30.0
+"""A collector whose drain mark's heartbeat is older than this is not live: no erasure waits for it
+(the `erasure_stale_s` setting)."""
 MAX_PASSES = 3
 """Passes of steps 3 to 6 when stragglers keep arriving; then the job fails, naming the rows left."""
 
@@ -81,6 +89,20 @@ class Receipt:
     finished_at: datetime.datetime | None
     attempts: int
     error: str
+    steps: dict[str, datetime.datetime] = field(default_factory=dict)
+    """When each step was (last) done."""
+
+    def step_seconds(self) -> list[tuple[str, float]]:
+        """How long each step done took, in order (from the start, then from the step before)."""
+        out = []
+        last = self.started_at
+        for step in STEPS:
+            at = self.steps.get(step)
+            if at is None or last is None:
+                continue
+            out.append((step, max((at - last).total_seconds(), 0.0)))
+            last = at
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         def when(value: datetime.datetime | None) -> str | None:
@@ -98,12 +120,13 @@ class Receipt:
             "finished_at": when(self.finished_at),
             "attempts": self.attempts,
             "error": self.error,
+            "steps": {step: when(at) for step, at in self.steps.items()},
         }
 
 
 _RECEIPT = (
     "id, tenant_id, state, step, ids, id_counts, removed, requested_at, started_at, finished_at,"
-    " attempts, error"
+    " attempts, error, dropped_at_drain, step_times"
 )
 
 
@@ -117,13 +140,25 @@ def _receipt(row: asyncpg.Record) -> Receipt:
         state=row["state"],
         step=row["step"],
         ids=counts,
-        removed=json.loads(row["removed"]) if row["removed"] else {},
+        removed=_removed(row),
         requested_at=row["requested_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         attempts=row["attempts"],
         error=row["error"] or "",
+        steps={
+            step: datetime.datetime.fromisoformat(at)
+            for step, at in (json.loads(row["step_times"]) if row["step_times"] else {}).items()
+        },
     )
+
+
+def _removed(row: asyncpg.Record) -> dict[str, int]:
+    removed: dict[str, int] = json.loads(row["removed"]) if row["removed"] else {}
+    if row["dropped_at_drain"]:
+        # Rows collectors left out of their spools' inserts (workers.privacy.marks).
+        removed[SPOOLS] = int(row["dropped_at_drain"])
+    return removed
 
 
 @dataclass(frozen=True)
@@ -219,7 +254,12 @@ class ErasureStore:
 
     async def advance(self, job: Job, step: str, **columns: Any) -> None:
         """Record `step` done, with the job's removed counts and any other column given (jsonb as text)."""
-        sets = ["step = $2", "removed = $3::jsonb", "error = NULL"]
+        sets = [
+            "step = $2",
+            "removed = $3::jsonb",
+            "error = NULL",
+            "step_times = step_times || jsonb_build_object($2::text, clock_timestamp())",
+        ]
         values: list[Any] = [job.id, step, json.dumps(job.removed, sort_keys=True)]
         for name, value in columns.items():
             values.append(value)
@@ -240,44 +280,6 @@ class ErasureStore:
         )
 
 
-class Drain(Protocol):
-    """Where acknowledged activities wait before ClickHouse on this collector (the spool)."""
-
-    def mark(self) -> int:
-        """A position: everything acknowledged before now is below it."""
-        ...
-
-    def passed(self, mark: int) -> bool:
-        """Whether everything below `mark` has reached ClickHouse (or the dead letters)."""
-        ...
-
-
-class SpoolDrain:
-    """`Drain` of a spool: its record sequences."""
-
-    def __init__(self, spool: Any) -> None:
-        self.spool = spool
-
-    def mark(self) -> int:
-        return int(self.spool.next_sequence)
-
-    def passed(self, mark: int) -> bool:
-        return not any(sequence < mark for sequence in self.spool.pending_counts())
-
-
-class PendingDrain:
-    """`Drain` of a collector without spool: what it holds is `pending()` activities being inserted."""
-
-    def __init__(self, pending: Callable[[], int]) -> None:
-        self.pending = pending
-
-    def mark(self) -> int:
-        return 0
-
-    def passed(self, mark: int) -> bool:
-        return self.pending() == 0
-
-
 async def _call(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(function, *args)
 
@@ -293,9 +295,9 @@ class ErasureRunner:
         cluster: Cluster = SINGLE_NODE,
         *,
         suppressions: Suppressions | None = None,
-        drain: Drain | None = None,
+        wake_marks: Callable[[], None] | None = None,
         lease_s: float = 10.0,
-        drain_timeout_s: float = 5.0,
+        stale_s: float = STALE_S,
         step_done: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
         self.pool = pool
@@ -303,9 +305,9 @@ class ErasureRunner:
         self.database = database
         self.cluster = cluster
         self.suppressions = suppressions
-        self.drain = drain
+        self.wake_marks = wake_marks
         self.lease_s = lease_s
-        self.drain_timeout_s = drain_timeout_s
+        self.stale_s = stale_s
         self.jobs = ErasureStore(pool)
         self.step_done = step_done
         """Called after each step recorded (job id, step): a seam for tests that stop a job mid-way."""
@@ -361,6 +363,7 @@ class ErasureRunner:
                 step = VERIFIED
                 await self.pool.execute(
                     "UPDATE erasure_jobs SET step = $2, state = 'done', finished_at = now(), ids = NULL,"
+                    " step_times = step_times || jsonb_build_object($2::text, clock_timestamp()),"
                     " buckets = NULL, lease_until = NULL, error = NULL, removed = $3::jsonb WHERE id = $1",
                     job.id,
                     step,
@@ -372,27 +375,26 @@ class ErasureRunner:
                 await self.step_done(job.id, step)
 
     async def _wait_drained(self, job: Job, ids: PersonIds) -> None:
-        """Wait until this collector drops the person's activities at intake, then until whatever it
-        acknowledged before has left the spool for ClickHouse (or the dead letters)."""
+        """Wait until every live collector's drain mark has passed now, a moment after the person's ids
+        were recorded (a resumed job waits for a later one: the same end)."""
         if self.suppressions is not None:
-            # The list is refreshed from PostgreSQL; the ids of a job resumed after a restart are
-            # added here too, so that the mark below is taken with the suppression in force.
             self.suppressions.add(job.tenant, ids.digests(job.tenant))
-        if self.drain is None:
-            return
-        mark = self.drain.mark()
+        since = await self.pool.fetchval("SELECT now()")
+        if self.wake_marks is not None:
+            self.wake_marks()
         loop = asyncio.get_running_loop()
-        renewed = loop.time()
-        waited = 0.0
-        while not self.drain.passed(mark):
+        renewed = logged = loop.time()
+        while behind := await collectors_behind(self.pool, since, self.stale_s):
             await asyncio.sleep(0.05)
-            waited += 0.05
-            if isinstance(self.drain, PendingDrain) and waited >= self.drain_timeout_s:
-                # Inserts in flight settle within their retries; the verification catches any left.
-                return
             if loop.time() - renewed > self.lease_s / 3:
                 await self.jobs.renew(job.id, self.lease_s)
                 renewed = loop.time()
+            if loop.time() - logged > 30:
+                log.info(
+                    "erasure waits for collectors' drain marks",
+                    extra={"erasure": job.id, "collectors": behind},
+                )
+                logged = loop.time()
 
     def _table(self, name: str) -> str:
         return f"`{self.database}`.`{name}`"
@@ -412,7 +414,7 @@ class ErasureRunner:
     ) -> dict[str, list[str]]:
         """The buckets of each aggregate that hold the person's activities, added to those known."""
         buckets: dict[str, list[str]] = {}
-        for aggregate in AGGREGATES:
+        for aggregate in EVERY_ROLLUP:
             where = " AND ".join(
                 w for w in (f"tenant_id = {quote(tenant)}", ids.condition(), aggregate.where) if w
             )
@@ -464,7 +466,7 @@ class ErasureRunner:
         _add(job, REJECTIONS_TABLE, len(rejected))
 
     async def _rebuild_aggregates(self, job: Job) -> None:
-        for aggregate in AGGREGATES:
+        for aggregate in EVERY_ROLLUP:
             buckets = (job.buckets or {}).get(aggregate.name, [])
             if not buckets:
                 continue

@@ -9,8 +9,10 @@ would find nothing:
 
 - every path is resolved here, from the descriptors, to field numbers and to how its value reads as
   absent (an empty string, a zero without presence, an unset optional, a map key not there);
-- `required`, `forbidden`, `target_types`, and `enum`, `pattern` (the compiled pattern's `fullmatch`,
-  called from C), `max_length` on strings and `min`, `max` and `enum` on integers run in C;
+- `required`, `forbidden`, `target_types`, and `enum`, `pattern`, `max_length` on strings and `min`,
+  `max` and `enum` on integers run in C; a pattern that is a sequence of ASCII characters and character
+  classes with counts (`[0-9a-f]{16}`, `ord-[0-9]+`, `[A-Z]{3}`: `ascii_pattern`) is matched in C, any
+  other by calling the compiled pattern's `fullmatch` from C;
 - a value rule the program cannot run the same way (`min` on a string, which Python reads as a number,
   a pattern on an integer, any rule on a repeated field or a whole map) sends each activity that
   carries a value at that path to Python; a path the program cannot follow sends every activity of
@@ -19,6 +21,9 @@ would find nothing:
 
 from __future__ import annotations
 
+import re
+import string
+import struct
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -81,6 +86,124 @@ def wire_path(path: str) -> WirePath | None:
     return None
 
 
+_PATTERN_ITEM = struct.Struct("<16sHH")
+_PATTERN_ITEMS_MAX = 32
+_UNBOUNDED = 0xFFFF
+_LITERAL = frozenset(string.ascii_letters + string.digits + " !\"#%&',-/:;<=>@_`~")
+_ESCAPABLE = frozenset(string.punctuation)
+# Marks that Python's re reserves for set operations inside classes (it warns about them today).
+_SET_OPERATIONS = ("--", "&&", "~~", "||")
+
+
+def _class_char(source: str, i: int) -> tuple[int, int] | None:
+    """The character of a class at `i` (a literal or an escaped punctuation mark), and where the next
+    one starts."""
+    if i >= len(source):
+        return None
+    c = source[i]
+    if c == "\\":
+        if i + 1 < len(source) and source[i + 1] in _ESCAPABLE:
+            return ord(source[i + 1]), i + 2
+        return None
+    if c in "[]" or not c.isascii():
+        return None
+    return ord(c), i + 1
+
+
+def _char_class(source: str, i: int) -> tuple[set[int], int] | None:
+    """The members of the class whose first character is at `i` (after its `[`), and where the class
+    ends; None for a negated class, a class with set-operation markers, or anything not plain ASCII."""
+    if source[i : i + 1] in ("^", "]"):
+        return None
+    members: set[int] = set()
+    while i < len(source) and source[i] != "]":
+        if source[i : i + 2] in _SET_OPERATIONS:
+            return None
+        first = _class_char(source, i)
+        if first is None:
+            return None
+        low, i = first
+        if source[i : i + 1] == "-" and source[i + 1 : i + 2] not in ("]", ""):
+            last = _class_char(source, i + 1)
+            if last is None or last[0] < low:
+                return None
+            members.update(range(low, last[0] + 1))
+            i = last[1]
+        else:
+            members.add(low)
+    if i >= len(source):
+        return None
+    return members, i + 1
+
+
+_QUANTIFIER = re.compile(r"\{([0-9]*)(?:(,)([0-9]*))?\}|[*+?]")
+
+
+def _quantifier(source: str, i: int) -> tuple[int, int, int] | None:
+    """(min, max, where the next item starts) of the counts at `i` (none: once); None when they are
+    not plain counts (a lazy or possessive one, a bound past 65534)."""
+    m = _QUANTIFIER.match(source, i)
+    if m is None:
+        return 1, 1, i
+    text = m.group(0)
+    if text == "*":
+        low, high = 0, _UNBOUNDED
+    elif text == "+":
+        low, high = 1, _UNBOUNDED
+    elif text == "?":
+        low, high = 0, 1
+    else:
+        low = int(m.group(1) or 0)
+        if m.group(2) is None:
+            if not m.group(1):
+                return None
+            high = low
+        else:
+            high = int(m.group(3)) if m.group(3) else _UNBOUNDED
+    if low >= _UNBOUNDED or (high != _UNBOUNDED and (high >= _UNBOUNDED or high < low)):
+        return None
+    if source[m.end() : m.end() + 1] in ("*", "+", "?", "{"):
+        return None
+    return low, high, m.end()
+
+
+def ascii_pattern(pattern: re.Pattern[str]) -> bytes | None:
+    """`pattern` as items for the program's PC_PATTERN_ASCII when it is a sequence of ASCII characters,
+    escaped punctuation and positive ASCII character classes, each counted once or by `?`, `*`, `+`,
+    `{n}`, `{n,m}`, `{n,}`, `{,m}`, without flags: then the whole of a value matches it exactly when
+    every character is ASCII and the C matcher finds the counts. None: anything else (`.`, `\\d`,
+    groups, alternatives, anchors, negated classes, flags), which Python's re runs."""
+    source = pattern.pattern
+    if pattern.flags != re.UNICODE or not source:
+        return None
+    items: list[bytes] = []
+    i = 0
+    while i < len(source):
+        c = source[i]
+        if c == "[":
+            found = _char_class(source, i + 1)
+            if found is None:
+                return None
+            members, i = found
+        elif c == "\\":
+            if i + 1 >= len(source) or source[i + 1] not in _ESCAPABLE:
+                return None
+            members, i = {ord(source[i + 1])}, i + 2
+        elif c in _LITERAL:
+            members, i = {ord(c)}, i + 1
+        else:
+            return None
+        counts = _quantifier(source, i)
+        if counts is None:
+            return None
+        low, high, i = counts
+        bits = bytearray(16)
+        for member in members:
+            bits[member >> 3] |= 1 << (member & 7)
+        items.append(_PATTERN_ITEM.pack(bytes(bits), low, high))
+    return b"".join(items) if len(items) <= _PATTERN_ITEMS_MAX else None
+
+
 def _is_text(terminal: int) -> bool:
     return terminal in (_V["PT_STRING"], _V["PT_MAP_KEY"])
 
@@ -99,6 +222,9 @@ def _value_check(rule: str, where: WirePath, arg: Any) -> tuple[Any, ...]:
         values = tuple(float(v) for v in arg if isinstance(v, int | float) and not isinstance(v, bool))
         return (_V["PC_ENUM_NUM"], terminal, numbers, key, values)
     if rule == "pattern" and text:
+        items = ascii_pattern(arg)
+        if items is not None:
+            return (_V["PC_PATTERN_ASCII"], terminal, numbers, key, (items, arg.fullmatch))
         return (_V["PC_PATTERN"], terminal, numbers, key, arg.fullmatch)
     if rule in ("min", "max") and integer:
         return (_V["PC_MIN" if rule == "min" else "PC_MAX"], terminal, numbers, key, float(arg))

@@ -9,6 +9,11 @@ slows a tenant down but never locks it out.
 The default (`quota_rate`, `quota_burst`) applies to every tenant without one of its own; each
 tenant's own is kept in PostgreSQL (`tenant_quotas`, `activity-collector quotas set`) and read with the
 tracking plans (`workers.processors.plan_store`). A rate of 0 means no quota.
+
+The doors ask twice: `check` as soon as a request's activities are counted, from its framing alone,
+so that a tenant over its quota is refused before anything of its request is parsed or validated,
+and `take` once the request is known to be valid, which takes the tokens. Both run on the event loop
+with no await between them, so a request `check` let through is not refused by `take`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ class Quota:
 
 
 class QuotaExceeded(Exception):
-    def __init__(self, message: str, retry_delay_s: float) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, retry_delay_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
         self.retry_delay_s = retry_delay_s
+        """Seconds until the quota holds the request; a door that holds the refusal shortens it."""
+
+    def __str__(self) -> str:
+        return f"{self.reason}: retry in {self.retry_delay_s:.3f} s"
 
 
 @dataclass
@@ -61,8 +71,16 @@ class Quotas:
     def quota(self, tenant: str) -> Quota:
         return self._own.get(tenant, self.default)
 
+    def check(self, tenant: str, count: int) -> None:
+        """Raise QuotaExceeded (counted) when `tenant`'s bucket cannot hold `count` activities now;
+        take nothing otherwise."""
+        self._admit(tenant, count, take=False)
+
     def take(self, tenant: str, count: int) -> None:
         """Take `count` activities from `tenant`'s bucket, or raise QuotaExceeded with the delay."""
+        self._admit(tenant, count, take=True)
+
+    def _admit(self, tenant: str, count: int, take: bool) -> None:
         quota = self._own.get(tenant, self.default)
         if quota.rate <= 0:
             return
@@ -74,18 +92,18 @@ class Quotas:
             bucket = self._buckets[tenant] = [quota.burst, now]
         tokens = min(quota.burst, bucket[0] + (now - bucket[1]) * quota.rate)
         bucket[1] = now
+        bucket[0] = tokens
         need = min(float(count), quota.burst)
         if tokens < need:
-            bucket[0] = tokens
             self.stats.refused[tenant] += count
             self.stats.refused_requests[tenant] += 1
             delay = (need - tokens) / quota.rate
             raise QuotaExceeded(
-                f"tenant {tenant} is over its quota of {quota.rate:g} activities/s (burst {quota.burst:g}): "
-                f"retry in {delay:.3f} s",
+                f"tenant {tenant} is over its quota of {quota.rate:g} activities/s (burst {quota.burst:g})",
                 delay,
             )
-        bucket[0] = tokens - count
+        if take:
+            bucket[0] = tokens - count
 
 
 def default_quota(rate: float, burst: float) -> Quota:

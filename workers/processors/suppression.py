@@ -61,6 +61,9 @@ class Suppressions:
         self.suppressed: Counter[str] = Counter()
         """Activities dropped, by tenant."""
         self._pending: dict[tuple[str, bytes], float] = {}
+        self.changes = 0
+        """How many times the digests changed: caches of persons (the read model) drop the newly
+        suppressed when it moves."""
 
     @property
     def active(self) -> bool:
@@ -80,6 +83,7 @@ class Suppressions:
         # One assignment: a request sees the old list or the new one, never a mix.
         self._digests = fresh
         self.version = version
+        self.changes += 1
 
     def add(self, tenant: str, digests: Iterable[bytes]) -> None:
         """Suppress more digests of `tenant` now (they are in the store already), before the next
@@ -90,6 +94,7 @@ class Suppressions:
         merged = dict(self._digests)
         merged[tenant] = merged.get(tenant, frozenset()) | added
         self._digests = merged
+        self.changes += 1
 
     def remove(self, tenant: str, digests: Iterable[bytes]) -> None:
         """Lift digests of `tenant` now (they are gone from the store already)."""
@@ -103,6 +108,7 @@ class Suppressions:
         else:
             merged.pop(tenant, None)
         self._digests = merged
+        self.changes += 1
 
     def covers(self, tenant: str, digests: Iterable[bytes]) -> bool:
         held = self._digests.get(tenant, frozenset())
@@ -110,6 +116,10 @@ class Suppressions:
 
     def applies(self, tenant: str) -> bool:
         return tenant in self._digests
+
+    def holds_any(self, tenant: str, digests: Iterable[bytes]) -> bool:
+        held = self._digests.get(tenant, frozenset())
+        return any(d in held for d in digests)
 
     def process(self, tenant: str, activity: pb.Activity) -> Verdict | None:
         held = self._digests.get(tenant)

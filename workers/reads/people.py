@@ -33,6 +33,9 @@ class Person:
     person_id: str
     user_id: str = ""
     keys: tuple[str, ...] = ()
+    own_keys: bool = True
+    """`keys` are the person's own ids (the user's and the ids linked to it), with no id the request
+    named besides them: the same for every request of this person (the read model keeps those)."""
 
     def activities(self, columns: str = "*") -> str:
         """SQL: the person's activities from `activities_by_person`, one row per activity id."""
@@ -71,5 +74,5 @@ def find_person(
         f"WHERE {where} AND kind IN ('anonymous', 'session') AND key = {quote(user_id)}",
     )
     keys = {user_id, *(str(r["linked"]) for r in found)}
-    keys.update(k for k in (anonymous_id, session_id) if k)
-    return Person(tenant, user_id, user_id, tuple(sorted(keys)))
+    asked = {k for k in (anonymous_id, session_id) if k}
+    return Person(tenant, user_id, user_id, tuple(sorted(keys | asked)), asked <= keys)

@@ -60,7 +60,8 @@ def _exclusions(tenant: str, person: Person | None, excluded: list[str], bought:
     return " AND ".join(terms) or "1"
 
 
-def _items(engine: QueryEngine, sql: str) -> list[Item]:
+def query_items(engine: QueryEngine, sql: str) -> list[Item]:
+    """The items of `sql` (columns target_type, target_id, score)."""
     return [
         Item(str(r["target_type"]), str(r["target_id"]), float(str(r["score"]))) for r in rows(engine, sql)
     ]
@@ -70,7 +71,7 @@ def _recent(tenant: str) -> str:
     return f"tenant_id = {quote(tenant)} AND NOT is_bot AND occurred_at >= now64(3) - INTERVAL {CO_DAYS} DAY"
 
 
-def _together(tenant: str, action: str, target: tuple[str, str], exclude: str, limit: int) -> str:
+def together_sql(tenant: str, action: str, target: tuple[str, str], exclude: str, limit: int) -> str:
     """Targets `action`-ed by the people who `action`-ed `target`, by how many of them did."""
     target_type, target_id = target
     base = f"{_recent(tenant)} AND action = {quote(action)}"
@@ -83,7 +84,7 @@ def _together(tenant: str, action: str, target: tuple[str, str], exclude: str, l
     )
 
 
-def _trending(tenant: str, exclude: str, limit: int) -> str:
+def trending_sql(tenant: str, exclude: str, limit: int) -> str:
     decay = f"pow(0.5, dateDiff('second', occurred_at, now64(3)) / {TRENDING_HALF_LIFE_H * 3600})"
     return (
         f"SELECT target_type, target_id, sum({WEIGHT} * {decay}) AS score FROM activities "
@@ -92,6 +93,18 @@ def _trending(tenant: str, exclude: str, limit: int) -> str:
         f"GROUP BY target_type, target_id HAVING score > 0 "
         f"ORDER BY score DESC, target_type, target_id LIMIT {limit}"
     )
+
+
+def check(strategy: str, has_person: bool, target: tuple[str, str] | None) -> None:
+    """StrategyError, naming the field, for a request `strategy` cannot answer."""
+    if strategy not in STRATEGIES:
+        raise StrategyError("strategy", f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if strategy in ("also_viewed", "also_bought") and (target is None or not target[0] or not target[1]):
+        raise StrategyError("target", f"{strategy} needs the target being viewed (target.type and target.id)")
+    if strategy in ("recently_viewed", "for_you") and not has_person:
+        raise StrategyError(
+            "user", f"{strategy} needs the person (one of user.user_id, anonymous_id, session_id)"
+        )
 
 
 def recommend(
@@ -104,26 +117,21 @@ def recommend(
     excluded: list[str] | None = None,
 ) -> list[Item]:
     """The items `strategy` recommends, best first; StrategyError for a request it cannot answer."""
-    if strategy not in STRATEGIES:
-        raise StrategyError("strategy", f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    check(strategy, person is not None and bool(person.person_id), target)
     limit = max(1, min(limit or DEFAULT_LIMIT, MAX_LIMIT))
     excluded = list(excluded or [])
     if strategy in ("also_viewed", "also_bought"):
-        if target is None or not target[0] or not target[1]:
-            raise StrategyError(
-                "target", f"{strategy} needs the target being viewed (target.type and target.id)"
-            )
+        assert target is not None
         action = "view" if strategy == "also_viewed" else "purchase"
         exclude = _exclusions(tenant, person, excluded, bought=strategy == "also_bought")
-        return _items(engine, _together(tenant, action, target, exclude, limit))
+        return query_items(engine, together_sql(tenant, action, target, exclude, limit))
     if strategy == "trending":
-        return _items(engine, _trending(tenant, _exclusions(tenant, person, excluded, bought=False), limit))
-    if person is None or not person.person_id:
-        raise StrategyError(
-            "user", f"{strategy} needs the person (one of user.user_id, anonymous_id, session_id)"
+        return query_items(
+            engine, trending_sql(tenant, _exclusions(tenant, person, excluded, bought=False), limit)
         )
+    assert person is not None
     if strategy == "recently_viewed":
-        return _items(
+        return query_items(
             engine,
             f"SELECT target_type, target_id, toUnixTimestamp64Milli(max(occurred_at)) / 1000 AS score "
             f"FROM ({person.activities()}) WHERE action = 'view' "
@@ -134,8 +142,19 @@ def recommend(
     exclude = _exclusions(tenant, person, excluded, bought=True)
     affinities = [a for a in read_profile(engine, person, 1).affinities if a.kind in ("category", "brand")]
     if not affinities:
-        return _items(engine, _trending(tenant, exclude, limit))
-    return _items(engine, _for_you(tenant, affinities, exclude, limit))
+        return query_items(engine, trending_sql(tenant, exclude, limit))
+    return query_items(engine, _for_you(tenant, affinities, exclude, limit))
+
+
+def popularity_sql(tenant: str, limit: int) -> str:
+    """Every target with activity over CO_DAYS days, with its most specific category, its brand and how
+    many people took to it: what `for_you` ranks, read whole (at most `limit` rows)."""
+    return (
+        f"SELECT target_type, target_id, "
+        f"if(empty(target_category_path), '', toString(target_category_path[-1])) AS category, "
+        f"toString(target_brand) AS brand, uniqExact({PERSON}) AS people FROM activities "
+        f"WHERE {_recent(tenant)} GROUP BY target_type, target_id, category, brand LIMIT {limit}"
+    )
 
 
 def _affinity(expression: str, affinities: list[Affinity], kind: str) -> str:

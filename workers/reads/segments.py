@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ import asyncpg
 
 from core.normalize import normalize_action
 from workers.reads.people import rows
+from workers.reads.records import Record
 from workers.storage.analytics_schema import quote
 from workers.storage.contract import QueryEngine
 
@@ -131,6 +133,34 @@ class Rule:
 
 def parse_rule(document: Any) -> Rule:
     return Rule(document, _compile(document, "", [MAX_NODES]))
+
+
+def holds(rule: Rule, records: Iterable[Record], now_ms: int) -> bool:
+    """Whether `rule` holds over one person's `records` at `now_ms`: what `rule.sql` computes over the
+    same rows in ClickHouse, computed in memory (the read model's segments)."""
+    return _holds(rule.document, list(records), now_ms)
+
+
+def _holds(node: Any, records: list[Record], now_ms: int) -> bool:
+    if "all" in node:
+        return all(_holds(child, records, now_ms) for child in node["all"])
+    if "any" in node:
+        return any(_holds(child, records, now_ms) for child in node["any"])
+    if "not" in node:
+        return not _holds(node["not"], records, now_ms)
+    action = normalize_action(node["action"])
+    since = now_ms - _within(node["within"], "within") * 1000 if "within" in node else None
+    target_type, brand, category = node.get("target_type"), node.get("brand"), node.get("category")
+    count = sum(
+        1
+        for r in records
+        if r.action == action
+        and (since is None or r.occurred_ms >= since)
+        and (target_type is None or r.target_type == target_type)
+        and (brand is None or r.brand == brand)
+        and (category is None or category in r.category_path)
+    )
+    return count >= node.get("min", 1) and ("max" not in node or count <= node["max"])
 
 
 def check_name(name: str) -> str:

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from workers.storage.schema import SINGLE_NODE, TIME, USER_KEY, Cluster
+
+if TYPE_CHECKING:
+    from workers.storage.source_rollups import SourceRollup
 
 # Items and revenue of an activity that carries a quantity or a price. Revenue is in minor units of
 # `currency`; a priced activity without a quantity counts as one item.
@@ -446,6 +450,10 @@ def refresh_statements(
         + _rollup_select(database, a, touched, version)
         for a in AGGREGATES
     ]
+    # The rollups of what the responses earned (schema version 13), before the watermark too.
+    from workers.storage import source_rollups
+
+    statements += source_rollups.refresh_statements(database, days, version)
     statements.append(
         f"INSERT INTO `{database}`.`{REFRESHES}` (name, refreshed_to, days)\n"
         f"SELECT 'aggregates', {version}, count() FROM ({days})"
@@ -530,11 +538,13 @@ _PASS_RANGE = (
 # Identity links, read when a view is queried: per anonymous id, the user it was last seen with on an
 # activity that carried both (a login, or anything sent after it). Every stored activity of the tenant
 # counts, whatever the range, so that a visitor's activities *before* the login belong to the user too
-# (enrichment's resolved_user_id only covers the activities that arrive after it saw the link).
-_LINKS = """SELECT tenant_id AS link_tenant_id, anonymous_id AS link_anonymous_id,
-      argMax(user_id, (occurred_at, id)) AS linked_user_id
-    FROM {db}.activities
-    WHERE ({tenant_id:String} = '' OR tenant_id = {tenant_id:String}) AND anonymous_id != '' AND user_id != ''
+# (enrichment's resolved_user_id only covers the activities that arrive after it saw the link). Read
+# from `person_links` (kind `user`: the user of an anonymous or session id), a row per pair of ids,
+# rather than from every activity.
+_LINKS = """SELECT tenant_id AS link_tenant_id, key AS link_anonymous_id,
+      argMax(linked, occurred_at) AS linked_user_id
+    FROM {db}.person_links
+    WHERE ({tenant_id:String} = '' OR tenant_id = {tenant_id:String}) AND kind = 'user'
     GROUP BY link_tenant_id, link_anonymous_id"""
 
 # The person an activity belongs to: its user id; else the user its anonymous id was seen logging in
@@ -1076,16 +1086,16 @@ AGGREGATE = {a.name: a for a in AGGREGATES}
 
 def aggregate_rebuild_statements(
     database: str,
-    aggregate: Aggregate | str,
+    aggregate: Aggregate | SourceRollup | str,
     tenant_id: str,
     buckets_where_sql: str,
     cluster: Cluster = SINGLE_NODE,
 ) -> list[str]:
-    """Statements that make the rows of `aggregate` (an `Aggregate` or its name) for tenant `tenant_id`
-    in the buckets chosen by `buckets_where_sql` equal what the raw table `activities` gives for them
-    now: the rollup's rows of those buckets are deleted, then computed again from `activities FINAL`.
-    Run them in order, after the raw rows changed (an erasure deleted a person's activities, say); each
-    is safe to run again.
+    """Statements that make the rows of `aggregate` (an `Aggregate`, a `source_rollups.SourceRollup`, or
+    the name of either) for tenant `tenant_id` in the buckets chosen by `buckets_where_sql` equal what
+    the raw table `activities` gives for them now: the rollup's rows of those buckets are deleted, then
+    computed again from `activities FINAL`. Run them in order, after the raw rows changed (an erasure
+    deleted a person's activities, say); each is safe to run again.
 
     `buckets_where_sql` is a ClickHouse condition on the aggregate's bucket column only, named as
     `aggregate.bucket.name` (`hour` for `activity_stats_hourly`, `day` for the daily ones), for example
@@ -1097,8 +1107,13 @@ def aggregate_rebuild_statements(
     watermark, so that they replace whatever a refresh wrote for the same keys. Days not refreshed
     since their last insert are read from `activities` anyway. On a cluster the rows are deleted from
     the local rollup on every node and recomputed through the Distributed tables."""
+    from workers.storage import source_rollups
+
     if isinstance(aggregate, str):
-        aggregate = AGGREGATE[aggregate]
+        aggregate = source_rollups.SOURCE_ROLLUP.get(aggregate) or AGGREGATE[aggregate]
+    if isinstance(aggregate, source_rollups.SourceRollup):
+        # Rollups of schema version 13: the chosen days and the days their touches' credit reaches.
+        return source_rollups.rebuild_statements(database, aggregate, tenant_id, buckets_where_sql, cluster)
     tenant = f"tenant_id = {quote(tenant_id)}"
     local = cluster.local(aggregate.rollup)
     delete = (

@@ -22,7 +22,7 @@ from workers.storage.analytics_schema import (
     funnel_by_person_statements,
     source_views_statements,
 )
-from workers.storage.person_schema import person_statements
+from workers.storage.person_schema import person_statements, person_tail_statements
 from workers.storage.schema import (
     SINGLE_NODE,
     Cluster,
@@ -32,6 +32,7 @@ from workers.storage.schema import (
     rejections_statements,
     source_statements,
 )
+from workers.storage.source_rollups import source_rollups_statements
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # The read side (ProfileService): each activity again, ordered by person, and the person's ids.
     Migration(12, "read side: activities by person, person links", person_statements),
+    # What the responses earned, per day, with the outcomes attributed to them: rollups refreshed with
+    # the aggregates (report sources, experiment, queries); persons resolved through person_links.
+    Migration(13, "rollups of what responses earned; persons via person_links", source_rollups_statements),
+    # The read models of the collectors tail activities_by_person by the time its rows were written.
+    Migration(14, "read side: activities by person carry their write time", person_tail_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

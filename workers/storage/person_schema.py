@@ -110,3 +110,30 @@ def person_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str
         f"INSERT INTO {db}.`{PERSON_LINKS}` {links_select.replace(activities_local, 'activities')}",
     ]
     return statements
+
+
+INSERTED_AT = "inserted_at"
+
+
+def person_tail_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Migration 14: `activities_by_person.inserted_at`, the time each row was written, with a minmax
+    index, so that a collector's read model (`workers.reads.model`) finds the rows written since its last
+    look, by any collector, in the few newest parts. The rows stored before get the migration's time."""
+    db = f"`{database}`"
+    local = f"{db}.`{cluster.local(PERSON_ACTIVITIES)}`{cluster.on_cluster}"
+    column = (
+        f"`{INSERTED_AT}` DateTime64(3) DEFAULT now64(3) COMMENT "
+        f"{quote('When the row was written (the server clock): the read models tail the table by it.')}"
+    )
+    statements = [
+        f"ALTER TABLE {local} ADD COLUMN IF NOT EXISTS {column}",
+        f"ALTER TABLE {local} MATERIALIZE COLUMN `{INSERTED_AT}` SETTINGS mutations_sync = 2",
+        f"ALTER TABLE {local} ADD INDEX IF NOT EXISTS `{INSERTED_AT}_minmax` `{INSERTED_AT}` "
+        "TYPE minmax GRANULARITY 1",
+        f"ALTER TABLE {local} MATERIALIZE INDEX `{INSERTED_AT}_minmax` SETTINGS mutations_sync = 2",
+    ]
+    if cluster.enabled:
+        statements.append(
+            f"ALTER TABLE {db}.`{PERSON_ACTIVITIES}`{cluster.on_cluster} ADD COLUMN IF NOT EXISTS {column}"
+        )
+    return statements

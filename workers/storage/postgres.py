@@ -317,6 +317,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             'The rule document: all / any / not over conditions (docs/profiles.md).';
         """,
     ),
+    Migration(
+        9,
+        "erasures: collectors' drain marks",
+        """
+        CREATE TABLE collector_marks (
+            collector_id text PRIMARY KEY CHECK (collector_id <> ''),
+            heartbeat_at timestamptz NOT NULL DEFAULT now(),
+            erasures_at timestamptz
+        );
+        COMMENT ON TABLE collector_marks IS
+            'Each collector''s drain mark, for the erasures (docs/privacy.md): a collector whose heartbeat is'
+            ' older than erasure_stale_s is not live, and no erasure waits for it.';
+        COMMENT ON COLUMN collector_marks.collector_id IS
+            'The collector''s id, kept in its data directory (collector.id): the same after a restart.';
+        COMMENT ON COLUMN collector_marks.heartbeat_at IS 'When the collector last wrote its mark.';
+        COMMENT ON COLUMN collector_marks.erasures_at IS
+            'The erasure jobs as they stood then are in force on the collector: their persons are dropped'
+            ' at intake and from its spool as it drains, and every insert begun before has ended.';
+        ALTER TABLE erasure_jobs ADD COLUMN dropped_at_drain bigint NOT NULL DEFAULT 0;
+        COMMENT ON COLUMN erasure_jobs.dropped_at_drain IS
+            'The person''s activities that collectors dropped from their spools instead of inserting them.';
+        ALTER TABLE erasure_jobs ADD COLUMN step_times jsonb NOT NULL DEFAULT '{}';
+        COMMENT ON COLUMN erasure_jobs.step_times IS
+            'When each step was (last) done: {"resolved": "2026-...", ...}.';
+        """,
+    ),
 )
 
 

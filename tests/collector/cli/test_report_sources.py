@@ -22,13 +22,19 @@ import responses
 import shop
 
 from collector.cli.main import main
+from collector.cli.report import Request
+from collector.cli.report_sources import queries_sql, sources_by_sql
 from workers.storage.analytics_schema import (
     ATTRIBUTED_ACTIVITIES,
     PERSON_ACTIVITIES,
     SOURCE_ACTIVITIES,
     VIEWS,
+    aggregate_rebuild_statements,
+    quote,
 )
 from workers.storage.clickhouse import ClickHouseStore
+from workers.storage.refresher import refresh_aggregates
+from workers.storage.source_rollups import SOURCE_ROLLUPS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,17 +77,23 @@ def flags_for(engine_dir: Path, database: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["unrefreshed", "refreshed"])
 def seeded(
-    engine_dir: Path, events: list[shop.Event], experiments: list[shop.Event]
+    request: pytest.FixtureRequest, engine_dir: Path, events: list[shop.Event], experiments: list[shop.Event]
 ) -> Iterator[tuple[ClickHouseStore, list[str]]]:
     """The shop stored once for the module, a fifth of its activities resent later; the experiments
-    beside it; and the flags that point a report at them."""
+    beside it; and the flags that point a report at them. Every test runs twice: before the aggregates'
+    refresh (the rollups' views compute every day from `activities`) and after it (they read the
+    rollups), with a resent copy of some activities inserted after the refresh: the day it touched
+    and the days it can change are read from `activities` again."""
     database = f"sources_{int(time.time() * 1000) % 10**9}"
     store = ClickHouseStore(f"chdb://{engine_dir}", database, connections=1)
     shop.insert(store, events)
     shop.insert(store, events[::5], received_ns=time.time_ns() + 3_000_000_000)
     shop.insert(store, experiments, batch=5000)
+    if request.param == "refreshed":
+        assert refresh_aggregates(store.command, database, margin_s=0).days > 0
+        shop.insert(store, events[7::50], received_ns=time.time_ns() + 6_000_000_000)
     yield store, flags_for(engine_dir, database)
     store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     store.close()
@@ -478,3 +490,89 @@ def test_filters_that_match_nothing_say_so(
     assert main(["report", *args, *MONTH, "--format", fmt, *flags]) == 3
     out, err = capsys.readouterr()
     assert message in err and not out
+
+
+def test_a_login_that_arrives_a_day_later_moves_the_credit_in_the_refreshed_figures(
+    store: ClickHouseStore,
+) -> None:
+    # A visitor clicks a recommendation while anonymous and buys the next morning from another device as
+    # the user; the login that links the two ids arrives the day after, once those days were refreshed.
+    day = dt.date(2026, 11, 2)
+    reco = {
+        "source_id": "reco-9",
+        "source_type": "recommendation",
+        "source_name": "pdp-late",
+        "source_variant": "A",
+    }
+    bought = {"quantity": 1, "price": 500, "currency": "EUR", "order_id": "o-9"}
+
+    def event(
+        action: str, at_s: int, session: str, anonymous: str, user: str = "", **extra: Any
+    ) -> shop.Event:
+        return shop.Event(
+            shop.TENANT,
+            action,
+            "product",
+            "sku-9",
+            shop.ms_of(day, at_s),
+            anonymous,
+            user,
+            session,
+            "mobile",
+            (),
+            **extra,
+        )
+
+    before = [
+        event("impression", 23 * 3600, "s-1", "a-1", source_position=2, **reco),
+        event("click", 23 * 3600 + 5, "s-1", "a-1", source_position=2, **reco),
+        event("purchase", 30 * 3600, "s-2", "a-9", "u-1", **bought),  # the next day
+    ]
+    login = dataclasses.replace(
+        event("view", 2 * 86400, "s-3", "a-1", "u-1"), target_id="login", target_type="page"
+    )
+    request = Request("sources", dt.date(2026, 11, 1), dt.date(2026, 11, 30), group_by=("name",))
+
+    def purchases() -> int:
+        rows = [json.loads(line) for line in store.query(sources_by_sql(request), "JSONEachRow").splitlines()]
+        assert [r["name"] for r in rows] == ["pdp-late"]
+        return int(rows[0]["purchases"])
+
+    shop.insert(store, before)
+    refresh_aggregates(store.command, store.database, margin_s=0)
+    assert purchases() == 0 and shop.attribution(before, 86400)[before[2].id] == ""
+    shop.insert(store, [login])
+    assert purchases() == 1  # the login's day and the days it can change are read from activities
+    assert refresh_aggregates(store.command, store.database, margin_s=0).days > 0
+    assert purchases() == 1  # ... and the refresh computed them again
+    assert shop.attribution([*before, login], 86400)[before[2].id] == "reco-9"
+
+
+def test_after_an_erasure_the_rebuilt_rollups_equal_the_rows_left(store: ClickHouseStore) -> None:
+    events = responses.generate(seed=23, visitors=30)
+    shop.insert(store, events)
+    refresh_aggregates(store.command, store.database, margin_s=0)
+    credited = shop.attribution(events, 86400)
+    erased = next(e.anonymous_id for e in events if credited.get(e.id) and not e.is_bot)
+    gone = [e for e in events if e.anonymous_id == erased]
+    left = [e for e in events if e.anonymous_id != erased]
+    store.command(f"DELETE FROM activities WHERE anonymous_id = {quote(erased)}")
+    by = ["name", "variant"]
+    request = Request("sources", FIRST, LAST, tenant=shop.TENANT, group_by=tuple(by))
+    queries = Request("queries", FIRST, LAST, limit=50)
+
+    def stored(r: Request, sql: str) -> list[dict[str, Any]]:
+        return [numbers(json.loads(line)) for line in store.query(sql, "JSONEachRow").splitlines()]
+
+    # The rollups still hold the erased person's figures (nothing touched their days) ...
+    assert stored(request, sources_by_sql(request)) != approx_rows(responses.by_groups(left, by), by)
+    days = sorted({shop.day_of(e.occurred_ms).isoformat() for e in gone})
+    for rollup in SOURCE_ROLLUPS:
+        condition = f"day IN ({', '.join(quote(d) for d in days)})"
+        for statement in aggregate_rebuild_statements(store.database, rollup.name, shop.TENANT, condition):
+            store.command(statement)
+    # ... and after the rebuild of their days, what the activities left give.
+    assert stored(request, sources_by_sql(request)) == approx_rows(responses.by_groups(left, by), by)
+    expected = responses.queries(left)
+    got = {r.pop("query"): r for r in stored(queries, queries_sql(queries))}
+    assert got == {q: {k: pytest.approx(v, abs=1e-4) for k, v in f.items()} for q, f in expected.items()}

@@ -116,7 +116,9 @@ async def test_every_key_state(authed: tuple[CollectorServer, TenantStore, str])
 
     assert server.authenticator is not None
     stats = server.authenticator.stats
-    assert stats.unauthenticated >= 5 and stats.permission_denied >= 2 and stats.cache_hits > 0
+    # Cache hits are counted in test_the_cache_is_bounded_and_shares_lookups: here, whether a call comes
+    # within TTL of the one before depends on how busy the machine is.
+    assert stats.unauthenticated >= 5 and stats.permission_denied >= 2
     # Each check is counted once, with the tenant where the key has one (what /metrics exports).
     assert stats.checks == sum(stats.outcomes.values())
     assert stats.outcomes[(PERMISSION_DENIED, "shop-a")] >= 1  # the revoked key
@@ -214,6 +216,7 @@ async def test_the_cache_is_bounded_and_shares_lookups(pg_dsn: str, tmp_path: Pa
         assert auth.stats.lookups == 1
         for key in keys:
             await auth.tenant_of(key)
+        assert auth.stats.cache_hits == 1  # keys[0], answered from the cache
         assert len(auth._cache) == 2
         await auth.tenant_of(keys[0])  # dropped as the least recently used: asked again
         assert auth.stats.lookups == 4

@@ -252,6 +252,13 @@ async def test_a_key_with_allowed_origins_refuses_other_pages(
         main, ["keys", "create", "--tenant", "default", "--allowed-origin", "shop", *pg]
     )
     assert code == 1 and "--allowed-origin 'shop'" in capsys.readouterr().err
+    code = await asyncio.to_thread(main, ["keys", "list", "--format", "json", *pg])
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # The refused create left no key behind; the key's origins are stored with it, normalized.
+    assert code == 0 and len(listed) == 2
+    origins = {k["key id"]: k["allowed origins"] for k in listed}
+    assert origins[key.split("_")[1]] == "https://shop.example"
+    assert sorted(origins.values()) == ["any", "https://shop.example"]
 
     event = {"event": "Signed Up", "anonymousId": "a", "writeKey": key}
     for origin, status in (("https://shop.example", 200), ("https://evil.example", 403), (None, 200)):

@@ -184,6 +184,22 @@ def test_order_completed_is_one_purchase_per_product() -> None:
     assert error.value.field == "properties.products[0].price"
 
 
+def test_a_call_that_fails_midway_leaves_no_activity_behind() -> None:
+    """Calls are mapped into one request: a call refused after some of its activities were added
+    takes them out again, and its neighbours keep theirs."""
+    activities = pb.TrackActivitiesRequest().activities
+    products = [{"product_id": "p-1", "price": 15}, {"product_id": "p-2", "price": 1.5}]
+    half_bad = call(event="Order Completed", properties={"currency": "JPY", "products": products})
+    assert mapper.map_into(activities, call(event="Signed Up", messageId="m-1"), "track") == 1
+    with pytest.raises(MappingError) as error:
+        mapper.map_into(activities, half_bad, "track")
+    assert error.value.field == "properties.products[1].price"
+    with pytest.raises(ValueError):  # protobuf refuses a lone surrogate
+        mapper.map_into(activities, call(name="\ud800"), "screen")
+    assert mapper.map_into(activities, call(name="Home", messageId="m-2"), "screen") == 1
+    assert [(a.action, a.target.id) for a in activities] == [("signed_up", "Signed Up"), ("view", "Home")]
+
+
 def test_a_price_without_a_currency_is_in_usd() -> None:
     a = one("track", event="Product Added", properties={"product_id": "p", "price": 5})
     assert (a.metadata.price, a.metadata.currency) == (500, "USD")

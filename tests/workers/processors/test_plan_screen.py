@@ -8,6 +8,7 @@ length, paths present, empty and absent, integers with and without presence, map
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from core import fastpath
 from core.limits import Limits
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.processors.plan import Plan, TrackingPlans, parse_plan
-from workers.processors.plan_screen import wire_path
+from workers.processors.plan_screen import ascii_pattern, compile_program, wire_path
 
 pytestmark = pytest.mark.skipif(
     not fastpath.available, reason="the compiled module is not built (ACTIVITY_PURE_PYTHON or no compiler)"
@@ -189,3 +190,89 @@ def test_paths_resolve_to_their_field_numbers() -> None:
 def test_a_tenant_without_a_plan_keeps_every_span_and_pure_python_judges_all() -> None:
     _, plans = _tenant_plans({"actions": {"view": {}}})
     assert plans.screen("other", b"", b"x" * 12) == (b"x" * 12, b"")
+
+
+# -- activities the compiled path left to Python, and patterns matched in C ------------------------
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    activity=activities(),
+    spelled=st.sampled_from([None, "View", "Add-To-Cart", "add to cart", "Purchase", "wave"]),
+    which=st.integers(0, len(PLANS) - 1),
+)
+def test_a_parsed_activity_gets_the_verdict_of_the_python_plan(
+    activity: pb.Activity, spelled: str | None, which: int
+) -> None:
+    """`process` checks a parsed activity with the compiled program first (the action as the plan names
+    it, however the activity spells it) and judges in Python only what the program cannot vouch for:
+    the verdict is the Python plan's, always."""
+    if spelled is not None:
+        activity.action = spelled
+    plan, plans = _tenant_plans(PLANS[which])
+    assert plans.process("t", activity) == plan.judge(activity)
+
+
+def test_an_unknown_field_sharing_a_known_number_reads_as_absent_in_c_as_in_python() -> None:
+    """A field sent with the wrong wire type is kept by the parser as unknown and serialized after the
+    known fields: the program reads it as absent, as the Python plan does, whichever it is."""
+    plan, plans = _tenant_plans(
+        {"actions": {"view": {"required": ["segments", "metadata"], "forbidden": ["source"]}}}
+    )
+    base = pb.Activity(action="view", target=pb.Target(type="product", id="1"))
+    base.segments.append("vip")
+    base.metadata.page_url = "https://shop.example/"
+    # Field 9 (source) as a varint, field 7 (segments) and 6 (metadata) as varints too.
+    for extra, conforms in ((b"\x48\x01", True), (b"\x38\x01", True), (b"\x30\x01", True)):
+        activity = pb.Activity.FromString(base.SerializeToString() + extra)
+        assert (plan.judge(activity) is None) is conforms
+        assert plans.process("t", activity) == plan.judge(activity)
+    bare = pb.Activity.FromString(pb.Activity(action="view").SerializeToString() + b"\x38\x01\x30\x01")
+    assert plan.judge(bare) is not None
+    assert plans.process("t", bare) == plan.judge(bare)
+
+
+_PIECES = st.sampled_from(
+    ["a", "b", "Z", "0", "9", "-", "_", " ", ":", "\\.", "\\-", "\\[", "[0-9]", "[a-f]", "[A-Z0-9_]",
+     "[-a]", "[a-]", "[\\]x]", "[.]", "[^a]", ".", "\\d", "é", "(a)", "a|b", "^", "$"]
+)  # fmt: skip
+_COUNTS = st.sampled_from(
+    ["", "", "?", "*", "+", "{2}", "{0}", "{1,3}", "{2,}", "{,2}", "{,}", "*?", "+?", "{}"]
+)
+_VALUE_CHARS = st.sampled_from([*"abZ09-_ :.[]xAé\n", "ab", "0123", "é9"])
+
+
+@settings(max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(st.tuples(_PIECES, _COUNTS), min_size=1, max_size=6),
+    values=st.lists(st.lists(_VALUE_CHARS, max_size=8).map("".join), min_size=1, max_size=6),
+)
+def test_a_pattern_matched_in_c_matches_what_python_matches(
+    pieces: list[tuple[str, str]], values: list[str]
+) -> None:
+    """Patterns of ASCII characters and classes with counts run in C (`ascii_pattern`); every other
+    pattern calls Python's re from C. Either way a value conforms exactly when re.fullmatch says so."""
+    source = "".join(piece + count for piece, count in pieces)
+    try:
+        compiled = re.compile(source)
+    except re.error:
+        return
+    plan = parse_plan({"actions": {"view": {"pattern": {"user.session_id": source}}}})
+    program = compile_program(plan)
+    for value in values:
+        if not value:
+            continue
+        activity = pb.Activity(action="view", target=pb.Target(type="product", id="1"))
+        activity.user.session_id = value
+        expected = compiled.fullmatch(value) is not None
+        conforms = fastpath.plan_check(program, b"view", activity.SerializeToString())
+        assert conforms is expected, (source, value)
+        assert (plan.judge(activity) is None) is expected
+
+
+def test_simple_patterns_are_matched_in_c_and_the_others_by_python() -> None:
+    for source in ("[0-9a-f]{16}", "ord-[0-9]{6,}", "[A-Z]{3}", "u-[0-9]+", r"a\.b", "x?y*z{,2}"):
+        assert ascii_pattern(re.compile(source)) is not None, source
+    for source in (".*", r"\d+", "(a|b)", "[^a]", "a{2,}?", "a++", "é", "^a$", "x{}"):
+        assert ascii_pattern(re.compile(source)) is None, source
+    assert ascii_pattern(re.compile("a", re.IGNORECASE)) is None

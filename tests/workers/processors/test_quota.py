@@ -47,3 +47,20 @@ def test_own_quotas_replace_the_default_and_a_rate_of_zero_is_none() -> None:
     quotas.take("b", 2)
     with pytest.raises(QuotaExceeded):
         quotas.take("b", 1)
+
+
+def test_check_refuses_what_the_bucket_cannot_hold_and_takes_nothing() -> None:
+    clock = Clock()
+    quotas = Quotas(Quota(10, 20), clock=clock)
+    quotas.check("a", 20)
+    quotas.check("a", 20)
+    quotas.take("a", 15)
+    with pytest.raises(QuotaExceeded) as refused:
+        quotas.check("a", 10)
+    assert refused.value.retry_delay_s == pytest.approx(0.5)
+    assert quotas.stats.refused == {"a": 10} and quotas.stats.refused_requests == {"a": 1}
+    # A refusal by check took nothing: what the bucket held is still there.
+    quotas.take("a", 5)
+    clock.now += 1.0
+    quotas.check("a", 10)
+    quotas.take("a", 10)
