@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,8 @@ class ControlServer:
                     f"another collector is serving {self.path.parent} (its control socket answers)"
                 )
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=_MAX_REQUEST)
+        with _address(self.path) as address:
+            self._server = await asyncio.start_unix_server(self._handle, path=address, limit=_MAX_REQUEST)
         os.chmod(self.path, 0o600)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -155,10 +156,33 @@ class ControlServer:
             self.path.unlink()
 
 
+# A socket's path must fit in sockaddr_un's 108 bytes; a deeper data directory is reached through its
+# descriptor's name in /proc instead, which is short whatever the directory's path.
+_MAX_SOCKET_PATH = 100
+
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """An address for the socket at `path` that bind and connect accept, however deep `path` is."""
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{path.name}"
+    finally:
+        os.close(directory)
+
+
+def _connect(conn: socket.socket, path: Path) -> None:
+    with _address(path) as address:
+        conn.connect(address)
+
+
 def _socket_is_live(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            probe.connect(str(path))
+            _connect(probe, path)
         except OSError:
             return False
         return True
@@ -174,7 +198,7 @@ def query_via_control(path: Path, sql: str, fmt: str, timeout: float = 300.0) ->
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         try:
-            conn.connect(str(path))
+            _connect(conn, path)
         except (FileNotFoundError, ConnectionRefusedError) as error:
             raise ControlUnavailable(str(error)) from error
         conn.sendall(json.dumps({"sql": sql, "format": fmt}).encode() + b"\n")
@@ -196,7 +220,7 @@ def insert_via_control(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         try:
-            conn.connect(str(path))
+            _connect(conn, path)
         except (FileNotFoundError, ConnectionRefusedError) as error:
             raise ControlUnavailable(str(error)) from error
         request = {"op": "insert", "rows": rows, "token": token, "bytes": len(payload)}
@@ -222,7 +246,7 @@ def _ask(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         try:
-            conn.connect(str(path))
+            _connect(conn, path)
         except (FileNotFoundError, ConnectionRefusedError) as error:
             raise ControlUnavailable(str(error)) from error
         conn.sendall(json.dumps(request).encode() + b"\n")
