@@ -160,7 +160,7 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
             with pytest.raises(grpc.aio.AioRpcError):
                 await reading
     finally:
-        proc.wait(timeout=10)
+        reap(proc)
     assert acknowledged, "nothing was acknowledged before the kill"
 
     # Restart on the same data directory; the client resends every batch it has no answer for.
@@ -189,7 +189,10 @@ async def test_kill_9_while_streaming_loses_nothing_acknowledged(tmp_path: Path)
         got = sql(data, "SELECT toString(id) FROM activities FINAL")
     finally:
         settle.send_signal(signal.SIGTERM)
-        settle.wait(timeout=30)
+        try:
+            settle.wait(timeout=30)
+        finally:
+            reap(settle)
     sent = {a.id for b in batches.values() for a in b}
     assert len(got) == len(sent) and set(got) == sent
     acked_ids = {a.id for seq in acknowledged for a in batches[seq]}
