@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from core.proto.activity.v1 import activity_pb2 as pb
+from workers.privacy.erasure import ErasureStore, Receipt
 
 
 def make_activity(n: int = 0, **fields: Any) -> pb.Activity:
@@ -53,6 +54,22 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def receipt_until(
+    jobs: ErasureStore, job: int, condition: Callable[[Receipt], bool], what: str, timeout: float = 60
+) -> Receipt:
+    """Poll an erasure job's receipt until `condition` holds; fail naming `what` (and the receipt) after
+    `timeout` seconds, or at once when the job failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        receipt = await jobs.receipt(job)
+        assert receipt is not None
+        if condition(receipt):
+            return receipt
+        assert receipt.state != "failed", receipt.error
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {receipt}"
+        await asyncio.sleep(0.05)
 
 
 def hold_inserts(server: Any, monkeypatch: Any) -> threading.Event:

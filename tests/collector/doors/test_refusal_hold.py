@@ -17,7 +17,7 @@ import grpc.aio
 import pytest
 from activity_client.trailers import retry_delay_from_trailer
 from google.protobuf import json_format
-from helpers import make_activity
+from helpers import make_activity, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.config import ConfigError, load_settings
@@ -151,10 +151,7 @@ async def test_refusals_past_the_cap_are_answered_at_once_and_shutdown_answers_t
         stub = pb_grpc.ActivityServiceStub(channel)
         await stub.TrackActivities(one())
         calls = [asyncio.ensure_future(stub.TrackActivities(one())) for _ in range(10)]
-        deadline = time.monotonic() + 30
-        while sum(c.done() for c in calls) < 7:
-            assert time.monotonic() < deadline, f"{sum(c.done() for c in calls)} of 10 answered"
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: sum(c.done() for c in calls) >= 7, "7 of 10 refusals answered", timeout=30)
         assert hold.holding == 3 and hold.stats.held == 3 and hold.stats.overflowed == 7
         assert await metric(server, "quota_refusals_holding") == 3
         assert await metric(server, "quota_refusals_unheld_total") == 7

@@ -6,21 +6,20 @@ them when it starts again; an erasure waits for a live collector's drain mark, n
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc.aio
 import pytest
-from helpers import items, make_activity, wait_for
+from helpers import items, make_activity, receipt_until, wait_for
 
 from collector.process.server import CollectorServer
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from workers.commit.deadletters import split_rows
 from workers.commit.spool import Spool
-from workers.privacy.erasure import RESOLVED, SPOOLS, ErasureStore, Receipt
+from workers.privacy.erasure import RESOLVED, SPOOLS, ErasureStore
 from workers.privacy.marks import ErasedJob, ErasedRows
 from workers.processors.suppression import ANONYMOUS, id_digest
 from workers.rows import encode_rows
@@ -66,17 +65,6 @@ def mentions(server: CollectorServer) -> int:
         for column in ("user_id", "resolved_user_id", "anonymous_id", "session_id")
     )
     return int(server.store.query(f"SELECT count() FROM activities WHERE {where}", "TabSeparated"))
-
-
-async def receipt_until(jobs: ErasureStore, job: int, condition: Any, what: str) -> Receipt:
-    deadline = time.monotonic() + 60
-    while True:
-        receipt = await jobs.receipt(job)
-        assert receipt is not None and receipt.state != "failed", receipt
-        if condition(receipt):
-            return receipt
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {receipt}"
-        await asyncio.sleep(0.05)
 
 
 def spool_pending(server: CollectorServer) -> int:
@@ -233,8 +221,9 @@ async def test_a_stopped_collectors_spool_is_screened_when_it_starts_and_live_ma
 async def wait_for_mark(server: CollectorServer, since: Any) -> None:
     assert server.drain_marks is not None
     marks = server.drain_marks
-    deadline = time.monotonic() + 30
-    while marks.marked_at is None or marks.marked_at <= since:
-        assert time.monotonic() < deadline, "the collector's drain mark did not pass"
+
+    def passed() -> bool:
         marks.wake()
-        await asyncio.sleep(0.02)
+        return marks.marked_at is not None and marks.marked_at > since
+
+    await wait_for(passed, "the collector's drain mark to pass", timeout=30)

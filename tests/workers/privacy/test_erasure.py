@@ -6,23 +6,21 @@ in plain Python over what they sent, and the person's later activities are dropp
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import grpc.aio
 import pytest
-from helpers import hold_inserts, items, make_activity, wait_for
+from helpers import hold_inserts, items, make_activity, receipt_until, wait_for
 
 from collector.process.server import CollectorServer
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from workers.commit.deadletters import DeadLetter, DeadLetterStore
-from workers.privacy.erasure import RESOLVED, SPOOLS, ErasureStore, Receipt
+from workers.privacy.erasure import RESOLVED, SPOOLS, ErasureStore
 from workers.rows import encode_rows
 from workers.storage.analytics_schema import MEASURE
 
@@ -174,22 +172,6 @@ async def send(server: CollectorServer, activities: list[pb.Activity]) -> pb.Tra
         return answer
 
 
-async def until(
-    jobs: ErasureStore, job: int, condition: Callable[[Receipt], bool], what: str, timeout: float = 60
-) -> Receipt:
-    """Poll the job's receipt until `condition` holds; fail naming `what` (and the receipt) after
-    `timeout` seconds, or at once when the job failed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        receipt = await jobs.receipt(job)
-        assert receipt is not None
-        if condition(receipt):
-            return receipt
-        assert receipt.state != "failed", receipt.error
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {receipt}"
-        await asyncio.sleep(0.05)
-
-
 def count(server: CollectorServer, sql: str) -> int:
     assert server.store is not None
     return int(server.store.query(sql, "TabSeparated"))
@@ -247,7 +229,7 @@ async def test_a_person_is_erased_everywhere_and_suppressed(start_server: Any, m
         assert await jobs.request(TENANT, "anonymous", "anon-alice") == job
         server.erasures.wake()
 
-        await until(jobs, job, lambda r: r.step == RESOLVED, "the erasure to resolve the person")
+        await receipt_until(jobs, job, lambda r: r.step == RESOLVED, "the erasure to resolve the person")
         # Her spooled activities are dropped as the spool drains, or inserted (an insert begun before the
         # erasure) before the erasure deletes: it waits for the collector's drain mark.
         # Meanwhile an activity of alice arrives: accepted, dropped, counted.
@@ -259,7 +241,7 @@ async def test_a_person_is_erased_everywhere_and_suppressed(start_server: Any, m
 
     # The rows dropped from the spool are added to the receipt as they drain.
     every = len(alice) + len(spooled_alice)
-    receipt = await until(
+    receipt = await receipt_until(
         jobs,
         job,
         lambda r: r.state == "done" and r.removed["activities"] + r.removed.get(SPOOLS, 0) == every,
@@ -313,7 +295,7 @@ async def test_a_person_is_erased_everywhere_and_suppressed(start_server: Any, m
     again = await jobs.request(TENANT, "user", "alice")
     assert again != job
     server.erasures.wake()
-    second = await until(jobs, again, lambda r: r.state == "done", "the second erasure to finish")
+    second = await receipt_until(jobs, again, lambda r: r.state == "done", "the second erasure to finish")
     assert second.removed.get("activities") == 0
     assert stored_figures(server) == figures
     assert clickhouse_mentions(server, ALICE_IDS) == []
