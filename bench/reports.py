@@ -34,7 +34,7 @@ from collector.cli.report_sources import reads_rollups, rollups_current_sql
 from workers.storage.analytics_schema import AGGREGATES, MEASURE
 from workers.storage.migrations import apply_migrations, database_ddl
 from workers.storage.refresher import refresh_aggregates
-from workers.storage.source_rollups import EVERY_ROLLUP
+from workers.storage.session_rollups import EVERY_ROLLUP
 
 SIZES = {"100k": 100_000, "1M": 1_000_000, "10M": 10_000_000}
 """Sizes offered (100k: a quick check of the benchmark itself)."""

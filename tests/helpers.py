@@ -214,3 +214,15 @@ def self_signed_certificate(where: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+def store_flags(engine_dir: Path, database: str) -> list[str]:
+    """The flags that point a command (`report`, `sql`) at `database` of the engine in `engine_dir`."""
+    return [
+        "--data-dir",
+        str(engine_dir.parent),
+        "--clickhouse-dsn",
+        f"chdb://{engine_dir}",
+        "--clickhouse-database",
+        database,
+    ]

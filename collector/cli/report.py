@@ -48,6 +48,7 @@ from workers.storage.analytics_schema import (
     SESSIONS,
     quote,
 )
+from workers.storage.session_rollups import SESSION_FIGURES
 from workers.storage.source_rollups import RESPONSE_FIGURES, WINDOW_S
 
 DEFAULT_DAYS = 30
@@ -88,8 +89,8 @@ class Request:
     zero_results: bool = False
     sort: str = "searches"
     rollups_current: bool = False
-    """Every day of the range is in the rollups of `source_rollups` (`rollups_current_sql` said so):
-    the reports over responses read them alone, not the views that compute the other days."""
+    """Every day of the range is in the rollups (`rollups_current_sql` said so): the reports that read
+    them (`reads_rollups`) read the rollup tables alone, not the views that compute the other days."""
 
     @property
     def since(self) -> str:
@@ -163,9 +164,7 @@ money AS (
   GROUP BY day
 ),
 visits AS (
-  SELECT toDate(start) AS day, count() AS sessions, countIf(converted) AS converted_sessions
-  FROM {SESSIONS.call(r.range_arguments())}
-  GROUP BY day
+  {_visits(r)}
 )
 SELECT
   day, activities, users, sessions, converted_sessions,
@@ -176,6 +175,25 @@ LEFT JOIN people USING (day)
 LEFT JOIN visits USING (day)
 LEFT JOIN money USING (day)
 ORDER BY day {r.day_fill()}"""
+
+
+def _visits(r: Request) -> str:
+    """Per day, the sessions that began and those with a purchase: from the rollup of the sessions
+    when it answers `r` (a session counts on the day it began, whole), else from the `sessions` view
+    (which cuts the sessions at the range's ends)."""
+    if reads_rollups(r):
+        return f"""SELECT s.day AS day, sum(s.sessions) AS sessions, sum(s.converted) AS converted_sessions
+  FROM {rollup_table(r, SESSION_FIGURES)}
+  WHERE {_rollup_days(r)}
+  GROUP BY day"""
+    return f"""SELECT toDate(start) AS day, count() AS sessions, countIf(converted) AS converted_sessions
+  FROM {SESSIONS.call(r.range_arguments())}
+  GROUP BY day"""
+
+
+def _rollup_days(r: Request) -> str:
+    first, last = quote(r.first_day.isoformat()), quote(r.last_day.isoformat())
+    return f"{r.tenant_filter()} AND s.day >= toDate({first}) AND s.day <= toDate({last})"
 
 
 def funnel_sql(r: Request) -> str:
@@ -295,6 +313,21 @@ def sources_report_sql(r: Request) -> str:
 
 def sessions_sql(r: Request) -> str:
     """Per day (of the session's start): sessions, users, length, bounces, conversion, revenue."""
+    if reads_rollups(r):
+        return f"""SELECT s.day AS day,
+  sum(s.sessions) AS sessions,
+  sum(s.users) AS users,
+  round(sum(s.duration_ms) / 1000 / sessions, 1) AS avg_duration_s,
+  round(sum(s.activities) / sessions, 2) AS avg_activities,
+  round(sum(s.bounces) / sessions, 4) AS bounce_rate,
+  sum(s.converted) AS converted,
+  round(converted / sessions, 4) AS conversion,
+  sumMap(s.revenue) AS revenue
+FROM {rollup_table(r, SESSION_FIGURES)}
+WHERE {_rollup_days(r)}
+GROUP BY day
+HAVING sessions > 0
+ORDER BY day {r.day_fill()}"""
     return f"""SELECT toDate(start) AS day,
   count() AS sessions,
   uniqExact(user_key) AS users,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from collector.cli.report import Request
+    from workers.storage.session_rollups import SessionRollup
 
 SOURCES_BY = {
     "type": "source_type",
@@ -72,9 +73,13 @@ _ANY_FIGURE = "sum(s.impressions + s.views + s.clicks + s.add_to_carts + s.purch
 
 
 def reads_rollups(r: Request) -> bool:
-    """Whether the rollups answer `r`: they leave bots out and attribute within WINDOW_S only; any
-    other request reads the views over `activities`."""
-    return r.name in ("sources", "experiment", "queries") and not r.include_bots and r.window_s == WINDOW_S
+    """Whether the rollups answer `r`: they leave bots out, and those of the responses attribute within
+    WINDOW_S only; any other request reads the views over `activities`."""
+    if r.include_bots:
+        return False
+    return r.name in ("overview", "sessions") or (
+        r.name in ("sources", "experiment", "queries") and r.window_s == WINDOW_S
+    )
 
 
 def rollups_current_sql(r: Request) -> str:
@@ -88,7 +93,7 @@ def rollups_current_sql(r: Request) -> str:
     )
 
 
-def rollup_table(r: Request, rollup: SourceRollup) -> str:
+def rollup_table(r: Request, rollup: SourceRollup | SessionRollup) -> str:
     """What a report reads of `rollup`, as `s`: the table alone when the range is in it, else the view."""
     return f"{rollup.rollup} AS s FINAL" if r.rollups_current else f"{rollup.name} AS s"
 

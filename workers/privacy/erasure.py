@@ -46,7 +46,7 @@ from workers.storage.contract import json_rows
 from workers.storage.person_schema import PERSON_ACTIVITIES, PERSON_LINKS
 from workers.storage.postgres import POSTGRES_ERRORS
 from workers.storage.schema import REJECTIONS_TABLE, RESOLVED_USER_ID_FIELD, SINGLE_NODE, Cluster
-from workers.storage.source_rollups import EVERY_ROLLUP
+from workers.storage.session_rollups import EVERY_ROLLUP
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from typing import Any
 import asyncpg
 
 from workers.privacy.persons import SqlEngine
-from workers.storage.analytics_schema import AGGREGATES, quote
+from workers.storage.analytics_schema import quote
 from workers.storage.contract import json_rows
 from workers.storage.schema import SINGLE_NODE, Cluster
+from workers.storage.session_rollups import EVERY_ROLLUP
 
 MAX_DAYS = 36_500
 
@@ -101,7 +102,8 @@ def retention_statements(
         if retention.aggregate_days is not None:
             aggregated[tenant] = retention.aggregate_days
     tables = [("activities", "toDateTime(occurred_at)", raw)]
-    tables += [(a.rollup, f"toDateTime({a.bucket.name})", aggregated) for a in AGGREGATES]
+    # Every rollup: the aggregates', the responses' and the sessions' (their `day` or `hour` column).
+    tables += [(a.rollup, f"toDateTime({a.bucket.name})", aggregated) for a in EVERY_ROLLUP]
     statements = []
     for table, time, days in tables:
         local = cluster.local(table)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from workers.storage.schema import SINGLE_NODE, TIME, USER_KEY, Cluster
 
 if TYPE_CHECKING:
+    from workers.storage.session_rollups import SessionRollup
     from workers.storage.source_rollups import SourceRollup
 
 # Items and revenue of an activity that carries a quantity or a price. Revenue is in minor units of
@@ -451,9 +452,10 @@ def refresh_statements(
         for a in AGGREGATES
     ]
     # The rollups of what the responses earned (schema version 13), before the watermark too.
-    from workers.storage import source_rollups
+    from workers.storage import session_rollups, source_rollups
 
     statements += source_rollups.refresh_statements(database, days, version)
+    statements += session_rollups.refresh_statements(database, days, version)
     statements.append(
         f"INSERT INTO `{database}`.`{REFRESHES}` (name, refreshed_to, days)\n"
         f"SELECT 'aggregates', {version}, count() FROM ({days})"
@@ -614,11 +616,15 @@ PERSON_ACTIVITIES = View(
     _PERSON_COLUMNS,
 )
 
+
 # The activities of the range, one row per activity (copies of a resent activity collapsed), each
 # with its user key and session. A session is the client's session_id when it sent one; otherwise a
 # run of the user's activities (without session id) with no gap longer than SESSION_GAP_S, named by
 # the user key and the time of its first activity.
-_SESSION_ACTIVITIES = f"""SELECT
+def session_activities_sql(rows: str) -> str:
+    """The activities of `rows` (what follows FROM: `activities FINAL` and a WHERE clause), each with
+    its user key and session."""
+    return f"""SELECT
   tenant_id, id, occurred_at, action, target_type, target_id, source_id, user_key, session_id,
   anonymous_id, user_id, device_type, segments, quantity, price, currency, order_id,
   if(session_id != '', session_id,
@@ -637,13 +643,15 @@ FROM (
       ) AS starts_run
     FROM (
       SELECT *, {USER_KEY} AS user_key
-      FROM {{db}}.activities FINAL
-      WHERE {_RANGE} AND {_HUMANS}
+      FROM {rows}
     )
     WINDOW w AS (PARTITION BY tenant_id, user_key, session_id = '' ORDER BY occurred_at, id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
   )
 )"""
+
+
+_SESSION_ACTIVITIES = session_activities_sql(f"{{db}}.activities FINAL\n      WHERE {_RANGE} AND {_HUMANS}")
 
 _ACTIVITY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tenant_id", "Tenant."),
@@ -693,11 +701,11 @@ SESSION_ACTIVITIES = View(
 
 _PURCHASE_REVENUE = f"if(action = 'purchase' AND price IS NOT NULL, {REVENUE}, 0)"
 
-SESSIONS = View(
-    "sessions",
-    "One row per session of a range.",
-    _RANGE_PARAMETERS,
-    f"""SELECT
+
+def sessions_sql(session_activities: str) -> str:
+    """One row per session of `session_activities` (what follows FROM: rows as `session_activities`
+    gives them)."""
+    return f"""SELECT
   tenant_id,
   session,
   any(session_id) AS client_session_id,
@@ -718,8 +726,15 @@ SESSIONS = View(
   argMax(target_id, (occurred_at, id)) AS exit_target_id,
   argMin(device_type, (occurred_at, id)) AS device_type,
   countIf(source_id != '') > 0 AS sourced
-FROM {{db}}.session_activities({_PASS_RANGE})
-GROUP BY tenant_id, session""",
+FROM {session_activities}
+GROUP BY tenant_id, session"""
+
+
+SESSIONS = View(
+    "sessions",
+    "One row per session of a range.",
+    _RANGE_PARAMETERS,
+    sessions_sql(f"{{db}}.session_activities({_PASS_RANGE})"),
     (
         ("tenant_id", "Tenant."),
         ("session", "Session key (see `session_activities`)."),
@@ -1086,7 +1101,7 @@ AGGREGATE = {a.name: a for a in AGGREGATES}
 
 def aggregate_rebuild_statements(
     database: str,
-    aggregate: Aggregate | SourceRollup | str,
+    aggregate: Aggregate | SourceRollup | SessionRollup | str,
     tenant_id: str,
     buckets_where_sql: str,
     cluster: Cluster = SINGLE_NODE,
@@ -1107,10 +1122,19 @@ def aggregate_rebuild_statements(
     watermark, so that they replace whatever a refresh wrote for the same keys. Days not refreshed
     since their last insert are read from `activities` anyway. On a cluster the rows are deleted from
     the local rollup on every node and recomputed through the Distributed tables."""
-    from workers.storage import source_rollups
+    from workers.storage import session_rollups, source_rollups
 
     if isinstance(aggregate, str):
-        aggregate = source_rollups.SOURCE_ROLLUP.get(aggregate) or AGGREGATE[aggregate]
+        sessions = session_rollups.SESSION_FIGURES
+        named: dict[str, Aggregate | SourceRollup | SessionRollup] = {
+            sessions.name: sessions,
+            **source_rollups.SOURCE_ROLLUP,
+            **AGGREGATE,
+        }
+        aggregate = named[aggregate]
+    if isinstance(aggregate, session_rollups.SessionRollup):
+        # Schema version 15: the chosen days and those on either side (sessions past midnight).
+        return session_rollups.rebuild_statements(database, aggregate, tenant_id, buckets_where_sql, cluster)
     if isinstance(aggregate, source_rollups.SourceRollup):
         # Rollups of schema version 13: the chosen days and the days their touches' credit reaches.
         return source_rollups.rebuild_statements(database, aggregate, tenant_id, buckets_where_sql, cluster)

@@ -32,6 +32,7 @@ from workers.storage.schema import (
     rejections_statements,
     source_statements,
 )
+from workers.storage.session_rollups import session_rollup_statements
 from workers.storage.source_rollups import source_rollups_statements
 
 
@@ -79,6 +80,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(13, "rollups of what responses earned; persons via person_links", source_rollups_statements),
     # The read models of the collectors tail activities_by_person by the time its rows were written.
     Migration(14, "read side: activities by person carry their write time", person_tail_statements),
+    Migration(15, "rollup of the sessions per day", session_rollup_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

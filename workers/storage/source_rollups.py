@@ -34,7 +34,6 @@ import math
 from dataclasses import dataclass
 
 from workers.storage.analytics_schema import (
-    AGGREGATES,
     IS_TOUCH,
     NORMALISED_QUERY,
     OUTCOME_ACTIONS,
@@ -43,7 +42,6 @@ from workers.storage.analytics_schema import (
     REVENUE,
     TOUCHES,
     VIEWS,
-    Aggregate,
     Dimension,
     quote,
 )
@@ -425,7 +423,3 @@ def source_rollups_statements(database: str, cluster: Cluster = SINGLE_NODE) -> 
         "GROUP BY tenant_id, day"
     )
     return statements
-
-
-EVERY_ROLLUP: tuple[Aggregate | SourceRollup, ...] = (*AGGREGATES, *SOURCE_ROLLUPS)
-"""Every table a refresh computes and an erasure rebuilds (`aggregate_rebuild_statements` takes each)."""

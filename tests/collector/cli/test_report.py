@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -19,9 +20,10 @@ from typing import Any
 import grpc.aio
 import pytest
 import shop
+from helpers import store_flags
 
 from collector.cli.main import main
-from collector.cli.report import REPORTS, Request, overview_sql, top_targets_sql
+from collector.cli.report import REPORTS, Request, overview_sql, sessions_sql, top_targets_sql
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from workers.storage.clickhouse import ClickHouseStore
@@ -39,23 +41,23 @@ def generated() -> shop.Shop:
     return shop.generate()
 
 
-@pytest.fixture(scope="module")
-def seeded(engine_dir: Path, generated: shop.Shop) -> Iterator[tuple[ClickHouseStore, list[str]]]:
+@pytest.fixture(scope="module", params=["unrefreshed", "refreshed", "refreshed, then resent"])
+def seeded(
+    request: pytest.FixtureRequest, engine_dir: Path, generated: shop.Shop
+) -> Iterator[tuple[ClickHouseStore, list[str]]]:
     """The shop stored once for the module, with some activities resent; and the store flags that
-    point a report at it."""
+    point a report at it. Every test runs three times: before the aggregates' refresh (their views
+    compute every day from `activities`), after it (the rollups hold every day), and after it with a
+    resent copy of some activities inserted later (the days it can change are computed again)."""
     database = f"report_{int(time.time() * 1000) % 10**9}"
     store = ClickHouseStore(f"chdb://{engine_dir}", database, connections=1)
     shop.insert(store, generated.events)
     shop.insert(store, generated.events[100:160], received_ns=time.time_ns() + 3_000_000_000)
-    flags = [
-        "--data-dir",
-        str(engine_dir.parent),
-        "--clickhouse-dsn",
-        f"chdb://{engine_dir}",
-        "--clickhouse-database",
-        database,
-    ]
-    yield store, flags
+    if request.param != "unrefreshed":
+        assert refresh_aggregates(store.command, database, margin_s=0).days > 0
+    if request.param == "refreshed, then resent":
+        shop.insert(store, generated.events[7::50], received_ns=time.time_ns() + 6_000_000_000)
+    yield store, store_flags(engine_dir, database)
     store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     store.close()
 
@@ -362,16 +364,22 @@ def test_a_month_of_activities_is_read_from_the_aggregates(seeded: Any) -> None:
     # last refresh: none here.
     bookkeeping = {"aggregate_touches", "aggregate_refreshes", "activities"}
     assert _tables_read(store, top_targets_sql(month)) - bookkeeping == {"target_stats_daily_rollup"}
-    # The overview's activities, users, purchases and revenue come from the hourly aggregate; only
-    # its sessions come from the raw table (a session needs the activities in order).
-    overview = overview_sql(month)
+    # The overview's activities, users, purchases and revenue come from the hourly and daily
+    # aggregates, its sessions from their rollup.
+    overview = overview_sql(dataclasses.replace(month, name="overview"))
     totals = overview.split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
     totals_sql = (
         f"WITH {totals} SELECT * FROM totals LEFT JOIN people USING (day) LEFT JOIN money USING (day)"
     )
     rollups = {"activity_stats_hourly_rollup", "activity_stats_daily_rollup"}
     assert _tables_read(store, totals_sql) - bookkeeping == rollups
-    assert _tables_read(store, overview) - bookkeeping == rollups
+    assert _tables_read(store, overview) - bookkeeping == rollups | {"session_figures_daily_rollup"}
+    # Once the check said that the rollups hold every day of the month, the rollup tables alone.
+    current = dataclasses.replace(month, name="overview", rollups_current=True)
+    assert _tables_read(store, overview_sql(current)) - bookkeeping == rollups | {
+        "session_figures_daily_rollup"
+    }
+    assert "activities" not in _tables_read(store, sessions_sql(current))
     # No day was touched since the refresh: the views' branch over `activities` reads nothing.
     dirty = (
         "SELECT count() FROM aggregate_touches "
@@ -429,3 +437,65 @@ async def test_reports_through_a_running_server_after_a_retried_batch(
     assert sum(int(r["purchases"]) for r in got) == sum(e.action == "purchase" for e in events)
     assert sum(int(r["sessions"]) for r in got) == len(shop.sessions(events))
     del engine_dir, tmp_path
+
+
+def test_a_session_past_midnight_counts_whole_on_the_day_it_began(
+    capsys: pytest.CaptureFixture[str], engine_dir: Path
+) -> None:
+    database = f"midnight_{int(time.time() * 1000) % 10**9}"
+    store = ClickHouseStore(f"chdb://{engine_dir}", database, connections=1)
+    midnight = int(dt.datetime(2026, 10, 11, tzinfo=dt.UTC).timestamp() * 1000)
+    minute = 60_000
+
+    def visit(offset_min: int, action: str = "view") -> shop.Event:
+        return shop.Event(
+            "night", action, "product", "p1", midnight + offset_min * minute, "anon-n", "", "", "", ()
+        )
+
+    # One run of views, 20 minutes apart, from 23:40 to 00:20: one session, begun on the 10th.
+    shop.insert(store, [visit(-20), visit(0), visit(20, "purchase")])
+    try:
+        flags = store_flags(engine_dir, database)
+        for refreshed in (False, True):
+            if refreshed:
+                assert refresh_aggregates(store.command, database, margin_s=0).days > 0
+            tenth = report(
+                capsys, flags, "sessions", "--tenant", "night", "--from", "2026-10-10", "--to", "2026-10-10"
+            )
+            assert [numbers(r) | {"avg_duration_s": float(r["avg_duration_s"])} for r in tenth] == [
+                {
+                    "day": "2026-10-10",
+                    "sessions": 1,
+                    "users": 1,
+                    "avg_duration_s": 2400.0,
+                    "avg_activities": 3,
+                    "bounce_rate": 0,
+                    "converted": 1,
+                    "conversion": 1,
+                    "revenue": {},
+                }
+            ]
+            eleventh = report(
+                capsys, flags, "overview", "--tenant", "night", "--from", "2026-10-11", "--to", "2026-10-11"
+            )
+            assert [(r["day"], int(r["activities"]), int(r["sessions"])) for r in eleventh] == [
+                ("2026-10-11", 2, 0)
+            ]
+        # Asked to keep bots, the reports compute the sessions from the range's activities alone: the
+        # 11th then holds the part of the session that falls in it.
+        kept = report(
+            capsys,
+            flags,
+            "sessions",
+            "--tenant",
+            "night",
+            "--from",
+            "2026-10-11",
+            "--to",
+            "2026-10-11",
+            "--include-bots",
+        )
+        assert [(r["day"], int(r["sessions"])) for r in kept] == [("2026-10-11", 1)]
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+        store.close()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import responses
 import shop
+from helpers import store_flags
 
 from collector.cli.main import main
 from collector.cli.report import Request
@@ -66,17 +67,6 @@ def experiments() -> list[shop.Event]:
     return real + null + small
 
 
-def flags_for(engine_dir: Path, database: str) -> list[str]:
-    return [
-        "--data-dir",
-        str(engine_dir.parent),
-        "--clickhouse-dsn",
-        f"chdb://{engine_dir}",
-        "--clickhouse-database",
-        database,
-    ]
-
-
 @pytest.fixture(scope="module", params=["unrefreshed", "refreshed"])
 def seeded(
     request: pytest.FixtureRequest, engine_dir: Path, events: list[shop.Event], experiments: list[shop.Event]
@@ -94,7 +84,7 @@ def seeded(
     if request.param == "refreshed":
         assert refresh_aggregates(store.command, database, margin_s=0).days > 0
         shop.insert(store, events[7::50], received_ns=time.time_ns() + 6_000_000_000)
-    yield store, flags_for(engine_dir, database)
+    yield store, store_flags(engine_dir, database)
     store.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
     store.close()
 

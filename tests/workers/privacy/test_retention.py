@@ -19,9 +19,10 @@ from collector.tenants import TenantStore
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.privacy.retention import RetentionError, RetentionStore, apply_retention, retention_statements
 from workers.rows import encode_rows, envelope
-from workers.storage.analytics_schema import EPOCH, refresh_statements
+from workers.storage.analytics_schema import EPOCH, quote, refresh_statements
 from workers.storage.clickhouse import ClickHouseStore
 from workers.storage.postgres import apply_migrations
+from workers.storage.session_rollups import EVERY_ROLLUP
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,6 +76,16 @@ async def test_rows_past_a_tenants_retention_go_at_the_next_merge(
     assert counts(store, "activities") == {"shop-a": 1, "shop-b": 3}
     store.command("OPTIMIZE TABLE target_stats_daily_rollup FINAL")
     assert counts(store, "target_stats_daily_rollup", "count()") == {"shop-a": 2, "shop-b": 3}
+    # Every rollup has the aggregates' retention: the sessions' too.
+    ttl = store.query(
+        f"SELECT name FROM system.tables WHERE database = {quote(store.database)} "
+        "AND name LIKE '%\\_rollup' AND position(engine_full, ' TTL ') > 0 ORDER BY name",
+        "TabSeparated",
+    ).decode()
+    assert ttl.split() == sorted(a.rollup for a in EVERY_ROLLUP)
+    store.command("OPTIMIZE TABLE session_figures_daily_rollup FINAL")
+    sessions = counts(store, "session_figures_daily_rollup", "sum(sessions)")
+    assert sessions == {"shop-a": 2, "shop-b": 3}
 
     # Back to keep: the TTL goes, and rows stay from then on.
     await retentions.set("shop-a", None, None)
