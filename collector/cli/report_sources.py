@@ -73,8 +73,12 @@ _ANY_FIGURE = "sum(s.impressions + s.views + s.clicks + s.add_to_carts + s.purch
 
 
 def reads_rollups(r: Request) -> bool:
-    """Whether the rollups answer `r`: they leave bots out, and those of the responses attribute within
-    WINDOW_S only; any other request reads the views over `activities`."""
+    """Whether the rollups answer `r` (and whether the rollup tables alone do, once
+    `rollups_current_sql` said so): the top targets' always (bots are a key of it); the sessions' and
+    the responses' leave bots out, and the responses' attribute within WINDOW_S only; any other request
+    reads the views over `activities`."""
+    if r.name == "top-targets":
+        return True
     if r.include_bots:
         return False
     return r.name in ("overview", "sessions") or (

@@ -177,6 +177,9 @@ class Aggregate:
     where: str | None = None
     since_version: int = 2
     """The schema version that brought the aggregate."""
+    rollup_order_by: tuple[str, ...] = ()
+    """The rollup table's sorting key when it differs from `order_by` (that of the states of schema
+    versions 2 to 10)."""
 
     @property
     def view(self) -> str:
@@ -186,6 +189,10 @@ class Aggregate:
     @property
     def rollup(self) -> str:
         return f"{self.name}_rollup"
+
+    @property
+    def rollup_key(self) -> tuple[str, ...]:
+        return self.rollup_order_by or self.order_by
 
     @property
     def bucket_day(self) -> str:
@@ -242,6 +249,9 @@ AGGREGATES: tuple[Aggregate, ...] = (
             _IS_BOT,
         ),
         ("tenant_id", "action", "is_bot", "day", "target_type", "target_id", "currency"),
+        # Schema version 16: a target's days together, so that the top targets' second pass (their
+        # users, items and revenue, `report top-targets`) reads a few granules.
+        rollup_order_by=("tenant_id", "action", "is_bot", "target_type", "target_id", "day", "currency"),
     ),
     Aggregate(
         "source_stats_daily",
@@ -354,20 +364,23 @@ def _rollup_columns(aggregate: Aggregate) -> str:
     return ", ".join(f"`{c}`" for c in [*(d.name for d in aggregate.keys), *(m.name for m in MEASURES)])
 
 
-def rollup_table_ddl(database: str, aggregate: Aggregate, cluster: Cluster = SINGLE_NODE) -> str:
+def rollup_table_ddl(
+    database: str, aggregate: Aggregate, cluster: Cluster = SINGLE_NODE, table: str = ""
+) -> str:
     """The rollup table (`<name>_rollup_local` on a cluster, with a Distributed table in front of it):
-    one row per key and refresh; the latest refresh of a key wins (`FINAL`)."""
+    one row per key and refresh; the latest refresh of a key wins (`FINAL`). `table`: another name."""
     lines = [f"  `{d.name}` {d.type} COMMENT {quote(d.comment)}" for d in aggregate.keys]
     lines += [f"  `{m.name}` {m.type} COMMENT {quote(m.comment)}" for m in MEASURES]
     lines.append(
         f"  `refreshed_at` {TIME} COMMENT 'The refresh that computed the row: the latest one counts.'"
     )
     return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{cluster.local(aggregate.rollup)}`{cluster.on_cluster} (\n"
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{cluster.local(table or aggregate.rollup)}`"
+        f"{cluster.on_cluster} (\n"
         + ",\n".join(lines)
         + f"\n)\nENGINE = {cluster.engine('ReplacingMergeTree', 'refreshed_at')}\n"
         f"PARTITION BY toYYYYMM({aggregate.bucket.name})\n"
-        f"ORDER BY ({', '.join(aggregate.order_by)})\n"
+        f"ORDER BY ({', '.join(aggregate.rollup_key)})\n"
         f"COMMENT {quote(f'{aggregate.comment} Refreshed per day; read {aggregate.name}.')}"
     )
 
@@ -1093,6 +1106,33 @@ def aggregates_redesign_statements(database: str, cluster: Cluster = SINGLE_NODE
         f"SELECT tenant_id, toDate(occurred_at) AS day, now64(3, 'UTC') FROM `{database}`.activities "
         "GROUP BY tenant_id, day"
     )
+    return statements
+
+
+def rollup_reorder_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Migration 16: each rollup whose sorting key changed (`Aggregate.rollup_order_by`) copied into a
+    table sorted the new way, which then takes its place (`EXCHANGE TABLES`); the old one dropped.
+    Applied again after an interruption, it starts over from the table in place."""
+    statements: list[str] = []
+    for aggregate in AGGREGATES:
+        if not aggregate.rollup_order_by:
+            continue
+        new = f"{aggregate.rollup}_reordered"
+        local, new_local = cluster.local(aggregate.rollup), cluster.local(new)
+        drop = [f"DROP TABLE IF EXISTS `{database}`.`{new_local}`{cluster.on_cluster} SYNC"]
+        if cluster.enabled:
+            drop.insert(0, f"DROP TABLE IF EXISTS `{database}`.`{new}`{cluster.on_cluster} SYNC")
+        statements += drop
+        statements.append(rollup_table_ddl(database, aggregate, cluster, new))
+        if cluster.enabled:
+            # The copy goes through Distributed tables: each shard's rows to the shard they hash to.
+            sharding = f"cityHash64(tenant_id, toString({aggregate.bucket.name}))"
+            statements.append(cluster.distributed(database, new, sharding))
+        statements.append(f"INSERT INTO `{database}`.`{new}` SELECT * FROM `{database}`.`{aggregate.rollup}`")
+        statements.append(
+            f"EXCHANGE TABLES `{database}`.`{local}` AND `{database}`.`{new_local}`{cluster.on_cluster}"
+        )
+        statements += drop
     return statements
 
 

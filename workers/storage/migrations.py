@@ -20,6 +20,7 @@ from workers.storage.analytics_schema import (
     aggregates_redesign_statements,
     analytics_statements,
     funnel_by_person_statements,
+    rollup_reorder_statements,
     source_views_statements,
 )
 from workers.storage.person_schema import person_statements, person_tail_statements
@@ -81,6 +82,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # The read models of the collectors tail activities_by_person by the time its rows were written.
     Migration(14, "read side: activities by person carry their write time", person_tail_statements),
     Migration(15, "rollup of the sessions per day", session_rollup_statements),
+    Migration(16, "top targets' rollup sorted by target", rollup_reorder_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

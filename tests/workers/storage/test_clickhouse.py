@@ -13,8 +13,10 @@ from helpers import items, make_activity
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.rows import Envelope, encode_rows, envelope
+from workers.storage.analytics_schema import AGGREGATE, rollup_table_ddl
 from workers.storage.clickhouse import ClickHouseStore, StoreError, classify
 from workers.storage.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
+from workers.storage.refresher import refresh_aggregates
 from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS, SOURCE_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
@@ -222,3 +224,36 @@ def test_a_full_disk_is_a_transient_error() -> None:
     full.code = 243  # type: ignore[attr-defined]
     assert classify(full).transient is True and classify(full).data is False
     assert classify(OSError(errno.EACCES, "Permission denied")).transient is False
+
+
+def test_version_16_sorts_the_top_targets_rollup_by_target_and_keeps_its_rows(
+    store: ClickHouseStore, database: str
+) -> None:
+    sorting = (
+        "SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
+        "AND name = 'target_stats_daily_rollup'"
+    )
+    fresh = store.query(sorting, "TabSeparated")
+    assert fresh.startswith(b"tenant_id, action, is_bot, target_type, target_id, day")
+    # The table as versions 11 to 15 created it (by day first), holding a refresh's rows.
+    store.command("DROP TABLE target_stats_daily_rollup SYNC")
+    old = rollup_table_ddl(database, AGGREGATE["target_stats_daily"]).replace(
+        "target_type, target_id, day, currency", "day, target_type, target_id, currency"
+    )
+    store.command(old)
+    _insert(store, [make_activity(n) for n in range(5)], "shop")
+    refresh_aggregates(store.command, database, margin_s=0)
+    rows = (
+        "SELECT * EXCEPT users, hex(users) FROM target_stats_daily_rollup "
+        "ORDER BY tenant_id, action, target_type, target_id, day"
+    )
+    before = store.query(rows, "TabSeparated")
+    assert before.count(b"\n") == 5
+    assert store.query(sorting, "TabSeparated") != fresh
+    store.command("ALTER TABLE schema_migrations DELETE WHERE version = 16 SETTINGS mutations_sync = 1")
+    with store._client() as client:
+        assert apply_migrations(client, database) == [16]
+    assert store.query(sorting, "TabSeparated") == fresh
+    assert store.query(rows, "TabSeparated") == before
+    tables = store.query("SHOW TABLES LIKE 'target_stats_daily_rollup%'", "TabSeparated")
+    assert tables == b"target_stats_daily_rollup\n"
