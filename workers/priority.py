@@ -11,14 +11,15 @@ it makes the acknowledgements wait for their insert as before.
 
 Threads appear while the process runs (the engine grows its pools on demand, and thread ids are
 reused), so every thread is checked again every second: a few dozen reads of /proc. Request-path
-threads are known by their native id (the thread that starts this, and those that call
-`keep_current_thread`) or by name (gRPC's own). Linux only: elsewhere, and where the kernel refuses,
-threads keep the process's priority. Raising niceness needs no privilege; lowering it back would, so a
-thread is never moved back.
+threads are known by their native id (the thread that starts this, those that call
+`keep_current_thread`, and gRPC's asyncio poller, found by its Python name) or by name (gRPC's own).
+Linux only: elsewhere, and where the kernel refuses, threads keep the process's priority. Raising
+niceness needs no privilege; lowering it back would, so a thread is never moved back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,6 +30,12 @@ log = logging.getLogger(__name__)
 TASKS = Path("/proc/self/task")
 REQUEST_PATH_NAMES = ("event_engine", "grpc_")
 """Prefixes of the names of gRPC's transport threads (grpcio's C core names them)."""
+POLLER_TARGET = "_poll_wrapper"
+"""The Python thread of gRPC's asyncio server that waits on the completion queue and wakes the event
+loop for every call's events (`Thread-N (_poll_wrapper)`): on the request path, though the kernel
+knows it by the process's name only. Each sweep names it `POLLER_NAME` for the kernel (what `top -H`
+shows), which keeps it by the prefix above."""
+POLLER_NAME = "grpc_aio_poller"
 
 _request_path: set[int] = set()
 
@@ -80,6 +87,8 @@ class ThreadPriority:
             tids = [int(name) for name in os.listdir(TASKS)]
         except OSError:
             return 0
+        # After the listing: a poller started since is not in it, and is found by name next time.
+        self._name_pollers()
         for tid in tids:
             if tid in _request_path:
                 continue
@@ -99,3 +108,13 @@ class ThreadPriority:
             lowered += 1
         self.lowered += lowered
         return lowered
+
+    @staticmethod
+    def _name_pollers() -> None:
+        for thread in threading.enumerate():
+            tid = thread.native_id
+            if tid is None or POLLER_TARGET not in thread.name or tid in _request_path:
+                continue
+            _request_path.add(tid)
+            with contextlib.suppress(OSError):  # a thread that ended, or a kernel without it
+                (TASKS / str(tid) / "comm").write_text(POLLER_NAME)

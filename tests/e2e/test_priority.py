@@ -18,7 +18,7 @@ from helpers import make_activity, reap, start_serve, stop_serve, with_key
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
-from workers.priority import TASKS
+from workers.priority import POLLER_NAME, TASKS
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -107,6 +107,8 @@ def test_the_collector_runs_its_engine_below_its_request_path(tmp_path: Path) ->
         assert threads[proc.pid][1] == 0  # the event loop's thread
         transport = [nice for name, nice in threads.values() if name.startswith("event_engine")]
         assert transport and set(transport) == {0}
+        # gRPC's asyncio poller, which wakes the event loop for every call, named for the kernel.
+        assert [nice for name, nice in threads.values() if name == POLLER_NAME] == [0]
         assert stop_serve(proc) == 0
     finally:
         reap(proc)
