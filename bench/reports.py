@@ -212,13 +212,6 @@ def current(engine: Engine, request: report.Request) -> report.Request:
     return dataclasses.replace(request, rollups_current=answer == "1")
 
 
-def overview_totals(request: report.Request) -> str:
-    """The overview without its sessions (which come from the `sessions` view over the activities): what
-    it reads from the aggregates."""
-    totals = report.overview_sql(request).split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
-    return f"WITH {totals} SELECT * FROM totals LEFT JOIN people USING (day) LEFT JOIN money USING (day)"
-
-
 def measure(engine: Engine, size: str, name: str, sql: str, runs: int, target: int | None) -> Timing:
     timing = Timing(name, size, target_ms=target)
     for _ in range(runs):
@@ -291,7 +284,9 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
         # Every report first asks whether the range holds activities.
         timings.append(measure(engine, size, "(range check)", report.coverage_sql(overview), runs, 100))
         timings.append(
-            measure(engine, size, "overview: aggregate part", overview_totals(overview), runs, 100)
+            measure(
+                engine, size, "overview: aggregate part", report.overview_aggregates_sql(overview), runs, 100
+            )
         )
         by_name, _ = report_request(["sources", "--by", "name"])
         if by_name is not None and reads_rollups(by_name):
@@ -324,7 +319,7 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
     top, _ = report_request(["top-targets", "--action", "purchase"])
     if overview is not None and top is not None:
         for name, sql in (
-            ("overview: aggregate part, last day unrefreshed", overview_totals(overview)),
+            ("overview: aggregate part, last day unrefreshed", report.overview_aggregates_sql(overview)),
             ("top-targets, last day unrefreshed", report.top_targets_sql(top)),
         ):
             timings.append(measure(engine, size, name, sql, runs, 100))

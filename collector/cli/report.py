@@ -128,52 +128,49 @@ def aggregate_filter(r: Request) -> str:
     return r.tenant_filter() + ("" if r.include_bots else " AND NOT is_bot")
 
 
-def overview_sql(r: Request) -> str:
-    """Per day: activities and purchases (from `activity_stats_hourly`), users (from
-    `activity_stats_daily`: a few sketches a day instead of one per hour and key), sessions and their
-    conversion (from the `sessions` view), revenue per currency (from the aggregate)."""
+def overview_aggregates_sql(r: Request) -> str:
+    """Per day of the overview: activities, purchases and revenue per currency (one read of
+    `activity_stats_hourly`, per day and currency) and users (from `activity_stats_daily`: a few sketches
+    a day instead of one per hour and key)."""
     in_range = (
         f"{aggregate_filter(r)} AND hour >= toDateTime({quote(r.since)}, 'UTC') "
         f"AND hour < toDateTime({quote(r.until)}, 'UTC')"
     )
-    return f"""WITH
-totals AS (
-  SELECT toDate(hour) AS day,
-    {_ACTIVITIES.merged(table="s")} AS activities,
-    {_ACTIVITIES.merged(condition="action = 'purchase'", table="s")} AS purchases
-  FROM activity_stats_hourly AS s
-  WHERE {in_range}
-  GROUP BY day
-),
-people AS (
-  SELECT day, {_USERS.merged(table="p")} AS users
-  FROM activity_stats_daily AS p
-  WHERE {aggregate_filter(r)}
-    AND day >= toDate({quote(r.first_day.isoformat())}) AND day <= toDate({quote(r.last_day.isoformat())})
-  GROUP BY day
-),
-money AS (
-  SELECT day, CAST((groupArray(currency), groupArray(amount)), 'Map(String, Int64)') AS revenue
+    first, last = quote(r.first_day.isoformat()), quote(r.last_day.isoformat())
+    purchase = "action = 'purchase'"
+    return f"""SELECT day, activities, users, purchases, revenue
+FROM (
+  SELECT day, sum(n) AS activities, sum(bought) AS purchases,
+    CAST((groupArrayIf(currency, amount != 0), groupArrayIf(amount, amount != 0)), 'Map(String, Int64)')
+      AS revenue
   FROM (
-    SELECT toDate(hour) AS day, toString(currency) AS currency, {_REVENUE.merged()} AS amount
-    FROM activity_stats_hourly
-    WHERE {in_range} AND action = 'purchase'
+    SELECT toDate(hour) AS day, toString(currency) AS currency,
+      {_ACTIVITIES.merged(table="s")} AS n,
+      {_ACTIVITIES.merged(condition=purchase, table="s")} AS bought,
+      {_REVENUE.merged(condition=purchase, table="s")} AS amount
+    FROM activity_stats_hourly AS s
+    WHERE {in_range}
     GROUP BY day, currency
-    HAVING amount != 0
   )
   GROUP BY day
-),
-visits AS (
-  {_visits(r)}
-)
-SELECT
+) AS totals
+LEFT JOIN (
+  SELECT day, {_USERS.merged(table="p")} AS users
+  FROM activity_stats_daily AS p
+  WHERE {aggregate_filter(r)} AND day >= toDate({first}) AND day <= toDate({last})
+  GROUP BY day
+) AS people USING (day)"""
+
+
+def overview_sql(r: Request) -> str:
+    """Per day: activities, users, purchases and revenue (`overview_aggregates_sql`), sessions and their
+    conversion (`_visits`)."""
+    return f"""SELECT
   day, activities, users, sessions, converted_sessions,
   if(sessions = 0, 0, round(converted_sessions / sessions, 4)) AS conversion,
   purchases, revenue
-FROM totals
-LEFT JOIN people USING (day)
-LEFT JOIN visits USING (day)
-LEFT JOIN money USING (day)
+FROM ({overview_aggregates_sql(r)}) AS totals
+LEFT JOIN ({_visits(r)}) AS visits USING (day)
 ORDER BY day {r.day_fill()}"""
 
 
@@ -183,12 +180,12 @@ def _visits(r: Request) -> str:
     (which cuts the sessions at the range's ends)."""
     if reads_rollups(r):
         return f"""SELECT s.day AS day, sum(s.sessions) AS sessions, sum(s.converted) AS converted_sessions
-  FROM {rollup_table(r, SESSION_FIGURES)}
-  WHERE {_rollup_days(r)}
-  GROUP BY day"""
+FROM {rollup_table(r, SESSION_FIGURES)}
+WHERE {_rollup_days(r)}
+GROUP BY day"""
     return f"""SELECT toDate(start) AS day, count() AS sessions, countIf(converted) AS converted_sessions
-  FROM {SESSIONS.call(r.range_arguments())}
-  GROUP BY day"""
+FROM {SESSIONS.call(r.range_arguments())}
+GROUP BY day"""
 
 
 def _rollup_days(r: Request) -> str:

@@ -23,7 +23,14 @@ import shop
 from helpers import store_flags
 
 from collector.cli.main import main
-from collector.cli.report import REPORTS, Request, overview_sql, sessions_sql, top_targets_sql
+from collector.cli.report import (
+    REPORTS,
+    Request,
+    overview_aggregates_sql,
+    overview_sql,
+    sessions_sql,
+    top_targets_sql,
+)
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
 from workers.storage.clickhouse import ClickHouseStore
@@ -367,10 +374,7 @@ def test_a_month_of_activities_is_read_from_the_aggregates(seeded: Any) -> None:
     # The overview's activities, users, purchases and revenue come from the hourly and daily
     # aggregates, its sessions from their rollup.
     overview = overview_sql(dataclasses.replace(month, name="overview"))
-    totals = overview.split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
-    totals_sql = (
-        f"WITH {totals} SELECT * FROM totals LEFT JOIN people USING (day) LEFT JOIN money USING (day)"
-    )
+    totals_sql = overview_aggregates_sql(dataclasses.replace(month, name="overview"))
     rollups = {"activity_stats_hourly_rollup", "activity_stats_daily_rollup"}
     assert _tables_read(store, totals_sql) - bookkeeping == rollups
     assert _tables_read(store, overview) - bookkeeping == rollups | {"session_figures_daily_rollup"}

@@ -18,7 +18,7 @@ import pytest
 import shop
 from helpers import wait_for
 
-from collector.cli.report import Request, coverage_sql, overview_sql, top_targets_sql
+from collector.cli.report import Request, coverage_sql, overview_aggregates_sql, top_targets_sql
 from workers.storage.analytics_schema import (
     AGGREGATE,
     AGGREGATES,
@@ -112,8 +112,7 @@ def overview_stored(
     store: ClickHouseStore, include_bots: bool
 ) -> dict[str, tuple[int, int, int, dict[str, int]]]:
     r = Request("overview", FIRST, LAST, tenant=shop.TENANT, include_bots=include_bots)
-    totals = overview_sql(r).split("visits AS")[0].replace("WITH", "", 1).strip().rstrip(",")
-    sql = f"WITH {totals} SELECT * FROM totals LEFT JOIN people USING (day) LEFT JOIN money USING (day)"
+    sql = overview_aggregates_sql(r)
     return {
         row["day"]: (
             int(row["activities"]),
