@@ -11,7 +11,10 @@ walks only what was made since: about 1 ms. Objects made later are collected as 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import time
+from typing import Any, Protocol
 
 
 def freeze_startup_objects() -> int:
@@ -20,3 +23,35 @@ def freeze_startup_objects() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+class _Labelled(Protocol):
+    def labels(self, *values: str) -> Any: ...
+
+
+class GcPauses:
+    """Times every run of the cyclic garbage collector, which stops every thread of the process (the
+    event loop with them), into a histogram labelled by generation: a tail latency that a full
+    collection explains shows there.
+
+    Lifecycle: `install()` adds the hook to `gc.callbacks` (once), `remove()` takes it out (idempotent).
+    """
+
+    def __init__(self, histogram: _Labelled) -> None:
+        self.histogram = histogram
+        self._started: float | None = None
+
+    def install(self) -> None:
+        if self._hook not in gc.callbacks:
+            gc.callbacks.append(self._hook)
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._hook)
+
+    def _hook(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.histogram.labels(str(info["generation"])).observe(time.perf_counter() - self._started)
+            self._started = None

@@ -27,6 +27,7 @@ from collector.doors.profile import ReadStats
 from collector.doors.service import ActivityService
 from collector.doors.web import WebListener
 from collector.process.health import HealthMonitor
+from collector.process.heap import GcPauses
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.pipeline import Pipeline
 from workers.enrichment.enricher import CATALOG, IDENTITY, MAX_PENDING_LINKS
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 PREFIX = "activity_collector"
 INSERT_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 INSERT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
 def _reason_label(reason: int) -> str:
@@ -562,6 +564,16 @@ class Metrics:
             registry=self.registry,
         )
         pipeline.on_insert = self.observe_insert
+        self.gc_pauses = GcPauses(
+            Histogram(
+                PREFIX + "_gc_pause_seconds",
+                "Time the process stood still for each run of Python's cyclic garbage collector, by "
+                "generation (2: a full collection).",
+                ["generation"],
+                buckets=GC_PAUSE_BUCKETS,
+                registry=self.registry,
+            )
+        )
 
     def observe_insert(self, rows: int, seconds: float) -> None:
         self.insert_rows.observe(rows)

@@ -347,6 +347,8 @@ class CollectorServer:
                 committed(rows, seconds)
 
             pipeline.on_insert = on_insert
+        self.metrics.gc_pauses.install()
+        self.stages.started("garbage collector timing", self._stop_gc_timing)
         if settings.metrics_listen:
             metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await metrics_server.start()
@@ -388,6 +390,10 @@ class CollectorServer:
 
     async def _stop_priority(self, _left: float) -> None:
         self.priority.shutdown()
+
+    async def _stop_gc_timing(self, _left: float) -> None:
+        if self.metrics is not None:
+            self.metrics.gc_pauses.remove()
 
     @property
     def address(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 import urllib.request
@@ -328,3 +329,22 @@ async def test_the_spool_disk_free_space_and_its_reserve_are_gauges(start_server
     assert value(samples, "activities_refused_total", tenant="default") == 4
     assert value(samples, "serving") == 0
     assert value(samples, "store_up") == 1
+
+
+async def test_every_garbage_collection_is_timed_by_generation_until_the_server_stops(
+    start_server: Any,
+) -> None:
+    server: CollectorServer = await start_server()
+    before = await scrape(server)
+    full = value(before, "gc_pause_seconds_count", generation="2")
+    gc.collect()
+    gc.collect(0)
+    after = await scrape(server)
+    assert value(after, "gc_pause_seconds_count", generation="2") >= full + 1
+    assert value(after, "gc_pause_seconds_count", generation="0") >= 1
+    assert value(after, "gc_pause_seconds_sum", generation="2") > value(
+        before, "gc_pause_seconds_sum", generation="2"
+    )
+    await server.shutdown()
+    # Stopped, the server leaves the process's garbage collector as it found it.
+    assert server.metrics is not None and server.metrics.gc_pauses._hook not in gc.callbacks
