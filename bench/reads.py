@@ -432,7 +432,7 @@ def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as answer:
         text = answer.read().decode()
     found: dict[str, float] = {}
-    for match in re.finditer(r"^(activity_collector_read\S*) (\S+)$", text, re.MULTILINE):
+    for match in re.finditer(r"^(activity_collector_(?:read|gc_pause)\S*) (\S+)$", text, re.MULTILINE):
         found[match.group(1)] = float(match.group(2))
     return found
 
@@ -454,6 +454,12 @@ def _in_collector(before: dict[str, float], after: dict[str, float]) -> dict[str
         "passed": moved('activity_collector_read_model_events_total{event="passed"}'),
         "lists_asked_store": moved('activity_collector_read_list_events_total{event="asked_store"}'),
         "tail_passes": moved('activity_collector_read_model_events_total{event="tail_pass"}'),
+        "full_collections": moved('activity_collector_gc_pause_seconds_count{generation="2"}'),
+        "full_collection_s": moved('activity_collector_gc_pause_seconds_sum{generation="2"}'),
+        "collections_over_10ms": moved("activity_collector_gc_pause_seconds_count")
+        - moved('activity_collector_gc_pause_seconds_bucket{generation="0",le="0.01"}')
+        - moved('activity_collector_gc_pause_seconds_bucket{generation="1",le="0.01"}')
+        - moved('activity_collector_gc_pause_seconds_bucket{generation="2",le="0.01"}'),
     }
 
 
@@ -608,7 +614,10 @@ def under_ingest(
             f"handler to its answer; {inside['memory_hits']:,.0f} people from memory, "
             f"{inside['loads']:,.0f} loaded, {inside['passed']:,.0f} read from ClickHouse; "
             f"{inside['lists_asked_store']:,.0f} recommendation calls asked of ClickHouse; "
-            f"{inside['tail_passes']:,.0f} looks at new rows"
+            f"{inside['tail_passes']:,.0f} looks at new rows; garbage collector: "
+            f"{inside['full_collections']:,.0f} full collections "
+            f"({inside['full_collection_s'] * 1000:,.0f} ms in all), "
+            f"{inside['collections_over_10ms']:,.0f} collections over 10 ms"
         )
     extra_cpu = float(together.get("server_cpu_s") or 0) - float(alone.get("server_cpu_s") or 0)
     cpu_per_read_us = extra_cpu / answered * 1e6 if answered else 0.0
