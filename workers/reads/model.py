@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -371,10 +372,7 @@ class ReadModel:
         touched: dict[str, list[str]] = {}
         now_ms = self._watermark_ms
         if tenants:
-            found = await asyncio.to_thread(rows, self.engine, self._touched_sql(tenants, since))
-            now_ms = int(str(found[0]["now"]))
-            pairs = found[0]["touched"]
-            touched = {str(t): [str(k) for k in keys] for t, keys in pairs} if isinstance(pairs, list) else {}
+            now_ms, touched = await asyncio.to_thread(self._touched, tenants, since)
         else:
             found = await asyncio.to_thread(
                 rows, self.engine, "SELECT toUnixTimestamp64Milli(now64(3)) AS now"
@@ -382,10 +380,16 @@ class ReadModel:
             now_ms = int(str(found[0]["now"]))
         affected: dict[str, set[str]] = {}
         oldest = since
-        for tenant, keys in touched.items():
-            for key in keys:
-                if (tenant, key) in self._by_key or (tenant, key) in self._alias_keys:
-                    affected.setdefault(tenant, set()).add(key)
+        if touched:
+            # The keys held, per tenant, met with the touched ones as sets: a pass under ingest brings
+            # tens of thousands of keys, which a loop over them would take the event loop's time for.
+            held_keys: dict[str, set[str]] = {}
+            for tenant, key in itertools.chain(self._by_key, self._alias_keys):
+                held_keys.setdefault(tenant, set()).add(key)
+            for tenant, keys in touched.items():
+                matched = held_keys.get(tenant, set()).intersection(keys)
+                if matched:
+                    affected.setdefault(tenant, set()).update(matched)
         for held, held_since in pending:
             if (held.tenant, held.person_id, held.is_user) in self._people:
                 affected.setdefault(held.tenant, set()).update(held.keys)
@@ -398,6 +402,17 @@ class ReadModel:
         self._tailed_event.set()
         self.stats.tail_passes += 1
         self.stats.tail_seconds += time.perf_counter() - started
+
+    def _touched(self, tenants: list[str], since: int) -> tuple[int, dict[str, list[str]]]:
+        """The engine's clock, and the keys of every row of `tenants` written since `since`, by tenant
+        (a thread's work: under ingest they are tens of thousands)."""
+        found = rows(self.engine, self._touched_sql(tenants, since))
+        pairs = found[0]["touched"]
+        touched: dict[str, list[str]] = {}
+        if isinstance(pairs, list):
+            for tenant, keys in pairs:
+                touched[str(tenant)] = keys if isinstance(keys, list) else []
+        return int(str(found[0]["now"])), touched
 
     @staticmethod
     def _touched_sql(tenants: list[str], since: int) -> str:
