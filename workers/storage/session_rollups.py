@@ -28,8 +28,14 @@ from workers.storage.analytics_schema import (
     session_activities_sql,
     sessions_sql,
 )
-from workers.storage.schema import SINGLE_NODE, TIME, Cluster
-from workers.storage.source_rollups import SOURCE_ROLLUPS, SourceRollup, computed_once, unrefreshed_days_sql
+from workers.storage.schema import SINGLE_NODE, Cluster
+from workers.storage.source_rollups import (
+    SOURCE_ROLLUPS,
+    SourceRollup,
+    computed_once,
+    read_view_ddl,
+    rollup_table_ddl,
+)
 
 REACH_DAYS = 1
 """Days on either side of a day whose activities can belong to the sessions that began on it."""
@@ -56,6 +62,8 @@ class SessionRollup:
     columns: tuple[SessionColumn, ...]
 
     bucket = Dimension("day", "Date", "toDate(occurred_at)", "UTC day of the session's first activity.")
+    keys: tuple[Dimension, ...] = ()
+    """None after tenant_id and day."""
     where: str | None = None
     """Erasure picks the days of a person's activities through `bucket`, as for the aggregates."""
 
@@ -143,39 +151,6 @@ def _around(days: str) -> str:
         "SELECT DISTINCT tenant_id, addDays(d, k) AS day "
         f"FROM (SELECT tenant_id, subtractDays(day, {REACH_DAYS}) AS d FROM ({days})) "
         f"ARRAY JOIN range({2 * REACH_DAYS + 1}) AS k"
-    )
-
-
-def rollup_table_ddl(database: str, rollup: SessionRollup, cluster: Cluster = SINGLE_NODE) -> str:
-    lines = [
-        "  `tenant_id` LowCardinality(String) COMMENT 'Tenant.'",
-        f"  `day` Date COMMENT {quote(rollup.bucket.comment)}",
-    ]
-    lines += [f"  `{c.name}` {c.type} COMMENT {quote(c.comment)}" for c in rollup.columns]
-    lines.append(
-        f"  `refreshed_at` {TIME} COMMENT 'The refresh that computed the row: the latest one counts.'"
-    )
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{cluster.local(rollup.rollup)}`{cluster.on_cluster} (\n"
-        + ",\n".join(lines)
-        + f"\n)\nENGINE = {cluster.engine('ReplacingMergeTree', 'refreshed_at')}\n"
-        "PARTITION BY toYYYYMM(day)\n"
-        f"ORDER BY ({', '.join(rollup.key_names)})\n"
-        f"COMMENT {quote(f'{rollup.comment} Refreshed per day; read {rollup.name}.')}"
-    )
-
-
-def read_view_ddl(database: str, rollup: SessionRollup, cluster: Cluster = SINGLE_NODE) -> str:
-    """The rollup's rows of the days no unrefreshed activity can change, and the others computed from
-    `activities FINAL` when read."""
-    db = _prefix(database)
-    dirty = unrefreshed_days_sql(database)
-    columns = ", ".join(rollup.column_names)
-    return (
-        f"CREATE VIEW IF NOT EXISTS {db}`{rollup.name}`{cluster.on_cluster} AS\n"
-        f"SELECT {columns}\nFROM {db}`{rollup.rollup}` FINAL\n"
-        f"WHERE (tenant_id, day) GLOBAL NOT IN ({dirty})\nUNION ALL\n"
-        f"SELECT {columns} FROM ({rollup.select(database, dirty)})"
     )
 
 

@@ -31,7 +31,9 @@ moved elsewhere), so that `FINAL` replaces the stale row; the reports leave rows
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from workers.storage.analytics_schema import (
     IS_TOUCH,
@@ -331,10 +333,42 @@ def unrefreshed_days_sql(database: str = "") -> str:
     return computed_once(affected_days_sql(touched))
 
 
-def rollup_table_ddl(database: str, rollup: SourceRollup, cluster: Cluster = SINGLE_NODE) -> str:
+class _Described(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def comment(self) -> str: ...
+
+
+class DayRollup(Protocol):
+    """What the DDL below needs of a rollup per tenant and UTC day (`SourceRollup`, and the sessions'
+    in `workers.storage.session_rollups`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def comment(self) -> str: ...
+    @property
+    def rollup(self) -> str: ...
+    @property
+    def bucket(self) -> Dimension: ...
+    @property
+    def keys(self) -> tuple[Dimension, ...]: ...
+    @property
+    def columns(self) -> Sequence[_Described]: ...
+    @property
+    def column_names(self) -> list[str]: ...
+    @property
+    def key_names(self) -> list[str]: ...
+    def select(self, database: str, days: str, version: str = "") -> str: ...
+
+
+def rollup_table_ddl(database: str, rollup: DayRollup, cluster: Cluster = SINGLE_NODE) -> str:
     lines = [
         "  `tenant_id` LowCardinality(String) COMMENT 'Tenant.'",
-        f"  `day` Date COMMENT {quote(_DAY.comment)}",
+        f"  `day` Date COMMENT {quote(rollup.bucket.comment)}",
     ]
     lines += [f"  `{k.name}` {k.type} COMMENT {quote(k.comment)}" for k in rollup.keys]
     lines += [f"  `{c.name}` {c.type} COMMENT {quote(c.comment)}" for c in rollup.columns]
@@ -351,7 +385,7 @@ def rollup_table_ddl(database: str, rollup: SourceRollup, cluster: Cluster = SIN
     )
 
 
-def read_view_ddl(database: str, rollup: SourceRollup, cluster: Cluster = SINGLE_NODE) -> str:
+def read_view_ddl(database: str, rollup: DayRollup, cluster: Cluster = SINGLE_NODE) -> str:
     """The rollup's rows of the days no unrefreshed activity can change, and the others computed from
     `activities FINAL` when read."""
     db = _prefix(database)
