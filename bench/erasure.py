@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from collector.config import Settings
 from workers.privacy.erasure import ErasureRunner, ErasureStore, ErasureWorker
 from workers.storage.analytics_schema import EPOCH, refresh_statements
 from workers.storage.clickhouse import ClickHouseStore
@@ -45,9 +46,13 @@ class Ingest:
         self._next = 10**9
 
     def _run(self) -> None:
+        # At the niceness a collector gives its engine's inserts (`background_niceness`), so that the
+        # erasure (`erasure_niceness`) meets them as it would there.
+        niceness = Settings().background_niceness
         while not self._stop.is_set():
             # Other persons than the one erased: the collector would drop theirs at intake.
-            insert(self.store, self._next, self.rows, self.persons, "new-")
+            sql = insert_sql(TENANT, self._next, self.rows, self.persons, "new-")
+            self.store.command(f"{sql} SETTINGS os_thread_priority = {niceness}")
             self._next += self.rows
             self.done.append(time.monotonic())
 

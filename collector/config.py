@@ -169,6 +169,11 @@ class Settings:
     aggregates_refresh_s: float = 10.0
     """How often the aggregates' rollups take in the days that received activities, in seconds; 0: never
     (the aggregates then read those days from the activities, exact but slower)."""
+    erasure_niceness: int = 19
+    """Scheduling niceness (0-19) of the ClickHouse engine's threads while they run an erasure's queries
+    (`os_thread_priority`; Linux, and a server needs CAP_SYS_NICE): at 19 an erasure takes the CPU that
+    ingest and the engine's inserts leave, and on a saturated machine proceeds slowly. 0: the threads'
+    own priority."""
     erasure_stale_s: float = 30.0
     """A collector whose drain mark (its heartbeat in PostgreSQL) is older than this, in seconds, counts
     as stopped: erasures stop waiting for it (docs/privacy.md). Longer than any insert takes."""
@@ -300,10 +305,9 @@ class Settings:
             raise ConfigError(
                 f"shutdown_grace_s: must be a finite number, zero or more, got {self.shutdown_grace_s}"
             )
-        if not 0 <= self.background_niceness <= 19:
-            raise ConfigError(
-                f"background_niceness: must be between 0 and 19, got {self.background_niceness}"
-            )
+        for name in ("background_niceness", "erasure_niceness"):
+            if not 0 <= getattr(self, name) <= 19:
+                raise ConfigError(f"{name}: must be between 0 and 19, got {getattr(self, name)}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not 0 <= self.aggregates_refresh_s < math.inf:

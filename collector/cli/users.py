@@ -302,7 +302,12 @@ async def run_here(pool: asyncpg.Pool, settings: Settings) -> None:
     try:
         await ErasureWorker(
             ErasureRunner(
-                pool, store, settings.clickhouse_database, settings.cluster, stale_s=settings.erasure_stale_s
+                pool,
+                store,
+                settings.clickhouse_database,
+                settings.cluster,
+                stale_s=settings.erasure_stale_s,
+                niceness=settings.erasure_niceness,
             )
         ).run_pending()
     finally:

@@ -225,6 +225,7 @@ class CollectorServer:
                 suppressions=suppressions,
                 wake_marks=marks.wake,
                 stale_s=settings.erasure_stale_s,
+                niceness=settings.erasure_niceness,
             )
         )
         await erasures.start()

@@ -308,3 +308,11 @@ def test_cluster_settings_are_validated() -> None:
             load_settings(
                 {"clickhouse_sharding_key": bad, "clickhouse_cluster": "c", "clickhouse_dsn": dsn}, environ={}
             )
+
+
+@pytest.mark.parametrize("setting", ["background_niceness", "erasure_niceness"])
+@pytest.mark.parametrize("value", ["-1", "20"])
+def test_a_niceness_outside_0_to_19_is_refused_and_named(setting: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{setting}: must be between 0 and 19, got {value}"):
+        load_settings(environ={f"ACTIVITY_{setting.upper()}": value})
+    assert getattr(load_settings(environ={f"ACTIVITY_{setting.upper()}": "7"}), setting) == 7

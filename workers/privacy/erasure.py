@@ -285,16 +285,16 @@ async def _call(function: Callable[..., Any], *args: Any) -> Any:
 
 
 ERASURE_NICENESS = 19
-"""The niceness of the engine's threads while they run an erasure's queries (`os_thread_priority`):
-an erasure rewrites parts and recomputes days of every rollup, seconds of CPU that, with the embedded
-engine, would come out of the ingest's cores; at 19 it takes what ingest leaves. On a ClickHouse server
-without the CAP_SYS_NICE capability the setting does nothing."""
-_NICE = f"os_thread_priority = {ERASURE_NICENESS}"
+"""The default niceness of the engine's threads while they run an erasure's queries
+(`os_thread_priority`, the `erasure_niceness` setting): an erasure rewrites parts and recomputes days
+of every rollup, seconds of CPU that, with the embedded engine, would come out of the ingest's cores;
+at 19 it takes what ingest leaves. On a ClickHouse server without the CAP_SYS_NICE capability the
+setting does nothing."""
 
 
-def niced(sql: str) -> str:
-    """`sql` (a statement without a SETTINGS clause) run at the erasure's niceness."""
-    return f"{sql}\nSETTINGS {_NICE}"
+def niced(sql: str, niceness: int = ERASURE_NICENESS) -> str:
+    """`sql` (a statement without a SETTINGS clause) run at `niceness` (0: as it is)."""
+    return f"{sql}\nSETTINGS os_thread_priority = {niceness}" if niceness else sql
 
 
 class ErasureRunner:
@@ -312,8 +312,11 @@ class ErasureRunner:
         lease_s: float = 10.0,
         stale_s: float = STALE_S,
         step_done: Callable[[int, str], Awaitable[None]] | None = None,
+        niceness: int = ERASURE_NICENESS,
     ) -> None:
         self.pool = pool
+        self.niceness = niceness
+        """Of the engine's threads while they run this runner's queries (`niced`)."""
         self.clickhouse = clickhouse
         self.database = database
         self.cluster = cluster
@@ -413,7 +416,7 @@ class ErasureRunner:
         return f"`{self.database}`.`{name}`"
 
     async def _query(self, sql: str) -> list[dict[str, Any]]:
-        return json_rows(await _call(self.clickhouse.query, niced(sql), "JSONEachRow"))
+        return json_rows(await _call(self.clickhouse.query, niced(sql, self.niceness), "JSONEachRow"))
 
     async def _count(self, tenant: str, ids: PersonIds) -> int:
         rows = await self._query(
@@ -443,7 +446,7 @@ class ErasureRunner:
         returns), on every replica of every shard on a cluster."""
         return (
             f"ALTER TABLE {self._table(self.cluster.local(table))}{self.cluster.on_cluster}"
-            f" DELETE WHERE {where} SETTINGS mutations_sync = 2, {_NICE}"
+            f" DELETE WHERE {where} SETTINGS mutations_sync = 2, os_thread_priority = {self.niceness}"
         )
 
     async def _delete_clickhouse(self, job: Job, ids: PersonIds) -> None:
@@ -487,7 +490,7 @@ class ErasureRunner:
             for statement in aggregate_rebuild_statements(
                 self.database, aggregate, job.tenant, condition, self.cluster
             ):
-                await _call(self.clickhouse.command, niced(statement))
+                await _call(self.clickhouse.command, niced(statement, self.niceness))
             _add(job, f"{aggregate.name} buckets rebuilt", len(buckets))
 
     async def _delete_postgres(self, job: Job, ids: PersonIds) -> None:
