@@ -293,8 +293,12 @@ setting does nothing."""
 
 
 def niced(sql: str, niceness: int = ERASURE_NICENESS) -> str:
-    """`sql` (a statement without a SETTINGS clause) run at `niceness` (0: as it is)."""
-    return f"{sql}\nSETTINGS os_thread_priority = {niceness}" if niceness else sql
+    """`sql` run at `niceness` (0: as it is); its own settings, if any, on its last line."""
+    if not niceness:
+        return sql
+    if sql.rpartition("\n")[2].startswith("SETTINGS "):
+        return f"{sql}, os_thread_priority = {niceness}"
+    return f"{sql}\nSETTINGS os_thread_priority = {niceness}"
 
 
 class ErasureRunner:

@@ -473,7 +473,8 @@ def refresh_statements(
         f"INSERT INTO `{database}`.`{REFRESHES}` (name, refreshed_to, days)\n"
         f"SELECT 'aggregates', {version}, count() FROM ({days})"
     )
-    return statements
+    # The watermark may move only once the rollups' rows are on their shards.
+    return [cluster.foreground(s) for s in statements]
 
 
 def refreshed_days_sql(database: str, since: str, refreshed_to: str) -> str:
@@ -1128,6 +1129,7 @@ def rollup_reorder_statements(database: str, cluster: Cluster = SINGLE_NODE) -> 
             # The copy goes through Distributed tables: each shard's rows to the shard they hash to.
             sharding = f"cityHash64(tenant_id, toString({aggregate.bucket.name}))"
             statements.append(cluster.distributed(database, new, sharding))
+        # On a cluster through the Distributed tables, waited for (`migrations` runs every INSERT so).
         statements.append(f"INSERT INTO `{database}`.`{new}` SELECT * FROM `{database}`.`{aggregate.rollup}`")
         statements.append(
             f"EXCHANGE TABLES `{database}`.`{local}` AND `{database}`.`{new_local}`{cluster.on_cluster}"
@@ -1174,10 +1176,16 @@ def aggregate_rebuild_statements(
         aggregate = named[aggregate]
     if isinstance(aggregate, session_rollups.SessionRollup):
         # Schema version 15: the chosen days and those on either side (sessions past midnight).
-        return session_rollups.rebuild_statements(database, aggregate, tenant_id, buckets_where_sql, cluster)
+        statements = session_rollups.rebuild_statements(
+            database, aggregate, tenant_id, buckets_where_sql, cluster
+        )
+        return [cluster.foreground(s) for s in statements]
     if isinstance(aggregate, source_rollups.SourceRollup):
         # Rollups of schema version 13: the chosen days and the days their touches' credit reaches.
-        return source_rollups.rebuild_statements(database, aggregate, tenant_id, buckets_where_sql, cluster)
+        statements = source_rollups.rebuild_statements(
+            database, aggregate, tenant_id, buckets_where_sql, cluster
+        )
+        return [cluster.foreground(s) for s in statements]
     tenant = f"tenant_id = {quote(tenant_id)}"
     local = cluster.local(aggregate.rollup)
     delete = (
@@ -1187,4 +1195,4 @@ def aggregate_rebuild_statements(
     # aliases of the SELECT list in WHERE.
     insert = f"INSERT INTO `{database}`.`{aggregate.rollup}` ({_rollup_columns(aggregate)}, `refreshed_at`)\n"
     insert += _rollup_select(database, aggregate, f"{tenant} AND ({buckets_where_sql})", "now64(3, 'UTC')")
-    return [delete, insert]
+    return [delete, cluster.foreground(insert)]

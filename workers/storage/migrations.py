@@ -136,8 +136,14 @@ def migration_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[
     check against the engine's parser for both placements."""
     statements = [database_ddl(database, cluster), migrations_table_ddl(database, cluster)]
     for migration in MIGRATIONS:
-        statements += migration.statements(database, cluster)
+        statements += _statements(migration, database, cluster)
     return statements
+
+
+def _statements(migration: Migration, database: str, cluster: Cluster) -> list[str]:
+    """A migration's statements as they run: on a cluster, a backfill or copy through Distributed
+    tables returns once every shard has its rows, so that the statements after it find them there."""
+    return [cluster.foreground(statement) for statement in migration.statements(database, cluster)]
 
 
 def apply_migrations(client: Any, database: str, cluster: Cluster = SINGLE_NODE) -> list[int]:
@@ -148,7 +154,7 @@ def apply_migrations(client: Any, database: str, cluster: Cluster = SINGLE_NODE)
     for migration in MIGRATIONS:
         if migration.version in done:
             continue
-        for statement in migration.statements(database, cluster):
+        for statement in _statements(migration, database, cluster):
             client.command(statement)
         client.insert(
             f"`{database}`.schema_migrations",

@@ -391,6 +391,15 @@ class Cluster:
         """The `ON CLUSTER` clause of a DDL statement ('' on one node)."""
         return f" ON CLUSTER `{self.name}`" if self.name else ""
 
+    def foreground(self, statement: str) -> str:
+        """An `INSERT ... SELECT` through Distributed tables that returns once every shard has its rows
+        (not once they are queued on this node): what runs after it may count on them. As is on one
+        node, and for any other statement."""
+        waited = "\nSETTINGS distributed_foreground_insert = 1"
+        if not self.name or not statement.startswith("INSERT") or statement.endswith(waited):
+            return statement
+        return statement + waited
+
     def local(self, table: str) -> str:
         """The table that holds the rows: `table` itself on one node, `<table>_local` on a cluster."""
         return f"{table}_local" if self.name else table

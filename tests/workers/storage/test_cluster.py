@@ -19,9 +19,11 @@ from helpers import make_activity
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.rows import encode_rows, envelope
+from workers.storage.analytics_schema import EPOCH, aggregate_rebuild_statements, refresh_statements
 from workers.storage.clickhouse import CLUSTER_INSERT_SETTINGS, ClickHouseStore
 from workers.storage.migrations import MIGRATIONS, migration_statements
 from workers.storage.schema import DEFAULT_SHARDING_KEY, SINGLE_NODE, Cluster
+from workers.storage.session_rollups import EVERY_ROLLUP
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,8 +37,9 @@ def parses(store: ClickHouseStore, statement: str) -> str:
 
 def as_single_node(statement: str) -> str:
     """A cluster statement with its cluster parts taken out: no ON CLUSTER, no `_local` suffix, no
-    replication arguments."""
+    replication arguments, no waiting for every shard."""
     statement = statement.replace(CLUSTER.on_cluster, "").replace("_local`", "`")
+    statement = statement.removesuffix("\nSETTINGS distributed_foreground_insert = 1")
     statement = re.sub(r"Replicated(\w+)\('[^']*', '\{replica\}'(, )?", r"\1(", statement)
     statement = statement.replace("AggregatingMergeTree()", "AggregatingMergeTree")
     # Deduplication tokens: the replicated tables' window, kept in Keeper, instead of the local one.
@@ -99,8 +102,10 @@ def test_the_cluster_schema_is_the_single_node_schema_plus_distributed_tables() 
 def test_every_statement_carries_on_cluster_and_every_table_is_replicated() -> None:
     for statement in migration_statements("db", CLUSTER):
         if statement.startswith("INSERT"):
-            # The backfills write through the Distributed tables, which reach every shard.
+            # The backfills write through the Distributed tables, which reach every shard, and return
+            # once every shard has its rows (the next statement may count on them).
             assert "_local" not in statement
+            assert statement.endswith("\nSETTINGS distributed_foreground_insert = 1")
             continue
         assert " ON CLUSTER `activity_cluster`" in statement
         engine = re.search(r"ENGINE = (\w+)", statement)
@@ -255,3 +260,23 @@ def test_the_settings_the_cluster_mode_uses_are_the_engines(store: ClickHouseSto
         "TabSeparated",
     ).split()
     assert tree == [b"replicated_deduplication_window"]
+
+
+def test_a_refresh_and_a_rebuild_on_a_cluster_wait_for_every_shard() -> None:
+    # The watermark moves after the rollups' inserts, and an erasure checks after its rebuild: both
+    # count on the rows being on their shards, not queued on the node that inserted them.
+    refresh = refresh_statements("db", EPOCH, "2026-12-01 00:00:00.000", CLUSTER)
+    rebuilds = [
+        s
+        for aggregate in EVERY_ROLLUP
+        for s in aggregate_rebuild_statements(
+            "db", aggregate, "t", f"{aggregate.bucket.name} IN ('2026-11-02')", CLUSTER
+        )
+    ]
+    inserts = [s for s in refresh + rebuilds if s.startswith("INSERT")]
+    assert len(inserts) == len(refresh) + len(EVERY_ROLLUP)
+    assert all(s.endswith("\nSETTINGS distributed_foreground_insert = 1") for s in inserts)
+    # One node: as written.
+    assert not any(
+        "distributed_foreground_insert" in s for s in refresh_statements("db", EPOCH, "2026-12-01")
+    )
