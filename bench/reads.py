@@ -497,7 +497,12 @@ def _create_segment(data: Path, env: dict[str, str], work: Path) -> None:
 
 
 def under_ingest(
-    size: str, requests: int, ingest_rate: float, read_rate: float, seconds: float
+    size: str,
+    requests: int,
+    ingest_rate: float,
+    read_rate: float,
+    seconds: float,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     import asyncio
     import os
@@ -517,7 +522,8 @@ def under_ingest(
 
     work = Path(tempfile.mkdtemp(prefix="bench-reads-ingest-"))
     data = work / "data"
-    print(f"\n== under ingest: {size} shop ==", flush=True)
+    given = ", ".join(f"{k.removeprefix('ACTIVITY_').lower()}={v}" for k, v in (settings or {}).items())
+    print(f"\n== under ingest: {size} shop{f' ({given})' if given else ''} ==", flush=True)
     try:
         engine = Engine(data / "clickhouse")
         engine.use("activity")
@@ -527,7 +533,7 @@ def under_ingest(
         who, targets = sample(engine, requests)
         memory = time_memory(Store(engine), who, targets, size)
         engine.client.close()
-        env = child_env({"ACTIVITY_DEFAULT_TENANT": TENANT})
+        env = child_env({"ACTIVITY_DEFAULT_TENANT": TENANT, **(settings or {})})
         server = ServerProcess(collector_argv(data, "warning", env), work / "serve.log", env)
         address = server.start(timeout=180)
         try:
@@ -678,14 +684,29 @@ def main(argv: list[str] | None = None) -> int:
         "--read-rate", type=float, default=200, help="read calls/s of each call kind (default 200)"
     )
     parser.add_argument("--duration", type=float, default=30, help="seconds of each phase (default 30)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--under-ingest: a setting of the collector (docs/configuration.md), repeatable; "
+        "for example drain_interval_ms=500",
+    )
     args = parser.parse_args(argv)
+    settings: dict[str, str] = {}
+    for given in args.setting:
+        name, equals, value = given.partition("=")
+        if not equals or not name.strip():
+            print(f"bench.reads: --setting: NAME=VALUE, got {given!r}", file=sys.stderr)
+            return 2
+        settings[f"ACTIVITY_{name.strip().upper()}"] = value.strip()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if not sizes or any(s not in SIZES for s in sizes) or args.requests < 2:
         print(f"bench.reads: --sizes: some of {', '.join(SIZES)}; --requests at least 2", file=sys.stderr)
         return 2
     if args.under_ingest:
         found = [
-            under_ingest(size, args.requests, args.ingest_rate, args.read_rate, args.duration)
+            under_ingest(size, args.requests, args.ingest_rate, args.read_rate, args.duration, settings)
             for size in sizes
         ]
         if len(found) > 1:
