@@ -404,6 +404,16 @@ def aggregate_read_view_ddl(database: str, aggregate: Aggregate, cluster: Cluste
     )
 
 
+def touch_every_day_sql(database: str) -> str:
+    """Every (tenant, day) `activities` holds marked touched now: the reads compute them from
+    `activities` until the next refresh puts them in the rollups (a migration that brings a rollup)."""
+    return (
+        f"INSERT INTO `{database}`.`{TOUCHES}` (tenant_id, day, inserted_at)\n"
+        f"SELECT tenant_id, toDate(occurred_at) AS day, now64(3, 'UTC') FROM `{database}`.activities "
+        "GROUP BY tenant_id, day"
+    )
+
+
 def touches_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
     """`aggregate_touches` and the materialized view that fills it: a few rows per insert (one per
     tenant and day in it), each replacing the last of its day (`ReplacingMergeTree`)."""
@@ -1102,11 +1112,7 @@ def aggregates_redesign_statements(database: str, cluster: Cluster = SINGLE_NODE
                 )
             )
         statements.append(aggregate_read_view_ddl(database, aggregate, cluster))
-    statements.append(
-        f"INSERT INTO `{database}`.`{TOUCHES}` (tenant_id, day, inserted_at)\n"
-        f"SELECT tenant_id, toDate(occurred_at) AS day, now64(3, 'UTC') FROM `{database}`.activities "
-        "GROUP BY tenant_id, day"
-    )
+    statements.append(touch_every_day_sql(database))
     return statements
 
 

@@ -27,6 +27,7 @@ from workers.storage.analytics_schema import (
     quote,
     session_activities_sql,
     sessions_sql,
+    touch_every_day_sql,
 )
 from workers.storage.schema import SINGLE_NODE, Cluster
 from workers.storage.source_rollups import (
@@ -198,11 +199,7 @@ def session_rollup_statements(database: str, cluster: Cluster = SINGLE_NODE) -> 
         sharding = "cityHash64(tenant_id, toString(day))"
         statements.append(cluster.distributed(database, rollup.rollup, sharding))
     statements.append(read_view_ddl(database, rollup, cluster))
-    statements.append(
-        f"INSERT INTO `{database}`.`{TOUCHES}` (tenant_id, day, inserted_at)\n"
-        f"SELECT tenant_id, toDate(occurred_at) AS day, now64(3, 'UTC') FROM `{database}`.activities "
-        "GROUP BY tenant_id, day"
-    )
+    statements.append(touch_every_day_sql(database))
     return statements
 
 

@@ -46,6 +46,7 @@ from workers.storage.analytics_schema import (
     VIEWS,
     Dimension,
     quote,
+    touch_every_day_sql,
 )
 from workers.storage.person_schema import PERSON_LINKS
 from workers.storage.schema import SINGLE_NODE, TIME, Cluster
@@ -451,9 +452,5 @@ def source_rollups_statements(database: str, cluster: Cluster = SINGLE_NODE) -> 
         view.ddl(database, cluster).replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW", 1)
         for view in VIEWS
     ]
-    statements.append(
-        f"INSERT INTO `{database}`.`{TOUCHES}` (tenant_id, day, inserted_at)\n"
-        f"SELECT tenant_id, toDate(occurred_at) AS day, now64(3, 'UTC') FROM `{database}`.activities "
-        "GROUP BY tenant_id, day"
-    )
+    statements.append(touch_every_day_sql(database))
     return statements
