@@ -323,18 +323,20 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
             ("top-targets, last day unrefreshed", report.top_targets_sql(top)),
         ):
             timings.append(measure(engine, size, name, sql, runs, 100))
-    # The reports over responses then read the rollups' views: the rollups for the other days, and
-    # the last day and those its activities can change computed from `activities`.
-    for name, arguments in (
-        ("sources --by name, last day unrefreshed", ["sources", "--by", "name"]),
-        ("experiment, last day unrefreshed", ["experiment", "--name", "pdp-similar"]),
-        ("queries, last day unrefreshed", ["queries"]),
+    # The reports that read rollups then read their views: the rollups for the other days, and the
+    # last day and those its activities can change computed from `activities`.
+    for name, arguments, target in (
+        ("overview, last day unrefreshed", ["overview"], 100),
+        ("sessions, last day unrefreshed", ["sessions"], None),
+        ("sources --by name, last day unrefreshed", ["sources", "--by", "name"], 100),
+        ("experiment, last day unrefreshed", ["experiment", "--name", "pdp-similar"], 2000),
+        ("queries, last day unrefreshed", ["queries"], 2000),
     ):
         request, _ = report_request(arguments)
         if request is not None and reads_rollups(request):
             request = current(engine, request)
             sql = report.REPORTS[request.name].sql(request)
-            timings.append(measure(engine, size, name, sql, runs, 2000))
+            timings.append(measure(engine, size, name, sql, runs, target))
     meta = {
         "rows": rows,
         "generated_s": generated_s,
