@@ -1462,6 +1462,8 @@ typedef struct {
                           None means no match */
     uint8_t *items;     /* PC_PATTERN_ASCII: nitems items of PATTERN_ITEM_BYTES */
     Py_ssize_t nitems;
+    Py_ssize_t fixed_len; /* PC_PATTERN_ASCII whose every item has one count (min == max): the length of
+                             every value it matches; -1 otherwise */
 } pcheck_t;
 
 typedef struct {
@@ -1622,6 +1624,16 @@ static int compile_check(PyObject *spec, pcheck_t *chk)
         if (!(chk->items = (uint8_t *)copy_bytes(items, &len)))
             return -1;
         chk->nitems = len / PATTERN_ITEM_BYTES;
+        chk->fixed_len = 0;
+        for (i = 0; i < chk->nitems; i++) {
+            const uint8_t *item = chk->items + i * PATTERN_ITEM_BYTES;
+            unsigned lo = (unsigned)item[16] | (unsigned)item[17] << 8, hi = (unsigned)item[18] | (unsigned)item[19] << 8;
+            if (lo != hi) {
+                chk->fixed_len = -1;
+                break;
+            }
+            chk->fixed_len += lo;
+        }
         Py_INCREF(matcher);
         chk->matcher = matcher;
         break;
@@ -1701,6 +1713,25 @@ typedef struct {
     field_t f[PLAN_TOP_FIELDS];
 } ptop_t;
 
+/* The first occurrence of each field numbered below PLAN_TOP_FIELDS of one submessage (the user, the
+ * target, the metadata, ...), found as the checks ask for them: a scan goes on from where the last
+ * one stopped and records every field it passes, so that the checks of one submessage read each of
+ * its fields once, and once it has reached the end a field the submessage lacks costs nothing more. */
+typedef struct {
+    uint32_t num; /* the top-level field it is the first occurrence of */
+    uint32_t seen;
+    const uint8_t *p, *end; /* what is left to scan */
+    field_t f[PLAN_TOP_FIELDS];
+} psub_t;
+
+/* The top-level index, and the submessages the checks went into. */
+#define PLAN_SUBS 6
+typedef struct {
+    ptop_t top;
+    int nsub;
+    psub_t sub[PLAN_SUBS];
+} pindex_t;
+
 static void index_top(const uint8_t *p, const uint8_t *end, ptop_t *top)
 {
     field_t f;
@@ -1714,6 +1745,52 @@ static void index_top(const uint8_t *p, const uint8_t *end, ptop_t *top)
             top->f[f.num] = f;
         }
     }
+}
+
+/* The submessage `f` (the first occurrence of top-level field `num`, length-delimited) as the checks
+ * read it; NULL when every slot is taken (the caller scans instead). */
+static psub_t *sub_of(pindex_t *ix, uint32_t num, const field_t *f)
+{
+    int s;
+    psub_t *sub;
+    for (s = 0; s < ix->nsub; s++)
+        if (ix->sub[s].num == num)
+            return &ix->sub[s];
+    if (ix->nsub == PLAN_SUBS)
+        return NULL;
+    sub = &ix->sub[ix->nsub++];
+    sub->num = num;
+    sub->seen = 0;
+    sub->p = f->data;
+    sub->end = f->data + f->len;
+    return sub;
+}
+
+/* The first occurrence of field `num` (below PLAN_TOP_FIELDS) in `sub`, in *out; 0: there is none
+ * (before broken framing, past which a scan finds nothing). */
+static int sub_field(psub_t *sub, uint32_t num, field_t *out)
+{
+    field_t f;
+    int ignored = 0;
+    if (sub->seen & (1u << num)) {
+        *out = sub->f[num];
+        return 1;
+    }
+    while (sub->p < sub->end) {
+        if (next_field(&sub->p, sub->end, &f, &ignored) != SCAN_OK) {
+            sub->p = sub->end;
+            return 0;
+        }
+        if (f.num < PLAN_TOP_FIELDS && !(sub->seen & (1u << f.num))) {
+            sub->seen |= 1u << f.num;
+            sub->f[f.num] = f;
+            if (f.num == num) {
+                *out = f;
+                return 1;
+            }
+        }
+    }
+    return 0;
 }
 
 /* The value of the path's last field `f`. 1: found or certainly absent; 0: a map entry with another
@@ -1741,10 +1818,14 @@ static int path_terminal(const pcheck_t *chk, const field_t *f, pvalue_t *out)
         out->present = f->wt == 2;
         return 1;
     default: { /* PT_MAP_KEY: this entry's value, when its key is the one looked for */
-        const uint8_t *q = f->data, *qend = f->data + f->len, *value = NULL;
+        const uint8_t *q, *qend, *value = NULL;
         size_t value_len = 0;
         int key_matches = 0;
         field_t g;
+        if (f->wt != 2)
+            return 0; /* an unknown field sharing the map's number, which holds no entry */
+        q = f->data;
+        qend = f->data + f->len;
         while (q < qend) {
             if (next_field(&q, qend, &g, &ignored) != SCAN_OK || g.wt != 2)
                 break;
@@ -1768,14 +1849,17 @@ static int path_terminal(const pcheck_t *chk, const field_t *f, pvalue_t *out)
 }
 
 /* The first field of the path at each level, as a scan from the activity's start finds it; the top
- * level from `top` unless the path ends there in a map (whose entries are many fields). */
-static void find_path(const pcheck_t *chk, const ptop_t *top, const uint8_t *p, const uint8_t *end, pvalue_t *out)
+ * level from the index unless the path ends there in a map (whose entries are many fields), the
+ * second from the submessage's index (for a map: its first entry, then a scan of what follows). */
+static void find_path(const pcheck_t *chk, pindex_t *ix, const uint8_t *p, const uint8_t *end, pvalue_t *out)
 {
     int level = 0, ignored = 0;
     field_t f;
 
     memset(out, 0, sizeof *out);
     if (chk->nums[0] < PLAN_TOP_FIELDS && (chk->depth > 1 || chk->terminal != PT_MAP_KEY)) {
+        const ptop_t *top = &ix->top;
+        psub_t *sub;
         if (!(top->seen & (1u << chk->nums[0])))
             return;
         f = top->f[chk->nums[0]];
@@ -1788,6 +1872,24 @@ static void find_path(const pcheck_t *chk, const ptop_t *top, const uint8_t *p, 
         p = f.data;
         end = f.data + f.len;
         level = 1;
+        if (chk->nums[1] < PLAN_TOP_FIELDS && (sub = sub_of(ix, chk->nums[0], &f)) != NULL) {
+            if (!sub_field(sub, chk->nums[1], &f))
+                return;
+            if (chk->depth == 2) {
+                if (path_terminal(chk, &f, out))
+                    return;
+                /* a map entry with another key: the entries after it (after a field that is no entry,
+                   the submessage from its start: rare, an unknown field) */
+                if (f.wt == 2)
+                    p = f.data + f.len;
+            } else {
+                if (f.wt != 2)
+                    return;
+                p = f.data;
+                end = f.data + f.len;
+                level = 2;
+            }
+        }
     }
     for (; level < chk->depth; level++) {
         uint32_t num = chk->nums[level];
@@ -1866,8 +1968,27 @@ static int ascii_fullmatch(const uint8_t *items, Py_ssize_t nitems, const uint8_
     return reach[len];
 }
 
+/* ascii_fullmatch for items that each have one count (min == max), `fixed_len` in all. */
+static int ascii_fixed_match(const uint8_t *items, Py_ssize_t nitems, Py_ssize_t fixed_len, const uint8_t *s,
+                             size_t len)
+{
+    Py_ssize_t it;
+    size_t p = 0, k;
+
+    if (len != (size_t)fixed_len)
+        return 0;
+    for (it = 0; it < nitems; it++) {
+        const uint8_t *set = items + it * PATTERN_ITEM_BYTES;
+        unsigned count = (unsigned)set[16] | (unsigned)set[17] << 8;
+        for (k = 0; k < count; k++, p++)
+            if (s[p] >= 128 || !(set[s[p] >> 3] & (1u << (s[p] & 7))))
+                return 0;
+    }
+    return 1;
+}
+
 /* 1: the activity certainly breaks no rule of `act`; 0: Python must judge it; -1: an exception. */
-static int plan_conforms(const paction_t *act, const ptop_t *top, const uint8_t *p, const uint8_t *end)
+static int plan_conforms(const paction_t *act, pindex_t *ix, const uint8_t *p, const uint8_t *end)
 {
     Py_ssize_t c, i;
     pvalue_t v;
@@ -1876,7 +1997,7 @@ static int plan_conforms(const paction_t *act, const ptop_t *top, const uint8_t 
         const pcheck_t *chk = &act->checks[c];
         int string = chk->terminal == PT_STRING || chk->terminal == PT_MAP_KEY, exact, match;
         double number;
-        find_path(chk, top, p, end, &v);
+        find_path(chk, ix, p, end, &v);
         switch (chk->kind) {
         case PC_REQUIRED:
             if (!v.present)
@@ -1927,7 +2048,10 @@ static int plan_conforms(const paction_t *act, const ptop_t *top, const uint8_t 
         case PC_MAX_LENGTH:
             if (!v.present)
                 continue;
-            if (!string || utf8_chars(v.data, v.len) > chk->max_length)
+            if (!string)
+                return 0;
+            /* a value has at most as many characters as bytes */
+            if ((long long)v.len > chk->max_length && utf8_chars(v.data, v.len) > chk->max_length)
                 return 0;
             continue;
         case PC_PATTERN_ASCII:
@@ -1935,6 +2059,13 @@ static int plan_conforms(const paction_t *act, const ptop_t *top, const uint8_t 
                 continue;
             if (!string)
                 return 0;
+            if (chk->fixed_len >= 0) {
+                /* one count per item: the value's every byte is the next item's, and a value of
+                   another length in bytes does not match (one of other characters is not ASCII) */
+                if (!ascii_fixed_match(chk->items, chk->nitems, chk->fixed_len, v.data, v.len))
+                    return 0;
+                continue;
+            }
             if (v.len <= PATTERN_ASCII_MAX_LEN) {
                 if (!ascii_fullmatch(chk->items, chk->nitems, v.data, v.len))
                     return 0;
@@ -1998,15 +2129,16 @@ static void find_action(const ptop_t *top, const uint8_t *p, const uint8_t *end,
 static int plan_verdict(const pplan_t *plan, const uint8_t *action, size_t action_len, const uint8_t *p,
                         const uint8_t *end)
 {
-    ptop_t top;
+    pindex_t ix;
     Py_ssize_t a;
-    index_top(p, end, &top);
+    index_top(p, end, &ix.top);
+    ix.nsub = 0;
     if (!action)
-        find_action(&top, p, end, &action, &action_len);
+        find_action(&ix.top, p, end, &action, &action_len);
     for (a = 0; a < plan->nactions; a++)
         if (plan->actions[a].name_len == (Py_ssize_t)action_len &&
             memcmp(plan->actions[a].name, action, action_len) == 0)
-            return plan_conforms(&plan->actions[a], &top, p, end);
+            return plan_conforms(&plan->actions[a], &ix, p, end);
     return plan->unknown_allow;
 }
 
@@ -2021,7 +2153,7 @@ static PyObject *fp_plan_screen(PyObject *self, PyObject *args)
     Py_buffer raw, fast;
     PyObject *capsule, *ok = NULL, *judge = NULL, *out = NULL;
     const uint8_t *rawp, *fp;
-    uint8_t *okp, *judgep;
+    uint8_t *okp = NULL, *judgep = NULL;
     size_t n, k, nok = 0, njudge = 0;
     Py_ssize_t triples;
     pplan_t *plan;
@@ -2036,12 +2168,6 @@ static PyObject *fp_plan_screen(PyObject *self, PyObject *args)
     n = (size_t)triples;
     rawp = (const uint8_t *)raw.buf;
     fp = (const uint8_t *)fast.buf;
-    ok = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 * n));
-    judge = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 * n));
-    if (!ok || !judge)
-        goto done;
-    okp = (uint8_t *)PyBytes_AS_STRING(ok);
-    judgep = (uint8_t *)PyBytes_AS_STRING(judge);
     for (k = 0; k < n; k++) {
         uint32_t start, end;
         int verdict;
@@ -2050,13 +2176,38 @@ static PyObject *fp_plan_screen(PyObject *self, PyObject *args)
         verdict = plan_verdict(plan, NULL, 0, rawp + start, rawp + end);
         if (verdict < 0)
             goto done;
+        if (!judge) {
+            if (verdict)
+                continue; /* the spans so far all conform: nothing to copy yet */
+            /* the first span to judge: the ones before it conform */
+            ok = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 * n));
+            judge = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(12 * n));
+            if (!ok || !judge)
+                goto done;
+            okp = (uint8_t *)PyBytes_AS_STRING(ok);
+            judgep = (uint8_t *)PyBytes_AS_STRING(judge);
+            nok = k;
+            memcpy(okp, fp, 12 * nok);
+        }
         if (verdict)
             memcpy(okp + 12 * nok++, fp + 12 * k, 12);
         else
             memcpy(judgep + 12 * njudge++, fp + 12 * k, 12);
     }
-    if (_PyBytes_Resize(&ok, (Py_ssize_t)(12 * nok)) < 0 || _PyBytes_Resize(&judge, (Py_ssize_t)(12 * njudge)) < 0)
+    if (!judge) {
+        /* every span conforms: `fast` itself (a copy unless it is a bytes object), and nothing to judge */
+        if (fast.obj && PyBytes_CheckExact(fast.obj)) {
+            ok = fast.obj;
+            Py_INCREF(ok);
+        } else if (!(ok = PyBytes_FromStringAndSize((const char *)fp, (Py_ssize_t)(12 * n)))) {
+            goto done;
+        }
+        if (!(judge = PyBytes_FromStringAndSize(NULL, 0)))
+            goto done;
+    } else if (_PyBytes_Resize(&ok, (Py_ssize_t)(12 * nok)) < 0 ||
+               _PyBytes_Resize(&judge, (Py_ssize_t)(12 * njudge)) < 0) {
         goto done;
+    }
     out = PyTuple_Pack(2, ok, judge);
 done:
     Py_XDECREF(ok);

@@ -405,13 +405,17 @@ class ActivityService:
         if fast is not None and fast.count:
             raw = fast.raw
             keep, judge = self.processors.screen(tenant, raw, fast.spans)
-            for k in range(len(judge) // 12):
-                index, start, end = _SPAN.unpack_from(judge, 12 * k)
-                items.append((index, pb.Activity.FromString(raw[start:end])))
             if judge:
+                for k in range(len(judge) // 12):
+                    index, start, end = _SPAN.unpack_from(judge, 12 * k)
+                    items.append((index, pb.Activity.FromString(raw[start:end])))
                 items.sort(key=_first)
-            # missing_ids stays the count before the split: an upper bound, which frame() accepts.
-            evaluated.fast = FastSpans(raw, keep, len(keep) // 12, fast.missing_ids) if keep else None
+            if len(keep) != len(fast.spans):
+                # missing_ids stays the count before the split: an upper bound, which frame() accepts.
+                evaluated.fast = FastSpans(raw, keep, len(keep) // 12, fast.missing_ids) if keep else None
+        if not items:
+            # Every activity vouched for and none parsed: nothing for the chain to judge.
+            return
         result = self.processors.run(tenant, items)
         evaluated.items = result.kept
         evaluated.dropped = result.dropped

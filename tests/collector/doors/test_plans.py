@@ -107,3 +107,32 @@ async def test_the_same_activity_is_accepted_rejected_or_flagged_by_each_tenants
     stats = server.processors.stats
     assert stats.rejected == {("plan", "required:metadata.order_id"): 1, ("plan", "unknown_action"): 1}
     assert stats.flagged == {("plan", "required:metadata.order_id"): 1, ("plan", "unknown_action"): 1}
+
+
+async def test_requests_whose_every_activity_conforms_are_stored_whole(start_server: Any) -> None:
+    """A batch and a single call of a tenant with a plan, every activity conforming: all accepted and
+    stored, with no violation, nothing counted against the plan."""
+    server: CollectorServer = await start_server(auth=True, plan_refresh_s=0.1)
+    assert server.postgres is not None and server.plans is not None and server.processors is not None
+    keys = await keys_for(server, "strict")
+    await PlanStore(server.postgres.pool).apply("strict", PLAN)
+    deadline = time.monotonic() + 5
+    while "strict" not in server.plans.plans:
+        assert time.monotonic() < deadline, "the plan was not loaded"
+        await asyncio.sleep(0.05)
+
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        batch = await stub.TrackActivities(
+            pb.TrackActivitiesRequest(activities=[make_activity(n, action="view") for n in range(1, 6)]),
+            metadata=bearer(keys["strict"]),
+        )
+        single = await stub.TrackActivity(
+            pb.TrackActivityRequest(activity=make_activity(9, action="view")), metadata=bearer(keys["strict"])
+        )
+
+    assert batch.accepted_count == 5 and not batch.rejections
+    assert single.accepted_count == 1 and not single.rejections
+    stored = rows(server, "SELECT action, plan_violations FROM activities WHERE tenant_id = 'strict'")
+    assert stored == ["view\t[]"] * 6
+    assert not server.processors.stats.rejected and not server.processors.stats.flagged

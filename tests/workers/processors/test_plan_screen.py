@@ -163,6 +163,106 @@ def test_conforming_activities_of_the_ten_rule_plan_stay_on_the_compiled_path() 
     assert [_indexes(part) for part in screened] == [[0, 3], [1, 2]]
 
 
+_ACTIONS = ("view", "click", "purchase", "add_to_cart", "search")
+# Rules the program runs in C exactly as Python does (no value it leaves to Python), several on each of
+# the user, the target and the metadata, in an order that reads late fields of a submessage before
+# early ones, map entries after other entries, and fields a submessage lacks.
+EXACT_PLANS: list[dict[str, Any]] = [
+    {
+        "unknown_actions": "allow",
+        "actions": {
+            action: {
+                "required": ["metadata.custom.channel"],
+                "forbidden": ["metadata.locale"],
+                "enum": {"metadata.currency": ["EUR", "USD"]},
+                "min": {"metadata.quantity": 2},
+                "max_length": {"metadata.page_url": 30},
+            }
+            for action in _ACTIONS[:4]
+        },
+    },
+    {
+        "unknown_actions": "reject",
+        "actions": {
+            action: {
+                "required": ["target.id"],
+                "forbidden": ["user.identities.email"],
+                "enum": {"target.attributes.size": ["S", "XL"], "user.user_id": ["u-1", "u-12"]},
+                "pattern": {"metadata.order_id": "o-[0-9]{2}", "user.session_id": "[0-9a-f]{16}"},
+                "max": {"metadata.quantity": 3},
+                "max_length": {"target.attributes.color": 1},
+            }
+            for action in _ACTIONS[1:]
+        },
+    },
+]
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(activities(), min_size=1, max_size=20), which=st.integers(0, len(EXACT_PLANS) - 1))
+def test_rules_the_program_runs_whole_keep_exactly_the_conforming_activities(
+    batch: list[pb.Activity], which: int
+) -> None:
+    """For rules the program runs without Python, the screen keeps an activity exactly when the Python
+    plan finds nothing, whichever fields of a submessage the checks read first, and in the spans'
+    order whichever of them is the first to judge."""
+    plan, plans = _tenant_plans(EXACT_PLANS[which])
+    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
+    spans = _spans(raw)
+    screened = plans.screen("t", raw, spans)
+    assert screened is not None
+    keep, judge = screened
+    assert _indexes(keep) == [i for i in _indexes(spans) if plan.judge(batch[i]) is None]
+    assert _indexes(judge) == [i for i in _indexes(spans) if plan.judge(batch[i]) is not None]
+    program = compile_program(plan)
+    for i in _indexes(spans):
+        name = batch[i].action.encode()
+        conforms = fastpath.plan_check(program, name, batch[i].SerializeToString())
+        assert conforms is (plan.judge(batch[i]) is None), batch[i]
+
+
+def test_a_map_entry_is_found_after_other_entries_and_other_fields_of_its_submessage() -> None:
+    plan, plans = _tenant_plans(
+        {
+            "actions": {
+                "view": {
+                    "required": ["metadata.custom.utm", "metadata.page_url"],
+                    "enum": {"metadata.custom.channel": ["web"], "metadata.locale": ["de-DE"]},
+                    "forbidden": ["metadata.referrer"],
+                }
+            }
+        }
+    )
+    batch = []
+    for channel, utm, referrer in (("web", "a", ""), ("app", "a", ""), ("web", "", ""), ("web", "a", "r")):
+        a = pb.Activity(action="view", target=pb.Target(type="product", id="1"), user=pb.User(user_id="u"))
+        a.metadata.locale = "de-DE"
+        a.metadata.page_url = "https://shop.example/"
+        a.metadata.referrer = referrer
+        for key in ("a", "b", "channel", "c", "utm", "z"):
+            a.metadata.custom[key] = {"channel": channel, "utm": utm}.get(key, "x")
+        batch.append(a)
+    assert [plan.judge(a) is None for a in batch] == [True, False, False, False]
+    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
+    spans = _spans(raw)
+    assert _indexes(spans) == [0, 1, 2, 3]
+    screened = plans.screen("t", raw, spans)
+    assert screened is not None
+    assert [_indexes(part) for part in screened] == [[0], [1, 2, 3]]
+
+
+def test_a_batch_that_conforms_whole_is_kept_whole() -> None:
+    _, plans = _tenant_plans(ten_rule_plan())
+    conforming = pb.Activity(action="view", target=pb.Target(type="product", id="sku-1"))
+    conforming.user.session_id = "0123456789abcdef"
+    conforming.user.anonymous_id = "anon-1"
+    conforming.metadata.page_url = "https://shop.example/p/1"
+    raw = pb.TrackActivitiesRequest(activities=[conforming] * 3).SerializeToString()
+    spans = _spans(raw)
+    assert plans.screen("t", raw, spans) == (spans, b"")
+    assert plans.screen("t", raw, b"") == (b"", b"")
+
+
 def test_unknown_actions_conform_only_when_the_plan_allows_them() -> None:
     raw = pb.TrackActivitiesRequest(
         activities=[pb.Activity(action="wave", target=pb.Target(type="p", id="1"), user=pb.User(user_id="u"))]
@@ -213,6 +313,32 @@ def test_a_parsed_activity_gets_the_verdict_of_the_python_plan(
     assert plans.process("t", activity) == plan.judge(activity)
 
 
+def test_a_spelling_remembered_under_one_plan_is_not_used_under_the_next() -> None:
+    activity = pb.Activity(action="Add-To-Cart", target=pb.Target(type="product", id="1"))
+    first = parse_plan({"unknown_actions": "reject", "actions": {"add_to_cart": {}}})
+    plans = TrackingPlans({"t": first})
+    for _ in range(2):
+        assert plans.process("t", activity) is None
+    second = parse_plan({"unknown_actions": "reject", "actions": {"view": {}}})
+    plans.replace({"t": second}, 2)
+    for _ in range(2):
+        verdict = plans.process("t", activity)
+        assert verdict is not None and verdict.reason == "unknown_action"
+        assert verdict == second.judge(activity)
+
+
+def test_a_tenant_sending_ever_new_action_names_gets_the_python_plans_verdicts() -> None:
+    plan, plans = _tenant_plans({"unknown_actions": "flag", "actions": {"view": {"required": ["source_id"]}}})
+    view = pb.Activity(action="View", target=pb.Target(type="product", id="1"))
+    for n in range(5_000):
+        activity = pb.Activity(action=f"wave-{n}", target=pb.Target(type="product", id="1"))
+        assert plans.process("t", activity) == plan.judge(activity)
+    verdict = plans.process("t", view)
+    assert verdict is not None and verdict.reason == "required:source_id"
+    view.source_id = "r-1"
+    assert plans.process("t", view) is None
+
+
 def test_an_unknown_field_sharing_a_known_number_reads_as_absent_in_c_as_in_python() -> None:
     """A field sent with the wrong wire type is kept by the parser as unknown and serialized after the
     known fields: the program reads it as absent, as the Python plan does, whichever it is."""
@@ -230,6 +356,44 @@ def test_an_unknown_field_sharing_a_known_number_reads_as_absent_in_c_as_in_pyth
     bare = pb.Activity.FromString(pb.Activity(action="view").SerializeToString() + b"\x38\x01\x30\x01")
     assert plan.judge(bare) is not None
     assert plans.process("t", bare) == plan.judge(bare)
+
+
+def test_an_unknown_field_sharing_a_maps_number_holds_no_entry_in_c_as_in_python() -> None:
+    """A varint sent under the number of a map (User.identities, Target.attributes) is kept as unknown
+    and serialized after the known fields: it holds no entry of the map for the program either."""
+    plan, plans = _tenant_plans(
+        {
+            "actions": {
+                "view": {
+                    "forbidden": ["user.identities.email"],
+                    "required": ["target.attributes.color"],
+                    "enum": {"target.attributes.size": ["S"]},
+                }
+            }
+        }
+    )
+
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+
+    for identities, attributes in (
+        (b"", b""),
+        (b"\x20\x01", b""),
+        (b"", b"\x18\x05"),
+        (b"\x20\x01", b"\x18\x05"),
+    ):
+        for color in ("", "red"):
+            target = pb.Target(type="product", id="1")
+            if color:
+                target.attributes["color"] = color
+            raw = (
+                pb.Activity(action="view").SerializeToString()
+                + field(3, target.SerializeToString() + attributes)
+                + field(4, pb.User(user_id="u").SerializeToString() + identities)
+            )
+            activity = pb.Activity.FromString(raw)
+            assert (plan.judge(activity) is None) is bool(color)
+            assert plans.process("t", activity) == plan.judge(activity)
 
 
 _PIECES = st.sampled_from(
