@@ -366,12 +366,19 @@ def read_processes(
     targets: list[tuple[str, str]],
     rate: float,
     seconds: float,
+    kinds: list[str] | None = None,
 ) -> Reads:
-    """`read_load` split over READERS processes (the first also runs the freshness probes), merged."""
+    """`read_load` split over READERS processes (the first also runs the freshness probes), merged:
+    `kinds` (default every call kind) shared out among them, each at `rate`; a single kind is asked by
+    every process, at its share of `rate`."""
     import multiprocessing
 
-    groups = [KINDS[n::READERS] for n in range(READERS)]
-    jobs = [(address, key, write_key, who, targets, rate, seconds, n == 0, g) for n, g in enumerate(groups)]
+    kinds = kinds or KINDS
+    if len(kinds) == 1:
+        groups, share = [kinds] * READERS, rate / READERS
+    else:
+        groups, share = [kinds[n::READERS] for n in range(READERS)], rate
+    jobs = [(address, key, write_key, who, targets, share, seconds, n == 0, g) for n, g in enumerate(groups)]
     with multiprocessing.get_context("spawn").Pool(READERS) as pool:
         parts = pool.map(_reader, jobs)
     out = Reads()
@@ -496,6 +503,64 @@ def _create_segment(data: Path, env: dict[str, str], work: Path) -> None:
         raise SystemExit(f"bench.reads: segment not created: {made.stdout}{made.stderr}")
 
 
+def _each_kind_report(
+    size: str,
+    seconds: float,
+    ingest_rate: float,
+    read_rate: float,
+    alone: dict[str, Any],
+    phases: dict[str, tuple[dict[str, Any], Reads, dict[str, float]]],
+    rate: Callable[[dict[str, Any]], float],
+    load_avg: tuple[float, float, float],
+) -> dict[str, Any]:
+    """`--each-kind`: one line per call kind, read alone at `read_rate` beside the ingest."""
+    import os
+
+    print(
+        f"  ingest {ingest_rate:,.0f}/s offered ({rate(alone):,.0f}/s acknowledged alone); each call kind "
+        f"alone at {read_rate:,.0f}/s beside it, {seconds:.0f} s each"
+    )
+    out = []
+    for kind, (together, reads, inside) in phases.items():
+        ms = reads.latencies.get(kind, [])
+        item = Latency(kind, size, ms) if ms else None
+        extra_cpu = float(together.get("server_cpu_s") or 0) - float(alone.get("server_cpu_s") or 0)
+        cpu_us = extra_cpu / len(ms) * 1e6 if ms else 0.0
+        fresh = sorted(reads.freshness_ms)
+        ratio = rate(together) / rate(alone) if rate(alone) else 0.0
+        row = {
+            "call": kind,
+            "n": len(ms),
+            "per_s": len(ms) / seconds,
+            "p50_ms": item.p50 if item else None,
+            "p99_ms": item.p99 if item else None,
+            "read_errors": reads.errors,
+            "cpu_per_read_us": cpu_us,
+            "ingest_with_reads": rate(together),
+            "ingest_ratio": ratio,
+            "ingest_errors": together.get("errors"),
+            "freshness_ms": fresh,
+            "machine_busy_cores": together.get("machine_busy_cores"),
+            "in_collector": inside,
+        }
+        out.append(row)
+        latency = f"p50 {item.p50:6.1f} ms  p99 {item.p99:6.1f} ms" if item else "no answer"
+        freshness = f"freshness max {fresh[-1]:,.0f} ms" if fresh else "no freshness probe"
+        print(
+            f"  {kind:<38} {latency}  {len(ms) / seconds:6.1f}/s  errors {reads.errors or 'none'}  "
+            f"ingest {ratio:.3f} of alone ({together.get('errors') or 'no errors'})  "
+            f"{cpu_us:,.0f} µs CPU per read  {freshness}  "
+            f"{together.get('machine_busy_cores', 0):.2f} of {os.cpu_count()} cores busy"
+        )
+    return {
+        "size": size,
+        "each_kind": out,
+        "ingest_alone": rate(alone),
+        "ingest_errors_alone": alone.get("errors"),
+        "load_average": load_avg[0],
+    }
+
+
 def under_ingest(
     size: str,
     requests: int,
@@ -503,6 +568,7 @@ def under_ingest(
     read_rate: float,
     seconds: float,
     settings: dict[str, str] | None = None,
+    each_kind: bool = False,
 ) -> dict[str, Any]:
     import asyncio
     import os
@@ -576,15 +642,21 @@ def under_ingest(
             print(f"  warm-up: each call kind asked once for each person in {warmed_s:.0f} s", flush=True)
             alone: dict[str, Any] = {}
             ingest(alone)
-            together: dict[str, Any] = {}
-            thread = threading.Thread(target=ingest, args=(together,))
-            thread.start()
-            time.sleep(2.0)  # the load generator's warm-up
             metrics = server.wait_for_line(METRICS_AT)
-            before = scrape(metrics.group(1)) if metrics else {}
-            reads = read_processes(address, read_key, write_key, who, targets, read_rate, seconds)
-            inside = _in_collector(before, scrape(metrics.group(1))) if metrics else {}
-            thread.join()
+
+            def with_reads(kinds: list[str] | None) -> tuple[dict[str, Any], Reads, dict[str, float]]:
+                together: dict[str, Any] = {}
+                thread = threading.Thread(target=ingest, args=(together,))
+                thread.start()
+                time.sleep(2.0)  # the load generator's warm-up
+                before = scrape(metrics.group(1)) if metrics else {}
+                reads = read_processes(address, read_key, write_key, who, targets, read_rate, seconds, kinds)
+                inside = _in_collector(before, scrape(metrics.group(1))) if metrics else {}
+                thread.join()
+                return together, reads, inside
+
+            phases = {kind: with_reads([kind]) for kind in KINDS} if each_kind else {}
+            together, reads, inside = with_reads(None) if not each_kind else ({}, Reads(), {})
             load_avg = os.getloadavg()
         finally:
             server.stop()
@@ -595,6 +667,8 @@ def under_ingest(
         window = float(result.get("window_s") or 0)
         return float(result.get("acked_window", 0)) / window if window else 0.0
 
+    if each_kind:
+        return _each_kind_report(size, seconds, ingest_rate, read_rate, alone, phases, rate, load_avg)
     print(
         f"  ingest {ingest_rate:,.0f}/s offered, reads {read_rate:,.0f}/s offered per call kind, "
         f"{seconds:.0f} s"
@@ -685,6 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=30, help="seconds of each phase (default 30)")
     parser.add_argument(
+        "--each-kind",
+        action="store_true",
+        help="--under-ingest: each call kind alone at --read-rate beside the ingest, one after the other "
+        "(default: every kind at once, each at --read-rate)",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -706,7 +786,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.under_ingest:
         found = [
-            under_ingest(size, args.requests, args.ingest_rate, args.read_rate, args.duration, settings)
+            under_ingest(
+                size, args.requests, args.ingest_rate, args.read_rate, args.duration, settings, args.each_kind
+            )
             for size in sizes
         ]
         if len(found) > 1:
