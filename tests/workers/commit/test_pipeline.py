@@ -218,7 +218,11 @@ async def test_spooled_rows_are_counted_before_the_spool_lets_them_go(
             sub = submission([make_activity(10 * batch + n) for n in range(10)])
             pipeline.submit(sub)
             await sub.future
-            await wait_for(lambda b=batch: pipeline.stats.inserts == b + 1, "the batch to be inserted")
+            # Counted first, then the spool's commit: wait for both.
+            await wait_for(
+                lambda b=batch: pipeline.stats.inserts == b + 1 and len(spool.counted_at_commit) == b + 1,
+                "the batch to be inserted and the spool to commit it",
+            )
         assert spool.counted_at_commit == [10, 20, 30]
         assert stored(store) == 30
     finally:
