@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import inspect
 import shutil
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,22 @@ def items(activities: list[pb.Activity], indexes: Any = None) -> list[tuple[int,
     return [(i, activities[i]) for i in chosen]
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str | Callable[[], str],
+    timeout: float = 20.0,
+) -> None:
+    """Poll `condition` (a function, or a coroutine function such as a query) until it holds; fail
+    naming `what` (or what `what()` says then) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         await asyncio.sleep(0.02)
 
 
@@ -61,15 +72,19 @@ async def receipt_until(
 ) -> Receipt:
     """Poll an erasure job's receipt until `condition` holds; fail naming `what` (and the receipt) after
     `timeout` seconds, or at once when the job failed."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[Receipt] = []
+
+    async def reached() -> bool:
         receipt = await jobs.receipt(job)
         assert receipt is not None
+        last[:] = [receipt]
         if condition(receipt):
-            return receipt
+            return True
         assert receipt.state != "failed", receipt.error
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {receipt}"
-        await asyncio.sleep(0.05)
+        return False
+
+    await wait_for(reached, lambda: f"{what}: {last[0] if last else None}", timeout)
+    return last[0]
 
 
 def hold_inserts(server: Any, monkeypatch: Any) -> threading.Event:

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import asyncpg
 import psutil
 import pytest
+from helpers import wait_for
 
 from collector.config import ConfigError, load_settings
 from workers.storage.postgres import (
@@ -114,10 +114,10 @@ async def test_started_the_migration_lock_is_free_and_pooled_connections_stay_us
         try:
             # Released by the start; on the shared server, another test process's collector may hold
             # it a moment while it migrates a schema of its own.
-            deadline = time.monotonic() + 20
-            while not await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
-                assert time.monotonic() < deadline, "the migration lock stayed held after the start"
-                await asyncio.sleep(0.05)
+            await wait_for(
+                lambda: other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK),
+                "the migration lock free after the start",
+            )
             await other.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
         finally:
             await other.close()
