@@ -116,16 +116,21 @@ PRODUCT_PACKAGES = ("core", "collector", "workers", "clients/python/activity_cli
 _source_root: Path | None = None
 
 
-def snapshot_sources(into: Path) -> Path:
-    """Copy the product's packages (sources and any compiled extension) into `into`, and make every
-    child process import them from there: edits made to the working tree while the benchmark runs
-    do not reach the servers it starts. (The editable install's finder comes after PYTHONPATH.)"""
-    global _source_root
+def copy_sources(into: Path) -> Path:
+    """Copy the product's packages (sources and any compiled extension) into `into`."""
     for package in PRODUCT_PACKAGES:
         shutil.copytree(
             ROOT / package, into / Path(package).name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
-    _source_root = into
+    return into
+
+
+def snapshot_sources(into: Path) -> Path:
+    """`copy_sources`, and make every child process import the product from there: edits made to the
+    working tree while the benchmark runs do not reach the servers it starts. (The editable install's
+    finder comes after PYTHONPATH.)"""
+    global _source_root
+    _source_root = copy_sources(into)
     return into
 
 
@@ -144,15 +149,14 @@ def source_digest(root: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None, sources: Path | None = None) -> dict[str, str]:
     """The environment of every child: ours without ACTIVITY_* settings (runs must not depend on the
-    caller's shell), plus `extra`, with the product snapshot (if any) and the project root importable
-    (bench/ is not installed)."""
+    caller's shell), plus `extra`, with the product's sources (`sources`, else the snapshot if one was
+    taken) and the project root importable (bench/ is not installed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVITY_")}
     env.update(extra or {})
-    paths = [
-        str(p) for base in (_source_root, ROOT) if base is not None for p in (base, base / "clients/python")
-    ]
+    first = sources or _source_root
+    paths = [str(p) for base in (first, ROOT) if base is not None for p in (base, base / "clients/python")]
     env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     # `python -m` would put its working directory (the repository root) ahead of PYTHONPATH, and with it
     # the working tree's packages ahead of the snapshot.

@@ -6,20 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bench import runner
 
 
-def test_children_import_the_snapshot_not_the_working_tree(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runner, "_source_root", None)  # restored after the test
-    snapshot = runner.snapshot_sources(tmp_path / "sources")
+def test_children_import_the_snapshot_not_the_working_tree(tmp_path: Path) -> None:
+    snapshot = runner.copy_sources(tmp_path / "sources")
     found = subprocess.run(
         [sys.executable, "-c", "import collector; print(collector.__file__)"],
         cwd=runner.ROOT,  # where the benchmark starts its children
-        env=runner.child_env(),
+        env=runner.child_env(sources=snapshot),
         capture_output=True,
         text=True,
         timeout=60,
