@@ -44,6 +44,14 @@ INSERT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
+def _counter(name: str, doc: str, label: str, values: Iterable[tuple[str, float]]) -> CounterMetricFamily:
+    """A counter family `PREFIX + name` with one sample per (label value, count)."""
+    family = CounterMetricFamily(PREFIX + name, doc, labels=[label])
+    for key, n in values:
+        family.add_metric([key], n)
+    return family
+
+
 def _reason_label(reason: int) -> str:
     try:
         name = pb.RejectionReason.Name(reason)
@@ -101,10 +109,7 @@ class StatsCollector(Collector):
         yield failed
 
         def per_tenant(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
-            family = CounterMetricFamily(PREFIX + name, doc, labels=["tenant"])
-            for tenant, n in sorted(counts.items()):
-                family.add_metric([tenant], n)
-            return family
+            return _counter(name, doc, "tenant", sorted(counts.items()))
 
         yield per_tenant(
             "_activities_received",
@@ -461,15 +466,13 @@ class ReadsCollector(Collector):
         for (call, outcome), n in sorted(self.stats.calls.items()):
             calls.add_metric([call, outcome], n)
         yield calls
-        seconds = CounterMetricFamily(
-            PREFIX + "_read_seconds",
+        yield _counter(
+            "_read_seconds",
             "Time spent answering ProfileService calls that succeeded, by call (divide by the ok calls "
             "for the mean latency).",
-            labels=["call"],
+            "call",
+            sorted(self.stats.seconds.items()),
         )
-        for call, value in sorted(self.stats.seconds.items()):
-            seconds.add_metric([call], value)
-        yield seconds
         if self.model is not None:
             held = self.model.stats
             for name, value, text in (
@@ -491,48 +494,44 @@ class ReadsCollector(Collector):
                 ),
             ):
                 yield GaugeMetricFamily(PREFIX + f"_read_model_{name}", text, value=value)
-            events = CounterMetricFamily(
-                PREFIX + "_read_model_events",
+            yield _counter(
+                "_read_model_events",
                 "What the read model did: hit (answered from memory), load (a person read from ClickHouse "
                 "and held), passed (read from ClickHouse, not held: too large, suppressed, or not ready), "
                 "evicted (dropped for the bound), too_large, relinked (dropped by a new login), forgotten "
                 "(suppressed or erased), tail_pass, tail_row (rows added by the tail), tail_error.",
-                labels=["event"],
+                "event",
+                (
+                    ("hit", held.hits),
+                    ("load", held.loads),
+                    ("passed", held.passed),
+                    ("evicted", held.evicted),
+                    ("too_large", held.too_large),
+                    ("relinked", held.relinked),
+                    ("forgotten", held.forgotten),
+                    ("tail_pass", held.tail_passes),
+                    ("tail_row", held.tail_rows),
+                    ("tail_error", held.tail_errors),
+                ),
             )
-            for event, value in (
-                ("hit", held.hits),
-                ("load", held.loads),
-                ("passed", held.passed),
-                ("evicted", held.evicted),
-                ("too_large", held.too_large),
-                ("relinked", held.relinked),
-                ("forgotten", held.forgotten),
-                ("tail_pass", held.tail_passes),
-                ("tail_row", held.tail_rows),
-                ("tail_error", held.tail_errors),
-            ):
-                events.add_metric([event], value)
-            yield events
         if self.lists is not None:
             lists = self.lists.stats
             yield GaugeMetricFamily(
                 PREFIX + "_read_lists", "Recommendation lists held in memory.", value=lists.entries
             )
-            found = CounterMetricFamily(
-                PREFIX + "_read_list_events",
+            yield _counter(
+                "_read_list_events",
                 "Recommendation lists: hit, computed (on a call), refreshed (behind the calls), "
                 "refresh_error, asked_store (a call the lists could not answer).",
-                labels=["event"],
+                "event",
+                (
+                    ("hit", lists.hits),
+                    ("computed", lists.computed),
+                    ("refreshed", lists.refreshed),
+                    ("refresh_error", lists.refresh_errors),
+                    ("asked_store", lists.asked_store),
+                ),
             )
-            for event, value in (
-                ("hit", lists.hits),
-                ("computed", lists.computed),
-                ("refreshed", lists.refreshed),
-                ("refresh_error", lists.refresh_errors),
-                ("asked_store", lists.asked_store),
-            ):
-                found.add_metric([event], value)
-            yield found
 
 
 class Metrics:
