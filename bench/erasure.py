@@ -120,6 +120,12 @@ async def main() -> None:
     parser.add_argument(
         "--window", type=float, default=10.0, help="--through-collector: seconds measured per window"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="--through-collector: activities/s offered (default 0: a closed loop, as fast as acknowledged)",
+    )
     args = parser.parse_args()
     if args.through_collector:
         from bench.erasure_ingest import run

@@ -5,10 +5,10 @@
 Starts `activity-collector serve` (spool on, the embedded engines) as a subprocess, fills its
 `activities` with `--rows` activities of the default tenant through its control socket, computes the
 rollups, then runs interleaved rounds of the load generator (`bench.loadgen`: `TrackActivities` batches
-of 100, closed loop, 8 callers), each round once without and once with an erasure of one more person
+of 100, 8 callers, closed loop or at `--rate` activities/s), each round once without and once with an erasure of one more person
 of that tenant requested at the start of the measured window (in A/B, then B/A order). It prints, per
 round, the acknowledged activities per second and the collector's CPU per 1,000 activities in both
-windows and their ratio, how much of the window the erasure covered, and the time of each of its steps
+windows and their ratio, the acknowledgements' p99 latency, how much of the window the erasure covered, and the time of each of its steps
 (from the job's receipt). The tenant has a suppression (an opt-out) from the start: every window then
 takes the same intake path (a tenant with a suppression leaves the compiled path, as it does after its
 first erasure).
@@ -84,10 +84,12 @@ async def run(args: argparse.Namespace) -> None:
         jobs = ErasureStore(pool)
         opts = RunOptions(warmup_s=2.0, duration_s=args.window)
         rows: list[tuple[float, float, float, float, float, Receipt]] = []
+        p99s: list[tuple[float, float]] = []
         busy: list[float] = []
         for n in range(args.rounds):
             order = (False, True) if n % 2 == 0 else (True, False)
             figures: dict[bool, tuple[float, float]] = {}
+            tails: dict[bool, float] = {}
             receipt: Receipt | None = None
             overlap = 0.0
             for erase in order:
@@ -101,6 +103,7 @@ async def run(args: argparse.Namespace) -> None:
                     server_pid=server.pid,
                     server_marker=str(data),
                     api_key=server.api_key,
+                    rate=args.rate,
                     seed=n * 2 + int(erase) + 1,
                 )
                 round_dir = work / f"round-{n}-{'erase' if erase else 'plain'}"
@@ -115,6 +118,7 @@ async def run(args: argparse.Namespace) -> None:
                 # ms of the collector's CPU (all its threads, the embedded engine's too) per 1,000 acks.
                 cpu_per_k = 1e6 * (result["server_group_cpu_s"] or 0.0) / max(result["acked_window"], 1)
                 figures[erase] = (acked, cpu_per_k)
+                tails[erase] = float(result.get("latency_ms", {}).get("p99", float("nan")))
                 busy.append(result["machine_busy_cores"])
                 if job is not None:
                     receipt = await _erasure_done(jobs, job, 600)
@@ -123,22 +127,29 @@ async def run(args: argparse.Namespace) -> None:
                         overlap = min(span, args.window) / args.window
             assert receipt is not None
             rows.append((*figures[False], *figures[True], overlap, receipt))
+            p99s.append((tails[False], tails[True]))
 
+        offered = f"{args.rate:,.0f} activities/s offered" if args.rate else "closed loop"
         print(
-            f"\ningest through the collector (TrackActivities, batches of 100, 8 callers, {args.window:g} s"
-            " windows); machine busy (cores of 2, all processes):"
+            f"\ningest through the collector (TrackActivities, batches of 100, 8 callers, {offered},"
+            f" {args.window:g} s windows); machine busy (cores of 2, all processes):"
             f" {min(busy):.2f}-{max(busy):.2f}"
         )
-        print("round  plain act/s  cpu ms/1k   erasing act/s  cpu ms/1k   ratio  window erased  erasure")
+        print(
+            "round  plain act/s  cpu ms/1k  p99 ms   erasing act/s  cpu ms/1k  p99 ms   ratio"
+            "  window erased  erasure"
+        )
         for n, (plain, plain_cpu, erasing, erasing_cpu, overlap, receipt) in enumerate(rows):
             span = (
                 (receipt.finished_at - receipt.started_at).total_seconds()
                 if receipt.started_at and receipt.finished_at
                 else float("nan")
             )
+            plain_p99, erasing_p99 = p99s[n]
             print(
-                f"{n:>5}  {plain:>11,.0f}  {plain_cpu:>9.1f}   {erasing:>13,.0f}  {erasing_cpu:>9.1f}"
-                f"   {erasing / plain:>5.2f}  {overlap:>12.0%}  {span:.1f} s ({receipt.state})"
+                f"{n:>5}  {plain:>11,.0f}  {plain_cpu:>9.1f}  {plain_p99:>6.1f}   {erasing:>13,.0f}"
+                f"  {erasing_cpu:>9.1f}  {erasing_p99:>6.1f}   {erasing / plain:>5.2f}  {overlap:>12.0%}"
+                f"  {span:.1f} s ({receipt.state})"
             )
         ratios = [erasing / plain for plain, _, erasing, _, _, _ in rows]
         print(f"median ratio (erasing / plain): {statistics.median(ratios):.2f}")

@@ -570,6 +570,7 @@ def under_ingest(
     seconds: float,
     settings: dict[str, str] | None = None,
     each_kind: bool = False,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     import asyncio
     import os
@@ -663,7 +664,7 @@ def under_ingest(
                 thread.join()
                 return together, reads, inside
 
-            phases = {kind: with_reads([kind]) for kind in KINDS} if each_kind else {}
+            phases = {kind: with_reads([kind]) for kind in only or KINDS} if each_kind else {}
             together, reads, inside = with_reads(None) if not each_kind else ({}, Reads(), {})
             load_avg = os.getloadavg()
         finally:
@@ -773,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
         "(default: every kind at once, each at --read-rate)",
     )
     parser.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        choices=["GetProfile", *STRATEGIES],
+        help="--each-kind: this call kind only (GetProfile or a strategy), repeatable (default: every one)",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -795,7 +803,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.under_ingest:
         found = [
             under_ingest(
-                size, args.requests, args.ingest_rate, args.read_rate, args.duration, settings, args.each_kind
+                size,
+                args.requests,
+                args.ingest_rate,
+                args.read_rate,
+                args.duration,
+                settings,
+                args.each_kind,
+                [k if k == "GetProfile" else f"GetRecommendations {k}" for k in args.kind],
             )
             for size in sizes
         ]

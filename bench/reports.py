@@ -2,12 +2,14 @@
 
 For each size the benchmark creates a fresh database on the embedded engine through the product's
 migrations (`apply_migrations`), generates the shop inside ClickHouse (`bench/shop_sql.py`: 200,000
-people over 30 days, sources, variants, searches, bots, 1 % of the activities resent), waits for the
-background merges to settle, then runs every report of `activity-collector report` over the 30 days,
-as the command builds it (its own argument parser and SQL builders), `--runs` times, and prints the
-median, the spread and what the engine read (its `SelectedRows` and `SelectedBytes` counters, taken
-around each query: the embedded engine keeps no query log). A report the command does not offer yet,
-or whose flags it does not take, is skipped with a note. See bench/README.md, "Reports".
+people over 30 days, sources, variants, searches, bots, 1 % of the activities resent), refreshes the
+rollups, waits for the background merges to settle, times two reports over the rollups as the refresh
+wrote them, merges the rollups' parts (what the engine does minutes later), then runs every report of
+`activity-collector report` over the 30 days, as the command builds it (its own argument parser and
+SQL builders), `--runs` times, and prints the median, the spread and what the engine read (its
+`SelectedRows` and `SelectedBytes` counters, taken around each query: the embedded engine keeps no
+query log). A report the command does not offer yet, or whose flags it does not take, is skipped with
+a note. See bench/README.md, "Reports".
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import clickhouse_connect
 from bench.shop_sql import DAYS, FIRST_DAY, PEOPLE, TENANT, generate_sql, resend_sql
 from collector.cli import report
 from collector.cli.report_sources import reads_rollups, rollups_current_sql
-from workers.storage.analytics_schema import AGGREGATES, MEASURE
+from workers.storage.analytics_schema import AGGREGATES, MEASURE, ROLLUP_MERGE_AGE_S
 from workers.storage.migrations import apply_migrations, database_ddl
 from workers.storage.refresher import refresh_aggregates
 from workers.storage.session_rollups import EVERY_ROLLUP
@@ -72,6 +74,12 @@ REPORTS: tuple[tuple[str, list[str], int | None], ...] = (
     ("experiment", ["experiment", "--name", "pdp-similar"], 2000),
     ("queries", ["queries"], 2000),
     ("sessions", ["sessions"], None),
+)
+
+# Before the rollups' parts are merged (the minutes after a refresh wrote a day).
+UNMERGED: tuple[tuple[str, list[str], int | None], ...] = (
+    ("top-targets click, rollups just refreshed", ["top-targets", "--action", "click"], None),
+    ("sources --by name, rollups just refreshed", ["sources", "--by", "name"], None),
 )
 
 # What the aggregates cost to read, next to the raw table.
@@ -261,6 +269,36 @@ def print_growth(timings: list[Timing], sizes: list[str]) -> None:
         print(f"{name:<42} {a.median_ms:>10,.1f} {b.median_ms:>10,.1f} {growth:>6.1f}x {target:>10} {met:>4}")
 
 
+def time_report(
+    engine: Engine, size: str, name: str, arguments: list[str], runs: int, target: int | None
+) -> Timing:
+    """One report as `activity-collector report <arguments>` runs it, timed (skipped with a note when
+    the command does not offer it)."""
+    request, why = report_request(arguments)
+    if request is None:
+        print(f"  {name}: skipped ({why})", flush=True)
+        return Timing(name, size, target_ms=target, skipped=why)
+    try:
+        request = current(engine, request)
+        sql = report.REPORTS[request.name].sql(request)
+        timing = measure(engine, size, name, sql, runs, target)
+    except Exception as error:  # a report being built in this tree: noted, not fatal
+        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+        print(f"  {name}: skipped ({why})", flush=True)
+        return Timing(name, size, target_ms=target, skipped=why)
+    print(f"  {name}: {timing.median_ms:,.1f} ms", flush=True)
+    return timing
+
+
+def merge_rollups(engine: Engine) -> float:
+    """Each rollup's partitions merged into one part, as the engine does by itself once their parts
+    are `ROLLUP_MERGE_AGE_S` old (schema version 17). Seconds taken."""
+    start = time.perf_counter()
+    for rollup in EVERY_ROLLUP:
+        engine.client.command(f"OPTIMIZE TABLE `{rollup.rollup}` FINAL")
+    return time.perf_counter() - start
+
+
 def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timing], dict[str, Any]]:
     database = f"bench_reports_{size.lower()}"
     engine.client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
@@ -277,6 +315,15 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
     for table, n, disk, raw in stored:
         print(f"  {table:<24} {n:>12,} rows {_mib(disk):>9} MiB on disk {_mib(raw):>9} MiB uncompressed")
     timings: list[Timing] = []
+    # Just refreshed: the rollups in the parts the refresh wrote, read with FINAL merging them.
+    for name, arguments, target in UNMERGED:
+        timings.append(time_report(engine, size, name, arguments, runs, target))
+    merged_s = merge_rollups(engine)
+    print(
+        f"  rollups merged into one part per partition in {merged_s:.1f} s (the engine does it "
+        f"{ROLLUP_MERGE_AGE_S} s after a refresh)",
+        flush=True,
+    )
     for name, sql in PROBES:
         timings.append(measure(engine, size, name, sql, runs, None))
     overview, _ = report_request(["overview"])
@@ -293,22 +340,7 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
             check = rollups_current_sql(by_name)
             timings.append(measure(engine, size, "(rollups check of sources, queries)", check, runs, 100))
     for name, arguments, target in REPORTS:
-        request, why = report_request(arguments)
-        if request is None:
-            print(f"  {name}: skipped ({why})", flush=True)
-            timings.append(Timing(name, size, target_ms=target, skipped=why))
-            continue
-        try:
-            request = current(engine, request)
-            sql = report.REPORTS[request.name].sql(request)
-            timing = measure(engine, size, name, sql, runs, target)
-        except Exception as error:  # a report being built in this tree: noted, not fatal
-            why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-            print(f"  {name}: skipped ({why})", flush=True)
-            timings.append(Timing(name, size, target_ms=target, skipped=why))
-            continue
-        print(f"  {name}: {timing.median_ms:,.1f} ms", flush=True)
-        timings.append(timing)
+        timings.append(time_report(engine, size, name, arguments, runs, target))
     # With live traffic the last day is touched after every refresh: the aggregates read it from
     # `activities` (a day of raw rows) until the next one.
     last = FIRST_DAY.fromordinal(LAST_DAY).isoformat()
@@ -343,6 +375,7 @@ def run_size(engine: Engine, size: str, rows: int, runs: int) -> tuple[list[Timi
         "refresh_s": refresh.seconds,
         "refreshed_days": refresh.days,
         "merges_settled_s": settled_s,
+        "rollups_merged_s": merged_s,
         "storage": stored,
     }
     engine.client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")

@@ -33,7 +33,7 @@ from workers.storage.schema import (
     rejections_statements,
     source_statements,
 )
-from workers.storage.session_rollups import session_rollup_statements
+from workers.storage.session_rollups import rollup_merge_statements, session_rollup_statements
 from workers.storage.source_rollups import source_rollups_statements
 
 
@@ -83,6 +83,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "read side: activities by person carry their write time", person_tail_statements),
     Migration(15, "rollup of the sessions per day", session_rollup_statements),
     Migration(16, "top targets' rollup sorted by target", rollup_reorder_statements),
+    # A rollup's partition merged into one part once its parts are a few minutes old: FINAL then
+    # reads it without merging.
+    Migration(17, "rollups merged per partition", rollup_merge_statements),
 )
 
 # Parts below this many rows are written compact. Above the largest insert (`insert_max_rows`,

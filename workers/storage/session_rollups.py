@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from workers.storage.analytics_schema import (
     AGGREGATES,
+    ROLLUP_SETTINGS,
     TOUCHES,
     Aggregate,
     Dimension,
@@ -209,3 +210,13 @@ EVERY_ROLLUP: tuple[Aggregate | SourceRollup | SessionRollup, ...] = (
     SESSION_FIGURES,
 )
 """Every table a refresh computes and an erasure rebuilds (`aggregate_rebuild_statements` takes each)."""
+
+
+def rollup_merge_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """Migration 17: every rollup's partitions merged into one part once their parts are old enough
+    (`ROLLUP_SETTINGS`), on every node of a cluster."""
+    return [
+        f"ALTER TABLE `{database}`.`{cluster.local(rollup.rollup)}`{cluster.on_cluster} "
+        f"MODIFY SETTING {ROLLUP_SETTINGS}"
+        for rollup in EVERY_ROLLUP
+    ]

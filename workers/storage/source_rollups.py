@@ -42,6 +42,7 @@ from workers.storage.analytics_schema import (
     PERSON,
     REFRESHES,
     REVENUE,
+    ROLLUP_SETTINGS,
     TOUCHES,
     VIEWS,
     Dimension,
@@ -382,6 +383,7 @@ def rollup_table_ddl(database: str, rollup: DayRollup, cluster: Cluster = SINGLE
         + f"\n)\nENGINE = {cluster.engine('ReplacingMergeTree', 'refreshed_at')}\n"
         "PARTITION BY toYYYYMM(day)\n"
         f"ORDER BY ({', '.join(rollup.key_names)})\n"
+        f"SETTINGS {ROLLUP_SETTINGS}\n"
         f"COMMENT {quote(f'{rollup.comment} Refreshed per day; read {rollup.name}.')}"
     )
 

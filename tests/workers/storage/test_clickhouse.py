@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
-from helpers import items, make_activity
+from helpers import items, make_activity, wait_for
 
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.rows import Envelope, encode_rows, envelope
-from workers.storage.analytics_schema import AGGREGATE, rollup_table_ddl
+from workers.storage.analytics_schema import AGGREGATE, ROLLUP_MERGE_AGE_S, rollup_table_ddl
 from workers.storage.clickhouse import ClickHouseStore, StoreError, classify
 from workers.storage.migrations import COMPACT_PART_MAX_ROWS, MIGRATIONS, apply_migrations, latest_version
 from workers.storage.refresher import refresh_aggregates
 from workers.storage.schema import COLUMNS, ENRICHMENT_COLUMNS, SOURCE_COLUMNS
+from workers.storage.session_rollups import EVERY_ROLLUP
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -257,3 +258,62 @@ def test_version_16_sorts_the_top_targets_rollup_by_target_and_keeps_its_rows(
     assert store.query(rows, "TabSeparated") == before
     tables = store.query("SHOW TABLES LIKE 'target_stats_daily_rollup%'", "TabSeparated")
     assert tables == b"target_stats_daily_rollup\n"
+
+
+def _rollup_settings(store: ClickHouseStore) -> dict[str, str]:
+    listed = store.query(
+        "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
+        "AND name LIKE '%\\\\_rollup' ORDER BY name",
+        "TabSeparated",
+    )
+    return dict(line.split("\t", 1) for line in listed.decode().splitlines())
+
+
+def test_version_17_merges_every_rollup_partition_once_its_parts_are_old(
+    store: ClickHouseStore, database: str
+) -> None:
+    every = {rollup.rollup for rollup in EVERY_ROLLUP}
+
+    def merged_when_old() -> set[str]:
+        return {
+            name
+            for name, engine in _rollup_settings(store).items()
+            if f"min_age_to_force_merge_seconds = {ROLLUP_MERGE_AGE_S}" in engine
+            and "min_age_to_force_merge_on_partition_only = 1" in engine
+        }
+
+    assert set(_rollup_settings(store)) == every
+    assert merged_when_old() == every
+    # The tables as versions 11 to 16 left them: without the settings.
+    for name in every:
+        store.command(
+            f"ALTER TABLE `{name}` RESET SETTING min_age_to_force_merge_seconds, "
+            "min_age_to_force_merge_on_partition_only"
+        )
+    assert merged_when_old() == set()
+    store.command("ALTER TABLE schema_migrations DELETE WHERE version = 17 SETTINGS mutations_sync = 1")
+    with store._client() as client:
+        assert apply_migrations(client, database) == [17]
+    assert merged_when_old() == every
+
+
+async def test_a_rollup_partition_refreshed_twice_becomes_one_part(store: ClickHouseStore) -> None:
+    # The age lowered so that the test need not wait minutes; the rest is the rollup as migrated.
+    store.command("ALTER TABLE target_stats_daily_rollup MODIFY SETTING min_age_to_force_merge_seconds = 1")
+    store.command("SYSTEM STOP MERGES target_stats_daily_rollup")
+    for first in (0, 5):
+        _insert(store, [make_activity(n) for n in range(first, first + 5)], "shop")
+        refresh_aggregates(store.command, store.database, margin_s=0)
+    parts = (
+        "SELECT count() FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'target_stats_daily_rollup' AND active"
+    )
+    assert int(store.query(parts, "TabSeparated")) >= 2
+    store.command("SYSTEM START MERGES target_stats_daily_rollup")
+    await wait_for(
+        lambda: int(store.query(parts, "TabSeparated")) == 1,
+        lambda: f"one part; {store.query(parts, 'TabSeparated').decode().strip()} now",
+        timeout=45,
+    )
+    final = store.query("SELECT sum(activities) FROM target_stats_daily_rollup FINAL", "TabSeparated")
+    assert int(final) == 10
