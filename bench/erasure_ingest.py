@@ -4,12 +4,13 @@
 
 Starts `activity-collector serve` (spool on, the embedded engines) as a subprocess, fills its
 `activities` with `--rows` activities of the default tenant through its control socket, computes the
-rollups, then runs interleaved rounds of the load generator (`bench.loadgen`: `TrackActivities` batches
-of 100, 8 callers, closed loop or at `--rate` activities/s), each round once without and once with an erasure of one more person
-of that tenant requested at the start of the measured window (in A/B, then B/A order). It prints, per
-round, the acknowledged activities per second and the collector's CPU per 1,000 activities in both
-windows and their ratio, the acknowledgements' p99 latency, how much of the window the erasure covered, and the time of each of its steps
-(from the job's receipt). The tenant has a suppression (an opt-out) from the start: every window then
+rollups, then runs interleaved rounds of the load generator (`bench.loadgen`: `TrackActivities`
+batches of 100, 8 callers, closed loop or at `--rate` activities/s), each round once without and once
+with an erasure of one more person of that tenant requested at the start of the measured window (in
+A/B, then B/A order). It prints, per round, the acknowledged activities per second, the collector's
+CPU per 1,000 activities and the acknowledgements' p99 latency in both windows, their ratio, how much
+of the window the erasure covered, and the time of each of its steps (from the job's receipt).
+The tenant has a suppression (an opt-out) from the start: every window then
 takes the same intake path (a tenant with a suppression leaves the compiled path, as it does after its
 first erasure).
 """

@@ -40,6 +40,19 @@ POLLER_NAME = "grpc_aio_poller"
 _request_path: set[int] = set()
 
 
+def niced(sql: str, niceness: int, max_threads: int = 0) -> str:
+    """`sql` run by ClickHouse threads at `niceness` (its `os_thread_priority`; 0: as they are) and on
+    at most `max_threads` of them (0: as many as the engine likes); the statement's own settings, if
+    any, on its last line. A ClickHouse server needs CAP_SYS_NICE to apply the niceness."""
+    extra = [f"os_thread_priority = {niceness}"] if niceness else []
+    extra += [f"max_threads = {max_threads}"] if max_threads else []
+    if not extra:
+        return sql
+    if sql.rpartition("\n")[2].startswith("SETTINGS "):
+        return f"{sql}, {', '.join(extra)}"
+    return f"{sql}\nSETTINGS {', '.join(extra)}"
+
+
 def keep_current_thread() -> None:
     """Mark the calling thread as part of the request path: it keeps the process's priority."""
     _request_path.add(threading.get_native_id())

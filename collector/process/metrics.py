@@ -522,12 +522,14 @@ class ReadsCollector(Collector):
             yield _counter(
                 "_read_list_events",
                 "Recommendation lists: hit, computed (on a call), refreshed (behind the calls), "
-                "refresh_error, asked_store (a call the lists could not answer).",
+                "refresh_query (a query of the refreshes, for one list or several), refresh_error, "
+                "asked_store (a call the lists could not answer).",
                 "event",
                 (
                     ("hit", lists.hits),
                     ("computed", lists.computed),
                     ("refreshed", lists.refreshed),
+                    ("refresh_query", lists.refresh_queries),
                     ("refresh_error", lists.refresh_errors),
                     ("asked_store", lists.asked_store),
                 ),

@@ -38,6 +38,7 @@ import asyncpg
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.wire import WireError, bytes_field, iter_fields, payload
 from workers.commit.deadletters import split_rows
+from workers.priority import niced
 from workers.privacy.marks import collectors_behind
 from workers.privacy.persons import PersonIds, SqlEngine, resolve_person
 from workers.processors.suppression import Suppressions, SuppressionStore, id_digest
@@ -290,15 +291,6 @@ ERASURE_NICENESS = 19
 of every rollup, seconds of CPU that, with the embedded engine, would come out of the ingest's cores;
 at 19 it takes what ingest leaves. On a ClickHouse server without the CAP_SYS_NICE capability the
 setting does nothing."""
-
-
-def niced(sql: str, niceness: int = ERASURE_NICENESS) -> str:
-    """`sql` run at `niceness` (0: as it is); its own settings, if any, on its last line."""
-    if not niceness:
-        return sql
-    if sql.rpartition("\n")[2].startswith("SETTINGS "):
-        return f"{sql}, os_thread_priority = {niceness}"
-    return f"{sql}\nSETTINGS os_thread_priority = {niceness}"
 
 
 class ErasureRunner:

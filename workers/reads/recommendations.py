@@ -16,6 +16,7 @@ Blocking: run off the event loop.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from workers.reads.people import PERSON, Person, rows
@@ -82,6 +83,41 @@ def together_sql(tenant: str, action: str, target: tuple[str, str], exclude: str
         f"AND NOT (target_type = {quote(target_type)} AND target_id = {quote(target_id)}) AND {exclude} "
         f"GROUP BY target_type, target_id ORDER BY score DESC, target_type, target_id LIMIT {limit}"
     )
+
+
+def together_many_sql(tenant: str, action: str, seeds: list[tuple[str, str]], limit: int) -> str:
+    """`together_sql` for each of `seeds` at once (no exclusions): two scans of the tenant's `action`s
+    instead of two per seed. A row per seed with another target: seed_type, seed_id, and `items`, the
+    best `limit` (target_type, target_id, score), best first (one array per seed: little to parse)."""
+    base = f"{_recent(tenant)} AND action = {quote(action)}"
+    listed = ", ".join(f"({quote(t)}, {quote(i)})" for t, i in seeds)
+    seeders = f"FROM activities WHERE {base} AND (target_type, target_id) IN ({listed})"
+    scored = (
+        "SELECT seed_type, seed_id, target_type, target_id, uniqExact(person) AS score FROM "
+        f"(SELECT {PERSON} AS person, target_type, target_id FROM activities WHERE {base} "
+        f"AND {PERSON} IN (SELECT {PERSON} {seeders})) AS done "
+        f"INNER JOIN (SELECT DISTINCT {PERSON} AS person, target_type AS seed_type, "
+        f"target_id AS seed_id {seeders}) AS seeds USING person "
+        "WHERE NOT (target_type = seed_type AND target_id = seed_id) "
+        "GROUP BY seed_type, seed_id, target_type, target_id"
+    )
+    ranked = "arraySort(x -> (-x.3, x.1, x.2), groupArray((target_type, target_id, score)))"
+    return (
+        f"SELECT seed_type, seed_id, arraySlice({ranked}, 1, {limit}) AS items FROM ({scored}) "
+        "GROUP BY seed_type, seed_id"
+    )
+
+
+def query_together(
+    engine: QueryEngine, sql: str, seeds: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[Item]]:
+    """The items of `together_many_sql` per seed; a seed nobody shares with others has none."""
+    found: dict[tuple[str, str], list[Item]] = {seed: [] for seed in seeds}
+    for line in engine.query(sql, "JSONCompactEachRow").splitlines():
+        if line.strip():
+            seed_type, seed_id, ranked = json.loads(line)
+            found[(seed_type, seed_id)] = [Item(t, i, float(score)) for t, i, score in ranked]
+    return found
 
 
 def trending_sql(tenant: str, exclude: str, limit: int) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.privacy.erasure import ErasureRunner, niced
+from workers.priority import niced
+from workers.privacy.erasure import ERASURE_NICENESS, ErasureRunner
 from workers.privacy.persons import PersonIds
 from workers.privacy.retention import Retention, retention_statements
 from workers.storage.analytics_schema import aggregate_rebuild_statements
@@ -32,12 +33,10 @@ def test_the_cluster_statements_of_an_erasure_and_a_retention_parse(store: Click
     ]
     for aggregate in EVERY_ROLLUP:
         # As the erasure runs them: at its niceness.
-        statements += map(
-            niced,
-            aggregate_rebuild_statements(
-                "shop", aggregate, "shop-a", f"{aggregate.bucket.name} IN ('2026-11-02')", CLUSTER
-            ),
+        rebuild = aggregate_rebuild_statements(
+            "shop", aggregate, "shop-a", f"{aggregate.bucket.name} IN ('2026-11-02')", CLUSTER
         )
+        statements += [niced(statement, ERASURE_NICENESS) for statement in rebuild]
     statements += retention_statements("shop", {"shop-a": Retention("shop-a", 30, 400)}, CLUSTER)
     statements += retention_statements("shop", {}, CLUSTER, frozenset({"activities_local"}))
     for statement in statements:
