@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.runner import collector_settings
 from collector.config import Settings
 from workers.privacy.erasure import ErasureRunner, ErasureStore, ErasureWorker
 from workers.storage.analytics_schema import EPOCH, refresh_statements
@@ -126,7 +127,19 @@ async def main() -> None:
         default=0.0,
         help="--through-collector: activities/s offered (default 0: a closed loop, as fast as acknowledged)",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--through-collector: a setting of the collector (docs/configuration.md), repeatable; "
+        "for example background_niceness=19",
+    )
     args = parser.parse_args()
+    try:
+        collector_settings(args.setting)
+    except ValueError as error:
+        parser.error(str(error))
     if args.through_collector:
         from bench.erasure_ingest import run
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.erasure import insert_sql
 from bench.loadgen import Spec
-from bench.runner import RunOptions, ServerProcess, child_env, collector_argv, run_loadgen
+from bench.runner import RunOptions, ServerProcess, child_env, collector_argv, collector_settings, run_loadgen
 from collector.process.control import query_via_control
 from workers.privacy.erasure import ErasureStore, Receipt
 from workers.processors.suppression import USER, SuppressionStore, id_digest
@@ -67,7 +67,7 @@ async def _erasure_done(jobs: ErasureStore, job: int, timeout: float) -> Receipt
 async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-erasure-ingest-"))
     data = work / "data"
-    env = child_env()
+    env = child_env(collector_settings(args.setting))
     argv = [*collector_argv(data, "warning", env), "--spool", "true"]
     if args.postgres_dsn:
         argv += ["--postgres-dsn", args.postgres_dsn]

@@ -797,13 +797,13 @@ def main(argv: list[str] | None = None) -> int:
         "for example drain_interval_ms=500",
     )
     args = parser.parse_args(argv)
-    settings: dict[str, str] = {}
-    for given in args.setting:
-        name, equals, value = given.partition("=")
-        if not equals or not name.strip():
-            print(f"bench.reads: --setting: NAME=VALUE, got {given!r}", file=sys.stderr)
-            return 2
-        settings[f"ACTIVITY_{name.strip().upper()}"] = value.strip()
+    from bench.runner import collector_settings
+
+    try:
+        settings = collector_settings(args.setting)
+    except ValueError as error:
+        print(f"bench.reads: {error}", file=sys.stderr)
+        return 2
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     if not sizes or any(s not in SIZES for s in sizes) or args.requests < 2:
         print(f"bench.reads: --sizes: some of {', '.join(SIZES)}; --requests at least 2", file=sys.stderr)

@@ -149,6 +149,18 @@ def source_digest(root: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+def collector_settings(given: list[str]) -> dict[str, str]:
+    """`--setting NAME=VALUE` arguments as the collector's environment (`ACTIVITY_NAME=VALUE`);
+    ValueError naming the one that is not NAME=VALUE."""
+    settings: dict[str, str] = {}
+    for one in given:
+        name, equals, value = one.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--setting: NAME=VALUE, got {one!r}")
+        settings[f"ACTIVITY_{name.strip().upper()}"] = value.strip()
+    return settings
+
+
 def child_env(extra: dict[str, str] | None = None, sources: Path | None = None) -> dict[str, str]:
     """The environment of every child: ours without ACTIVITY_* settings (runs must not depend on the
     caller's shell), plus `extra`, with the product's sources (`sources`, else the snapshot if one was
