@@ -569,8 +569,7 @@ def under_ingest(
     read_rate: float,
     seconds: float,
     settings: dict[str, str] | None = None,
-    each_kind: bool = False,
-    only: list[str] | None = None,
+    each_kind: list[str] | None = None,
 ) -> dict[str, Any]:
     import asyncio
     import os
@@ -664,7 +663,8 @@ def under_ingest(
                 thread.join()
                 return together, reads, inside
 
-            phases = {kind: with_reads([kind]) for kind in only or KINDS} if each_kind else {}
+            # `each_kind`: these kinds one after another, each alone; else every kind at once.
+            phases = {kind: with_reads([kind]) for kind in each_kind} if each_kind else {}
             together, reads, inside = with_reads(None) if not each_kind else ({}, Reads(), {})
             load_avg = os.getloadavg()
         finally:
@@ -808,6 +808,11 @@ def main(argv: list[str] | None = None) -> int:
     if not sizes or any(s not in SIZES for s in sizes) or args.requests < 2:
         print(f"bench.reads: --sizes: some of {', '.join(SIZES)}; --requests at least 2", file=sys.stderr)
         return 2
+    if args.kind and not args.each_kind:
+        print("bench.reads: --kind goes with --each-kind", file=sys.stderr)
+        return 2
+    chosen = [k if k == "GetProfile" else f"GetRecommendations {k}" for k in args.kind]
+    each_kind = (chosen or KINDS) if args.each_kind else None
     if args.under_ingest:
         found = [
             under_ingest(
@@ -817,8 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.read_rate,
                 args.duration,
                 settings,
-                args.each_kind,
-                [k if k == "GetProfile" else f"GetRecommendations {k}" for k in args.kind],
+                each_kind,
             )
             for size in sizes
         ]

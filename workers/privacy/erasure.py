@@ -440,10 +440,11 @@ class ErasureRunner:
     def _mutation(self, table: str, where: str) -> str:
         """A delete that rewrites the parts holding the rows (the data is gone from disk when it
         returns), on every replica of every shard on a cluster."""
-        return (
+        delete = (
             f"ALTER TABLE {self._table(self.cluster.local(table))}{self.cluster.on_cluster}"
-            f" DELETE WHERE {where} SETTINGS mutations_sync = 2, os_thread_priority = {self.niceness}"
+            f" DELETE WHERE {where}\nSETTINGS mutations_sync = 2"
         )
+        return niced(delete, self.niceness)
 
     async def _delete_clickhouse(self, job: Job, ids: PersonIds) -> None:
         tenant = quote(job.tenant)

@@ -433,7 +433,6 @@ class TrackingPlans:
 
     def __init__(self, plans: Mapping[str, Plan] | None = None) -> None:
         self._plans: dict[str, Plan] = {}
-        self._programs: dict[str, Any] = {}
         self._checks: dict[str, tuple[Plan, Any, dict[str, bytes]]] = {}
         self.replace(plans or {}, 0)
         self.version = 0
@@ -448,18 +447,17 @@ class TrackingPlans:
         return self._plans
 
     def replace(self, plans: Mapping[str, Plan], version: int) -> None:
-        programs = {tenant: compile_program(plan) for tenant, plan in plans.items()}
-        # Per tenant with a program: the plan, its program, and the plan's name (as the program has
-        # it) of each action as activities spell it, filled as they come.
-        checks: dict[str, tuple[Plan, Any, dict[str, bytes]]] = {
-            tenant: (plan, programs[tenant], {})
-            for tenant, plan in plans.items()
-            if programs[tenant] is not None
-        }
+        # Per tenant with a program (None without the compiled module): the plan, its program, and
+        # the plan's name (as the program has it) of each action as activities spell it, filled as
+        # they come.
+        checks: dict[str, tuple[Plan, Any, dict[str, bytes]]] = {}
+        for tenant, plan in plans.items():
+            program = compile_program(plan)
+            if program is not None:
+                checks[tenant] = (plan, program, {})
         # Assignments only, no await between them: a request on the event loop sees the old plans
         # and programs or the new ones, never a mix.
         self._plans = dict(plans)
-        self._programs = programs
         self._checks = checks
         self.version = version
 
@@ -489,7 +487,7 @@ class TrackingPlans:
     def screen(self, tenant: str, raw: bytes, spans: bytes) -> tuple[bytes, bytes] | None:
         """The fast spans of `raw` that certainly conform to the tenant's plan, and those `process`
         must judge (see `workers.processors.plan_screen`); None without the compiled module."""
-        program = self._programs.get(tenant)
-        if program is None:
+        compiled = self._checks.get(tenant)
+        if compiled is None:
             return (spans, b"") if tenant not in self._plans else None
-        return fastpath.plan_screen(raw, spans, program)
+        return fastpath.plan_screen(raw, spans, compiled[1])

@@ -1198,20 +1198,25 @@ def aggregate_rebuild_statements(
         statements = session_rollups.rebuild_statements(
             database, aggregate, tenant_id, buckets_where_sql, cluster
         )
-        return [cluster.foreground(s) for s in statements]
-    if isinstance(aggregate, source_rollups.SourceRollup):
+    elif isinstance(aggregate, source_rollups.SourceRollup):
         # Rollups of schema version 13: the chosen days and the days their touches' credit reaches.
         statements = source_rollups.rebuild_statements(
             database, aggregate, tenant_id, buckets_where_sql, cluster
         )
-        return [cluster.foreground(s) for s in statements]
-    tenant = f"tenant_id = {quote(tenant_id)}"
-    local = cluster.local(aggregate.rollup)
-    delete = (
-        f"DELETE FROM `{database}`.`{local}`{cluster.on_cluster} WHERE {tenant} AND ({buckets_where_sql})"
-    )
-    # The condition names the bucket's alias (`toDate(occurred_at) AS day`): ClickHouse resolves the
-    # aliases of the SELECT list in WHERE.
-    insert = f"INSERT INTO `{database}`.`{aggregate.rollup}` ({_rollup_columns(aggregate)}, `refreshed_at`)\n"
-    insert += _rollup_select(database, aggregate, f"{tenant} AND ({buckets_where_sql})", "now64(3, 'UTC')")
-    return [delete, cluster.foreground(insert)]
+    else:
+        tenant = f"tenant_id = {quote(tenant_id)}"
+        local = cluster.local(aggregate.rollup)
+        delete = (
+            f"DELETE FROM `{database}`.`{local}`{cluster.on_cluster} WHERE {tenant} AND ({buckets_where_sql})"
+        )
+        # The condition names the bucket's alias (`toDate(occurred_at) AS day`): ClickHouse resolves
+        # the aliases of the SELECT list in WHERE.
+        insert = (
+            f"INSERT INTO `{database}`.`{aggregate.rollup}` ({_rollup_columns(aggregate)}, `refreshed_at`)\n"
+        )
+        insert += _rollup_select(
+            database, aggregate, f"{tenant} AND ({buckets_where_sql})", "now64(3, 'UTC')"
+        )
+        statements = [delete, insert]
+    # The recomputed rows on their shards before the erasure goes on (a DELETE is left as it is).
+    return [cluster.foreground(s) for s in statements]

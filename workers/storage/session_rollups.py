@@ -35,8 +35,7 @@ from workers.storage.source_rollups import (
     SOURCE_ROLLUPS,
     SourceRollup,
     computed_once,
-    read_view_ddl,
-    rollup_table_ddl,
+    day_rollup_statements,
 )
 
 REACH_DAYS = 1
@@ -194,14 +193,7 @@ def rebuild_statements(
 def session_rollup_statements(database: str, cluster: Cluster = SINGLE_NODE) -> list[str]:
     """Migration 15: the rollup and its view; every day `activities` holds touched, so that the reads
     compute it from `activities` until the next refresh puts it in the rollup."""
-    rollup = SESSION_FIGURES
-    statements = [rollup_table_ddl(database, rollup, cluster)]
-    if cluster.enabled:
-        sharding = "cityHash64(tenant_id, toString(day))"
-        statements.append(cluster.distributed(database, rollup.rollup, sharding))
-    statements.append(read_view_ddl(database, rollup, cluster))
-    statements.append(touch_every_day_sql(database))
-    return statements
+    return [*day_rollup_statements(database, SESSION_FIGURES, cluster), touch_every_day_sql(database)]
 
 
 EVERY_ROLLUP: tuple[Aggregate | SourceRollup | SessionRollup, ...] = (

@@ -401,6 +401,17 @@ def read_view_ddl(database: str, rollup: DayRollup, cluster: Cluster = SINGLE_NO
     )
 
 
+def day_rollup_statements(database: str, rollup: DayRollup, cluster: Cluster = SINGLE_NODE) -> list[str]:
+    """The rollup's table (on a cluster, a Distributed table in front, sharded by tenant and day so that
+    the versions of a row meet on one shard) and its read view."""
+    statements = [rollup_table_ddl(database, rollup, cluster)]
+    if cluster.enabled:
+        sharding = "cityHash64(tenant_id, toString(day))"
+        statements.append(cluster.distributed(database, rollup.rollup, sharding))
+    statements.append(read_view_ddl(database, rollup, cluster))
+    return statements
+
+
 def refresh_statements(database: str, touched: str, version: str) -> list[str]:
     """The inserts that compute every day the touched (tenant_id, day) of `touched` affect into each
     rollup, versioned `version`."""
@@ -444,12 +455,7 @@ def source_rollups_statements(database: str, cluster: Cluster = SINGLE_NODE) -> 
     until the next refresh puts it in the rollups."""
     statements: list[str] = []
     for rollup in SOURCE_ROLLUPS:
-        statements.append(rollup_table_ddl(database, rollup, cluster))
-        if cluster.enabled:
-            statements.append(
-                cluster.distributed(database, rollup.rollup, "cityHash64(tenant_id, toString(day))")
-            )
-        statements.append(read_view_ddl(database, rollup, cluster))
+        statements += day_rollup_statements(database, rollup, cluster)
     statements += [
         view.ddl(database, cluster).replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW", 1)
         for view in VIEWS

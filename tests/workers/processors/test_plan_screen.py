@@ -124,17 +124,22 @@ def _tenant_plans(document: dict[str, Any]) -> tuple[Plan, TrackingPlans]:
     return plan, TrackingPlans({"t": plan})
 
 
+def _screened(plans: TrackingPlans, batch: list[pb.Activity]) -> tuple[bytes, bytes, bytes]:
+    """`batch` as one request's fast spans, and the screen's (keep, judge) of them for tenant t."""
+    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
+    spans = _spans(raw)
+    screened = plans.screen("t", raw, spans)
+    assert screened is not None
+    return spans, *screened
+
+
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(activities(), min_size=1, max_size=20), which=st.integers(0, len(PLANS) - 1))
 def test_the_screen_never_keeps_what_the_python_plan_would_judge(
     batch: list[pb.Activity], which: int
 ) -> None:
     plan, plans = _tenant_plans(PLANS[which])
-    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
-    spans = _spans(raw)
-    screened = plans.screen("t", raw, spans)
-    assert screened is not None
-    keep, judge = screened
+    spans, keep, judge = _screened(plans, batch)
     assert sorted(_indexes(keep) + _indexes(judge)) == _indexes(spans)
     for index in _indexes(keep):
         assert plan.judge(batch[index]) is None, (index, batch[index])
@@ -155,12 +160,9 @@ def test_conforming_activities_of_the_ten_rule_plan_stay_on_the_compiled_path() 
     bad_session.user.session_id = "not-hex"
     batch = [conforming, wrong_channel, bad_session, conforming]
     assert [plan.judge(a) is None for a in batch] == [True, False, False, True]
-    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
-    spans = _spans(raw)
+    spans, keep, judge = _screened(plans, batch)
     assert _indexes(spans) == [0, 1, 2, 3]
-    screened = plans.screen("t", raw, spans)
-    assert screened is not None
-    assert [_indexes(part) for part in screened] == [[0, 3], [1, 2]]
+    assert [_indexes(keep), _indexes(judge)] == [[0, 3], [1, 2]]
 
 
 _ACTIONS = ("view", "click", "purchase", "add_to_cart", "search")
@@ -207,11 +209,7 @@ def test_rules_the_program_runs_whole_keep_exactly_the_conforming_activities(
     plan finds nothing, whichever fields of a submessage the checks read first, and in the spans'
     order whichever of them is the first to judge."""
     plan, plans = _tenant_plans(EXACT_PLANS[which])
-    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
-    spans = _spans(raw)
-    screened = plans.screen("t", raw, spans)
-    assert screened is not None
-    keep, judge = screened
+    spans, keep, judge = _screened(plans, batch)
     assert _indexes(keep) == [i for i in _indexes(spans) if plan.judge(batch[i]) is None]
     assert _indexes(judge) == [i for i in _indexes(spans) if plan.judge(batch[i]) is not None]
     program = compile_program(plan)
@@ -243,12 +241,9 @@ def test_a_map_entry_is_found_after_other_entries_and_other_fields_of_its_submes
             a.metadata.custom[key] = {"channel": channel, "utm": utm}.get(key, "x")
         batch.append(a)
     assert [plan.judge(a) is None for a in batch] == [True, False, False, False]
-    raw = pb.TrackActivitiesRequest(activities=batch).SerializeToString()
-    spans = _spans(raw)
+    spans, keep, judge = _screened(plans, batch)
     assert _indexes(spans) == [0, 1, 2, 3]
-    screened = plans.screen("t", raw, spans)
-    assert screened is not None
-    assert [_indexes(part) for part in screened] == [[0], [1, 2, 3]]
+    assert [_indexes(keep), _indexes(judge)] == [[0], [1, 2, 3]]
 
 
 def test_a_batch_that_conforms_whole_is_kept_whole() -> None:
