@@ -145,12 +145,18 @@ def test_the_screen_never_keeps_what_the_python_plan_would_judge(
         assert plan.judge(batch[index]) is None, (index, batch[index])
 
 
+def _ten_rule_view() -> pb.Activity:
+    """A view the ten-rule plan accepts."""
+    view = pb.Activity(action="view", target=pb.Target(type="product", id="sku-1"))
+    view.user.session_id = "0123456789abcdef"
+    view.user.anonymous_id = "anon-1"
+    view.metadata.page_url = "https://shop.example/p/1"
+    return view
+
+
 def test_conforming_activities_of_the_ten_rule_plan_stay_on_the_compiled_path() -> None:
     plan, plans = _tenant_plans(ten_rule_plan())
-    conforming = pb.Activity(action="view", target=pb.Target(type="product", id="sku-1"))
-    conforming.user.session_id = "0123456789abcdef"
-    conforming.user.anonymous_id = "anon-1"
-    conforming.metadata.page_url = "https://shop.example/p/1"
+    conforming = _ten_rule_view()
     conforming.metadata.custom["channel"] = "web"
     wrong_channel = pb.Activity()
     wrong_channel.CopyFrom(conforming)
@@ -248,10 +254,7 @@ def test_a_map_entry_is_found_after_other_entries_and_other_fields_of_its_submes
 
 def test_a_batch_that_conforms_whole_is_kept_whole() -> None:
     _, plans = _tenant_plans(ten_rule_plan())
-    conforming = pb.Activity(action="view", target=pb.Target(type="product", id="sku-1"))
-    conforming.user.session_id = "0123456789abcdef"
-    conforming.user.anonymous_id = "anon-1"
-    conforming.metadata.page_url = "https://shop.example/p/1"
+    conforming = _ten_rule_view()
     raw = pb.TrackActivitiesRequest(activities=[conforming] * 3).SerializeToString()
     spans = _spans(raw)
     assert plans.screen("t", raw, spans) == (spans, b"")
