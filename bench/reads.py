@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -434,7 +435,6 @@ async def warm(address: str, key: str, who: list[tuple[str, str]], targets: list
 
 def scrape(url: str) -> dict[str, float]:
     """The samples of a collector's /metrics page that the read side writes, by name and labels."""
-    import re
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=10) as answer:
@@ -445,6 +445,22 @@ def scrape(url: str) -> dict[str, float]:
     return found
 
 
+def _p99_bound_ms(before: dict[str, float], after: dict[str, float], answered: float) -> float:
+    """The upper bound of the collector's latency histogram bucket that holds the 99th percentile of
+    the reads answered between two scrapes (every call together); 0 without reads."""
+    bucket = re.compile(r'^activity_collector_read_duration_seconds_bucket\{.*le="([^"]+)"\}$')
+    by_bound: dict[float, float] = {}
+    for name, value in after.items():
+        found = bucket.match(name)
+        if found:
+            bound = float(found.group(1))
+            by_bound[bound] = by_bound.get(bound, 0.0) + value - before.get(name, 0.0)
+    for bound in sorted(by_bound):
+        if answered and by_bound[bound] >= 0.99 * answered:
+            return bound * 1000
+    return 0.0
+
+
 def _in_collector(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What the collector counted between two scrapes: its own time per answered read, and how reads
     were answered (from memory, or by loading from ClickHouse)."""
@@ -452,11 +468,11 @@ def _in_collector(before: dict[str, float], after: dict[str, float]) -> dict[str
     def moved(prefix: str) -> float:
         return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
 
-    ok = moved('activity_collector_reads_total{call="GetProfile",outcome="ok"}') + moved(
-        'activity_collector_reads_total{call="GetRecommendations",outcome="ok"}'
-    )
+    ok = moved("activity_collector_read_duration_seconds_count")
+    seconds = moved("activity_collector_read_duration_seconds_sum")
     return {
-        "handler_ms_per_read": moved("activity_collector_read_seconds_total") / ok * 1000 if ok else 0.0,
+        "handler_ms_per_read": seconds / ok * 1000 if ok else 0.0,
+        "handler_p99_ms_at_most": _p99_bound_ms(before, after, ok),
         "memory_hits": moved('activity_collector_read_model_events_total{event="hit"}'),
         "loads": moved('activity_collector_read_model_events_total{event="load"}'),
         "passed": moved('activity_collector_read_model_events_total{event="passed"}'),
@@ -550,7 +566,8 @@ def _each_kind_report(
         print(
             f"  {kind:<38} {latency}  {len(ms) / seconds:6.1f}/s  errors {reads.errors or 'none'}  "
             f"ingest {ratio:.3f} of alone ({together.get('errors') or 'no errors'})  "
-            f"{cpu_us:,.0f} µs CPU per read  {freshness}  "
+            f"{cpu_us:,.0f} µs CPU per read  in the collector 99 % within "
+            f"{inside.get('handler_p99_ms_at_most', 0):g} ms  {freshness}  "
             f"{together.get('machine_busy_cores', 0):.2f} of {os.cpu_count()} cores busy"
         )
     return {
@@ -700,7 +717,8 @@ def under_ingest(
     if inside:
         print(
             f"  in the collector: {inside['handler_ms_per_read']:.2f} ms per answered read from its "
-            f"handler to its answer; {inside['memory_hits']:,.0f} people from memory, "
+            f"handler to its answer (99 % within {inside['handler_p99_ms_at_most']:g} ms); "
+            f"{inside['memory_hits']:,.0f} people from memory, "
             f"{inside['loads']:,.0f} loaded, {inside['passed']:,.0f} read from ClickHouse; "
             f"{inside['lists_asked_store']:,.0f} recommendation calls asked of ClickHouse; "
             f"{inside['tail_passes']:,.0f} looks at new rows; garbage collector: "

@@ -104,8 +104,6 @@ class ReadStats:
     """Calls answered since start, by (call, outcome): ok, invalid_argument, unavailable, refused."""
 
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
-    seconds: dict[str, float] = field(default_factory=dict)
-    """Time spent answering, by call (ok answers only)."""
 
 
 class _Refused(Exception):
@@ -138,6 +136,9 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
         self.model = model
         self.items = items
         self.stats = ReadStats()
+        self.on_answer: Callable[[str, float], None] | None = None
+        """Called with the call's name and its seconds, from its handler's start to its answer, for
+        every call answered OK (the metrics' latency histogram)."""
         self._rules: ExpiringCache[str, dict[str, Rule]] = ExpiringCache(10_000, SEGMENT_RULES_TTL_S)
         self._slots = asyncio.Semaphore(concurrency)
         self._queue = queue
@@ -172,11 +173,14 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
             self._slots.release()
 
     async def _answer(
-        self, call: str, context: grpc.aio.ServicerContext[Any, Any], read: Callable[[], Awaitable[T]]
+        self,
+        call: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        read: Callable[[], Awaitable[T]],
+        start: float,
     ) -> T:
         """The answer of `read`: a bad request is INVALID_ARGUMENT, a store that fails UNAVAILABLE, a
-        full line RESOURCE_EXHAUSTED."""
-        start = time.perf_counter()
+        full line RESOURCE_EXHAUSTED. `start`: the handler's `perf_counter()` on entry."""
         try:
             answer = await read()
         except _Refused:
@@ -195,7 +199,8 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
             self.stats.calls[(call, "unavailable")] += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"ClickHouse did not answer: {error}")
         self.stats.calls[(call, "ok")] += 1
-        self.stats.seconds[call] = self.stats.seconds.get(call, 0.0) + time.perf_counter() - start
+        if self.on_answer is not None:
+            self.on_answer(call, time.perf_counter() - start)
         return answer
 
     async def _person(self, tenant: str, user: pb.User) -> tuple[Person | None, Iterable[Record] | None]:
@@ -216,6 +221,7 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
     async def GetProfile(
         self, request: ppb.GetProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ppb.GetProfileResponse:
+        start = time.perf_counter()
         if not _has_id(request.user):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -243,11 +249,12 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
                 found = memory.profile(person.person_id, records, request.recent_limit, rules, _now_ms())
             return ppb.GetProfileResponse(profile=profile_message(found))
 
-        return await self._answer("GetProfile", context, read)
+        return await self._answer("GetProfile", context, read, start)
 
     async def GetRecommendations(
         self, request: ppb.GetRecommendationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ppb.GetRecommendationsResponse:
+        start = time.perf_counter()
         if request.limit > MAX_LIMIT:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"limit: at most {MAX_LIMIT}, got {request.limit}"
@@ -277,7 +284,7 @@ class ProfileService(ppb_grpc.ProfileServiceServicer):
                 )
             return recommendations_message(strategy, items)
 
-        return await self._answer("GetRecommendations", context, read)
+        return await self._answer("GetRecommendations", context, read, start)
 
     async def _from_memory(
         self,

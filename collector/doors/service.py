@@ -187,6 +187,10 @@ class ActivityService:
         )
         """Where calls refused over their quota wait before they are answered."""
         self.stats = ServiceStats()
+        self.on_answer: Callable[[str, float], None] | None = None
+        """Called with the call's name (`TrackActivity`, `TrackActivities`, `StreamActivities` for each
+        batch, `http` for the HTTP doors) and its seconds, from the handler's start to its answer, for
+        every request answered OK (the metrics' latency histogram)."""
         self._draining = asyncio.Event()
         self._active = 0
         self._idle = asyncio.Event()
@@ -456,27 +460,34 @@ class ActivityService:
         held = await self.refusal_hold.hold(error.retry_delay_s)
         error.retry_delay_s = max(error.retry_delay_s - held, 0.0)
 
-    async def _run(self, body: Callable[[int], Awaitable[bytes]]) -> bytes:
+    async def _run(self, body: Callable[[int], Awaitable[bytes]], call: str) -> bytes:
         """Run one unary request, whichever door it came in by; a failure raises RequestFailed."""
         received_ns = time.time_ns()
+        start = time.perf_counter()
         self.stats.requests += 1
         self._enter()
         try:
             if self._draining.is_set():
                 raise Unavailable("the collector is shutting down", self.pipeline.retry_delay_s)
-            return await body(received_ns)
+            answer = await body(received_ns)
         except Exception as error:
             if isinstance(error, QuotaExceeded):
                 await self._hold_refusal(error)
             raise RequestFailed(*self._failed(error)) from None
         finally:
             self._leave()
+        if self.on_answer is not None:
+            self.on_answer(call, time.perf_counter() - start)
+        return answer
 
     async def _unary(
-        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[int], Awaitable[bytes]]
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        body: Callable[[int], Awaitable[bytes]],
+        call: str,
     ) -> bytes:
         try:
-            return await self._run(body)
+            return await self._run(body, call)
         except RequestFailed as failed:
             # The status set and an empty answer returned (grpc sends no message with a status that is
             # not OK), rather than context.abort: the exception abort raises through grpc's handler
@@ -493,7 +504,7 @@ class ActivityService:
         """TrackActivities without gRPC, for the HTTP door: a serialized TrackActivitiesRequest in, a
         serialized TrackActivitiesResponse out. Same checks, same pipeline, same counters; a request
         that fails as a whole raises RequestFailed."""
-        return await self._run(lambda received_ns: self._track_activities(raw, received_ns))
+        return await self._run(lambda received_ns: self._track_activities(raw, received_ns), "http")
 
     def reject_translated(self, rejections: Sequence[Rejection]) -> None:
         """Count (and keep) what a translating door refused before it became activities (a call that
@@ -517,7 +528,7 @@ class ActivityService:
                 activity_id=assigned.get(0, evaluated.single_id),
             ).SerializeToString()
 
-        return await self._unary(context, body)
+        return await self._unary(context, body, "TrackActivity")
 
     async def _track_activities(self, raw: bytes, received_ns: int) -> bytes:
         evaluated = self._evaluate(raw, BATCH, received_ns)
@@ -529,10 +540,13 @@ class ActivityService:
         ).SerializeToString()
 
     async def track_activities(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return await self._unary(context, lambda received_ns: self._track_activities(raw, received_ns))
+        return await self._unary(
+            context, lambda received_ns: self._track_activities(raw, received_ns), "TrackActivities"
+        )
 
     async def _stream_batch(self, raw: bytes) -> bytes:
         received_ns = time.time_ns()
+        start = time.perf_counter()
         self.stats.requests += 1
         sequence = 0
         try:
@@ -549,6 +563,8 @@ class ActivityService:
             if delay is not None:
                 status.retry_delay.FromNanoseconds(int(delay * _NS))
             return pb.StreamActivitiesResponse(sequence=sequence, status=status).SerializeToString()
+        if self.on_answer is not None:
+            self.on_answer("StreamActivities", time.perf_counter() - start)
         return pb.StreamActivitiesResponse(
             sequence=sequence,
             accepted_count=evaluated.accepted,

@@ -1,16 +1,17 @@
 """Metrics in the Prometheus text format, served at `/metrics` on `metrics_listen`.
 
 Most values are read at scrape time from the counters the service, the pipeline and authentication
-keep anyway (`ServiceStats`, `PipelineStats`, `Pipeline.pending`, `AuthStats`) by a custom collector, so
-a request pays nothing for metrics. The two histograms (insert rows and insert duration) are observed
-once per insert. The HTTP listener runs on the collector's event loop, where the counters are written,
-so a scrape reads a consistent set of values and no lock is needed. What to alert on: `docs/operations.md`.
+keep anyway (`ServiceStats`, `PipelineStats`, `Pipeline.pending`, `AuthStats`) by a custom collector:
+what a request pays for metrics is one observation of its answer's duration (the histograms of ingest
+and reads); the insert histograms (rows and duration) are observed once per insert. The HTTP listener
+runs on the collector's event loop, where the counters are written, so a scrape reads a consistent set
+of values and no lock is needed. What to alert on: `docs/operations.md`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 
 from aiohttp import web
@@ -42,6 +43,7 @@ PREFIX = "activity_collector"
 INSERT_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 INSERT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+ANSWER_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 def _counter(name: str, doc: str, label: str, values: Iterable[tuple[str, float]]) -> CounterMetricFamily:
@@ -466,13 +468,6 @@ class ReadsCollector(Collector):
         for (call, outcome), n in sorted(self.stats.calls.items()):
             calls.add_metric([call, outcome], n)
         yield calls
-        yield _counter(
-            "_read_seconds",
-            "Time spent answering ProfileService calls that succeeded, by call (divide by the ok calls "
-            "for the mean latency).",
-            "call",
-            sorted(self.stats.seconds.items()),
-        )
         if self.model is not None:
             held = self.model.stats
             for name, value, text in (
@@ -536,6 +531,19 @@ class ReadsCollector(Collector):
             )
 
 
+def _observer(histogram: Histogram) -> Callable[[str, float], None]:
+    """`histogram.labels(call).observe(seconds)`, with each call's child looked up once."""
+    children: dict[str, Histogram] = {}
+
+    def observe(call: str, seconds: float) -> None:
+        child = children.get(call)
+        if child is None:
+            child = children[call] = histogram.labels(call)
+        child.observe(seconds)
+
+    return observe
+
+
 class Metrics:
     """The collector's metrics registry: the stats collector, insert histograms, process metrics."""
 
@@ -565,6 +573,24 @@ class Metrics:
             registry=self.registry,
         )
         pipeline.on_insert = self.observe_insert
+        self.request_seconds = Histogram(
+            PREFIX + "_request_duration_seconds",
+            "Ingest requests answered OK (each batch of a stream), by call (TrackActivity, "
+            "TrackActivities, StreamActivities, http): from the handler's start to its answer.",
+            ["call"],
+            buckets=ANSWER_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        service.on_answer = _observer(self.request_seconds)
+        self.read_seconds = Histogram(
+            PREFIX + "_read_duration_seconds",
+            "ProfileService calls answered OK, by call (GetProfile, GetRecommendations): from the "
+            "handler's start to its answer.",
+            ["call"],
+            buckets=ANSWER_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.observe_read = _observer(self.read_seconds)
         self.gc_pauses = GcPauses(
             Histogram(
                 PREFIX + "_gc_pause_seconds",

@@ -337,6 +337,7 @@ class CollectorServer:
             authenticator=self.authenticator,
         )
         self.metrics.registry.register(ReadsCollector(profiles.stats, self.read_model, self.item_lists))
+        profiles.on_answer = self.metrics.observe_read
         self.metrics.registry.register(ErasedAtDrainCollector(erased.dropped_by_tenant))
         if self.read_model is not None:
             # After the metrics' hook: each committed insert also wakes the read model's tail.

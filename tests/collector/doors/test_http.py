@@ -88,6 +88,15 @@ async def test_http_gives_the_same_answers_as_grpc(
     expected |= {via_grpc.assigned_ids[4], via_http.assigned_ids[4]}
     assert sorted(stored) == sorted(expected)
     assert server.service is not None and server.service.stats.requests == 2
+    # Each door's answers timed under its own name.
+    assert server.metrics is not None
+    for call in ("http", "TrackActivities"):
+        assert (
+            server.metrics.registry.get_sample_value(
+                "activity_collector_request_duration_seconds_count", {"call": call}
+            )
+            == 1
+        )
 
 
 async def test_whole_request_failures_carry_a_status_in_json(

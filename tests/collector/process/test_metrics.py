@@ -20,6 +20,8 @@ from collector.process.server import CollectorServer
 from collector.tenants import TenantStore, new_key
 from core.proto.activity.v1 import activity_pb2 as pb
 from core.proto.activity.v1 import activity_pb2_grpc as pb_grpc
+from core.proto.activity.v1 import profile_pb2 as ppb
+from core.proto.activity.v1 import profile_pb2_grpc as ppb_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,8 +97,46 @@ async def test_metrics_move_as_traffic_flows(
     assert value(after, "insert_rows_bucket", le="10.0") == inserts
     assert value(after, "queue_activities") == 0
     assert value(after, "activities_failed_total", tenant="default") == 0
+    # Every request answered OK is timed, by call: the failed ones (the empty request, the empty batch)
+    # are counted as failures instead.
+    for call, answered in (("TrackActivities", 1), ("StreamActivities", 1), ("TrackActivity", 0)):
+        assert value(after, "request_duration_seconds_count", call=call) == answered
+        assert value(after, "request_duration_seconds_bucket", call=call, le="+Inf") == answered
+    assert 0 < value(after, "request_duration_seconds_sum", call="TrackActivities") < 60
     # Process metrics come along for free.
     assert any(name == "process_resident_memory_bytes" for name, _ in after)
+
+
+async def test_reads_answered_are_timed_by_call_and_refused_ones_counted_apart(
+    server: CollectorServer, channel: grpc.aio.Channel
+) -> None:
+    profiles = ppb_grpc.ProfileServiceStub(channel)  # type: ignore[no-untyped-call]
+    user = pb.User(user_id="someone")
+    started = time.perf_counter()
+    for _ in range(3):
+        await profiles.GetProfile(ppb.GetProfileRequest(user=user))
+    await profiles.GetRecommendations(ppb.GetRecommendationsRequest(user=user, strategy="trending"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await profiles.GetRecommendations(ppb.GetRecommendationsRequest(user=user, strategy="nope"))
+    waited = time.perf_counter() - started
+
+    samples = await scrape(server)
+    assert value(samples, "reads_total", call="GetProfile", outcome="ok") == 3
+    assert value(samples, "read_duration_seconds_count", call="GetProfile") == 3
+    assert value(samples, "read_duration_seconds_count", call="GetRecommendations") == 1
+    assert value(samples, "reads_total", call="GetRecommendations", outcome="invalid_argument") == 1
+    timed = value(samples, "read_duration_seconds_sum", call="GetProfile") + value(
+        samples, "read_duration_seconds_sum", call="GetRecommendations"
+    )
+    # Within the time the calls took at the caller, and each call's count in its cumulative buckets.
+    assert 0 < timed <= waited
+    buckets = sorted(
+        (float(dict(labels)["le"]), n)
+        for (name, labels), n in samples.items()
+        if name == "activity_collector_read_duration_seconds_bucket" and ("call", "GetProfile") in labels
+    )
+    assert [n for _, n in buckets] == sorted(n for _, n in buckets)
+    assert buckets[-1] == (float("inf"), 3)
 
 
 async def test_full_queue_shows_in_queue_depth_and_refusals(
