@@ -440,15 +440,16 @@ def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as answer:
         text = answer.read().decode()
     found: dict[str, float] = {}
-    for match in re.finditer(r"^(activity_collector_(?:read|gc_pause)\S*) (\S+)$", text, re.MULTILINE):
+    wanted = r"^(activity_collector_(?:read|gc_pause|event_loop_lag)\S*) (\S+)$"
+    for match in re.finditer(wanted, text, re.MULTILINE):
         found[match.group(1)] = float(match.group(2))
     return found
 
 
-def _p99_bound_ms(before: dict[str, float], after: dict[str, float], answered: float) -> float:
-    """The upper bound of the collector's latency histogram bucket that holds the 99th percentile of
-    the reads answered between two scrapes (every call together); 0 without reads."""
-    bucket = re.compile(r'^activity_collector_read_duration_seconds_bucket\{.*le="([^"]+)"\}$')
+def _p99_bound_ms(before: dict[str, float], after: dict[str, float], count: float, histogram: str) -> float:
+    """The upper bound of the bucket of the collector's `histogram` (every label together) that holds
+    the 99th percentile of the `count` observations between two scrapes; 0 without any."""
+    bucket = re.compile(rf'^activity_collector_{histogram}_bucket\{{(?:.*,)?le="([^"]+)"\}}$')
     by_bound: dict[float, float] = {}
     for name, value in after.items():
         found = bucket.match(name)
@@ -456,7 +457,7 @@ def _p99_bound_ms(before: dict[str, float], after: dict[str, float], answered: f
             bound = float(found.group(1))
             by_bound[bound] = by_bound.get(bound, 0.0) + value - before.get(name, 0.0)
     for bound in sorted(by_bound):
-        if answered and by_bound[bound] >= 0.99 * answered:
+        if count and by_bound[bound] >= 0.99 * count:
             return bound * 1000
     return 0.0
 
@@ -472,7 +473,10 @@ def _in_collector(before: dict[str, float], after: dict[str, float]) -> dict[str
     seconds = moved("activity_collector_read_duration_seconds_sum")
     return {
         "handler_ms_per_read": seconds / ok * 1000 if ok else 0.0,
-        "handler_p99_ms_at_most": _p99_bound_ms(before, after, ok),
+        "handler_p99_ms_at_most": _p99_bound_ms(before, after, ok, "read_duration_seconds"),
+        "loop_lag_p99_ms_at_most": _p99_bound_ms(
+            before, after, moved("activity_collector_event_loop_lag_seconds_count"), "event_loop_lag_seconds"
+        ),
         "memory_hits": moved('activity_collector_read_model_events_total{event="hit"}'),
         "loads": moved('activity_collector_read_model_events_total{event="load"}'),
         "passed": moved('activity_collector_read_model_events_total{event="passed"}'),
@@ -567,7 +571,8 @@ def _each_kind_report(
             f"  {kind:<38} {latency}  {len(ms) / seconds:6.1f}/s  errors {reads.errors or 'none'}  "
             f"ingest {ratio:.3f} of alone ({together.get('errors') or 'no errors'})  "
             f"{cpu_us:,.0f} µs CPU per read  in the collector 99 % within "
-            f"{inside.get('handler_p99_ms_at_most', 0):g} ms  {freshness}  "
+            f"{inside.get('handler_p99_ms_at_most', 0):g} ms (loop lag "
+            f"{inside.get('loop_lag_p99_ms_at_most', 0):g})  {freshness}  "
             f"{together.get('machine_busy_cores', 0):.2f} of {os.cpu_count()} cores busy"
         )
     return {
@@ -717,7 +722,8 @@ def under_ingest(
     if inside:
         print(
             f"  in the collector: {inside['handler_ms_per_read']:.2f} ms per answered read from its "
-            f"handler to its answer (99 % within {inside['handler_p99_ms_at_most']:g} ms); "
+            f"handler to its answer (99 % within {inside['handler_p99_ms_at_most']:g} ms; the event "
+            f"loop's lag 99 % within {inside['loop_lag_p99_ms_at_most']:g} ms); "
             f"{inside['memory_hits']:,.0f} people from memory, "
             f"{inside['loads']:,.0f} loaded, {inside['passed']:,.0f} read from ClickHouse; "
             f"{inside['lists_asked_store']:,.0f} recommendation calls asked of ClickHouse; "

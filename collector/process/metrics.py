@@ -29,6 +29,7 @@ from collector.doors.service import ActivityService
 from collector.doors.web import WebListener
 from collector.process.health import HealthMonitor
 from collector.process.heap import GcPauses
+from collector.process.looplag import LoopLag
 from core.proto.activity.v1 import activity_pb2 as pb
 from workers.commit.pipeline import Pipeline
 from workers.enrichment.enricher import CATALOG, IDENTITY, MAX_PENDING_LINKS
@@ -43,6 +44,7 @@ PREFIX = "activity_collector"
 INSERT_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 INSERT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 ANSWER_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -591,6 +593,15 @@ class Metrics:
             registry=self.registry,
         )
         self.observe_read = _observer(self.read_seconds)
+        self.loop_lag = LoopLag(
+            Histogram(
+                PREFIX + "_event_loop_lag_seconds",
+                "How late the event loop ran a probe due every 100 ms: the wait, before any handler, of "
+                "a request arriving then.",
+                buckets=LOOP_LAG_BUCKETS,
+                registry=self.registry,
+            )
+        )
         self.gc_pauses = GcPauses(
             Histogram(
                 PREFIX + "_gc_pause_seconds",

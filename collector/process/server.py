@@ -351,6 +351,8 @@ class CollectorServer:
             pipeline.on_insert = on_insert
         self.metrics.gc_pauses.install()
         self.stages.started("garbage collector timing", self._stop_gc_timing)
+        self.metrics.loop_lag.start()
+        self.stages.started("event loop lag probe", self._stop_loop_lag)
         if settings.metrics_listen:
             metrics_server = self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics)
             await metrics_server.start()
@@ -392,6 +394,10 @@ class CollectorServer:
 
     async def _stop_priority(self, _left: float) -> None:
         self.priority.shutdown()
+
+    async def _stop_loop_lag(self, _left: float) -> None:
+        if self.metrics is not None:
+            await self.metrics.loop_lag.shutdown()
 
     async def _stop_gc_timing(self, _left: float) -> None:
         if self.metrics is not None:

@@ -44,6 +44,11 @@ async def scrape(server: CollectorServer) -> Samples:
     return samples
 
 
+def _lag_observed(server: CollectorServer) -> float:
+    assert server.metrics is not None
+    return server.metrics.registry.get_sample_value("activity_collector_event_loop_lag_seconds_count") or 0.0
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get(("activity_collector_" + name, frozenset(labels.items())), 0.0)
 
@@ -103,6 +108,8 @@ async def test_metrics_move_as_traffic_flows(
         assert value(after, "request_duration_seconds_count", call=call) == answered
         assert value(after, "request_duration_seconds_bucket", call=call, le="+Inf") == answered
     assert 0 < value(after, "request_duration_seconds_sum", call="TrackActivities") < 60
+    # The event loop's lag probe runs from start (every 100 ms).
+    await wait_for(lambda: _lag_observed(server) >= 2, "two observations of the event loop's lag", timeout=10)
     # Process metrics come along for free.
     assert any(name == "process_resident_memory_bytes" for name, _ in after)
 
