@@ -11,6 +11,7 @@ import grpc
 import grpc.aio
 import pytest
 from conftest import StartServer
+from helpers import wait_for
 
 from collector.process.server import CollectorServer
 from core.proto.activity.v1 import activity_pb2 as pb
@@ -267,6 +268,23 @@ async def test_each_tenant_reads_its_own_people_and_a_write_key_cannot_read(
         both = (await tenants.create_key("other", scope="read,write"))[0]
         await send(stub, [act("view", "both", 60, user_id="same-id")], both)
         assert await recent(both) == ["both", "theirs"]
+
+        # A revoked read key stops reading once its cached acceptance (0.2 s here) has expired.
+        await tenants.revoke_key(other_reader)
+        revoked_at = time.monotonic()
+
+        async def refused() -> bool:
+            try:
+                await recent(other_reader)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "revoked" in (error.details() or "")
+                return True
+            return False
+
+        await wait_for(refused, "the revoked read key refused", timeout=5)
+        # Within the cache's TTL and the time a call takes on a busy machine.
+        assert time.monotonic() - revoked_at < 2
 
 
 async def test_the_python_clients_reader_asks_for_profiles_and_recommendations(
