@@ -9,7 +9,10 @@ batches of 100, 8 callers, closed loop or at `--rate` activities/s), each round 
 with an erasure of one more person of that tenant requested at the start of the measured window (in
 A/B, then B/A order). It prints, per round, the acknowledged activities per second, the collector's
 CPU per 1,000 activities and the acknowledgements' p99 latency in both windows, their ratio, how much
-of the window the erasure covered, and the time of each of its steps (from the job's receipt).
+of the window the erasure covered, and the time of each of its steps (from the job's receipt). Where
+the latency goes, from the collector's `/metrics` at the window's start and end: the bucket that holds
+the 99th percentile of its own answers' durations (`activity_collector_request_duration_seconds`, from
+the handler's start) and of its event loop's lag (`activity_collector_event_loop_lag_seconds`).
 The tenant has a suppression (an opt-out) from the start: every window then
 takes the same intake path (a tenant with a suppression leaves the compiled path, as it does after its
 first erasure).
@@ -27,7 +30,16 @@ from pathlib import Path
 
 from bench.erasure import insert_sql
 from bench.loadgen import Spec
-from bench.runner import RunOptions, ServerProcess, child_env, collector_argv, collector_settings, run_loadgen
+from bench.runner import (
+    METRICS_AT,
+    RunOptions,
+    ServerProcess,
+    child_env,
+    collector_argv,
+    collector_settings,
+    run_loadgen,
+)
+from bench.scrape import p99_bound_ms, scrape
 from collector.process.control import query_via_control
 from workers.privacy.erasure import ErasureStore, Receipt
 from workers.processors.suppression import USER, SuppressionStore, id_digest
@@ -73,6 +85,7 @@ async def run(args: argparse.Namespace) -> None:
         argv += ["--postgres-dsn", args.postgres_dsn]
     server = ServerProcess(argv, work / "serve.log", env)
     address = server.start()
+    metrics = server.wait_for_line(METRICS_AT)
     postgres = Postgres(args.postgres_dsn, data)
     try:
         await postgres.start()
@@ -86,11 +99,13 @@ async def run(args: argparse.Namespace) -> None:
         opts = RunOptions(warmup_s=2.0, duration_s=args.window)
         rows: list[tuple[float, float, float, float, float, Receipt]] = []
         p99s: list[tuple[float, float]] = []
+        inside: list[dict[bool, tuple[float, float]]] = []
         busy: list[float] = []
         for n in range(args.rounds):
             order = (False, True) if n % 2 == 0 else (True, False)
             figures: dict[bool, tuple[float, float]] = {}
             tails: dict[bool, float] = {}
+            own: dict[bool, tuple[float, float]] = {}
             receipt: Receipt | None = None
             overlap = 0.0
             for erase in order:
@@ -111,10 +126,16 @@ async def run(args: argparse.Namespace) -> None:
                 round_dir.mkdir()
                 load = asyncio.create_task(asyncio.to_thread(run_loadgen, spec, round_dir, opts))
                 job = None
+                await asyncio.sleep(opts.warmup_s)
+                before = await asyncio.to_thread(scrape, metrics.group(1)) if metrics else {}
                 if erase:
-                    await asyncio.sleep(opts.warmup_s)
                     job = await jobs.request(TENANT, "user", f"u-{42 + n}")
                 result = await load
+                after = await asyncio.to_thread(scrape, metrics.group(1)) if metrics else {}
+                own[erase] = (
+                    p99_bound_ms(before, after, "request_duration_seconds", 'call="TrackActivities"'),
+                    p99_bound_ms(before, after, "event_loop_lag_seconds"),
+                )
                 acked = result["acked_window"] / result["window_s"]
                 # ms of the collector's CPU (all its threads, the embedded engine's too) per 1,000 acks.
                 cpu_per_k = 1e6 * (result["server_group_cpu_s"] or 0.0) / max(result["acked_window"], 1)
@@ -129,6 +150,7 @@ async def run(args: argparse.Namespace) -> None:
             assert receipt is not None
             rows.append((*figures[False], *figures[True], overlap, receipt))
             p99s.append((tails[False], tails[True]))
+            inside.append(own)
 
         offered = f"{args.rate:,.0f} activities/s offered" if args.rate else "closed loop"
         print(
@@ -154,6 +176,12 @@ async def run(args: argparse.Namespace) -> None:
             )
         ratios = [erasing / plain for plain, _, erasing, _, _, _ in rows]
         print(f"median ratio (erasing / plain): {statistics.median(ratios):.2f}")
+        print(
+            "in the collector, p99 at most (ms): its answers from the handler's start; its event loop's lag"
+        )
+        for n, own in enumerate(inside):
+            (alone, alone_lag), (erasing, erasing_lag) = own[False], own[True]
+            print(f"  {n}: plain {alone:g}; {alone_lag:g}   erasing {erasing:g}; {erasing_lag:g}")
         print("erasure steps (s), per round:")
         for n, (*_, receipt) in enumerate(rows):
             steps = "  ".join(f"{step} {seconds:.2f}" for step, seconds in receipt.step_seconds())

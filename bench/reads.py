@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.reports import Engine, generate, settle
+from bench.scrape import moved, p99_bound_ms, scrape
 from bench.shop_sql import DAYS, PEOPLE, TENANT
 from workers.reads.people import Person, find_person
 from workers.reads.profiles import read_profile
@@ -465,61 +465,29 @@ async def warm(address: str, key: str, who: list[tuple[str, str]], targets: list
     return time.perf_counter() - started
 
 
-def scrape(url: str) -> dict[str, float]:
-    """The samples of a collector's /metrics page that the read side writes, by name and labels."""
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
-    found: dict[str, float] = {}
-    wanted = r"^(activity_collector_(?:read|gc_pause|event_loop_lag)\S*) (\S+)$"
-    for match in re.finditer(wanted, text, re.MULTILINE):
-        found[match.group(1)] = float(match.group(2))
-    return found
-
-
-def _p99_bound_ms(before: dict[str, float], after: dict[str, float], count: float, histogram: str) -> float:
-    """The upper bound of the bucket of the collector's `histogram` (every label together) that holds
-    the 99th percentile of the `count` observations between two scrapes; 0 without any."""
-    bucket = re.compile(rf'^activity_collector_{histogram}_bucket\{{(?:.*,)?le="([^"]+)"\}}$')
-    by_bound: dict[float, float] = {}
-    for name, value in after.items():
-        found = bucket.match(name)
-        if found:
-            bound = float(found.group(1))
-            by_bound[bound] = by_bound.get(bound, 0.0) + value - before.get(name, 0.0)
-    for bound in sorted(by_bound):
-        if count and by_bound[bound] >= 0.99 * count:
-            return bound * 1000
-    return 0.0
-
-
 def _in_collector(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """What the collector counted between two scrapes: its own time per answered read, and how reads
-    were answered (from memory, or by loading from ClickHouse)."""
+    """What the collector counted between two scrapes: its own time per answered read, its event
+    loop's lag, and how reads were answered (from memory, or by loading from ClickHouse)."""
 
-    def moved(prefix: str) -> float:
-        return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
+    def grew(prefix: str) -> float:
+        return moved(before, after, "activity_collector_" + prefix)
 
-    ok = moved("activity_collector_read_duration_seconds_count")
-    seconds = moved("activity_collector_read_duration_seconds_sum")
+    ok = grew("read_duration_seconds_count")
     return {
-        "handler_ms_per_read": seconds / ok * 1000 if ok else 0.0,
-        "handler_p99_ms_at_most": _p99_bound_ms(before, after, ok, "read_duration_seconds"),
-        "loop_lag_p99_ms_at_most": _p99_bound_ms(
-            before, after, moved("activity_collector_event_loop_lag_seconds_count"), "event_loop_lag_seconds"
-        ),
-        "memory_hits": moved('activity_collector_read_model_events_total{event="hit"}'),
-        "loads": moved('activity_collector_read_model_events_total{event="load"}'),
-        "passed": moved('activity_collector_read_model_events_total{event="passed"}'),
-        "lists_asked_store": moved('activity_collector_read_list_events_total{event="asked_store"}'),
-        "tail_passes": moved('activity_collector_read_model_events_total{event="tail_pass"}'),
-        "full_collections": moved('activity_collector_gc_pause_seconds_count{generation="2"}'),
-        "full_collection_s": moved('activity_collector_gc_pause_seconds_sum{generation="2"}'),
-        "collections_over_10ms": moved("activity_collector_gc_pause_seconds_count")
-        - moved('activity_collector_gc_pause_seconds_bucket{generation="0",le="0.01"}')
-        - moved('activity_collector_gc_pause_seconds_bucket{generation="1",le="0.01"}')
-        - moved('activity_collector_gc_pause_seconds_bucket{generation="2",le="0.01"}'),
+        "handler_ms_per_read": grew("read_duration_seconds_sum") / ok * 1000 if ok else 0.0,
+        "handler_p99_ms_at_most": p99_bound_ms(before, after, "read_duration_seconds"),
+        "loop_lag_p99_ms_at_most": p99_bound_ms(before, after, "event_loop_lag_seconds"),
+        "memory_hits": grew('read_model_events_total{event="hit"}'),
+        "loads": grew('read_model_events_total{event="load"}'),
+        "passed": grew('read_model_events_total{event="passed"}'),
+        "lists_asked_store": grew('read_list_events_total{event="asked_store"}'),
+        "tail_passes": grew('read_model_events_total{event="tail_pass"}'),
+        "full_collections": grew('gc_pause_seconds_count{generation="2"}'),
+        "full_collection_s": grew('gc_pause_seconds_sum{generation="2"}'),
+        "collections_over_10ms": grew("gc_pause_seconds_count")
+        - grew('gc_pause_seconds_bucket{generation="0",le="0.01"}')
+        - grew('gc_pause_seconds_bucket{generation="1",le="0.01"}')
+        - grew('gc_pause_seconds_bucket{generation="2",le="0.01"}'),
     }
 
 
