@@ -533,19 +533,6 @@ class ReadsCollector(Collector):
             )
 
 
-def _observer(histogram: Histogram) -> Callable[[str, float], None]:
-    """`histogram.labels(call).observe(seconds)`, with each call's child looked up once."""
-    children: dict[str, Histogram] = {}
-
-    def observe(call: str, seconds: float) -> None:
-        child = children.get(call)
-        if child is None:
-            child = children[call] = histogram.labels(call)
-        child.observe(seconds)
-
-    return observe
-
-
 class Metrics:
     """The collector's metrics registry: the stats collector, insert histograms, process metrics."""
 
@@ -575,24 +562,16 @@ class Metrics:
             registry=self.registry,
         )
         pipeline.on_insert = self.observe_insert
-        self.request_seconds = Histogram(
-            PREFIX + "_request_duration_seconds",
+        service.on_answer = self._answers(
+            "_request_duration_seconds",
             "Ingest requests answered OK (each batch of a stream), by call (TrackActivity, "
             "TrackActivities, StreamActivities, http): from the handler's start to its answer.",
-            ["call"],
-            buckets=ANSWER_SECONDS_BUCKETS,
-            registry=self.registry,
         )
-        service.on_answer = _observer(self.request_seconds)
-        self.read_seconds = Histogram(
-            PREFIX + "_read_duration_seconds",
+        self.observe_read = self._answers(
+            "_read_duration_seconds",
             "ProfileService calls answered OK, by call (GetProfile, GetRecommendations): from the "
             "handler's start to its answer.",
-            ["call"],
-            buckets=ANSWER_SECONDS_BUCKETS,
-            registry=self.registry,
         )
-        self.observe_read = _observer(self.read_seconds)
         self.loop_lag = LoopLag(
             Histogram(
                 PREFIX + "_event_loop_lag_seconds",
@@ -612,6 +591,22 @@ class Metrics:
                 registry=self.registry,
             )
         )
+
+    def _answers(self, name: str, documentation: str) -> Callable[[str, float], None]:
+        """A histogram of answers' durations by call, registered; returns what observes one, each
+        call's child looked up once."""
+        histogram = Histogram(
+            PREFIX + name, documentation, ["call"], buckets=ANSWER_SECONDS_BUCKETS, registry=self.registry
+        )
+        children: dict[str, Histogram] = {}
+
+        def observe(call: str, seconds: float) -> None:
+            child = children.get(call)
+            if child is None:
+                child = children[call] = histogram.labels(call)
+            child.observe(seconds)
+
+        return observe
 
     def observe_insert(self, rows: int, seconds: float) -> None:
         self.insert_rows.observe(rows)
