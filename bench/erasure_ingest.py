@@ -12,7 +12,8 @@ CPU per 1,000 activities and the acknowledgements' p99 latency in both windows, 
 of the window the erasure covered, and the time of each of its steps (from the job's receipt). Where
 the latency goes, from the collector's `/metrics` at the window's start and end: the bucket that holds
 the 99th percentile of its own answers' durations (`activity_collector_request_duration_seconds`, from
-the handler's start) and of its event loop's lag (`activity_collector_event_loop_lag_seconds`).
+the handler's start), of its event loop's lag (`activity_collector_event_loop_lag_seconds`) and of the
+spool's fsyncs (`activity_collector_spool_sync_seconds`).
 The tenant has a suppression (an opt-out) from the start: every window then
 takes the same intake path (a tenant with a suppression leaves the compiled path, as it does after its
 first erasure).
@@ -99,13 +100,13 @@ async def run(args: argparse.Namespace) -> None:
         opts = RunOptions(warmup_s=2.0, duration_s=args.window)
         rows: list[tuple[float, float, float, float, float, Receipt]] = []
         p99s: list[tuple[float, float]] = []
-        inside: list[dict[bool, tuple[float, float]]] = []
+        inside: list[dict[bool, tuple[float, float, float]]] = []
         busy: list[float] = []
         for n in range(args.rounds):
             order = (False, True) if n % 2 == 0 else (True, False)
             figures: dict[bool, tuple[float, float]] = {}
             tails: dict[bool, float] = {}
-            own: dict[bool, tuple[float, float]] = {}
+            own: dict[bool, tuple[float, float, float]] = {}
             receipt: Receipt | None = None
             overlap = 0.0
             for erase in order:
@@ -135,6 +136,7 @@ async def run(args: argparse.Namespace) -> None:
                 own[erase] = (
                     p99_bound_ms(before, after, "request_duration_seconds", 'call="TrackActivities"'),
                     p99_bound_ms(before, after, "event_loop_lag_seconds"),
+                    p99_bound_ms(before, after, "spool_sync_seconds"),
                 )
                 acked = result["acked_window"] / result["window_s"]
                 # ms of the collector's CPU (all its threads, the embedded engine's too) per 1,000 acks.
@@ -177,11 +179,12 @@ async def run(args: argparse.Namespace) -> None:
         ratios = [erasing / plain for plain, _, erasing, _, _, _ in rows]
         print(f"median ratio (erasing / plain): {statistics.median(ratios):.2f}")
         print(
-            "in the collector, p99 at most (ms): its answers from the handler's start; its event loop's lag"
+            "in the collector, p99 at most (ms): its answers from the handler's start; its event loop's "
+            "lag; the spool's fsyncs"
         )
         for n, own in enumerate(inside):
-            (alone, alone_lag), (erasing, erasing_lag) = own[False], own[True]
-            print(f"  {n}: plain {alone:g}; {alone_lag:g}   erasing {erasing:g}; {erasing_lag:g}")
+            without, within = ("; ".join(f"{v:g}" for v in own[e]) for e in (False, True))
+            print(f"  {n}: plain {without}   erasing {within}")
         print("erasure steps (s), per round:")
         for n, (*_, receipt) in enumerate(rows):
             steps = "  ".join(f"{step} {seconds:.2f}" for step, seconds in receipt.step_seconds())

@@ -562,6 +562,14 @@ class Metrics:
             registry=self.registry,
         )
         pipeline.on_insert = self.observe_insert
+        if pipeline.spool is not None:
+            pipeline.spool.on_sync = Histogram(
+                PREFIX + "_spool_sync_seconds",
+                "Time of each fsync that made spooled activities durable (one for every group of appends "
+                "committed together): an acknowledgement with the spool on waits for one.",
+                buckets=ANSWER_SECONDS_BUCKETS,
+                registry=self.registry,
+            ).observe
         service.on_answer = self._answers(
             "_request_duration_seconds",
             "Ingest requests answered OK (each batch of a stream), by call (TrackActivity, "

@@ -33,8 +33,9 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -321,6 +322,9 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.min_free_bytes = min_free_bytes
         self.stats = SpoolStats()
+        self.on_sync: Callable[[float], None] | None = None
+        """Called with the seconds of every fsync that made appended records durable (the metrics'
+        histogram), on the thread that synced."""
         self._lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self._checkpoint = Checkpoint(directory)
@@ -576,11 +580,14 @@ class Spool:
         with self._lock:
             fd = self._fd
         if fd is not None:
+            started = time.perf_counter()
             try:
                 os.fsync(fd)
             except OSError as error:
                 raise self._failed("write", error) from error
             self.stats.synced += 1
+            if self.on_sync is not None:
+                self.on_sync(time.perf_counter() - started)
 
     def abandon(self, sequences: list[int]) -> None:
         """Forget appended records whose fsync failed: they are not acknowledged, and not inserted. The

@@ -345,6 +345,22 @@ async def test_auth_outcomes_are_counted_by_outcome_and_tenant(start_server: Any
     assert (stats.accepted, stats.unauthenticated, stats.permission_denied) == (6, 4, 1)
 
 
+async def test_every_fsync_of_the_spool_is_timed(start_server: Any) -> None:
+    server: CollectorServer = await start_server(spool=True)
+    assert server.pipeline is not None and server.pipeline.spool is not None
+    assert value(await scrape(server), "spool_sync_seconds_count") == 0
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ActivityServiceStub(channel)
+        for n in range(3):
+            await stub.TrackActivities(pb.TrackActivitiesRequest(activities=[make_activity(n)]))
+    samples = await scrape(server)
+    # Acknowledged one after the other: each waited for an fsync of its own.
+    assert value(samples, "spool_sync_seconds_count") == server.pipeline.spool.stats.synced >= 3
+    synced = value(samples, "spool_sync_seconds_count")
+    assert value(samples, "spool_sync_seconds_bucket", le="+Inf") == synced
+    assert value(samples, "spool_sync_seconds_sum") > 0
+
+
 async def test_the_spool_disk_free_space_and_its_reserve_are_gauges(start_server: Any) -> None:
     server: CollectorServer = await start_server(
         spool=True, health_interval_s=0.1, spool_min_free_bytes=10**6
