@@ -360,7 +360,7 @@ async def read_load(
                 out.caller_lag_ms.append(max(0.0, loop.time() - due) * 1000)
 
         # What this process holds by now lives to its end: kept out of the full collections, which
-        # would otherwise walk it all (grpc's and protobuf's modules), 50-120 ms with the loop stopped.
+        # would otherwise walk it all (grpc's and protobuf's modules), 18-124 ms with the loop stopped.
         gc.collect()
         gc.freeze()
         start(lag())
