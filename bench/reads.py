@@ -35,6 +35,7 @@ from typing import Any
 from bench.reports import Engine, generate, settle
 from bench.scrape import moved, p99_bound_ms, scrape
 from bench.shop_sql import DAYS, PEOPLE, TENANT
+from collector.process.looplag import LoopLag
 from workers.reads.people import Person, find_person
 from workers.reads.profiles import read_profile
 from workers.reads.recommendations import STRATEGIES, recommend
@@ -241,6 +242,16 @@ class Reads:
         return Latency("lag", "", self.caller_lag_ms).p99 if self.caller_lag_ms else 0.0
 
 
+@dataclass
+class _Milliseconds:
+    """What a `LoopLag` observes (seconds), kept as milliseconds in a list."""
+
+    into: list[float]
+
+    def observe(self, amount: float) -> None:
+        self.into.append(amount * 1000)
+
+
 async def read_load(
     address: str,
     key: str,
@@ -269,6 +280,8 @@ async def read_load(
     from core.proto.activity.v1 import profile_pb2_grpc as ppb_grpc
 
     out = Reads()
+    # The collector's own probe of its event loop, every 10 ms, into this process's figures.
+    lag = LoopLag(_Milliseconds(out.caller_lag_ms), interval_s=0.01)
     metadata = (("authorization", f"Bearer {key}"),)
     kinds = kinds or KINDS
     total_rate = rate * len(kinds)
@@ -351,19 +364,11 @@ async def read_load(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        async def lag() -> None:
-            loop = asyncio.get_running_loop()
-            began = time.perf_counter()
-            while time.perf_counter() - began < seconds:
-                due = loop.time() + 0.01
-                await asyncio.sleep(0.01)
-                out.caller_lag_ms.append(max(0.0, loop.time() - due) * 1000)
-
         # What this process holds by now lives to its end: kept out of the full collections, which
         # would otherwise walk it all (grpc's and protobuf's modules), 18-124 ms with the loop stopped.
         gc.collect()
         gc.freeze()
-        start(lag())
+        lag.start()
         if probe:
             start(probes())
         started = time.perf_counter()
@@ -374,6 +379,7 @@ async def read_load(
             await asyncio.sleep(max(0.0, started + n / total_rate - time.perf_counter()))
         await asyncio.gather(*tasks)
     finally:
+        await lag.shutdown()
         for c in channels:
             await c.close(None)
     return out
